@@ -1,0 +1,139 @@
+"""Export zoo models to ONNX and prove the file computes what the framework does.
+
+Both exporters write atomically (a temp file in the target directory, then
+``os.replace``) and, before returning, run the ONNX file in onnxruntime on a
+deterministic random batch of 2 and compare it with the framework's own output
+(``rtol=1e-3, atol=1e-4``).  A mismatch raises :class:`MBSError` and leaves no file.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from onnxmbs.errors import MBSError
+
+log = logging.getLogger(__name__)
+
+RTOL = 1e-3
+ATOL = 1e-4
+CHECK_SEED = 20190616
+_NOISY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.export", "torch.fx", "tf2onnx", "tensorflow")
+
+
+def _sample(shape: Sequence[int]) -> np.ndarray:
+    """A deterministic batch of 2 in [0, 1) with the given per-sample shape."""
+    rng = np.random.default_rng(CHECK_SEED)
+    return rng.random((2, *shape), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence exporter chatter: python warnings, library loggers and stdout prints."""
+    saved = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def _atomic_target(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path next to ``path``; move it into place only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".onnx", dir=target.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a model file is meant to be shared
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        # the dynamo exporter may write external data next to the temp file
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp + ".data")
+
+
+def check_onnx(path: Path, x: np.ndarray, expected: np.ndarray, *, what: str) -> None:
+    """Run ``path`` in onnxruntime on ``x`` and compare with ``expected``; raise on mismatch."""
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    except Exception as exc:  # onnxruntime raises many types; all mean a broken export
+        raise MBSError(f"the exported ONNX of {what} does not run in onnxruntime ({exc}) — "
+                       "report the model; try another opset") from exc
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=RTOL, atol=ATOL):
+        diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("nan")
+        raise MBSError(f"the exported ONNX of {what} differs from the framework output "
+                       f"(shape {got.shape} vs {expected.shape}, max |diff| {diff:.3g}) — "
+                       "check for training-mode layers or unsupported ops")
+    log.debug("%s: onnxruntime matches the framework on a batch of 2", what)
+
+
+def export_torch(model, input_shape: Sequence[int], path: str | os.PathLike[str], *, opset: int = 18) -> Path:
+    """Export a torch module (eval mode) with a dynamic batch dimension and verify it.
+
+    ``input_shape`` is one sample's shape with or without the batch dim, e.g.
+    ``(1, 3, 32, 32)`` or ``(3, 32, 32)``.
+    """
+    import torch
+
+    shape = tuple(int(s) for s in input_shape)
+    shape = shape[1:] if len(shape) == 4 else shape
+    model = model.eval()
+    x = _sample(shape)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    what = type(model).__name__
+    with _atomic_target(path) as tmp, _quiet():
+        try:
+            torch.onnx.export(
+                model, (torch.from_numpy(x),), str(tmp), dynamo=True, verbose=False,
+                input_names=["input"], output_names=["output"], opset_version=opset,
+                dynamic_shapes=({0: batch},), external_data=False,
+            )
+        except Exception as exc:
+            raise MBSError(f"torch.onnx.export failed for {what}: {exc} — "
+                           "check the model is exportable with torch.export") from exc
+        check_onnx(tmp, x, expected, what=what)
+    log.info("exported %s to %s", what, path)
+    return Path(path)
+
+
+def export_keras(model, path: str | os.PathLike[str], *, opset: int = 17) -> Path:
+    """Export a Keras 3 model with input signature ``(None, H, W, C)`` named ``input``; verify it."""
+    with _quiet():
+        import tensorflow as tf
+        import tf2onnx
+
+    shape = tuple(int(s) for s in model.inputs[0].shape[1:])
+    x = _sample(shape)
+    expected = np.asarray(model(x, training=False))
+    what = str(model.name)
+    spec = (tf.TensorSpec((None, *shape), tf.float32, name="input"),)
+    with _atomic_target(path) as tmp, _quiet():
+        try:
+            tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset, output_path=str(tmp))
+        except Exception as exc:
+            raise MBSError(f"tf2onnx failed for Keras model {what}: {exc} — "
+                           "try another opset or simpler layers") from exc
+        check_onnx(tmp, x, expected, what=what)
+    log.info("exported %s to %s", what, path)
+    return Path(path)
