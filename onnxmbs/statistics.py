@@ -1,0 +1,236 @@
+"""Stage 4 — statistics: per-channel non-zero counts of every activation tap, on onnxruntime.
+
+A copy of the graph gets, per tapped ReLU output, a small counting subgraph whose only
+output is a vector of per-channel counts for the batch; the activations themselves never
+leave the runtime, and the graph's own outputs are dropped so that the classifier is not
+run. Counts are accumulated as exact int64 in numpy, so memory does not grow with the
+number of images.
+
+The counting subgraph (:func:`_count_nodes`) is ``Conv`` (depthwise 1x1, weight 2^64) ->
+``Clip(0, 1)`` -> ``Conv`` (weight 2^64) -> ``Clip(0, 1)`` -> ``GlobalAveragePool``; ×H·W and
+rounding gives the integer count of each (image, channel). ReLU outputs are >= 0, so every
+positive float — denormals included — maps to exactly 1 and zero to 0. Unlike the naive
+``Greater -> Cast -> ReduceSum`` tap, every op here has an NCHWc kernel in onnxruntime's
+CPU provider, so the tapped tensor is not reordered out of the blocked layout (see
+tools/bench_statistics.py for the measured difference).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxmbs.activations import Tap
+from onnxmbs.analysis import Analysis
+from onnxmbs.errors import MBSError
+
+logger = logging.getLogger(__name__)
+
+SCALE = float(2.0 ** 64)  # two stages of ×2^64 lift the smallest denormal (2^-149) above 1
+METHODS = ("nchwc", "naive")
+
+
+@dataclass(frozen=True)
+class TapCounts:
+    tensor: str
+    nonzero: np.ndarray = field(repr=False)  # int64 per channel, summed over images and positions
+    per_image: int  # elements per channel per image (H*W)
+
+
+@dataclass(frozen=True)
+class Statistics:
+    images: int
+    provider: str
+    taps: Mapping[str, TapCounts]  # tap tensor -> counts
+    seconds: float = 0.0
+
+    def p_nonzero(self, tensor: str) -> float:
+        t = self.taps[tensor]
+        total = self.images * t.per_image * len(t.nonzero)
+        return float(t.nonzero.sum()) / total if total else 1.0
+
+    def channel_rates(self, tensor: str) -> np.ndarray:
+        t = self.taps[tensor]
+        return t.nonzero / max(self.images * t.per_image, 1)
+
+
+# ------------------------------------------------------------ providers
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+    return list(ort.get_available_providers())
+
+
+def _cuda_works() -> bool:
+    """onnxruntime-gpu lists CUDA even where no GPU or CUDA library exists: try a real session."""
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    probe = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x],
+                                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CUDAExecutionProvider"])
+        sess.run(None, {"x": np.ones(1, np.float32)})
+        return "CUDAExecutionProvider" in sess.get_providers()
+    except Exception:  # missing libcudart / no device
+        return False
+
+
+def choose_provider(requested: str = "auto") -> str:
+    """'auto' -> CUDA when it really works, else CPU; 'cuda'/'cpu' or a full provider name."""
+    aliases = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+    name = aliases.get(requested.lower(), requested)
+    if name == "auto":
+        if _cuda_works():
+            return "CUDAExecutionProvider"
+        import onnxruntime as ort
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            logger.warning("CUDA provider is listed but cannot run here (no GPU or CUDA libraries); using CPU")
+        return "CPUExecutionProvider"
+    if name == "CUDAExecutionProvider" and not _cuda_works():
+        raise MBSError("--provider cuda: the CUDA provider cannot run on this machine — install onnxruntime-gpu "
+                       "with a matching CUDA, or use --provider cpu")
+    if name not in available_providers():
+        raise MBSError(f"provider {requested!r} is not available; available: {', '.join(available_providers())}")
+    return name
+
+
+# ------------------------------------------------------------ instrumentation
+def _count_nodes(tap: Tap, out: str, channels: int, method: str, prefix: str) -> tuple[list, list]:
+    """Nodes and initializers that turn ``tap.tensor`` into per-(image, channel) counts/means."""
+    x = tap.tensor
+    if method == "naive":
+        return ([helper.make_node("Greater", [x, f"{prefix}zero"], [f"{prefix}gt"]),
+                 helper.make_node("Cast", [f"{prefix}gt"], [f"{prefix}f"], to=TensorProto.FLOAT),
+                 helper.make_node("ReduceSum", [f"{prefix}f", f"{prefix}axes"], [out], keepdims=0)],
+                [numpy_helper.from_array(np.zeros((), np.float32), f"{prefix}zero"),
+                 numpy_helper.from_array(np.array([0, 2, 3], np.int64), f"{prefix}axes")])
+    w = numpy_helper.from_array(np.full((channels, 1, 1, 1), SCALE, np.float32), f"{prefix}w")
+    lo = numpy_helper.from_array(np.zeros((), np.float32), f"{prefix}lo")
+    hi = numpy_helper.from_array(np.ones((), np.float32), f"{prefix}hi")
+    nodes = [
+        helper.make_node("Conv", [x, w.name], [f"{prefix}a"], group=channels, kernel_shape=[1, 1]),
+        helper.make_node("Clip", [f"{prefix}a", lo.name, hi.name], [f"{prefix}b"]),
+        helper.make_node("Conv", [f"{prefix}b", w.name], [f"{prefix}c"], group=channels, kernel_shape=[1, 1]),
+        helper.make_node("Clip", [f"{prefix}c", lo.name, hi.name], [f"{prefix}d"]),
+        helper.make_node("GlobalAveragePool", [f"{prefix}d"], [out]),
+    ]
+    return nodes, [w, lo, hi]
+
+
+def _to_nchw(tap: Tap, prefix: str) -> tuple[Tap, list]:
+    """Taps on NHWC tensors (tf2onnx tails) are read through a Transpose to channel axis 1."""
+    if tap.channel_axis == 1:
+        return tap, []
+    perm = [0, tap.channel_axis] + [a for a in (1, 2, 3) if a != tap.channel_axis]
+    node = helper.make_node("Transpose", [tap.tensor], [f"{prefix}nchw"], perm=perm)
+    return Tap(tap.node, f"{prefix}nchw", 1), [node]
+
+
+def instrument(analysis: Analysis, *, method: str = "nchwc") -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of the model whose outputs are the per-channel counts; returns it and tap -> output name."""
+    if method not in METHODS:
+        raise MBSError(f"unknown counting method {method!r}; choose one of {METHODS}")
+    loaded = analysis.loaded
+    model = copy.deepcopy(loaded.model)
+    graph = model.graph
+    if loaded.batch_dynamic:
+        graph.input[[i.name for i in graph.input].index(loaded.input.name)].type.tensor_type.shape.dim[0].dim_param = "N"
+    del graph.output[:]
+    outputs: dict[str, str] = {}
+    for i, tap in enumerate(_unique_taps(analysis)):
+        prefix = f"onnxmbs_tap{i}_"
+        shape = loaded.shapes[tap.tensor]
+        nchw_tap, pre = _to_nchw(tap, prefix)
+        out = f"{prefix}count"
+        nodes, inits = _count_nodes(nchw_tap, out, shape[tap.channel_axis], method, prefix)
+        graph.node.extend(pre + nodes)
+        graph.initializer.extend(inits)
+        graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+        outputs[tap.tensor] = out
+    return model, outputs
+
+
+def _unique_taps(analysis: Analysis) -> list[Tap]:
+    return list({t.tensor: t for t in analysis.taps.values() if t is not None}.values())
+
+
+# ------------------------------------------------------------ the pass
+def make_session(model: onnx.ModelProto, provider: str, *, threads: int | None = None):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    try:
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+    except Exception as exc:
+        raise MBSError(f"onnxruntime cannot load the model ({str(exc).splitlines()[0][:200]}) — "
+                       "check it runs with onnxruntime before planning") from None
+
+
+def collect_statistics(analysis: Analysis, batches: Iterable[np.ndarray], *, provider: str = "auto",
+                       method: str = "nchwc", progress: bool | None = None, total: int | None = None) -> Statistics:
+    """Run ``batches`` through the instrumented model and count non-zeros per channel of every tap."""
+    provider = choose_provider(provider)
+    model, outputs = instrument(analysis, method=method)
+    sess = make_session(model, provider)
+    shapes = analysis.loaded.shapes
+    taps = {t.tensor: t for t in _unique_taps(analysis)}
+    sums = {name: np.zeros(shapes[name][t.channel_axis], np.int64) for name, t in taps.items()}
+    per_image = {name: math.prod(shapes[name]) // (shapes[name][0] * shapes[name][t.channel_axis])
+                 for name, t in taps.items()}
+    names = list(outputs.values())
+    images, start = 0, time.perf_counter()
+    bar = _progress(progress, total)
+    for batch in batches:
+        batch = _check_batch(batch, analysis)
+        results = sess.run(names, {analysis.loaded.input.name: batch})
+        for tensor, res in zip(outputs, results):
+            sums[tensor] += _to_counts(res, per_image[tensor], method)
+        images += batch.shape[0]
+        if bar is not None:
+            bar.update(batch.shape[0])
+    if bar is not None:
+        bar.close()
+    if images == 0:
+        raise MBSError("the calibration data yielded no images — check --data")
+    counts = {name: TapCounts(name, sums[name], per_image[name]) for name in taps}
+    return Statistics(images=images, provider=provider, taps=counts, seconds=time.perf_counter() - start)
+
+
+def _to_counts(result: np.ndarray, per_image: int, method: str) -> np.ndarray:
+    if method == "naive":
+        return np.rint(result).astype(np.int64)
+    means = result.reshape(result.shape[0], -1).astype(np.float64)  # (batch, C) fraction of positions
+    return np.rint(means * per_image).astype(np.int64).sum(axis=0)
+
+
+def _check_batch(batch: np.ndarray, analysis: Analysis) -> np.ndarray:
+    expected = analysis.loaded.input.shape[1:]
+    if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(expected):
+        raise MBSError(f"calibration batch has shape {tuple(batch.shape)}, the model expects (N, "
+                       f"{', '.join(map(str, expected))}) — check the data's layout and size")
+    if not analysis.loaded.batch_dynamic and batch.shape[0] != analysis.loaded.input.shape[0]:
+        raise MBSError(f"the model's batch size is fixed at {analysis.loaded.input.shape[0]}; "
+                       f"use --batch-size {analysis.loaded.input.shape[0]}")
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def _progress(enabled: bool | None, total: int | None):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit="img", desc="statistics", file=sys.stderr, dynamic_ncols=True)
