@@ -101,6 +101,12 @@ def analyze(model: str, input_shape, as_json: bool) -> None:
         click.echo(analysis_text(result))
 
 
+def refuse_overwrite(output: str | None, *inputs: str) -> None:
+    """Outputs never replace the user's inputs."""
+    if output and any(os.path.exists(i) and os.path.realpath(output) == os.path.realpath(i) for i in inputs):
+        raise click.UsageError(f"-o {output} would overwrite an input file; choose another output path")
+
+
 def data_options(fn: Callable) -> Callable:
     options = [
         click.option("--data", type=click.Path(), default=None,
@@ -141,6 +147,7 @@ def plan(model: str, output: str | None, as_json: bool, k, z, round_to, **data) 
 
     if data["data"] is None and data["synthetic"] is None:
         raise click.UsageError("give calibration data with --data PATH, or --synthetic N for random noise")
+    refuse_overwrite(output, model)
     result = plan_model(model, k=k, z=z, round_to=round_to, **data)
     if output:
         write_json(output, result.document)

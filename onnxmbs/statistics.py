@@ -6,8 +6,8 @@ leave the runtime, and the graph's own outputs are dropped so that the classifie
 run. Counts are accumulated as exact int64 in numpy, so memory does not grow with the
 number of images.
 
-The counting subgraph (:func:`_count_nodes`) is ``Conv`` (depthwise 1x1, weight 2^64) ->
-``Clip(0, 1)`` -> ``Conv`` (weight 2^64) -> ``Clip(0, 1)`` -> ``GlobalAveragePool``; ×H·W and
+The counting subgraph (:func:`_count_nodes`) is ``Conv`` (depthwise 1x1, weight 2^75) ->
+``Clip(0, 1)`` -> ``Conv`` (weight 2^75) -> ``Clip(0, 1)`` -> ``GlobalAveragePool``; ×H·W and
 rounding gives the integer count of each (image, channel). ReLU outputs are >= 0, so every
 positive float — denormals included — maps to exactly 1 and zero to 0. Unlike the naive
 ``Greater -> Cast -> ReduceSum`` tap, every op here has an NCHWc kernel in onnxruntime's
@@ -34,7 +34,7 @@ from onnxmbs.errors import MBSError
 
 logger = logging.getLogger(__name__)
 
-SCALE = float(2.0 ** 64)  # two stages of ×2^64 lift the smallest denormal (2^-149) above 1
+SCALE = float(2.0 ** 75)  # two stages of ×2^75 lift the smallest denormal (2^-149) to 2 (≥ 1)
 METHODS = ("nchwc", "naive")
 
 
@@ -155,7 +155,9 @@ def instrument(analysis: Analysis, *, method: str = "nchwc") -> tuple[onnx.Model
         nodes, inits = _count_nodes(nchw_tap, out, shape[tap.channel_axis], method, prefix)
         graph.node.extend(pre + nodes)
         graph.initializer.extend(inits)
-        graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+        channels = shape[tap.channel_axis]
+        dims = [channels] if method == "naive" else ["N" if loaded.batch_dynamic else shape[0], channels, 1, 1]
+        graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, dims))
         outputs[tap.tensor] = out
     return model, outputs
 

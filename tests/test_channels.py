@@ -1,0 +1,92 @@
+"""Channel groups and activation taps on tiny graphs (SPEC "Channel coupling", "Non-zero probability")."""
+from __future__ import annotations
+
+import numpy as np
+
+from graphs import GraphBuilder, classifier
+from onnxmbs import analyze
+
+
+def group_of(a, conv):
+    return a.channels.conv_group[conv]
+
+
+def groups(a):
+    return {g.id: g for g in a.channels.groups}
+
+
+def test_residual_add_ties_stem_and_block_and_projection_starts_new_group():
+    g = GraphBuilder((1, 3, 16, 16))
+    stem = g.relu(g.conv(g.input.name, 3, 8, name="stem"))
+    y = g.conv(g.relu(g.conv(stem, 8, 8, name="b1")), 8, 8, name="b2")
+    x = g.relu(g.op("Add", [y, stem], name="add1"), name="relu_add1")
+    proj = g.conv(x, 8, 16, 1, stride=2, name="proj")
+    z = g.conv(g.relu(g.conv(x, 8, 16, stride=2, name="c1")), 16, 16, name="c2")
+    out = g.relu(g.op("Add", [z, proj]), name="relu_add2")
+    a = analyze(g.build([classifier(g, out, 16)]))
+    assert group_of(a, "stem") == group_of(a, "b2")
+    assert group_of(a, "proj") == group_of(a, "c2") != group_of(a, "stem")
+    assert group_of(a, "b1") not in (group_of(a, "stem"), group_of(a, "c1"))
+    assert set(groups(a)[group_of(a, "stem")].producers) == {"stem", "b2"}
+    # the shortcut projection and the block's last conv share one activation tap
+    assert a.taps["proj"].node == a.taps["c2"].node == "relu_add2"
+    assert a.taps["b2"].node == "relu_add1"
+    assert all(not groups(a)[group_of(a, c)].frozen for c in ("stem", "b1", "proj"))
+
+
+def test_depthwise_follows_input_and_concat_keeps_slices():
+    g = GraphBuilder((1, 3, 16, 16))
+    a1 = g.relu(g.conv(g.input.name, 3, 8, 1, name="pw1"))
+    dw = g.relu(g.conv(a1, 8, 8, 3, group=8, name="dw"))
+    b1 = g.relu(g.conv(a1, 8, 4, 1, name="pw2"))
+    cat = g.op("Concat", [dw, b1], axis=1, name="cat")
+    last = g.relu(g.conv(cat, 12, 6, 1, name="mix"))
+    a = analyze(g.build([classifier(g, last, 6)]))
+    assert group_of(a, "dw") == group_of(a, "pw1")
+    assert groups(a)[group_of(a, "pw1")].followers == ("dw",)
+    assert a.channels.conv_input_groups["mix"] == (group_of(a, "pw1"), group_of(a, "pw2"))
+
+
+def test_classifier_conv_reaching_output_is_frozen_and_input_is_frozen():
+    g = GraphBuilder((1, 3, 8, 8))
+    x = g.relu(g.conv(g.input.name, 3, 8, name="body"))
+    pooled = g.op("GlobalAveragePool", [x])
+    logits = g.conv(pooled, 8, 10, 1, name="cls")
+    out = g.op("Flatten", [logits])
+    a = analyze(g.build([out]))
+    assert "graph output" in groups(a)[group_of(a, "cls")].frozen
+    assert a.layers[-1].rf is None
+    assert groups(a)[a.channels.conv_input_groups["body"][0]].frozen == "model input channels"
+    assert not groups(a)[group_of(a, "body")].frozen
+
+
+def test_channel_shuffle_keeps_the_group_with_multiple_of():
+    g = GraphBuilder((1, 6, 8, 8))
+    x = g.relu(g.conv(g.input.name, 6, 12, 1, group=3, name="gconv"))
+    r1 = g.op("Reshape", [x, g.const(np.array([1, 3, 4, 8, 8], np.int64))])
+    t = g.op("Transpose", [r1], perm=[0, 2, 1, 3, 4])
+    r2 = g.op("Reshape", [t, g.const(np.array([1, 12, 8, 8], np.int64))])
+    y = g.relu(g.conv(r2, 12, 12, 3, group=12, name="dw"))
+    a = analyze(g.build([classifier(g, y, 12)]))
+    grp = groups(a)[group_of(a, "gconv")]
+    assert group_of(a, "dw") == grp.id and not grp.frozen
+    assert grp.multiple_of == 3
+
+
+def test_taps_follow_bn_affine_transpose_and_skip_linear():
+    g = GraphBuilder((1, 3, 8, 8))
+    c1 = g.conv(g.input.name, 3, 4, name="c1")
+    bn = g.op("BatchNormalization", [c1] + [g.const(np.ones(4, np.float32)) for _ in range(2)]
+              + [g.const(np.zeros(4, np.float32)), g.const(np.ones(4, np.float32))])
+    scaled = g.op("Mul", [bn, g.const(np.full((4, 1, 1), 2.0, np.float32))])
+    t = g.op("Transpose", [scaled], perm=[0, 2, 3, 1])
+    six = g.op("Clip", [t, g.const(np.array(0.0, np.float32)), g.const(np.array(6.0, np.float32))], name="relu6")
+    back = g.op("Transpose", [six], perm=[0, 3, 1, 2])
+    linear = g.conv(back, 4, 4, 1, name="linear_bottleneck")
+    leaky = g.op("Clip", [linear, g.const(np.array(-1.0, np.float32)), g.const(np.array(1.0, np.float32))])
+    c3 = g.conv(leaky, 4, 4, 1, name="c3")
+    m = g.op("Max", [c3, g.const(np.array(0.0, np.float32))], name="max0")
+    a = analyze(g.build([m]))
+    assert a.taps["c1"].node == "relu6" and a.taps["c1"].channel_axis == 3
+    assert a.taps["linear_bottleneck"] is None  # Clip(-1, 1) is not ReLU-family
+    assert a.taps["c3"].node == "max0"

@@ -1,0 +1,84 @@
+"""The statistics pass: exact per-channel non-zero counts, streamed, on onnxruntime."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+
+from graphs import GraphBuilder, classifier
+from onnxmbs import MBSError, analyze
+from onnxmbs.statistics import choose_provider, collect_statistics, instrument, make_session
+
+
+def small_net(batch="N"):
+    g = GraphBuilder((batch, 3, 12, 12))
+    x = g.relu(g.conv(g.input.name, 3, 6, name="c1"), name="r1")
+    y = g.conv(g.relu(g.conv(x, 6, 6, stride=2, name="c2"), name="r2"), 6, 6, name="c3")
+    six = g.op("Clip", [y, g.const(np.array(0.0, np.float32)), g.const(np.array(6.0, np.float32))], name="r3")
+    return g.build([classifier(g, six, 6)])
+
+
+def truth(model, tensors, x):
+    probe = copy.deepcopy(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors)
+    outs = make_session(probe, "CPUExecutionProvider").run(None, {"input": x})
+    return {t: (v != 0).sum(axis=(0, 2, 3)) for t, v in zip(tensors, outs)}
+
+
+@pytest.mark.parametrize("method", ["nchwc", "naive"])
+def test_counts_are_exact_and_streamed(method):
+    model = small_net()
+    a = analyze(model)
+    rng = np.random.default_rng(1)
+    batches = [rng.standard_normal((n, 3, 12, 12)).astype(np.float32) for n in (4, 3, 5)]
+    stats = collect_statistics(a, iter(batches), provider="cpu", method=method, progress=False)
+    taps = {t.tensor for t in a.taps.values() if t}
+    assert stats.images == 12 and set(stats.taps) == taps
+    expected = {t: sum(truth(model, sorted(taps), b)[t] for b in batches) for t in taps}
+    for t in taps:
+        assert stats.taps[t].nonzero.dtype == np.int64
+        np.testing.assert_array_equal(stats.taps[t].nonzero, expected[t])
+        hw = 12 * 12 if t == "r1_out" else 6 * 6
+        assert stats.p_nonzero(t) == pytest.approx(expected[t].sum() / (12 * 6 * hw))
+
+
+def test_tiny_positive_values_count_as_non_zero():
+    g = GraphBuilder(("N", 2, 4, 4))
+    w = g.const(np.eye(2, dtype=np.float32).reshape(2, 2, 1, 1))
+    x = g.op("Conv", [g.input.name, w], name="ident", kernel_shape=[1, 1])
+    model = g.build([g.relu(x, name="r")])
+    a = analyze(model)
+    data = np.zeros((1, 2, 4, 4), np.float32)
+    data[0, 0, 0, :4] = [1e-30, 3e-38, 5.0, 1e-40]  # 1e-40 is a float32 denormal
+    data[0, 1, 1, 1] = -2.0
+    stats = collect_statistics(a, [data], provider="cpu", progress=False)
+    expected = truth(model, ["r_out"], data)["r_out"]
+    np.testing.assert_array_equal(stats.taps["r_out"].nonzero, expected)
+    assert expected[0] == 4 and expected[1] == 0
+
+
+def test_only_counts_leave_the_runtime():
+    a = analyze(small_net())
+    model, outputs = instrument(a)
+    assert [o.name for o in model.graph.output] == list(outputs.values())
+    assert all(t not in outputs.values() for t in outputs)  # no activation is an output
+    onnx.checker.check_model(model)
+
+
+def test_providers():
+    assert choose_provider("auto") in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    assert choose_provider("cpu") == "CPUExecutionProvider"
+    with pytest.raises(MBSError, match="provider"):
+        choose_provider("NoSuchExecutionProvider")
+
+
+def test_wrong_batch_shape_is_a_clear_error():
+    a = analyze(small_net())
+    with pytest.raises(MBSError, match="expects"):
+        collect_statistics(a, [np.zeros((2, 3, 10, 10), np.float32)], provider="cpu", progress=False)
+    fixed = analyze(small_net(batch=2))
+    with pytest.raises(MBSError, match="batch size is fixed"):
+        collect_statistics(fixed, [np.zeros((3, 3, 12, 12), np.float32)], provider="cpu", progress=False)
