@@ -159,13 +159,23 @@ def plan(model: str, output: str | None, as_json: bool, k, z, round_to, **data) 
             click.echo(f"plan written to {output}")
 
 
+# Commands of later stages: (module, click object). Each module imports its heavy deps lazily.
+COMMANDS = [
+    ("onnxmbs.zoo.cli", "zoo"),
+]
+
+
 def _register_optional() -> None:
-    """Command groups of later stages register themselves here when present."""
-    try:
-        from onnxmbs.zoo.cli import zoo
-    except ImportError:  # the zoo needs torch/keras only when used; the group itself imports neither
-        return
-    main.add_command(zoo)
+    import importlib
+
+    for module, attr in COMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:  # a stage not installed in this checkout
+            if exc.name != module:
+                raise
+            continue
+        main.add_command(getattr(mod, attr))
 
 
 _register_optional()
