@@ -138,17 +138,26 @@ def data_options(fn: Callable) -> Callable:
               help="Round compact widths up to a multiple of N.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON to stdout instead of the table.")
+@click.option("--stats", type=click.Path(dir_okay=False), default=None,
+              help="Reuse counts saved by `onnxmbs profile` instead of --data.")
 @clean_errors
-def plan(model: str, output: str | None, as_json: bool, k, z, round_to, **data) -> None:
+def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: str | None, **data) -> None:
     """Statistics pass + Algorithm 1: per-macroblock width multipliers and the compact widths."""
     from onnxmbs.pipeline import plan_model
     from onnxmbs.planfile import write_json
     from onnxmbs.text import plan_text
 
-    if data["data"] is None and data["synthetic"] is None:
+    has_data = data["data"] is not None or data["synthetic"] is not None
+    if stats and has_data:
+        raise click.UsageError("give either --stats FILE or calibration data (--data/--synthetic), not both")
+    if not stats and not has_data:
         raise click.UsageError("give calibration data with --data PATH, or --synthetic N for random noise")
-    refuse_overwrite(output, model)
-    result = plan_model(model, k=k, z=z, round_to=round_to, **data)
+    refuse_overwrite(output, model, *([stats] if stats else []))
+    if stats:
+        from onnxmbs.statsfile import plan_with_stats
+        result = plan_with_stats(model, stats, input_shape=data["input_shape"], k=k, z=z, round_to=round_to)
+    else:
+        result = plan_model(model, k=k, z=z, round_to=round_to, **data)
     if output:
         write_json(output, result.document)
     if as_json:
@@ -162,6 +171,7 @@ def plan(model: str, output: str | None, as_json: bool, k, z, round_to, **data) 
 # Commands of later stages: (module, click object). Each module imports its heavy deps lazily.
 COMMANDS = [
     ("onnxmbs.zoo.cli", "zoo"),
+    *(("onnxmbs.cli_batch", name) for name in ("profile", "sweep", "report", "check")),
 ]
 
 
