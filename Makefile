@@ -17,7 +17,8 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/onnxmbs plan models/resnet20_digits.onnx --data models/digits_calib -o out/plan.json
+	$(BIN)/onnxmbs analyze models/resnet20_digits.onnx
+	$(BIN)/onnxmbs plan models/resnet20_digits.onnx --data models/digits_calib --preprocess raw -o out/plan.json
 
 test: setup
 	$(BIN)/python -m pytest
