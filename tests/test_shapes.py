@@ -139,3 +139,44 @@ def test_external_data_is_loaded(tmp_path):
     a = analyze(path)
     assert a.layers[0].params == 64 * 3 * 9 + 64
     assert np.isfinite(a.shapes.params)
+
+
+def test_spec_check_value_mobilenet_v1_rf_315():
+    """SPEC: Keras/TF-slim MobileNetV1 at 224 — last conv RF = 315 (widths do not matter for RF)."""
+    g = GraphBuilder((1, 3, 224, 224))
+    x = g.relu(g.conv(g.input.name, 3, 4, stride=2))
+    strides = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
+    for s in strides:
+        x = g.relu(g.conv(x, 4, 4, 3, stride=s, group=4))  # depthwise
+        x = g.relu(g.conv(x, 4, 4, 1))                     # pointwise
+    a = analyze(g.build([classifier(g, x, 4)]))
+    assert a.layers[-1].rf == 315
+    assert [mb.out_hw for mb in a.macroblocks] == [(112, 112), (56, 56), (28, 28), (14, 14), (7, 7)]
+
+
+def test_spec_check_value_vgg16_rf_212():
+    g = GraphBuilder((1, 3, 224, 224))
+    x = g.input.name
+    for convs in (2, 2, 3, 3, 3):
+        for _ in range(convs):
+            x = g.relu(g.conv(x, 3 if x == g.input.name else 4, 4))
+        last_conv = x
+        x = g.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    a = analyze(g.build([x]))
+    # SPEC's "VGG-16: 212" is the field after pool5; conv5_3 itself has 196 = 212 - (2-1)*16
+    assert a.shapes.fields[x].rf == 212
+    assert a.layers[-1].rf == 196 and a.layers[-1].output == g.nodes[-3].output[0]
+    assert last_conv
+    assert len(a.macroblocks) == 5 and a.macroblocks[0].out_hw == (224, 224)
+
+
+def test_spec_inception_valid_padding_levels():
+    from onnxmbs.macroblocks import level_of
+    from onnxmbs.shapes import ConvLayer
+
+    def conv(h):
+        return ConvLayer(name=str(h), index=0, input="x", output="y", weight="w", bias=None, in_channels=1,
+                         out_channels=1, groups=1, kernel=(3, 3), stride=(1, 1), dilation=(1, 1), out_hw=(h, h),
+                         rf=3, flops=1, params=1)
+    levels = {h: level_of(conv(h), 299) for h in (149, 147, 73, 71, 35, 17, 8)}
+    assert levels == {149: 1, 147: 1, 73: 2, 71: 2, 35: 3, 17: 4, 8: 5}

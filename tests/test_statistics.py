@@ -82,3 +82,31 @@ def test_wrong_batch_shape_is_a_clear_error():
     fixed = analyze(small_net(batch=2))
     with pytest.raises(MBSError, match="batch size is fixed"):
         collect_statistics(fixed, [np.zeros((3, 3, 12, 12), np.float32)], provider="cpu", progress=False)
+
+
+PEAK_SCRIPT = """
+import resource, sys, numpy as np
+sys.path.insert(0, {tests!r})
+from test_statistics import small_net
+from onnxmbs import analyze
+from onnxmbs.statistics import collect_statistics
+a = analyze(small_net())
+def batches(n):
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        yield rng.standard_normal((64, 3, 12, 12)).astype(np.float32)
+stats = collect_statistics(a, batches(int(sys.argv[1])), provider="cpu", progress=False)
+assert stats.images == 64 * int(sys.argv[1])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_peak_memory_does_not_grow_with_images():
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = PEAK_SCRIPT.format(tests=str(Path(__file__).parent))
+    peaks = [int(subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True, text=True,
+                                check=True).stdout.split()[-1]) for n in (10, 400)]
+    # 400 batches stream 25,600 images (~44 MB of input) through; peak RSS stays within a few MB
+    assert peaks[1] - peaks[0] < 8 * 1024, peaks
