@@ -4,6 +4,10 @@ From a conv's output, follow channel-preserving nodes only (BatchNormalization, 
 Add/Sub/Mul/Div with a scalar or per-channel constant, a residual Add of a same-shaped
 tensor, Transpose) to the first ReLU-family node: Relu, Clip with min >= 0 (ReLU6), or
 Max(x, 0). Several convs may share one tap (a residual block's last conv and its shortcut).
+
+Beyond SPEC's list, the walk also passes a ``Concat`` along the channel axis (DenseNet: a dense
+layer's conv output is concatenated before the next BN -> ReLU); the tap then names the conv's own
+channel slice of that activation, whose values the concat leaves untouched.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ class Tap:
     node: str  # name of the ReLU-family node
     tensor: str  # its output, whose non-zeros are counted
     channel_axis: int
+    start: int = 0  # the conv's channels within the tapped tensor (after a Concat)
+    stop: int | None = None
 
 
 def _is_relu(node: onnx.NodeProto, consts: Mapping[str, np.ndarray]) -> bool:
@@ -65,16 +71,34 @@ def find_taps(loaded: LoadedModel, convs: tuple[ConvLayer, ...]) -> dict[str, Ta
 
 def _walk(start: str, consumers: dict[str, list[int]], graph: onnx.GraphProto, names: list[str],
           loaded: LoadedModel) -> Tap | None:
-    stack, seen = [(start, 1)], set()
+    width = loaded.shapes.get(start, (0, 0))[1]
+    stack, seen = [(start, 1, 0)], set()
     while stack:
-        tensor, axis = stack.pop(0)
+        tensor, axis, offset = stack.pop(0)
         for i in consumers.get(tensor, []):
             node = graph.node[i]
             if _is_relu(node, loaded.constants) and node.input[0] == tensor:
-                return Tap(node=names[i], tensor=node.output[0], channel_axis=axis)
-            if i in seen or not _passes(node, tensor, loaded):
+                stop = offset + width if offset or width != loaded.shapes.get(tensor, (0,) * 4)[axis] else None
+                return Tap(node=names[i], tensor=node.output[0], channel_axis=axis, start=offset, stop=stop)
+            if i in seen:
+                continue
+            step = _step(node, tensor, axis, loaded)
+            if step is None:
                 continue
             seen.add(i)
-            new_axis = list(attr(node, "perm")).index(axis) if node.op_type == "Transpose" else axis
-            stack.append((node.output[0], new_axis))
+            new_axis, shift = step
+            stack.append((node.output[0], new_axis, offset + shift))
     return None
+
+
+def _step(node: onnx.NodeProto, tensor: str, axis: int, loaded: LoadedModel) -> tuple[int, int] | None:
+    """(channel axis, channel offset) of ``tensor``'s channels in the node's output, or None to stop."""
+    if node.op_type == "Concat":
+        rank = len(loaded.shapes.get(node.output[0], ())) or 4
+        if attr(node, "axis", 1) % rank != axis or list(node.input).count(tensor) != 1:
+            return None
+        before = node.input[:list(node.input).index(tensor)]
+        return axis, sum(loaded.shapes[t][axis] for t in before)
+    if not _passes(node, tensor, loaded):
+        return None
+    return (list(attr(node, "perm")).index(axis) if node.op_type == "Transpose" else axis), 0

@@ -37,7 +37,8 @@ def layer_facts(analysis: Analysis, stats: Statistics | None) -> list[LayerFacts
     facts = []
     for conv in analysis.layers:
         tap = analysis.taps[conv.name]
-        p = stats.p_nonzero(tap.tensor) if stats is not None and tap is not None else 1.0
+        measured = stats is not None and tap is not None
+        p = stats.p_nonzero(tap.tensor, slice(tap.start, tap.stop)) if measured else 1.0
         facts.append(LayerFacts(name=conv.name, macroblock=where.get(conv.name), rf=conv.rf, flops=conv.flops,
                                 p_nonzero=p, group=analysis.channels.conv_group[conv.name]))
     return facts
@@ -51,7 +52,7 @@ def group_facts(analysis: Analysis) -> list[GroupFacts]:
 def _channel_rates(analysis: Analysis, stats: Statistics | None) -> dict[str, np.ndarray]:
     if stats is None:
         return {}
-    return {c.name: stats.channel_rates(t.tensor) for c in analysis.layers
+    return {c.name: stats.channel_rates(t.tensor, slice(t.start, t.stop)) for c in analysis.layers
             if (t := analysis.taps[c.name]) is not None and t.tensor in stats.taps}
 
 

@@ -54,14 +54,15 @@ class Statistics:
     taps: Mapping[str, TapCounts]  # tap tensor -> counts
     seconds: float = 0.0
 
-    def p_nonzero(self, tensor: str) -> float:
+    def p_nonzero(self, tensor: str, channels: slice = slice(None)) -> float:
         t = self.taps[tensor]
-        total = self.images * t.per_image * len(t.nonzero)
-        return float(t.nonzero.sum()) / total if total else 1.0
+        counts = t.nonzero[channels]
+        total = self.images * t.per_image * len(counts)
+        return float(counts.sum()) / total if total else 1.0
 
-    def channel_rates(self, tensor: str) -> np.ndarray:
+    def channel_rates(self, tensor: str, channels: slice = slice(None)) -> np.ndarray:
         t = self.taps[tensor]
-        return t.nonzero / max(self.images * t.per_image, 1)
+        return t.nonzero[channels] / max(self.images * t.per_image, 1)
 
 
 # ------------------------------------------------------------ providers

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from graphs import GraphBuilder, classifier
 from onnxmbs import analyze
@@ -90,3 +91,32 @@ def test_taps_follow_bn_affine_transpose_and_skip_linear():
     assert a.taps["c1"].node == "relu6" and a.taps["c1"].channel_axis == 3
     assert a.taps["linear_bottleneck"] is None  # Clip(-1, 1) is not ReLU-family
     assert a.taps["c3"].node == "max0"
+
+
+def test_tap_passes_concat_with_the_convs_own_slice():
+    """DenseNet: conv -> Concat -> BN -> ReLU; the conv's activation is its slice of that ReLU."""
+    import onnx
+    from onnxmbs.pipeline import plan_from_statistics
+    from onnxmbs.statistics import collect_statistics
+    g = GraphBuilder(("N", 3, 8, 8))
+    stem = g.relu(g.conv(g.input.name, 3, 4, name="stem"), name="r0")
+    new = g.conv(stem, 4, 2, name="dense1")
+    cat = g.op("Concat", [stem, new], axis=1)
+    bn = g.op("BatchNormalization", [cat] + [g.const(np.full(6, v, np.float32)) for v in (1.0, 0.0, 0.0, 1.0)])
+    act = g.relu(bn, name="r1")
+    model = g.build([g.relu(g.conv(act, 6, 4, name="next"), name="r2")])
+    a = analyze(model)
+    tap = a.taps["dense1"]
+    assert (tap.node, tap.start, tap.stop) == ("r1", 4, 6)
+    assert a.taps["stem"].node == "r0" and a.taps["stem"].stop is None
+    x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    stats = collect_statistics(a, [x], provider="cpu", progress=False)
+    probe = onnx.load_from_string(model.SerializeToString())
+    probe.graph.output.append(onnx.ValueInfoProto(name="r1_out"))
+    import onnxruntime as ort
+    full = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["r1_out"], {"input": x})[0]
+    expected = (full[:, 4:6] != 0).mean()
+    facts = {l["name"]: l for l in plan_from_statistics(a, stats).document["layers"]}
+    assert facts["dense1"]["p_nonzero"] == pytest.approx(expected)
+    assert len(facts["dense1"]["channel_p_nonzero"]) == 2
