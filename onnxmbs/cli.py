@@ -81,20 +81,24 @@ def main(verbose: int) -> None:
 
 input_shape_option = click.option("--input-shape", type=Shape(), default=None,
                                   help="Fix dynamic input dims, e.g. 1,3,224,224 (NCHW) or 1,224,224,3 (NHWC).")
+macroblocks_option = click.option("--macroblocks", "macroblock_map", type=click.Path(dir_okay=False), default=None,
+                                  help="JSON {layer: level} to override the grouping by output resolution.")
 
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @input_shape_option
+@macroblocks_option
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON (a plan with p = 1).")
 @clean_errors
-def analyze(model: str, input_shape, as_json: bool) -> None:
+def analyze(model: str, input_shape, macroblock_map, as_json: bool) -> None:
     """Static view: layers, receptive fields, macroblocks, channel groups, params, MACs (no data needed)."""
     from onnxmbs.analysis import analyze as run_analyze
-    from onnxmbs.pipeline import plan_from_statistics
+    from onnxmbs.pipeline import plan_from_statistics, read_macroblock_map
     from onnxmbs.text import analysis_text
 
-    result = run_analyze(model, input_shape=input_shape)
+    override = read_macroblock_map(macroblock_map) if macroblock_map else None
+    result = run_analyze(model, input_shape=input_shape, macroblock_override=override)
     if as_json:
         click.echo(json.dumps(plan_from_statistics(result, None).document, indent=1))
     else:
@@ -140,10 +144,12 @@ def data_options(fn: Callable) -> Callable:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON to stdout instead of the table.")
 @click.option("--stats", type=click.Path(dir_okay=False), default=None,
               help="Reuse counts saved by `onnxmbs profile` instead of --data.")
+@macroblocks_option
 @clean_errors
-def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: str | None, **data) -> None:
+def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: str | None, macroblock_map,
+         **data) -> None:
     """Statistics pass + Algorithm 1: per-macroblock width multipliers and the compact widths."""
-    from onnxmbs.pipeline import plan_model
+    from onnxmbs.pipeline import plan_model, read_macroblock_map
     from onnxmbs.planfile import write_json
     from onnxmbs.text import plan_text
 
@@ -153,11 +159,13 @@ def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: s
     if not stats and not has_data:
         raise click.UsageError("give calibration data with --data PATH, or --synthetic N for random noise")
     refuse_overwrite(output, model, *([stats] if stats else []))
+    override = read_macroblock_map(macroblock_map) if macroblock_map else None
     if stats:
         from onnxmbs.statsfile import plan_with_stats
-        result = plan_with_stats(model, stats, input_shape=data["input_shape"], k=k, z=z, round_to=round_to)
+        result = plan_with_stats(model, stats, input_shape=data["input_shape"], k=k, z=z, round_to=round_to,
+                                 macroblocks=override)
     else:
-        result = plan_model(model, k=k, z=z, round_to=round_to, **data)
+        result = plan_model(model, k=k, z=z, round_to=round_to, macroblocks=override, **data)
     if output:
         write_json(output, result.document)
     if as_json:

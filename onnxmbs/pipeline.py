@@ -15,6 +15,7 @@ import onnx
 
 from onnxmbs.analysis import Analysis, analyze
 from onnxmbs.calibration import CalibrationInfo, make_preprocess, open_calibration
+from onnxmbs.errors import MBSError
 from onnxmbs.facts import GroupFacts, LayerFacts
 from onnxmbs.planfile import plan_document
 from onnxmbs.planner import Plan, plan
@@ -70,6 +71,20 @@ def plan_from_statistics(analysis: Analysis, stats: Statistics | None, *, k: flo
     return PlanResult(analysis=analysis, statistics=stats, plan=result, document=doc)
 
 
+def read_macroblock_map(path: str | Path) -> dict[str, int]:
+    """A JSON object ``{"conv node name": level, ...}`` that regroups convs by hand."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise MBSError(f"cannot read macroblock map {path} ({exc}) — give a JSON object {{\"layer\": level}}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
+        raise MBSError(f"macroblock map {path} must be a JSON object of layer name -> integer level, "
+                       "e.g. {\"conv1\": 0, \"conv2\": 1}")
+    return data
+
+
 def _fixed_batches(batches: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
     """Models exported with a fixed batch size: drop a short last batch (with a warning)."""
     for batch in batches:
@@ -96,12 +111,12 @@ def measure(analysis: Analysis, *, data: Any = None, synthetic: int | None = Non
 
 
 def plan_model(model: str | Path | onnx.ModelProto, *, data: Any = None, synthetic: int | None = None,
-               input_shape: tuple[int, ...] | None = None, k: float | None = None, z: float | None = None,
+               input_shape: tuple[int, ...] | None = None, macroblocks: Mapping[str, int] | None = None, k: float | None = None, z: float | None = None,
                round_to: int = 1, preprocess: str | None = "imagenet", mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, max_images: int | None = None, batch_size: int = 32,
                provider: str = "auto", progress: bool | None = None, seed: int = 0) -> PlanResult:
     """Analyse ``model``, measure its ReLU statistics on ``data`` and plan MBS widths."""
-    analysis = analyze(model, input_shape=input_shape)
+    analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks)
     stats, info = measure(analysis, data=data, synthetic=synthetic, preprocess=preprocess, mean=mean, std=std,
                           max_images=max_images, batch_size=batch_size, provider=provider, progress=progress,
                           seed=seed)

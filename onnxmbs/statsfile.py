@@ -87,7 +87,8 @@ def _tap_counts(doc: Mapping[str, Any], analysis: Analysis, path: Path) -> dict[
         taps = {t["tensor"]: TapCounts(t["tensor"], np.asarray(t["nonzero"], dtype=np.int64), int(t["per_image"]))
                 for t in doc["taps"]}
     except (KeyError, TypeError, ValueError) as exc:
-        raise MBSError(f"{path} has a malformed 'taps' list ({exc}) — write it again with `onnxmbs profile`") from None
+        raise MBSError(f"{path} has a malformed 'taps' list ({exc}) — "
+                       "write it again with `onnxmbs profile`") from None
     shapes = analysis.loaded.shapes
     for tap in {t.tensor: t for t in analysis.taps.values() if t is not None}.values():
         got = taps.get(tap.tensor)
@@ -145,11 +146,12 @@ def measure_or_load(analysis: Analysis, *, stats: str | Path | Sequence[str | Pa
 
 
 def plan_with_stats(model: str | Path, stats: str | Path, *, input_shape: tuple[int, ...] | None = None,
-                    k: float | None = None, z: float | None = None, round_to: int = 1):
+                    k: float | None = None, z: float | None = None, round_to: int = 1,
+                    macroblocks: dict[str, int] | None = None):
     """``onnxmbs plan --stats``: analyse, load the saved counts (same model checked), plan."""
     from onnxmbs.pipeline import plan_from_statistics
 
-    analysis = analyze(model, input_shape=input_shape)
+    analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks)
     measured = load_stats(stats, analysis)
     return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to,
                                 settings=measured.settings)

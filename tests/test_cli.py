@@ -101,3 +101,18 @@ def test_usage_errors_and_missing_files(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "no image" in one_line_error(run("plan", MODEL, "--data", empty)).lower()
+
+
+def test_macroblock_override(tmp_path):
+    layers = json.loads(run("analyze", MODEL, "--json").output)["layers"]
+    first = layers[0]["name"]
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({first: 1}))
+    res = json.loads(run("analyze", MODEL, "--json", "--macroblocks", mapping).output)
+    moved = {l["name"]: l["macroblock"] for l in res["layers"]}
+    assert moved[first] == 1 and len(res["macroblocks"][0]["layers"]) == 6  # the level-0 block lost one
+    assert len(res["macroblocks"][1]["layers"]) == 8
+    mapping.write_text(json.dumps({"no_such_layer": 1}))
+    assert "unknown conv" in one_line_error(run("analyze", MODEL, "--macroblocks", mapping))
+    mapping.write_text("[1, 2]")
+    assert "JSON object" in one_line_error(run("plan", MODEL, "--synthetic", "2", "--macroblocks", mapping))
