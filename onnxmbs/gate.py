@@ -88,8 +88,9 @@ def _redundancy_check(model: str, analysis: Analysis, measured: Measured, limits
     parts = [f"m{b['index']} ({b['out_hw'][0]}x{b['out_hw'][1]}) r = {b['redundancy']:.4f}, β = {b['beta']:.4f}"
              + (f", MBS width {widths[b['index']][0]} -> {widths[b['index']][1]}" if b["index"] in widths else "")
              for b in over]
-    return CheckResult(model, "max-redundancy", False, f"redundancy above --max-redundancy {limit:g}: "
-                       + "; ".join(parts) + " — these stages are wider than their receptive field needs", value, limit)
+    message = (f"redundancy above --max-redundancy {limit:g}: " + "; ".join(parts)
+               + " — these stages are wider than their receptive field needs")
+    return CheckResult(model, "max-redundancy", False, message, value, limit)
 
 
 def _baseline_for(model: str, baselines: Mapping[str, Mapping[str, Any]]) -> tuple[str, Mapping[str, Any]]:
@@ -117,7 +118,8 @@ def _baseline_check(model: str, analysis: Analysis, measured: Measured, limits: 
     deltas = [abs(a["beta"] - b["beta"]) for a, b in zip(new, old)]
     d_red = abs(doc["summary"]["param_reduction"] - base["summary"]["param_reduction"])
     worst = max(deltas, default=0.0)
-    bad = [f"m{i}: β {a['beta']:.4f} vs {b['beta']:.4f}" for i, (a, b, d) in enumerate(zip(new, old, deltas)) if d > tol]
+    bad = [f"m{i}: β {a['beta']:.4f} vs {b['beta']:.4f}"
+           for i, (a, b, d) in enumerate(zip(new, old, deltas)) if d > tol]
     if d_red > tol:
         bad.append(f"param reduction {100 * doc['summary']['param_reduction']:.2f}% vs "
                    f"{100 * base['summary']['param_reduction']:.2f}%")

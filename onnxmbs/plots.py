@@ -112,7 +112,8 @@ def _layer_mark(frame: Frame, i: int, layer: Mapping[str, Any]) -> str:
                  f"macroblock {layer['macroblock'] if layer['macroblock'] is not None else '-'}, "
                  f"{'base' if layer['base'] else 'enhancement'}{'' if layer['measured'] else ', not measured'}")
     if not layer["measured"]:
-        return f'<circle cx="{x}" cy="{y}" r="3.5" fill="#fff" stroke="{GREY}" stroke-width="1.5"><title>{tip}</title></circle>'
+        return (f'<circle cx="{x}" cy="{y}" r="3.5" fill="#fff" stroke="{GREY}" stroke-width="1.5">'
+                f"<title>{tip}</title></circle>")
     colour = BLUE if layer["base"] else ORANGE
     return f'<circle cx="{x}" cy="{y}" r="3.5" fill="{colour}"><title>{tip}</title></circle>'
 
@@ -129,7 +130,9 @@ def _macroblock_bands(frame: Frame, layers: Sequence[Mapping[str, Any]]) -> list
             hw = layers[start]["out_hw"]
             out.append(f'<rect x="{x0}" y="{frame.plot_top}" width="{round(x1 - x0, 2)}" '
                        f'height="{frame.plot_bottom - frame.plot_top}" fill="{SHADES[mb % len(SHADES)]}"/>')
-            out.append(_text((x0 + x1) / 2, frame.plot_top + 12, f"m{mb} {hw[0]}×{hw[1]}", size=10, fill="#4a5568"))
+            label = next((t for t in (f"m{mb} {hw[0]}×{hw[1]}", f"m{mb}") if 6 * len(t) + 4 <= x1 - x0), None)
+            if label:
+                out.append(_text((x0 + x1) / 2, frame.plot_bottom - 6, label, size=10, fill="#4a5568"))
         start = i
     return out
 
@@ -151,10 +154,13 @@ def depth_profile(layers: Sequence[Mapping[str, Any]], *, rf_boundary: int | Non
         label = f"RF boundary {rf_boundary}px" + (f" (z={z:g})" if z is not None else "")
         out.append(f'<line x1="{x}" x2="{x}" y1="{frame.plot_top}" y2="{frame.plot_bottom}" stroke="{RED}" '
                    'stroke-width="2" stroke-dasharray="6 4" class="rf-boundary"/>')
-        out.append(_text(x + 4, frame.plot_top + 26, label, anchor="start", fill=RED))
-    path = " ".join(f"{'M' if i == 1 else 'L'}{frame.x(i)},{frame.y(float(l['p_nonzero']))}"
-                    for i, l in enumerate(layers, 1))
-    if n:
+        right = x + 7 * len(label) < frame.width - frame.right  # room for the label right of the line?
+        out.append(_text(x + 4 if right else x - 4, frame.plot_top + 26, label, anchor="start" if right else "end",
+                         fill=RED))
+    measured = [(i, l) for i, l in enumerate(layers, 1) if l["measured"]]
+    path = " ".join(f"{'L' if j else 'M'}{frame.x(i)},{frame.y(float(l['p_nonzero']))}"
+                    for j, (i, l) in enumerate(measured))
+    if measured:
         out.append(f'<path d="{path}" fill="none" stroke="{GREY}" stroke-width="1"/>')
     out += [_layer_mark(frame, i, l) for i, l in enumerate(layers, 1)]
     out += _legend(frame, [("dot", BLUE, "base"), ("dot", ORANGE, "enhancement"), ("hollow", GREY, "not measured"),

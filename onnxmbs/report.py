@@ -193,8 +193,9 @@ def _notes(doc: Mapping[str, Any]) -> list[str]:
     routine = ("model input", "reaches graph output")  # every CNN has these two
     frozen = [g for g in doc["groups"] if g.get("frozen") and not str(g["frozen"]).startswith(routine)]
     if frozen:
-        notes.append(f"{len(frozen)} channel group(s) kept at full width (frozen): "
-                     + "; ".join(f"group {g['id']}: {g['frozen']}" for g in frozen[:3]) + ("; …" if len(frozen) > 3 else ""))
+        shown = "; ".join(f"group {g['id']}: {g['frozen']}" for g in frozen[:3])
+        notes.append(f"{len(frozen)} channel group(s) kept at full width (frozen): {shown}"
+                     + ("; …" if len(frozen) > 3 else ""))
     return notes
 
 
@@ -241,7 +242,8 @@ def to_markdown(report: Report) -> str:
         doc = m.plan
         parts += [f"RF boundary {doc['settings']['rf_boundary']} (z = {doc['settings']['z']:g} px, "
                   f"L = {doc['model']['L']}), {doc['settings'].get('images')} images, sha256 `{m.sha256[:16]}`", "",
-                  md_table(MB_HEADERS, _mb_rows(doc)), "", "k sweep:", "", md_table(SWEEP_HEADERS, _sweep_rows(m.sweep))]
+                  md_table(MB_HEADERS, _mb_rows(doc)), "", "k sweep:", "",
+                  md_table(SWEEP_HEADERS, _sweep_rows(m.sweep))]
         notes = _notes(doc)
         parts += ([""] + [f"- note: {n}" for n in notes]) if notes else []
     return "\n".join(parts) + "\n"
@@ -285,7 +287,9 @@ def _html_model(i: int, m: ModelReport) -> str:
     doc, st = m.plan, m.plan["settings"]
     meta = (f"input {escape(str(doc['model']['shape']))} {doc['model']['layout']}, L = {doc['model']['L']}; "
             f"{st.get('images')} images from {escape(str(st.get('data') or st.get('stats_file') or '-'))}; "
-            f"k = {st['k']:g}, z = {st['z']:g} px, RF boundary {st['rf_boundary']}; sha256 {m.sha256[:16]}…")
+            f"k = {st['k']:g}, z = {st['z']:g} px, RF boundary "
+            f"{st['rf_boundary'] if st['rf_boundary'] is not None else 'none (every conv is base: β = 1)'}; "
+            f"sha256 {m.sha256[:16]}…")
     charts = [plots.depth_profile(doc["layers"], rf_boundary=st["rf_boundary"], z=st["z"]),
               plots.beta_bars(doc["macroblocks"]),
               plots.tradeoff_curve(m.curve, marks=m.sweep, chosen_k=st.get("k"))]
