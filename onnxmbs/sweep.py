@@ -107,8 +107,9 @@ def _configuration(analysis: Analysis, layers: Sequence[LayerFacts],
     count = len(analysis.macroblocks)
     pairs: list[dict[tuple[int, int], None]] = [{} for _ in range(count)]
     for conv, facts in zip(analysis.layers, layers):
-        if facts.macroblock is not None:
-            pairs[facts.macroblock][(conv.out_channels, widths[facts.group])] = None
+        if facts.macroblock is not None:  # the same compact width as the plan JSON's compact_out_channels
+            groups = getattr(facts, "output_groups", ()) or (facts.group,)
+            pairs[facts.macroblock][(conv.out_channels, sum(widths[g] for g in groups))] = None
     before = tuple(tuple(dict.fromkeys(a for a, _ in p)) for p in pairs)
     after = tuple(tuple(dict.fromkeys(b for _, b in p)) for p in pairs)
     return before, after
