@@ -39,7 +39,8 @@ class ChannelGroup:
 @dataclass(frozen=True)
 class ChannelAnalysis:
     groups: tuple[ChannelGroup, ...]
-    conv_group: Mapping[str, int]  # conv name -> group id of its output
+    conv_group: Mapping[str, int]  # conv name -> (first) group id of its output
+    conv_output_groups: Mapping[str, tuple[int, ...]]  # several when a join split the output to match a concat
     conv_input_groups: Mapping[str, tuple[int, ...]]  # conv name -> groups along its input channels
     tensor_chan: Mapping[str, Chan] = field(repr=False)
 
@@ -61,11 +62,38 @@ class _Builder:
         self.parent: list[int] = []
         self.data: list[_Group] = []
         self.chan: dict[str, Chan] = {}
+        self.members: dict[int, list[int]] = {}  # root -> ids in its set
+        self.parts: dict[int, tuple[int, ...]] = {}  # a split id -> the ids that replace it
 
     def new(self, channels: int, *, producer: str | None = None, frozen: str | None = None) -> int:
-        self.parent.append(len(self.parent))
+        gid = len(self.parent)
+        self.parent.append(gid)
         self.data.append(_Group(channels, [producer] if producer else [], [], [frozen] if frozen else []))
-        return len(self.parent) - 1
+        self.members[gid] = [gid]
+        return gid
+
+    def expand(self, g: int) -> tuple[int, ...]:
+        return tuple(x for p in self.parts[g] for x in self.expand(p)) if g in self.parts else (g,)
+
+    def resolve(self, chan: Chan | None) -> Chan | None:
+        if chan is None:
+            return None
+        return Chan(chan.axis, tuple(x for g in chan.segs for x in self.expand(g)), chan.split)
+
+    def split(self, g: int, widths: list[int]) -> None:
+        """Cut group ``g`` (and every group tied to it) into consecutive parts of ``widths``."""
+        root = self.find(g)
+        d = self.data[root]
+        for m in self.members.pop(root):
+            self.parts[m] = tuple(self.new(w) for w in widths)
+        for k in range(len(widths)):
+            ids = [self.parts[m][k] for m in self.parts if self.find(m) == root]
+            for gid in ids:
+                part = self.data[gid]
+                part.producers, part.followers, part.frozen = list(d.producers), list(d.followers), list(d.frozen)
+                part.multiple_of = d.multiple_of
+            for gid in ids[1:]:
+                self.union(ids[0], gid)
 
     def find(self, g: int) -> int:
         while self.parent[g] != g:
@@ -79,6 +107,7 @@ class _Builder:
             return
         keep, gone = (ra, rb) if ra < rb else (rb, ra)
         self.parent[gone] = keep
+        self.members[keep] += self.members.pop(gone)
         d, e = self.data[keep], self.data[gone]
         if d.channels != e.channels:
             d.frozen.append(f"joins groups of {d.channels} and {e.channels} channels")
@@ -88,20 +117,39 @@ class _Builder:
         d.multiple_of = math.lcm(d.multiple_of, e.multiple_of)
 
     def freeze(self, chan: Chan | None, reason: str) -> None:
-        for g in chan.segs if chan else ():
+        for g in self.resolve(chan).segs if chan else ():
             self.data[self.find(g)].frozen.append(reason)
 
     def shape(self, name: str) -> tuple[int, ...] | None:
         return self.loaded.shapes.get(name)
 
     def width(self, chan: Chan) -> int:
-        return sum(self.data[self.find(g)].channels for g in chan.segs)
+        return sum(self.data[self.find(g)].channels for g in self.resolve(chan).segs)
+
+    def refine(self, chans: list[Chan]) -> list[Chan]:
+        """Split groups so that all ``chans`` have the same segment boundaries (equal total widths)."""
+        cuts = set()
+        for c in chans:
+            pos = 0
+            for g in self.resolve(c).segs:
+                pos += self.data[self.find(g)].channels
+                cuts.add(pos)
+        for c in chans:
+            pos = 0
+            for g in self.resolve(c).segs:
+                w = self.data[self.find(g)].channels
+                inner = sorted(x - pos for x in cuts if pos < x < pos + w)
+                if inner:
+                    self.split(g, [b - a for a, b in zip([0, *inner], [*inner, w])])
+                pos += w
+        return [self.resolve(c) for c in chans]
 
 
 Rule = Callable[[_Builder, onnx.NodeProto, str, list], Chan | None]
 
 
 def _same_layout(b: _Builder, chans: list[Chan]) -> bool:
+    chans = [b.resolve(c) for c in chans]
     first = chans[0]
     return all(c.axis == first.axis and c.split == first.split and len(c.segs) == len(first.segs)
                and all(b.data[b.find(x)].channels == b.data[b.find(y)].channels for x, y in zip(c.segs, first.segs))
@@ -113,16 +161,19 @@ def _join(b: _Builder, node: onnx.NodeProto, name: str, ins: list) -> Chan | Non
     chans = [c for c in ins if c is not None]
     if not chans:
         return None
-    if not _same_layout(b, chans):
+    first = chans[0]
+    if any(c.axis != first.axis or c.split or b.width(c) != b.width(first) for c in chans) or first.split:
         for c in chans:
             b.freeze(c, f"{node.op_type} '{name}' joins differently laid-out channels")
-        return chans[0]
+        return first
+    if not _same_layout(b, chans):  # e.g. a conv output added to a concat of two groups: split to match
+        chans = b.refine(chans)
     for c in chans[1:]:
         for x, y in zip(c.segs, chans[0].segs):
             b.union(x, y)
     out = b.shape(node.output[0])
     full = [c for c, i in zip(ins, node.input) if c is not None and b.shape(i) == out]
-    return full[0] if full else chans[0]
+    return b.resolve(full[0] if full else first)
 
 
 def _first(b: _Builder, node: onnx.NodeProto, name: str, ins: list) -> Chan | None:
@@ -271,7 +322,7 @@ def analyze_channels(loaded: LoadedModel, convs: tuple[ConvLayer, ...]) -> Chann
     b.chan[inp.name] = Chan(1 if inp.layout == "NCHW" else 3, (b.new(inp.channels, frozen="model input channels"),))
     conv_in: dict[str, tuple[int, ...]] = {}
     for node, name in zip(loaded.graph.node, node_names(loaded.graph)):
-        ins = [b.chan.get(i) if i not in loaded.constants else None for i in node.input]
+        ins = [b.resolve(b.chan.get(i)) if i not in loaded.constants else None for i in node.input]
         if node.op_type == "Conv":
             conv_in[name] = ins[0].segs if ins[0] is not None else ()
         out = CHANNEL_RULES.get(node.op_type, _freeze_all)(b, node, name, ins)
@@ -285,14 +336,17 @@ def analyze_channels(loaded: LoadedModel, convs: tuple[ConvLayer, ...]) -> Chann
 
 
 def _finish(b: _Builder, convs: tuple[ConvLayer, ...], conv_in: dict[str, tuple[int, ...]]) -> ChannelAnalysis:
-    roots = sorted({b.find(g) for g in range(len(b.parent))})
+    roots = sorted({b.find(g) for g in range(len(b.parent)) if g not in b.parts})
     number = {r: i for i, r in enumerate(roots)}
     groups = tuple(ChannelGroup(
         id=number[r], channels=b.data[r].channels, producers=tuple(dict.fromkeys(b.data[r].producers)),
         followers=tuple(dict.fromkeys(b.data[r].followers)),
         frozen="; ".join(dict.fromkeys(b.data[r].frozen)) or None, multiple_of=b.data[r].multiple_of)
         for r in roots)
-    conv_group = {c.name: number[b.find(b.chan[c.output].segs[0])] for c in convs if c.output in b.chan}
-    conv_input = {name: tuple(number[b.find(g)] for g in segs) for name, segs in conv_in.items()}
-    chans = {t: Chan(c.axis, tuple(number[b.find(g)] for g in c.segs), c.split) for t, c in b.chan.items()}
-    return ChannelAnalysis(groups=groups, conv_group=conv_group, conv_input_groups=conv_input, tensor_chan=chans)
+    chans = {t: Chan(c.axis, tuple(number[b.find(g)] for g in c.segs), c.split)
+             for t, c in ((t, b.resolve(c)) for t, c in b.chan.items())}
+    out_groups = {c.name: chans[c.output].segs for c in convs if c.output in chans}
+    conv_group = {name: segs[0] for name, segs in out_groups.items()}
+    conv_input = {name: tuple(number[b.find(g)] for s in segs for g in b.expand(s)) for name, segs in conv_in.items()}
+    return ChannelAnalysis(groups=groups, conv_group=conv_group, conv_output_groups=out_groups,
+                           conv_input_groups=conv_input, tensor_chan=chans)

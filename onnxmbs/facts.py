@@ -17,7 +17,8 @@ class LayerFacts:
     rf: int | None
     flops: int
     p_nonzero: float
-    group: int  # channel group of the output
+    group: int  # channel group of the output (the first, when several)
+    output_groups: tuple[int, ...] = ()  # all groups along the output channels
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ def layer_facts(analysis: Analysis, stats: Statistics | None) -> list[LayerFacts
         measured = stats is not None and tap is not None
         p = stats.p_nonzero(tap.tensor, slice(tap.start, tap.stop)) if measured else 1.0
         facts.append(LayerFacts(name=conv.name, macroblock=where.get(conv.name), rf=conv.rf, flops=conv.flops,
-                                p_nonzero=p, group=analysis.channels.conv_group[conv.name]))
+                                p_nonzero=p, group=analysis.channels.conv_group[conv.name],
+                                output_groups=analysis.channels.conv_output_groups[conv.name]))
     return facts
 
 

@@ -61,7 +61,9 @@ def _layer_entry(conv, facts: LayerFacts, analysis: Analysis, plan: Plan, rates)
         "kernel": list(conv.kernel), "stride": list(conv.stride), "dilation": list(conv.dilation),
         "rf": conv.rf, "flops": conv.flops, "params": conv.params,
         "activation": tap.node if tap else None, "p_nonzero": facts.p_nonzero, "measured": tap is not None,
-        "base": plan.base[conv.name], "group": facts.group, "compact_out_channels": widths[facts.group],
+        "base": plan.base[conv.name], "group": facts.group,
+        "compact_out_channels": sum(widths[g] for g in facts.output_groups or (facts.group,)),
+        "output_groups": list(facts.output_groups or (facts.group,)),
         "input_groups": list(analysis.channels.conv_input_groups.get(conv.name, ())),
     }
     if rates is not None:

@@ -120,3 +120,27 @@ def test_tap_passes_concat_with_the_convs_own_slice():
     facts = {l["name"]: l for l in plan_from_statistics(a, stats).document["layers"]}
     assert facts["dense1"]["p_nonzero"] == pytest.approx(expected)
     assert len(facts["dense1"]["channel_p_nonzero"]) == 2
+
+
+def test_add_of_conv_to_concat_splits_the_conv_group():
+    """ShuffleNet: a stride-1 unit adds a conv output (480) to a concat of two groups (240 + 240)."""
+    g = GraphBuilder((1, 4, 8, 8))
+    a1 = g.relu(g.conv(g.input.name, 4, 6, 1, name="a"))
+    b1 = g.relu(g.conv(g.input.name, 4, 6, 1, name="b"))
+    cat = g.op("Concat", [a1, b1], axis=1)
+    branch = g.conv(g.relu(g.conv(cat, 12, 3, 1, name="squeeze")), 3, 12, 1, name="expand")
+    out = g.relu(g.op("Add", [cat, branch]))
+    last = g.relu(g.conv(out, 12, 5, 1, name="mix"))
+    a = analyze(g.build([classifier(g, last, 5)]))
+    parts = a.channels.conv_output_groups["expand"]
+    assert parts == (group_of(a, "a"), group_of(a, "b"))
+    assert {"a", "expand"} <= set(groups(a)[parts[0]].producers)
+    assert all(not groups(a)[p].frozen for p in parts)
+    assert a.channels.conv_input_groups["mix"] == parts
+    from onnxmbs.pipeline import plan_from_statistics
+    layers = {l["name"]: l for l in plan_from_statistics(a, None).document["layers"]}
+    assert layers["expand"]["output_groups"] == list(parts) and layers["expand"]["compact_out_channels"] == 12
+    from onnxmbs.scaling import param_specs
+    spec = {s.name: s for s in param_specs(a)}
+    expand_w = next(l for l in a.layers if l.name == "expand").weight
+    assert spec[expand_w].dims[0].groups == parts
