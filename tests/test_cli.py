@@ -116,3 +116,12 @@ def test_macroblock_override(tmp_path):
     assert "unknown conv" in one_line_error(run("analyze", MODEL, "--macroblocks", mapping))
     mapping.write_text("[1, 2]")
     assert "JSON object" in one_line_error(run("plan", MODEL, "--synthetic", "2", "--macroblocks", mapping))
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    import os
+    from onnxmbs.planfile import write_atomic
+    path = write_atomic(tmp_path / "x.json", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
