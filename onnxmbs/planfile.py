@@ -42,17 +42,23 @@ def write_json(path: str | Path, document: Mapping[str, Any]) -> Path:
     return write_atomic(path, json.dumps(document, indent=1) + "\n")
 
 
-def read_plan(path: str | Path) -> dict[str, Any]:
+def read_document(path: str | Path, *, schema: str, what: str, how: str) -> dict[str, Any]:
+    """A JSON document of ``schema``; ``what`` names it and ``how`` says how to make one, in errors."""
     path = Path(path)
     if not path.is_file():
-        raise MBSError(f"plan file not found: {path} — create one with `onnxmbs plan MODEL --data ... -o {path}`")
+        raise MBSError(f"{what} not found: {path} — {how}")
     try:
         doc = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MBSError(f"{path} is not valid JSON ({exc}) — pass a plan written by `onnxmbs plan`") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise MBSError(f"{path} is not an onnxmbs plan (schema {SCHEMA!r} expected) — pass a file from `onnxmbs plan`")
+        raise MBSError(f"{path} is not valid JSON ({exc}) — {how}") from None
+    if not isinstance(doc, dict) or doc.get("schema") != schema:
+        raise MBSError(f"{path} is not an {what} (schema {schema!r} expected) — {how}")
     return doc
+
+
+def read_plan(path: str | Path) -> dict[str, Any]:
+    return read_document(path, schema=SCHEMA, what="onnxmbs plan",
+                         how=f"create one with `onnxmbs plan MODEL --data ... -o {path}`")
 
 
 def _layer_entry(conv, facts: LayerFacts, analysis: Analysis, plan: Plan, rates) -> dict[str, Any]:

@@ -7,7 +7,6 @@ back instead of running the statistics pass, and refuses counts made from anothe
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import numpy as np
 from onnxmbs.analysis import Analysis, analyze
 from onnxmbs.calibration import CalibrationInfo
 from onnxmbs.errors import MBSError
-from onnxmbs.planfile import write_json
+from onnxmbs.planfile import read_document, write_json
 from onnxmbs.statistics import Statistics, TapCounts
 
 logger = logging.getLogger(__name__)
@@ -58,17 +57,8 @@ def save_stats(path: str | Path, analysis: Analysis, stats: Statistics, *, info:
 
 def read_stats(path: str | Path) -> dict[str, Any]:
     """The raw stats document, schema-checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise MBSError(f"stats file not found: {path} — write one with `onnxmbs profile MODEL --data ... -o {path}`")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MBSError(f"{path} is not valid JSON ({exc}) — pass a file written by `onnxmbs profile`") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise MBSError(f"{path} is not an onnxmbs stats file (schema {SCHEMA!r} expected) — "
-                       "pass a file written by `onnxmbs profile`")
-    return doc
+    return read_document(path, schema=SCHEMA, what="onnxmbs stats file",
+                         how=f"write one with `onnxmbs profile MODEL --data ... -o {path}`")
 
 
 def _check_model(doc: Mapping[str, Any], analysis: Analysis, path: Path) -> None:
