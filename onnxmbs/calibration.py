@@ -15,84 +15,16 @@ import numpy as np
 from PIL import Image
 
 from onnxmbs.errors import MBSError
+from onnxmbs.preprocess import PRESETS, Preprocess, make_preprocess
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["PRESETS", "Calibration", "CalibrationInfo", "Preprocess", "make_preprocess", "open_calibration"]
 
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
 LAYOUTS = ("NCHW", "NHWC")
 _EXT_TEXT = "/".join(IMAGE_EXTENSIONS) + " (any case)"
 _PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """0..255 RGB pixels -> model input: ``(pixel / scale - mean) / std`` per channel.
-
-    With ``bgr`` channels are flipped first (mean/std in BGR order); one value fits all channels.
-    """
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    scale: float
-    bgr: bool = False
-    name: str = "custom"
-
-    def __post_init__(self) -> None:
-        mean, std = tuple(map(float, self.mean)), tuple(map(float, self.std))
-        for field, value in (("mean", mean), ("std", std), ("scale", float(self.scale))):
-            object.__setattr__(self, field, value)
-        if not mean or not std or (len(mean) != len(std) and 1 not in (len(mean), len(std))):
-            raise MBSError(f"preprocess {self.name!r} has {len(mean)} mean and {len(std)} std values — "
-                           "give one value per channel (or a single value) for both")
-        if not np.all(np.isfinite(mean)) or min(std) <= 0 or not self.scale > 0:
-            raise MBSError(f"preprocess {self.name!r} needs finite means and positive std/scale, got "
-                           f"mean={mean} std={std} scale={self.scale} — fix the values")
-
-    def vectors(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel float32 mean and std for a model with ``channels`` channels."""
-        return _per_channel(self.mean, channels, "mean", self), _per_channel(self.std, channels, "std", self)
-
-    def apply(self, pixels: np.ndarray) -> np.ndarray:
-        """Channel-last pixels ``(..., C)`` in RGB order, 0..255 -> float32 model values."""
-        x = np.asarray(pixels, dtype=np.float32)
-        if self.bgr and x.shape[-1] == 3:
-            x = x[..., ::-1]
-        mean, std = self.vectors(x.shape[-1])
-        return (x / np.float32(self.scale) - mean) / std
-
-
-def _per_channel(values: tuple[float, ...], channels: int, what: str, pre: Preprocess) -> np.ndarray:
-    if len(values) == channels or len(values) == 1:
-        return np.broadcast_to(np.asarray(values, np.float32), (channels,))
-    if channels == 1:  # grayscale model, RGB statistics: use their average
-        return np.asarray([np.mean(values)], np.float32)
-    raise MBSError(f"preprocess {pre.name!r} has {len(values)} {what} values but the model has {channels} "
-                   f"channels — pass {channels} mean/std values")
-
-
-PRESETS: dict[str, Preprocess] = {
-    "imagenet": Preprocess((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 255.0, name="imagenet"),
-    "tf": Preprocess((1.0,), (1.0,), 127.5, name="tf"),
-    "caffe": Preprocess((103.939, 116.779, 123.68), (1.0,), 1.0, bgr=True, name="caffe"),
-    "raw": Preprocess((0.0,), (1.0,), 255.0, name="raw"),
-}
-
-
-def make_preprocess(preset: str | None = "imagenet", *, mean: Sequence[float] | None = None,
-                    std: Sequence[float] | None = None) -> Preprocess:
-    """A preset by name (None = "raw"); explicit mean/std in [0,1] pixel units override it."""
-    base = PRESETS.get("raw" if preset is None else str(preset).lower())
-    if base is None:
-        raise MBSError(f"unknown preprocess preset {preset!r} — use one of: {', '.join(PRESETS)}")
-    if mean is None and std is None:
-        return base
-    unit = base.scale / 255.0  # preset units -> [0,1] pixel units
-    mean_v = tuple(mean) if mean is not None else tuple(m * unit for m in base.mean)
-    std_v = tuple(std) if std is not None else tuple(s * unit for s in base.std)
-    if mean_v and max(mean_v) > 1.0:
-        raise MBSError(f"mean {mean_v} is not in [0,1] pixel units — give it like torchvision "
-                       "(e.g. 0.485, 0.456, 0.406): divide 0..255 values by 255")
-    return Preprocess(mean_v, std_v, 255.0, bgr=base.bgr, name="custom")
 
 
 @dataclass(frozen=True)
