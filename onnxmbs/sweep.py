@@ -18,7 +18,7 @@ from onnxmbs.analysis import Analysis
 from onnxmbs.errors import MBSError
 from onnxmbs.facts import GroupFacts, LayerFacts, ParamSpec
 from onnxmbs.pipeline import PlanResult, group_facts, layer_facts, plan_from_statistics
-from onnxmbs.planner import Plan, plan
+from onnxmbs.planner import Plan, Summary, plan
 from onnxmbs.scaling import param_specs
 from onnxmbs.statistics import Statistics
 from onnxmbs.text import human, table
@@ -29,7 +29,7 @@ MAX_POINTS = 1000
 
 
 @dataclass(frozen=True)
-class SweepPoint:
+class SweepPoint(Summary):
     """One k of the sweep: β and compact widths per macroblock, params and MACs before/after."""
     k: float
     z: float
@@ -38,18 +38,6 @@ class SweepPoint:
     redundancy: tuple[float, ...]
     widths: tuple[tuple[int, ...], ...]  # original widths per macroblock
     configuration: tuple[tuple[int, ...], ...]  # compact widths per macroblock
-    params: int
-    params_compact: int
-    flops: int
-    flops_compact: int
-
-    @property
-    def param_reduction(self) -> float:
-        return 1.0 - self.params_compact / self.params if self.params else 0.0
-
-    @property
-    def flop_reduction(self) -> float:
-        return 1.0 - self.flops_compact / self.flops if self.flops else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         doc = asdict(self)
