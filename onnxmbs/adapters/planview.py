@@ -1,0 +1,279 @@
+"""What the framework adapters read from a plan, and the channel bookkeeping they share.
+
+Framework-free (numpy and onnx only). A :class:`PlanView` is the validated part of an
+``onnxmbs.plan/1`` document the adapters need: the conv layers in ONNX order with their
+compact widths, and the channel groups. A :class:`Layout` says which channel groups a
+tensor carries along its channel axis (several after a concatenation), so an adapter can
+resize every consumer (BatchNorm, depthwise conv, classifier) and slice inherited weights
+the same way in every layer that reads a group.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxmbs.errors import MBSError
+from onnxmbs.planfile import SCHEMA, read_plan
+
+logger = logging.getLogger(__name__)
+
+INITS = ("scratch", "inherit")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One conv layer of the plan (an ONNX Conv node)."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    groups: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    out_hw: tuple[int, ...]
+    group: int
+    compact_out: int
+    rates: tuple[float, ...] | None
+    output_groups: tuple[int, ...] = ()  # several when the planner split this conv's channels (concat)
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+
+@dataclass(frozen=True)
+class PlanView:
+    layers: tuple[LayerSpec, ...]
+    channels: Mapping[int, int]  # group id -> original width
+    widths: Mapping[int, int]  # group id -> compact width
+    model_path: str | None
+    input_hw: tuple[int, int] | None
+
+    def layer(self, name: str) -> LayerSpec:
+        return next(spec for spec in self.layers if spec.name == name)
+
+
+def check_init(init: str) -> str:
+    if init not in INITS:
+        raise MBSError(f"unknown init {init!r} — use init='scratch' (retrain from scratch, the paper's way) "
+                       "or init='inherit' (keep the surviving channels' weights)")
+    return init
+
+
+def load_plan(plan: Mapping[str, Any] | str | Path) -> PlanView:
+    """Validate a plan document (or read it from a path) into a :class:`PlanView`."""
+    doc = read_plan(plan) if isinstance(plan, (str, Path)) else plan
+    if not isinstance(doc, Mapping) or doc.get("schema") != SCHEMA:
+        raise MBSError(f"not an onnxmbs plan (schema {SCHEMA!r} expected) — pass the JSON written by "
+                       "`onnxmbs plan` or PlanResult.document")
+    try:
+        layers = tuple(_layer(entry) for entry in doc["layers"])
+        channels = {int(g["id"]): int(g["channels"]) for g in doc["groups"]}
+        widths = {int(g["id"]): int(g["compact_channels"]) for g in doc["groups"]}
+        model = doc.get("model", {})
+        shape, layout = model.get("shape"), model.get("layout")
+        hw = None
+        if shape and len(shape) == 4:
+            hw = (int(shape[2]), int(shape[3])) if layout == "NCHW" else (int(shape[1]), int(shape[2]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MBSError(f"the plan is malformed ({type(exc).__name__}: {exc}) — pass the JSON written by "
+                       "`onnxmbs plan`") from None
+    return PlanView(layers=layers, channels=channels, widths=widths, model_path=model.get("path"), input_hw=hw)
+
+
+def _layer(entry: Mapping[str, Any]) -> LayerSpec:
+    rates = entry.get("channel_p_nonzero")
+    return LayerSpec(
+        name=str(entry["name"]), in_channels=int(entry["in_channels"]), out_channels=int(entry["out_channels"]),
+        groups=int(entry["groups"]), kernel=tuple(int(k) for k in entry["kernel"]),
+        stride=tuple(int(s) for s in entry["stride"]), out_hw=tuple(int(v) for v in entry["out_hw"]),
+        group=int(entry["group"]), compact_out=int(entry["compact_out_channels"]),
+        rates=tuple(float(r) for r in rates) if rates else None,
+        output_groups=tuple(int(g) for g in entry.get("output_groups") or (entry["group"],)))
+
+
+# ---------------------------------------------------------------- channel layouts
+@dataclass(frozen=True)
+class Layout:
+    """The channel groups laid along a tensor's channel axis.
+
+    ``segs`` are group keys (any hashable; adapters use their own keys and resolve them to plan
+    groups later). A flattened feature vector of a channel tensor has ``outer`` copies of the
+    channel axis, each channel spread over ``inner`` consecutive features: PyTorch's NCHW
+    flatten has ``inner = H*W``, Keras' NHWC flatten ``outer = H*W``.
+    """
+
+    segs: tuple[Hashable, ...]
+    inner: int = 1
+    outer: int = 1
+
+    def width(self, widths: Mapping[Hashable, int]) -> int:
+        return sum(widths[s] for s in self.segs) * self.inner * self.outer
+
+    def channel_index(self, keep: Mapping[Hashable, np.ndarray], widths: Mapping[Hashable, int]) -> np.ndarray:
+        """Indices into the original channel axis of the channels that survive."""
+        parts, offset = [], 0
+        for seg in self.segs:
+            parts.append(keep[seg] + offset)
+            offset += widths[seg]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def feature_index(self, keep: Mapping[Hashable, np.ndarray], widths: Mapping[Hashable, int]) -> np.ndarray:
+        """Indices into the original flattened features (``outer × channels × inner``)."""
+        chans = self.channel_index(keep, widths)
+        total = sum(widths[s] for s in self.segs)
+        per_outer = (chans[:, None] * self.inner + np.arange(self.inner)[None, :]).reshape(-1)
+        return (np.arange(self.outer)[:, None] * total * self.inner + per_outer[None, :]).reshape(-1)
+
+
+class KeySets:
+    """Union-find over layout keys: element-wise ops tie the channels of their inputs."""
+
+    def __init__(self) -> None:
+        self.parent: dict[Hashable, Hashable] = {}
+
+    def find(self, key: Hashable) -> Hashable:
+        self.parent.setdefault(key, key)
+        while self.parent[key] != key:
+            self.parent[key] = self.parent[self.parent[key]]
+            key = self.parent[key]
+        return key
+
+    def union(self, a: Hashable, b: Hashable) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+    def members(self) -> dict[Hashable, list[Hashable]]:
+        out: dict[Hashable, list[Hashable]] = {}
+        for key in list(self.parent):
+            out.setdefault(self.find(key), []).append(key)
+        return out
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Layout keys resolved to widths: original, compact, and the surviving channel indices."""
+
+    channels: Mapping[Hashable, int]
+    widths: Mapping[Hashable, int]
+    keep: Mapping[Hashable, np.ndarray] = field(repr=False)
+
+    def changed(self, key: Hashable) -> bool:
+        return self.widths[key] != self.channels[key]
+
+
+def plan_groups(specs: Sequence[LayerSpec], view: PlanView, where: str) -> set[int]:
+    """The plan groups a set of tied conv outputs belongs to; split outputs are refused when resized."""
+    for spec in specs:
+        split = spec.output_groups
+        if len(split) > 1 and any(view.widths[g] != view.channels[g] for g in split):
+            raise MBSError(f"the plan splits the output of '{spec.name}' ({where}) into channel groups {list(split)} "
+                           "that are resized separately — the adapters cannot do that yet; plan with those "
+                           "groups at full width or use `onnxmbs compact` on the ONNX model")
+    return {g for s in specs for g in s.output_groups}
+
+
+def keep_top(scores: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` highest-scoring channel indices, ascending (ties: lower index first)."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:count]
+    return np.sort(order).astype(np.int64)
+
+
+def channel_scores(specs: Sequence[LayerSpec], width: int, l1: Callable[[LayerSpec], np.ndarray | None]) -> np.ndarray:
+    """Per-channel importance of a group: the producers' measured non-zero rates (mean), else the
+    L1 norm of their filters (sum), else channel order."""
+    rates = [np.asarray(s.rates, np.float64) for s in specs if s.rates is not None and len(s.rates) == width]
+    if rates:
+        return np.mean(rates, axis=0)
+    norms = [n for n in (l1(s) for s in specs) if n is not None and len(n) == width]
+    if norms:
+        return np.sum(norms, axis=0)
+    return -np.arange(width, dtype=np.float64)
+
+
+# ---------------------------------------------------------------- plan layer -> framework layer
+@dataclass(frozen=True)
+class Candidate:
+    """A framework conv layer the adapter found, with what the plan can be matched on."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    groups: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    out_hw: tuple[int, ...] | None
+
+    def fits(self, spec: LayerSpec) -> bool:
+        return ((self.in_channels, self.out_channels, self.groups, self.kernel, self.stride)
+                == (spec.in_channels, spec.out_channels, spec.groups, spec.kernel, spec.stride)
+                and (self.out_hw is None or self.out_hw == spec.out_hw))
+
+
+def onnx_weight_names(view: PlanView, onnx_path: str | Path | None = None) -> dict[str, str]:
+    """Conv node name -> its weight input's name, read from the planned ONNX file when it exists."""
+    path = Path(onnx_path or view.model_path or "")
+    if not path.is_file():
+        logger.debug("planned ONNX file %s not found: matching layers by order and shape", path)
+        return {}
+    import onnx
+
+    from onnxmbs.shapes import node_names
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {name: node.input[1] for node, name in zip(graph.node, node_names(graph))
+            if node.op_type == "Conv" and len(node.input) > 1}
+
+
+def match_layers(view: PlanView, candidates: Sequence[Candidate],
+                 named: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """Plan layer name -> framework layer name.
+
+    First by the names the exporter left (``named``: plan layer -> candidate names, best first),
+    each checked against the layer's shape; the rest in order within each shape signature.
+    """
+    by_name = {c.name: c for c in candidates}
+    result: dict[str, str] = {}
+    taken: set[str] = set()
+    for spec in view.layers:
+        for guess in named.get(spec.name, ()):
+            cand = by_name.get(guess)
+            if cand is not None and guess not in taken and cand.fits(spec):
+                result[spec.name] = guess
+                taken.add(guess)
+                break
+    free = [c for c in candidates if c.name not in taken]
+    for spec in view.layers:
+        if spec.name in result:
+            continue
+        cand = next((c for c in free if c.name not in taken and c.fits(spec)), None)
+        if cand is None:
+            raise MBSError(f"plan layer '{spec.name}' ({spec.in_channels}->{spec.out_channels} channels, "
+                           f"kernel {spec.kernel}, stride {spec.stride}, groups {spec.groups}) has no matching "
+                           "conv in the model — was the plan made from an export of this model at this input size?")
+        result[spec.name] = cand.name
+        taken.add(cand.name)
+    extra = [c.name for c in candidates if c.name not in taken]
+    if extra:
+        raise MBSError(f"conv layer(s) {', '.join(extra[:5])} of the model are not in the plan — "
+                       "make the plan from an ONNX export of this very model")
+    return result
+
+
+def scope_path(node_name: str) -> str | None:
+    """Module path from a TorchScript-exporter node name, e.g.
+    ``/stages/stages.0/stages.0.0/body/body.0/Conv`` -> ``stages.0.0.body.0``."""
+    parts = [p for p in node_name.split("/") if p][:-1]
+    if not parts:
+        return None
+    path, prev = parts[0], parts[0]
+    for part in parts[1:]:
+        path = path + part[len(prev):] if part.startswith(prev + ".") else f"{path}.{part}"
+        prev = part
+    return path

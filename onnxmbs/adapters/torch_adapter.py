@@ -1,0 +1,270 @@
+"""Apply an MBS plan to the user's own PyTorch module: the compact model, ready to retrain.
+
+``apply_plan_torch(module, plan, example_inputs)`` deep-copies the module, traces one
+forward pass (:mod:`onnxmbs.adapters.torch_trace`) to learn which tensor every conv,
+BatchNorm and Linear reads, matches the plan's ONNX conv nodes to the module's convs
+(exporter names: the dynamo exporter's weight initializer ``<module path>.weight``, the
+TorchScript exporter's ``/a/a.0/conv/Conv`` scopes; otherwise order + shape), then resizes
+every conv to the plan's ``compact_out_channels`` and every consumer to match: BatchNorm,
+depthwise convs (and their ``groups``), residual partners, concatenations and the
+classifier's ``in_features``. The result is verified with a forward pass; the original
+module is never touched.
+
+``init="scratch"`` re-initialises every layer with its ``reset_parameters()`` (PyTorch's
+defaults; the paper retrains from scratch). ``init="inherit"`` keeps the surviving channels'
+weights: per coupled channel group the channels with the highest measured non-zero rate
+(the plan's ``channel_p_nonzero``), else the largest L1 filter norm — the same channels in
+every layer of a residual chain.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from onnxmbs.adapters.planview import (
+    Candidate, Layout, PlanView, Resolution, channel_scores, check_init, keep_top, load_plan, match_layers,
+    onnx_weight_names, plan_groups, scope_path,
+)
+from onnxmbs.adapters.torch_trace import ConvUse, Trace, run_model, trace_model
+from onnxmbs.errors import MBSError
+
+logger = logging.getLogger(__name__)
+
+
+def apply_plan_torch(module: nn.Module, plan: Mapping[str, Any] | str | Path, example_inputs: Any, *,
+                     init: str = "scratch", onnx_path: str | Path | None = None) -> nn.Module:
+    """A new module with the plan's compact widths (``module`` is left untouched).
+
+    ``example_inputs``: a tensor (or tuple of tensors) the model accepts, e.g. ``torch.rand(1, 3, 32, 32)``.
+    ``onnx_path``: the ONNX file the plan was made from, when the plan's ``model.path`` is not
+    reachable from here (it only improves how layers are matched).
+    """
+    if not isinstance(module, nn.Module):
+        raise MBSError(f"apply_plan_torch needs a torch.nn.Module, got {type(module).__name__} — pass your model")
+    check_init(init)
+    view = load_plan(plan)
+    reference = run_model(module, example_inputs)
+    compact = copy.deepcopy(module)
+    trace = trace_model(compact, example_inputs)
+    mapping = _match(view, trace, example_inputs, onnx_path)
+    res = resolve(view, trace, mapping)
+    _check_supported(trace, res)
+    resize(trace, res, inherit=init == "inherit")
+    if init == "scratch":
+        reinitialise(compact)
+    verify(compact, view, mapping, example_inputs, [tuple(t.shape) for t in reference])
+    logger.info("applied plan: %d convs resized, params %d -> %d", sum(res.changed(k) for k in res.widths),
+                count_params(module), count_params(compact))
+    return compact
+
+
+# ---------------------------------------------------------------- matching
+def layer_map(module: nn.Module, plan: Mapping[str, Any] | str | Path, example_inputs: Any, *,
+              onnx_path: str | Path | None = None) -> dict[str, str]:
+    """Plan layer (ONNX node) name -> the module path of the conv it was matched to."""
+    view = load_plan(plan)
+    return _match(view, trace_model(copy.deepcopy(module), example_inputs), example_inputs, onnx_path)
+
+
+def _candidates(trace: Trace, example_inputs: Any, view: PlanView) -> list[Candidate]:
+    first = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+    same_size = view.input_hw is not None and tuple(first.shape[-2:]) == view.input_hw
+    out = []
+    for use in trace.convs:
+        m = use.module
+        out.append(Candidate(use.name, m.in_channels, m.out_channels, m.groups, tuple(m.kernel_size),
+                             tuple(m.stride), use.out_hw if same_size else None))
+    return out
+
+
+def _match(view: PlanView, trace: Trace, example_inputs: Any, onnx_path: str | Path | None) -> dict[str, str]:
+    seen: set[str] = set()
+    for use in trace.convs:
+        if use.name in seen:
+            raise MBSError(f"conv '{use.name}' is called more than once in forward — the adapter resizes a "
+                           "module once; give each call its own nn.Conv module")
+        seen.add(use.name)
+    weights = onnx_weight_names(view, onnx_path)
+    named = {}
+    for spec in view.layers:
+        guesses = [weights[spec.name].removesuffix(".weight")] if spec.name in weights else []
+        guesses += [g for g in (scope_path(spec.name), spec.name) if g]
+        named[spec.name] = guesses
+    return match_layers(view, _candidates(trace, example_inputs, view), named)
+
+
+# ---------------------------------------------------------------- widths and kept channels
+def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str]) -> Resolution:
+    """Each traced channel key -> original width, compact width, surviving channel indices."""
+    layer_of = {module: name for name, module in mapping.items()}
+    uses = {u.name: u for u in trace.convs}
+    sets = trace.sets.members()
+    channels, widths, keep = {}, {}, {}
+    for root, keys in sets.items():
+        conv_keys = [k for k in keys if isinstance(k, tuple) and k[0] == "conv"]
+        specs = [view.layer(layer_of[k[1]]) for k in conv_keys]
+        groups = plan_groups(specs, view, _names(keys))
+        original = trace.widths[root]
+        compact = _set_width(view, groups, keys, original)
+        scores = channel_scores(specs, original, lambda s: _l1(uses[mapping[s.name]].module))
+        kept = keep_top(scores, compact) if compact != original else np.arange(original)
+        for key in keys:
+            channels[key], widths[key], keep[key] = original, compact, kept
+    return Resolution(channels=channels, widths=widths, keep=keep)
+
+
+def _set_width(view: PlanView, groups: set[int], keys: list[Hashable], original: int) -> int:
+    if not groups:
+        return original
+    compacts = {view.widths[g] for g in groups}
+    if len(compacts) > 1:
+        raise MBSError(f"the model ties plan groups {sorted(groups)} together ({_names(keys)}) but the plan "
+                       "gives them different widths — make the plan from an ONNX export of this very model")
+    if any(view.channels[g] != original for g in groups):
+        raise MBSError(f"plan group(s) {sorted(groups)} have {view.channels[min(groups)]} channels, the model's "
+                       f"{_names(keys)} has {original} — the plan belongs to another model")
+    fixed = [k for k in keys if k[0] == "fixed"]
+    compact = compacts.pop()
+    if fixed and compact != original:
+        raise MBSError(f"channels of {_names(keys)} are tied to {fixed[0][1]}, whose width cannot change, but the "
+                       "plan narrows them — make the plan from an ONNX export of this very model")
+    return compact
+
+
+def _names(keys: list[Hashable]) -> str:
+    return ", ".join(str(k[1]) for k in keys[:4]) + (" …" if len(keys) > 4 else "")
+
+
+def _l1(module: nn.Module) -> np.ndarray:
+    w = module.weight.detach().abs().float()
+    return w.reshape(w.shape[0], -1).sum(1).cpu().numpy()
+
+
+def _check_supported(trace: Trace, res: Resolution) -> None:
+    for key, reasons in trace.unsupported.items():
+        if res.changed(key):
+            raise MBSError(f"cannot resize the channels of '{key[1]}' ({res.channels[key]} -> {res.widths[key]}): "
+                           f"{reasons[0]} — the adapter has no rule for it; keep this group at full width "
+                           "(β = 1) or replace the op by a supported one")
+
+
+# ---------------------------------------------------------------- resizing
+def _index(layout: Layout | None, res: Resolution, size: int) -> tuple[int, torch.Tensor]:
+    if layout is None:
+        return size, torch.arange(size)
+    idx = torch.from_numpy(layout.channel_index(res.keep, res.channels))
+    return len(idx), idx
+
+
+def _param(module: nn.Module, name: str, value: torch.Tensor | None) -> None:
+    if value is not None:
+        old = getattr(module, name)
+        setattr(module, name, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
+
+
+def _resize_conv(use: ConvUse, res: Resolution, *, inherit: bool) -> None:
+    m = use.module
+    n_in, idx_in = _index(use.in_layout, res, m.in_channels)
+    n_out, idx_out = _index(use.out_layout, res, m.out_channels)
+    if (n_in, n_out) == (m.in_channels, m.out_channels):
+        return
+    if use.depthwise:
+        groups = n_in
+    elif m.groups > 1 and (inherit or n_in % m.groups or n_out % m.groups):
+        raise MBSError(f"grouped conv '{use.name}' (groups={m.groups}) cannot go {m.in_channels}->{m.out_channels} to "
+                       f"{n_in}->{n_out} channels{' with inherited weights' if inherit else ''} — use init='scratch' "
+                       "and a plan rounded to the group count (--round-to)")
+    else:
+        groups = m.groups
+    w = m.weight.detach()
+    if use.depthwise:
+        w = w[idx_out]
+    elif groups == 1:
+        w = w[idx_out][:, idx_in]
+    if tuple(w.shape[:2]) != (n_out, n_in // groups):  # grouped, scratch only: reset_parameters fills it
+        w = w.new_empty((n_out, n_in // groups, *w.shape[2:]))
+    _param(m, "weight", w)
+    _param(m, "bias", None if m.bias is None else m.bias.detach()[idx_out])
+    m.in_channels, m.out_channels, m.groups = n_in, n_out, groups
+
+
+def resize(trace: Trace, res: Resolution, *, inherit: bool) -> None:
+    """Resize every traced conv, BatchNorm and Linear in place (they belong to the copy)."""
+    for use in trace.convs:
+        _resize_conv(use, res, inherit=inherit)
+    done: dict[str, Layout] = {}
+    for norm in trace.norms:
+        if done.setdefault(norm.name, norm.layout) != norm.layout:
+            raise MBSError(f"BatchNorm '{norm.name}' normalises differently tied channels in two places — "
+                           "give each call its own BatchNorm module")
+        m = norm.module
+        n, idx = _index(norm.layout, res, m.num_features)
+        if n != m.num_features:
+            _param(m, "weight", None if m.weight is None else m.weight.detach()[idx])
+            _param(m, "bias", None if m.bias is None else m.bias.detach()[idx])
+            for buf in ("running_mean", "running_var"):
+                if getattr(m, buf, None) is not None:
+                    setattr(m, buf, getattr(m, buf)[idx].clone())
+            m.num_features = n
+    for lin in trace.linears:
+        m = lin.module
+        idx = torch.from_numpy(lin.layout.feature_index(res.keep, res.channels))
+        if len(idx) != m.in_features:
+            _param(m, "weight", m.weight.detach()[:, idx])
+            m.in_features = len(idx)
+
+
+def reinitialise(model: nn.Module) -> None:
+    """From scratch: every submodule with ``reset_parameters`` gets PyTorch's default init."""
+    for m in model.modules():
+        if callable(getattr(m, "reset_parameters", None)):
+            m.reset_parameters()
+
+
+# ---------------------------------------------------------------- verification and counting
+def verify(model: nn.Module, view: PlanView, mapping: Mapping[str, str], example_inputs: Any,
+           expected: list[tuple[int, ...]]) -> None:
+    """Every mapped conv has the plan's width and the model still runs to the same output shapes."""
+    modules = dict(model.named_modules())
+    for layer, name in mapping.items():
+        spec, conv = view.layer(layer), modules[name]
+        if conv.out_channels != spec.compact_out:
+            raise MBSError(f"conv '{name}' (plan layer '{layer}') has {conv.out_channels} output channels after "
+                           f"resizing, the plan says {spec.compact_out} — the plan does not fit this model")
+    try:
+        got = [tuple(t.shape) for t in run_model(model, example_inputs)]
+    except RuntimeError as exc:
+        raise MBSError(f"the resized model does not run ({str(exc).splitlines()[0]}) — a layer the adapter "
+                       "does not know reads resized channels; keep that group at full width") from exc
+    if got != expected:
+        raise MBSError(f"the resized model's outputs have shapes {got}, the original's {expected} — "
+                       "a layer the adapter does not know reads resized channels")
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def folded_params(model: nn.Module, example_inputs: Any) -> int:
+    """Parameters counted the way the plan counts the exported ONNX model.
+
+    The ONNX exporters fold a BatchNorm that is the only reader of a conv's output into the
+    conv (its ``2·C`` scale and shift become ``C`` bias values); every other BatchNorm stays a
+    node and counts scale + shift. Conv and Linear weights and biases count as they are; other
+    parameters count in full.
+    """
+    trace = trace_model(model, example_inputs)
+    modules = dict(model.named_modules())
+    total = count_params(model)
+    folded = {n.name: n.source for n in trace.norms if n.source and trace.readers.get(n.source) == 1}
+    for bn_name, conv_name in folded.items():
+        bn, conv = modules[bn_name], modules[conv_name]
+        total += (conv.out_channels if conv.bias is None else 0) - sum(p.numel() for p in bn.parameters(recurse=False))
+    return total

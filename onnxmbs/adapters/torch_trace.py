@@ -1,0 +1,342 @@
+"""Which channels each conv, BatchNorm and Linear of a PyTorch module reads: a dependency trace.
+
+One eager forward pass under a :class:`~torch.overrides.TorchFunctionMode` sees every torch
+function and tensor method the model calls (``F.conv2d``, ``F.batch_norm``, ``+``,
+``torch.cat``, ``flatten`` …) — data-dependent control flow included, which ``torch.fx``
+cannot trace. Each tensor gets a :class:`~onnxmbs.adapters.planview.Layout` (the channel
+groups along its channel axis); parameters are mapped back to their modules by identity.
+Element-wise ops tie the groups of their inputs (residuals, gates), ``cat`` lays groups side
+by side, depthwise convs pass their input's groups on. An op that moves channels in a way
+this trace has no rule for (channel split, shuffle, per-channel tensors it cannot resize)
+marks the groups it touched as *unsupported*; resizing such a group is refused later.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from onnxmbs.adapters.planview import KeySets, Layout
+
+logger = logging.getLogger(__name__)
+
+CONVS = {"conv1d", "conv2d", "conv3d"}
+NORMS = {"batch_norm"}
+CATS = {"cat", "concat", "concatenate"}
+MOVES = {"permute", "transpose", "movedim", "swapaxes", "swapdims"}
+
+
+@dataclass(frozen=True)
+class Tag:
+    layout: Layout
+    axis: int
+
+
+@dataclass(frozen=True)
+class ConvUse:
+    name: str
+    module: nn.Module
+    in_layout: Layout | None
+    out_layout: Layout
+    groups: int
+    depthwise: bool
+    out_hw: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class NormUse:
+    name: str
+    module: nn.Module
+    layout: Layout
+    source: str | None  # the conv whose output it reads directly (an exporter folds it into that conv)
+
+
+@dataclass(frozen=True)
+class LinearUse:
+    name: str
+    module: nn.Module
+    layout: Layout
+
+
+@dataclass
+class Trace:
+    """Everything one forward pass revealed (mutable while tracing; read-only afterwards)."""
+
+    convs: list[ConvUse] = field(default_factory=list)
+    norms: list[NormUse] = field(default_factory=list)
+    linears: list[LinearUse] = field(default_factory=list)
+    sets: KeySets = field(default_factory=KeySets)
+    widths: dict[Hashable, int] = field(default_factory=dict)
+    unsupported: dict[Hashable, list[str]] = field(default_factory=dict)
+    outputs: list[tuple[int, ...]] = field(default_factory=list)
+    readers: dict[str, int] = field(default_factory=dict)  # conv name -> ops reading its output
+
+    def mark(self, layout: Layout | None, reason: str) -> None:
+        for key in layout.segs if layout else ():
+            self.unsupported.setdefault(key, []).append(reason)
+
+
+def _flat(obj: Any) -> Iterator[Any]:
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _flat(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _flat(item)
+    else:
+        yield obj
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
+class _Recorder:
+    def __init__(self, model: nn.Module) -> None:
+        self.trace = Trace()
+        self.tags: dict[int, Tag] = {}
+        self.alive: list[torch.Tensor] = []  # keeps ids unique while tracing
+        self.conv_out: dict[int, str] = {}
+        self.scope: list[str] = []
+        self.owner: dict[int, tuple[str, nn.Module]] = {}
+        for name, module in model.named_modules():
+            for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+                self.owner.setdefault(id(t), (name, module))
+
+    # ---------------------------------------------------------------- helpers
+    def enter(self, name: str) -> None:
+        self.scope.append(name)
+
+    def leave(self) -> None:
+        self.scope.pop()
+
+    def where(self) -> str:
+        return f" in module '{self.scope[-1]}'" if self.scope and self.scope[-1] else ""
+
+    def tag(self, t: Any) -> Tag | None:
+        return self.tags.get(id(t)) if isinstance(t, torch.Tensor) else None
+
+    def put(self, t: torch.Tensor, tag: Tag) -> None:
+        self.tags[id(t)] = tag
+        self.alive.append(t)
+
+    def fresh(self, key: Hashable, width: int) -> Layout:
+        self.trace.widths[key] = width
+        self.trace.sets.find(key)
+        return Layout((key,))
+
+    def tag_input(self, t: torch.Tensor, index: int) -> None:
+        if t.dim() >= 2:
+            self.put(t, Tag(self.fresh(("fixed", f"input{index}"), t.shape[1]), 1))
+
+    def owned(self, t: Any, kind: type | tuple[type, ...]) -> tuple[str, nn.Module] | None:
+        hit = self.owner.get(id(t)) if isinstance(t, torch.Tensor) else None
+        return hit if hit is not None and isinstance(hit[1], kind) else None
+
+    # ---------------------------------------------------------------- rules
+    def record(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        name = getattr(func, "__name__", "")
+        if not any(isinstance(o, torch.Tensor) for o in _flat(out)):
+            return  # dim(), size(), shape: metadata only
+        for t in {id(t): t for t in _flat((args, kwargs)) if isinstance(t, torch.Tensor)}.values():
+            conv = self.conv_out.get(id(t))
+            if conv is not None:
+                self.trace.readers[conv] = self.trace.readers.get(conv, 0) + 1
+        if name in CONVS:
+            self.conv(args, kwargs, out)
+        elif name in NORMS:
+            self.norm(args, kwargs, out)
+        elif name == "linear":
+            self.linear(args, kwargs, out)
+        elif name in CATS:
+            self.cat(name, args, kwargs, out)
+        else:
+            self.generic(name, args, kwargs, out)
+
+    def conv(self, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        x, weight, groups = args[0], _arg(args, kwargs, 1, "weight"), int(_arg(args, kwargs, 6, "groups", 1))
+        tag, owner = self.tag(x), self.owned(weight, nn.modules.conv._ConvNd)
+        layout = tag.layout if tag is not None and tag.axis == 1 and tag.layout.inner == tag.layout.outer == 1 else None
+        if tag is not None and layout is None:
+            self.trace.mark(tag.layout, f"a conv reads these channels from another axis{self.where()}")
+        if owner is None:
+            self.trace.mark(layout, f"a functional conv whose weight is no nn.Conv module's{self.where()}")
+            self.put(out, Tag(self.fresh(("fixed", f"conv@{len(self.alive)}"), out.shape[1]), 1))
+            return
+        c_in, c_out = x.shape[1], out.shape[1]
+        depthwise = groups > 1 and groups == c_in == c_out and layout is not None
+        if groups > 1 and groups == c_in and c_out != c_in:
+            self.trace.mark(layout, f"depthwise conv '{owner[0]}' has a channel multiplier")
+        out_layout = layout if depthwise else self.fresh(("conv", owner[0]), c_out)
+        self.trace.convs.append(ConvUse(owner[0], owner[1], layout, out_layout, groups, depthwise,
+                                        tuple(int(v) for v in out.shape[2:])))
+        self.put(out, Tag(out_layout, 1))
+        self.conv_out[id(out)] = owner[0]
+
+    def norm(self, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        x = args[0]
+        tag = self.tag(x)
+        stats = [_arg(args, kwargs, i, n) for i, n in ((3, "weight"), (1, "running_mean"))]
+        owner = next((o for o in (self.owned(t, nn.modules.batchnorm._NormBase) for t in stats) if o), None)
+        if tag is None:
+            return
+        if owner is None or tag.axis != 1:
+            self.trace.mark(tag.layout, f"batch_norm without an nn.BatchNorm module{self.where()}")
+        else:
+            self.trace.norms.append(NormUse(owner[0], owner[1], tag.layout, self.conv_out.get(id(x))))
+        self.put(out, tag)
+
+    def linear(self, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        x, weight = args[0], _arg(args, kwargs, 1, "weight")
+        tag, owner = self.tag(x), self.owned(weight, nn.Linear)
+        if tag is not None and (owner is None or tag.axis != x.dim() - 1):
+            self.trace.mark(tag.layout, f"a linear map reads these channels{self.where()}")
+        elif tag is not None:
+            self.trace.linears.append(LinearUse(owner[0], owner[1], tag.layout))
+        key = ("fixed", f"linear:{owner[0] if owner else len(self.alive)}")
+        self.put(out, Tag(self.fresh(key, out.shape[-1]), out.dim() - 1))
+
+    def cat(self, name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        parts = list(_arg(args, kwargs, 0, "tensors", ()))
+        tags = [self.tag(t) for t in parts]
+        known = [t for t in tags if t is not None]
+        if not known:
+            return
+        dim = int(_arg(args, kwargs, 1, "dim", 0)) % out.dim()
+        plain = all(t is not None and t.axis == known[0].axis and t.layout.inner == t.layout.outer == 1 for t in tags)
+        if plain and dim == known[0].axis:
+            self.put(out, Tag(Layout(tuple(s for t in known for s in t.layout.segs)), dim))
+        elif plain:
+            self.generic(name, tuple(parts), {}, out)
+        else:
+            for t in known:
+                self.trace.mark(t.layout, f"torch.{name} mixes tracked and untracked channels{self.where()}")
+
+    def generic(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+        flat = [t for t in _flat((args, kwargs)) if isinstance(t, torch.Tensor)]
+        tagged = [(t, self.tag(t)) for t in flat if self.tag(t) is not None]
+        if not tagged:
+            return
+        ref, tag = max(tagged, key=lambda p: p[0].dim())
+        why = f"'{name}'{self.where()}"
+        self.join(tagged, why)
+        width = ref.shape[tag.axis]
+        for t in flat:
+            if self.tag(t) is None and t.numel() > 1 and width > 1 and width in tuple(t.shape):
+                self.trace.mark(tag.layout, f"{why} uses a per-channel tensor of shape {tuple(t.shape)}")
+        for o in (o for o in _flat(out) if isinstance(o, torch.Tensor)):
+            new = self.derive(name, args, kwargs, ref, tag, o)
+            if new is None:
+                self.trace.mark(tag.layout, f"{why} changes the channel axis {tuple(ref.shape)} -> {tuple(o.shape)}")
+            else:
+                self.put(o, new)
+
+    def join(self, tagged: list, why: str) -> None:
+        first = tagged[0][1]
+        for _, other in tagged[1:]:
+            same = (len(other.layout.segs) == len(first.layout.segs) and other.layout.inner == first.layout.inner
+                    and other.layout.outer == first.layout.outer)
+            if not same:
+                self.trace.mark(first.layout, f"{why} joins differently laid-out channels")
+                self.trace.mark(other.layout, f"{why} joins differently laid-out channels")
+                continue
+            for a, b in zip(first.layout.segs, other.layout.segs):
+                self.trace.sets.union(a, b)
+
+    @staticmethod
+    def derive(name: str, args: tuple, kwargs: dict, ref: torch.Tensor, tag: Tag, o: torch.Tensor) -> Tag | None:
+        axis, c = tag.axis, ref.shape[tag.axis]
+        if name in MOVES:
+            return _moved(name, args, ref, o, tag)
+        if o.dim() == ref.dim() and o.shape[:axis] == ref.shape[:axis] and o.shape[axis] == c:
+            return tag
+        if o.dim() == axis + 1 and o.shape[:axis] == ref.shape[:axis] and o.dim() < ref.dim():
+            rest = math.prod(ref.shape[axis + 1:])
+            if o.shape[axis] == c:
+                return tag
+            if o.shape[axis] == c * rest:
+                lay = tag.layout
+                return Tag(Layout(lay.segs, lay.inner * rest, lay.outer), axis)
+        return None
+
+
+def _moved(name: str, args: tuple, ref: torch.Tensor, o: torch.Tensor, tag: Tag) -> Tag | None:
+    dims = [int(d) for d in _flat(args[1:])]
+    n = ref.dim()
+    if name == "permute":
+        perm = [d % n for d in dims]
+    elif name == "movedim":
+        perm = list(range(n))
+        src, dst = dims[0] % n, dims[1] % n
+        perm.remove(src)
+        perm.insert(dst, src)
+    else:
+        a, b = dims[0] % n, dims[1] % n
+        perm = list(range(n))
+        perm[a], perm[b] = perm[b], perm[a]
+    if sorted(perm) != list(range(n)) or o.dim() != n:
+        return None
+    return Tag(tag.layout, perm.index(tag.axis))
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, recorder: _Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.recorder.record(func, args, kwargs, out)
+        return out
+
+
+def _inputs(example_inputs: Any) -> tuple:
+    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+
+
+def trace_model(model: nn.Module, example_inputs: Any) -> Trace:
+    """Run ``model`` once (eval mode, no grad) and record its channel dependencies.
+
+    ``model`` is left as it was (its training flag is restored)."""
+    recorder = _Recorder(model)
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: recorder.enter(n)))
+        handles.append(module.register_forward_hook(lambda m, a, o: recorder.leave()))
+    was_training = model.training
+    inputs = _inputs(example_inputs)
+    try:
+        model.eval()
+        with torch.no_grad():
+            inputs = tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t for t in inputs)
+            for i, t in enumerate(x for x in inputs if isinstance(x, torch.Tensor)):
+                recorder.tag_input(t, i)
+            with _Mode(recorder):
+                out = model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    recorder.trace.outputs = [tuple(o.shape) for o in _flat(out) if isinstance(o, torch.Tensor)]
+    logger.debug("traced %d convs, %d norms, %d linears", len(recorder.trace.convs), len(recorder.trace.norms),
+                 len(recorder.trace.linears))
+    return recorder.trace
+
+
+def run_model(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
+    """The model's outputs (flattened) in eval mode without grad; the training flag is restored."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(*_inputs(example_inputs))
+    finally:
+        model.train(was_training)
+    return [o for o in _flat(out) if isinstance(o, torch.Tensor)]

@@ -1,0 +1,129 @@
+"""The Keras adapter: a plan applied to a functional or Sequential Keras model.
+
+Parameter convention (``folded_params``): the plan counts the tf2onnx export, where a
+BatchNorm right after a bias-free Conv2D is folded into it (γ, β become the conv's C bias
+values), a BatchNorm after a DepthwiseConv2D or a conv with a bias stays as Mul + Add (2·C),
+and BatchNorm moving statistics never count. BatchNorm statistics and Dense biases are randomised before export, as in a
+trained model (tf2onnx drops the all-zero conv/Dense biases of a freshly initialised one).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from keras import layers  # noqa: E402
+
+import onnxmbs  # noqa: E402
+from onnxmbs.adapters import apply_plan, folded_params  # noqa: E402
+from onnxmbs.errors import MBSError  # noqa: E402
+from onnxmbs.pipeline import plan_from_statistics, plan_model  # noqa: E402
+from onnxmbs.zoo import keras_models  # noqa: E402
+from onnxmbs.zoo.export import export_keras  # noqa: E402
+
+X = np.random.default_rng(0).random((1, 32, 32, 3), dtype=np.float32)
+
+
+def _randomise(model: keras.Model) -> keras.Model:
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(.5, 1.5, gamma.shape), rng.uniform(-.2, .2, beta.shape),
+                               rng.uniform(-.1, .1, mean.shape), rng.uniform(.5, 1.5, var.shape)])
+        elif isinstance(layer, (layers.Dense, layers.Conv2D)) and layer.use_bias:
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, rng.uniform(-.1, .1, bias.shape)])
+    return model
+
+
+def _sequential() -> keras.Model:
+    """Plain convs, a per-channel PReLU on the second, global max pooling by hand, Flatten -> Dense."""
+    return keras.Sequential([
+        keras.Input((32, 32, 3)), layers.Conv2D(8, 3, padding="same", activation="relu", name="c1"),
+        layers.Conv2D(8, 3, padding="same", name="c2"), layers.PReLU(shared_axes=[1, 2], name="prelu"),
+        layers.Conv2D(8, 3, padding="same", activation="relu", name="c3"),
+        layers.Conv2D(16, 3, 2, padding="same", activation="relu", name="c4"),
+        layers.Conv2D(16, 3, 2, padding="same", name="c5"), layers.BatchNormalization(name="bn5"),
+        layers.ReLU(name="r5"), layers.MaxPooling2D(8, name="pool"), layers.Flatten(name="flat"),
+        layers.Dense(10, name="logits")], name="plain")
+
+
+MODELS = {
+    "resnet20": lambda: keras_models.cifar_resnet(20, widths=[4, 8, 16]),
+    "mobilenet_v1": lambda: keras_models.mobilenet_v1(widths=[8, 8, 16, 16, 32, 32], num_classes=10, input_size=32),
+    "sequential": _sequential,
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = {}
+    for name, build in MODELS.items():
+        keras.utils.set_random_seed(0)
+        model = _randomise(build())
+        functional = keras.Model(model.inputs, model.outputs, name=model.name)  # tf2onnx fails on Sequential
+        out[name] = (model, export_keras(functional, tmp_path_factory.mktemp(name) / "model.onnx"))
+    return out
+
+
+@pytest.mark.parametrize("name, k", [("resnet20", 0.5), ("mobilenet_v1", 0.5), ("sequential", 0.25)])
+def test_widths_and_params_follow_the_plan(exported, name, k):
+    model, path = exported[name]
+    plan = plan_model(path, synthetic=8, preprocess="raw", k=k).document
+    assert plan["summary"]["params_compact"] < plan["summary"]["params"]
+    before = [w.copy() for w in model.get_weights()]
+    compact = apply_plan(model, plan)
+    assert folded_params(model) == plan["summary"]["params"]
+    assert folded_params(compact) == plan["summary"]["params_compact"]
+    widths = sorted(int(l.output.shape[-1]) for l in compact.layers if type(l).__name__ in ("Conv2D", "DepthwiseConv2D"))
+    assert widths == sorted(e["compact_out_channels"] for e in plan["layers"])
+    assert compact(X, training=False).shape == (1, 10)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the user's model is untouched
+    assert type(compact) is type(model) and compact is not model
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_inherit_with_full_widths_reproduces_outputs(exported, name):
+    model, path = exported[name]
+    full = plan_from_statistics(onnxmbs.analyze(path), None, k=100.0).document
+    same = apply_plan(model, full, init="inherit")
+    np.testing.assert_array_equal(np.asarray(same(X, training=False)), np.asarray(model(X, training=False)))
+
+
+def test_inherit_slices_the_flattened_classifier(exported):
+    model, path = exported["sequential"]
+    plan = plan_model(path, synthetic=8, preprocess="raw", k=0.25).document
+    compact = apply_plan(model, plan, init="inherit")
+    c5 = compact.get_layer("c5").get_weights()[0]
+    old = model.get_layer("c5").get_weights()[0]
+    kept = [int(np.nonzero(np.all(old == c5[..., [j]], axis=(0, 1, 2)))[0][0]) for j in range(c5.shape[-1])]
+    dense, dense_old = compact.get_layer("logits").get_weights()[0], model.get_layer("logits").get_weights()[0]
+    assert len(kept) < old.shape[-1]
+    np.testing.assert_array_equal(dense, dense_old[kept])  # 1x1 after pooling: features are channels
+
+
+def test_unsupported_layer_gives_a_clear_error(exported):
+    model, path = exported["sequential"]
+    plan = plan_model(path, synthetic=8, preprocess="raw", k=0.1).document
+    with pytest.raises(MBSError, match=r"channels of 'c2' .*Keras layer 'prelu' \(PReLU\) has no resize rule — "):
+        apply_plan(model, plan)
+
+
+def test_subclassed_model_is_refused(exported):
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = layers.Conv2D(4, 3)
+
+        def call(self, x):
+            return self.conv(x)
+
+    net = Net()
+    net(X)
+    _, path = exported["resnet20"]
+    with pytest.raises(MBSError, match="subclassed Keras model"):
+        apply_plan(net, plan_from_statistics(onnxmbs.analyze(path), None).document)
