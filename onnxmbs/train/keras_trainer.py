@@ -1,0 +1,86 @@
+"""Train and evaluate a Keras classifier (the compact model from the adapter) on NHWC arrays.
+
+Same recipe as the PyTorch trainer: SGD with momentum, the step or cosine schedule (set per
+batch), crop + flip augmentation in numpy. Weight decay is Keras 3's optimizer
+``weight_decay`` (``w -= lr·wd·w`` each step, equal to an L2 term for plain SGD). Mixed
+precision is not switched on here: in Keras it is a dtype policy the model must be built
+under (``keras.mixed_precision.set_global_policy("mixed_float16")`` before ``apply_plan``).
+The model is compiled by ``train_keras`` (an earlier compile is replaced).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from onnxmbs.train import EpochLog, TrainConfig, TrainResult, augment, batches, check_arrays, lr_at
+
+logger = logging.getLogger(__name__)
+
+
+def _arrays(data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = (data.x, data.y) if hasattr(data, "x") else data
+    return check_arrays(x, y, what)
+
+
+def _from_logits(model: Any) -> bool:
+    """False when the model already ends in a softmax (keras.applications style)."""
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    return type(last).__name__ != "Softmax" and getattr(activation, "__name__", "") != "softmax"
+
+
+def evaluate_keras(model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> float:
+    """Top-1 accuracy (inference mode)."""
+    correct = 0
+    for idx in batches(len(y), batch_size, None):
+        logits = np.asarray(model(x[idx], training=False))
+        correct += int((logits.argmax(1) == y[idx]).sum())
+    return correct / len(y)
+
+
+def _compile(model: Any, config: TrainConfig) -> None:
+    import keras
+
+    opt = keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay or None)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=_from_logits(model))
+    model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
+
+
+def _epoch(model: Any, x: np.ndarray, y: np.ndarray, *, config: TrainConfig, epoch: int,
+           rng: np.random.Generator) -> tuple[float, float]:
+    """One epoch; returns Keras' running mean loss and accuracy over it."""
+    parts = batches(len(y), config.batch_size, rng)
+    model.reset_metrics()
+    logs = {"loss": float("nan"), "accuracy": float("nan")}
+    for i, idx in enumerate(parts):
+        if len(idx) < 2 and len(parts) > 1:
+            continue  # a batch of one breaks BatchNorm in training mode
+        model.optimizer.learning_rate = lr_at(config, (epoch + i / len(parts)) / config.epochs)
+        xb = augment(x[idx], rng, layout="NHWC", crop_pad=config.crop_pad, flip=config.flip)
+        logs = model.train_on_batch(xb, y[idx], return_dict=True)
+    return float(logs["loss"]), float(logs.get("accuracy", logs.get("compile_metrics", float("nan"))))
+
+
+def train_keras(model: Any, train: Any, *, config: TrainConfig = TrainConfig(), val: Any = None) -> TrainResult:
+    """Train ``model`` in place on ``train`` ((x, y) NHWC arrays or a Dataset); report ``val`` accuracy."""
+    import keras
+
+    x, y = _arrays(train, "training data")
+    xv, yv = _arrays(val, "validation data") if val is not None else (None, None)
+    keras.utils.set_random_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    _compile(model, config)
+    logs, began = [], time.perf_counter()
+    for epoch in range(config.epochs):
+        start = time.perf_counter()
+        loss, acc = _epoch(model, x, y, config=config, epoch=epoch, rng=rng)
+        val_acc = evaluate_keras(model, xv, yv) if xv is not None else None
+        lr = float(np.asarray(model.optimizer.learning_rate))
+        logs.append(EpochLog(epoch + 1, lr, loss, acc, val_acc, time.perf_counter() - start))
+        logger.info("epoch %d/%d  lr %.4g  loss %.4f  train acc %.4f  val acc %s", epoch + 1, config.epochs,
+                    lr, loss, acc, "-" if val_acc is None else f"{val_acc:.4f}")
+    return TrainResult(tuple(logs), time.perf_counter() - began)
