@@ -178,6 +178,7 @@ def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: s
 
 # Commands of later stages: (module, click object). Each module imports its heavy deps lazily.
 COMMANDS = [
+    ("onnxmbs.cli_retrain", "retrain"),
     ("onnxmbs.zoo.cli", "zoo"),
     *(("onnxmbs.cli_batch", name) for name in ("profile", "sweep", "report", "check")),
 ]
