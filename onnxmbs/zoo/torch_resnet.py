@@ -21,12 +21,13 @@ ResNet-101 44,549,160).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from onnxmbs.errors import MBSError
+from onnxmbs.zoo.configuration import check_widths
 
 CIFAR_WIDTHS = (16, 32, 64)
 IMAGENET_WIDTHS = (64, 128, 256, 512)
@@ -37,19 +38,6 @@ IMAGENET_BLOCKS = {
     101: ("bottleneck", (3, 4, 23, 3)),
     152: ("bottleneck", (3, 8, 36, 3)),
 }
-
-
-def check_widths(widths: Sequence[int] | None, default: Sequence[int], what: str) -> list[int]:
-    """Return ``widths`` (or ``default``) as a list of positive ints of the right length."""
-    if widths is None:
-        return list(default)
-    out = [int(w) for w in widths]
-    if len(out) != len(default) or any(w <= 0 or w != float(v) for w, v in zip(out, widths)):
-        raise MBSError(
-            f"{what} needs {len(default)} positive integer widths, got {list(widths)} — "
-            f"pass e.g. {','.join(str(d) for d in default)}"
-        )
-    return out
 
 
 def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1) -> list[nn.Module]:
@@ -163,7 +151,7 @@ def imagenet_resnet(
     return ResNet(stem, stages, c_in, num_classes)
 
 
-def _cifar(depth: int):
+def _cifar(depth: int) -> Callable[..., ResNet]:
     def build(*, widths: Sequence[int] | None = None, num_classes: int = 10, in_channels: int = 3) -> ResNet:
         return cifar_resnet(depth, widths=widths, num_classes=num_classes, in_channels=in_channels)
 
@@ -172,7 +160,7 @@ def _cifar(depth: int):
     return build
 
 
-def _imagenet(depth: int):
+def _imagenet(depth: int) -> Callable[..., ResNet]:
     def build(*, widths: Sequence[int] | None = None, num_classes: int = 1000, in_channels: int = 3) -> ResNet:
         return imagenet_resnet(depth, widths=widths, num_classes=num_classes, in_channels=in_channels)
 

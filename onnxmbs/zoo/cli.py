@@ -1,0 +1,59 @@
+"""``onnxmbs zoo``: list the zoo and export its models as verified ONNX files.
+
+The group raises :class:`MBSError` for bad input; the main CLI turns that into a
+one-line message and exit status 1.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from onnxmbs.errors import MBSError
+from onnxmbs.zoo import ZOO, export, list_models
+
+log = logging.getLogger(__name__)
+
+
+def _numbers(text: str | None, *, kind: type, option: str) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [kind(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError as exc:
+        example = "64,128,256,512" if kind is int else "1,1,0.9447,0.7978"
+        raise MBSError(f"{option} must be a comma-separated list of numbers, got {text!r} — e.g. {option} {example}") from exc
+
+
+@click.group(name="zoo")
+def zoo() -> None:
+    """The paper's architectures with width configurations, exported to ONNX."""
+
+
+@zoo.command(name="list")
+def list_command() -> None:
+    """List the zoo's models, their frameworks and default configurations."""
+    for name in list_models():
+        entry = ZOO[name]
+        config = ",".join(f"{v:g}" for v in entry.default_configuration)
+        click.echo(f"{name:<18} {'/'.join(entry.frameworks):<12} --{entry.config.kind} {config:<26} "
+                   f"{entry.input_size}px {entry.num_classes} classes  {entry.description}")
+
+
+@zoo.command(name="export")
+@click.argument("name")
+@click.option("--widths", help="stage widths, comma-separated (ResNets, MobileNetV1, ShuffleNet)")
+@click.option("--betas", help="per-resolution β, comma-separated (MobileNetV2, DenseNet-121)")
+@click.option("--num-classes", type=int, help="classifier outputs (default: the model's, 10 or 1000)")
+@click.option("--input-size", type=int, help="square input size in pixels (default: 32 CIFAR, 224 ImageNet)")
+@click.option("--framework", type=click.Choice(["torch", "keras"]), help="builder to use (default: the model's first)")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="where to write the ONNX file")
+def export_command(name: str, widths: str | None, betas: str | None, num_classes: int | None,
+                   input_size: int | None, framework: str | None, output: Path) -> None:
+    """Build zoo model NAME and write it as ONNX (dynamic batch), checked in onnxruntime."""
+    path = export(name, output, widths=_numbers(widths, kind=int, option="--widths"),
+                  betas=_numbers(betas, kind=float, option="--betas"), num_classes=num_classes,
+                  input_size=input_size, framework=framework)
+    click.echo(f"wrote {path}")
