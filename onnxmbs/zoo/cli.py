@@ -1,19 +1,16 @@
 """``onnxmbs zoo``: list the zoo and export its models as verified ONNX files.
 
-The group raises :class:`MBSError` for bad input; the main CLI turns that into a
-one-line message and exit status 1.
+Bad input raises :class:`MBSError`; the group turns it into one line on stderr
+(``error: ...``) and exit status 1, as the main CLI does for its own commands.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
 
 from onnxmbs.errors import MBSError
 from onnxmbs.zoo import ZOO, export, list_models
-
-log = logging.getLogger(__name__)
 
 
 def _numbers(text: str | None, *, kind: type, option: str) -> list | None:
@@ -26,7 +23,18 @@ def _numbers(text: str | None, *, kind: type, option: str) -> list | None:
         raise MBSError(f"{option} must be a comma-separated list of numbers, got {text!r} — e.g. {option} {example}") from exc
 
 
-@click.group(name="zoo")
+class _ZooGroup(click.Group):
+    """A group whose subcommands' MBSErrors become ``error: <message>`` and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MBSError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+@click.group(name="zoo", cls=_ZooGroup)
 def zoo() -> None:
     """The paper's architectures with width configurations, exported to ONNX."""
 
