@@ -147,6 +147,10 @@ def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
                 consts[node.output[0]] = np.array(onnx.helper.get_attribute_value(attr))
             elif attr.name in ("value_floats", "value_ints"):
                 consts[node.output[0]] = np.array(onnx.helper.get_attribute_value(attr))
+        elif node.op_type == "Identity" and node.input and node.input[0] in consts:
+            # the TorchScript exporter shares equal weights (e.g. BN-folded biases) through Identity nodes;
+            # each forwarded copy is a parameter of its own, as in the framework
+            consts[node.output[0]] = consts[node.input[0]]
     return consts
 
 
