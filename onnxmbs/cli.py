@@ -181,6 +181,7 @@ COMMANDS = [
     ("onnxmbs.cli_retrain", "retrain"),
     ("onnxmbs.zoo.cli", "zoo"),
     *(("onnxmbs.cli_batch", name) for name in ("profile", "sweep", "report", "check")),
+    ("onnxmbs.cli_compact", "compact"),
 ]
 
 
