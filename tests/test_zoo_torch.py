@@ -138,6 +138,14 @@ def test_registry_and_errors() -> None:
         build("mobilenet_v1", input_size=16)
 
 
+def test_export_function_survives_importing_the_export_module() -> None:
+    import onnxmbs.zoo
+    from onnxmbs.zoo.export import export_torch  # noqa: F401
+    from onnxmbs.zoo import export
+
+    assert callable(export) and export is onnxmbs.zoo.export and export.__module__ == "onnxmbs.zoo"
+
+
 def test_cli_list_and_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(zoo, ["list"])

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from onnxmbs.errors import MBSError
+from onnxmbs.zoo import export as _export_module  # noqa: F401  (see below)
 from onnxmbs.zoo.configuration import CONFIGS, ConfigSpec, configuration_from_plan
+
+# The submodule ``onnxmbs.zoo.export`` is loaded here, *before* the function ``export``
+# below is defined: Python binds a submodule to its package's attribute when the
+# submodule is first imported, so a later first import would replace the function
+# with the module.  Use ``from onnxmbs.zoo.export import export_torch`` for the module.
 
 __all__ = ["ZOO", "ZooEntry", "build", "configuration_from_plan", "export", "list_models"]
 
