@@ -170,7 +170,8 @@ def _build(analysis: Analysis, proto: onnx.ModelProto, plan: Mapping[str, Any], 
     edits, ctx, fwd = _surgery(analysis, layouts, weights=weights, seed=seed)
     params = param_tensors(analysis.loaded.graph, ctx.consts)
     shapes = analysis.loaded.shapes
-    expected = {t: compact_shape(lay, shapes[t]) for t, lay in layouts.items() if t in shapes}
+    expected = {t: compact_shape(lay, shapes[t]) for t, lay in layouts.items()
+                if len(shapes.get(t, ())) > lay.axis + (lay.dims is not None)}
     return rebuild(proto, edits, ctx.consts, fwd, params), chosen, sorted(set(edits.inexact)), expected
 
 

@@ -17,8 +17,9 @@ constants a node reads along the axes that carry channels:
 
 Edits are recorded per use ``(node index, input index)``; :mod:`onnxmbs.compact_graph` turns
 them into initializers, copying a constant that several uses need cut differently.
-``weights="random"`` then re-draws Conv/Gemm/MatMul weights (He-normal, seeded), zeroes
-biases and resets BatchNorm to the identity.
+``weights="random"`` then re-draws Conv/Gemm/MatMul weights (He-normal, fan-in, seeded),
+zeroes their biases and resets BatchNorm to the identity; other per-channel constants (e.g.
+tf2onnx's unfused BatchNorm as Mul/Add) keep their inherited, cut values.
 """
 from __future__ import annotations
 

@@ -49,8 +49,8 @@ def shuffle(g: GraphBuilder, x, c: int, groups: int, hw: int):
 
 
 def pattern_graph() -> onnx.ModelProto:
-    """BN, depthwise, per-channel Mul/Add, Clip, squeeze-and-excitation, grouped conv, residual Add, MaxPool,
-    Pad, channel shuffle, Concat, PRelu, Split/Concat on space, GlobalAveragePool, Reshape, MatMul."""
+    """BN, depthwise, per-channel Mul/Add/Sub/Div, Clip, squeeze-and-excitation, grouped conv, residual Add,
+    MaxPool, Pad, channel shuffle, Concat, PRelu, Split/Concat on space, GlobalAveragePool, Reshape, MatMul."""
     g = GraphBuilder(SHAPE, seed=3)
     x = g.relu(bn(g, g.conv("input", 3, 8), 8))
     x = g.op("Mul", [g.conv(x, 8, 8, group=8, bias=False), per_channel(g, 8)])
@@ -66,6 +66,7 @@ def pattern_graph() -> onnx.ModelProto:
     x = g.conv(x, 12, 12, group=12)
     x = g.relu(g.op("Concat", [g.conv(x, 12, 6, k=1), g.conv(x, 12, 6, k=1)], axis=1))
     x = g.op("PRelu", [x, per_channel(g, 12, (12, 1, 1), offset=0.1, scale=0.05)])
+    x = g.op("Div", [g.op("Sub", [x, per_channel(g, 12, offset=0.0)]), per_channel(g, 12)])
     top, bottom = g.op("Split", [x, g.const(np.array([4, 4], np.int64))], axis=2, outputs=2)
     x = g.op("Concat", [g.relu(top), bottom], axis=2)
     x = g.op("Reshape", [g.op("GlobalAveragePool", [x]), g.const(np.array([-1, 12], np.int64), "s")])
