@@ -42,18 +42,19 @@ def model_path(name: str, framework: str, cache: Path) -> Path:
     return path
 
 
-def sessions(analysis, provider: str) -> dict:
+def sessions(analysis, provider: str, threads: int | None) -> dict:
     plain = copy.deepcopy(analysis.loaded.model)
     if analysis.loaded.batch_dynamic:
         plain.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
-    runs = {"plain": (make_session(plain, provider), None, None)}
+    runs = {"plain": (make_session(plain, provider, threads=threads), None, None)}
     for method, label in (("naive", "naive"), ("nchwc", "onnxmbs")):
         model, outputs = instrument(analysis, method=method)
         flush = method == "nchwc"
         per_image = {t: int(np.prod(analysis.loaded.shapes[t])) // (
             analysis.loaded.shapes[t][0] * analysis.loaded.shapes[t][tap.channel_axis])
             for tap in analysis.taps.values() if tap for t in [tap.tensor]}
-        runs[label] = (make_session(model, provider, flush_denormals=flush), outputs, (method, per_image))
+        runs[label] = (make_session(model, provider, threads=threads, flush_denormals=flush), outputs,
+                       (method, per_image))
     return runs
 
 
@@ -70,11 +71,11 @@ def step(run, name: str, x: np.ndarray) -> float:
     return time.perf_counter() - start
 
 
-def bench(path: Path, batch: int, rounds: int, provider: str) -> dict[str, float]:
+def bench(path: Path, batch: int, rounds: int, provider: str, threads: int | None) -> dict[str, float]:
     analysis = analyze(path)
     name = analysis.loaded.input.name
     x = np.random.default_rng(0).standard_normal((batch, *analysis.loaded.input.shape[1:])).astype(np.float32)
-    runs = sessions(analysis, provider)
+    runs = sessions(analysis, provider, threads)
     times: dict[str, list[float]] = {k: [] for k in runs}
     for k in runs:  # warm-up
         step(runs[k], name, x)
@@ -91,17 +92,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--provider", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads for every session (default: all)")
     ap.add_argument("--cache", type=Path, default=ROOT / "artifacts" / "bench")
     args = ap.parse_args()
     provider = choose_provider(args.provider)
     args.cache.mkdir(parents=True, exist_ok=True)
-    print(f"provider {provider}; median of {args.rounds} interleaved rounds\n")
+    print(f"provider {provider}, {args.threads or 'default'} threads; median of {args.rounds} interleaved rounds\n")
     print("| model | batch | plain img/s | naive tap ratio | onnxmbs tap ratio |")
     print("|---|---|---|---|---|")
     for model in args.models.split(","):
         path = model_path(model, args.framework, args.cache)
         for batch in args.batch:
-            t = bench(path, batch, args.rounds, provider)
+            t = bench(path, batch, args.rounds, provider, args.threads)
             print(f"| {model} ({args.framework}) | {batch} | {batch / t['plain']:.1f} | "
                   f"{t['plain'] / t['naive']:.2f}x | {t['plain'] / t['onnxmbs']:.2f}x |", flush=True)
 
