@@ -152,11 +152,15 @@ def _save(model: Any, framework: str, path: str) -> None:
 
 
 @click.command()
-@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="Plan JSON from `onnxmbs plan`.")
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False),
+              help="Plan JSON from `onnxmbs plan`.")
 @click.option("--zoo", "zoo_name", default=None, help="A zoo architecture, e.g. resnet20 (see `onnxmbs zoo list`).")
-@click.option("--framework", type=click.Choice(["torch", "keras"]), default=None, help="Zoo builder (default: the model's first).")
-@click.option("--model", "model_spec", default=None, help="Your model: .pt/.pth (torch.save(model)), .keras, or FILE.py:FUNCTION.")
-@click.option("--data", required=True, type=click.Path(), help="Training data: .npz (x, y) or a folder of class folders.")
+@click.option("--framework", type=click.Choice(["torch", "keras"]), default=None,
+              help="Zoo builder (default: the model's first).")
+@click.option("--model", "model_spec", default=None,
+              help="Your model: .pt/.pth (torch.save(model)), .keras, or FILE.py:FUNCTION.")
+@click.option("--data", required=True, type=click.Path(),
+              help="Training data: .npz (x, y) or a folder of class folders.")
 @click.option("--val", default=None, type=click.Path(), help="Held-out data (default: --val-split of --data).")
 @click.option("--val-split", type=click.FloatRange(0, 0.9), default=0.1, show_default=True)
 @click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default=None,
@@ -169,8 +173,10 @@ def _save(model: Any, framework: str, path: str) -> None:
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
               help="step: lr ÷ 10 at 50% and 75% (the paper's).")
-@click.option("--flip/--no-flip", default=True, show_default=True, help="Random horizontal flips (off for digits/text).")
-@click.option("--crop-pad", type=click.IntRange(min=0), default=4, show_default=True, help="Random-crop padding (0: off).")
+@click.option("--flip/--no-flip", default=True, show_default=True,
+              help="Random horizontal flips (off for digits/text).")
+@click.option("--crop-pad", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Random-crop padding (0: off).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the compact model as ONNX.")
 @click.option("--save", type=click.Path(dir_okay=False), default=None, help="Save the trained model (.pt or .keras).")
@@ -185,7 +191,8 @@ def retrain(plan_path: str, zoo_name: str | None, framework: str | None, model_s
     if (zoo_name is None) == (model_spec is None):
         raise click.UsageError("give exactly one of --zoo NAME or --model FILE")
     if zoo_name is not None and init == "inherit":
-        raise MBSError("--init inherit needs trained weights — pass your trained model with --model, or use --init scratch")
+        raise MBSError("--init inherit needs trained weights — pass your trained model with --model, "
+                       "or use --init scratch")
     plan = read_plan(plan_path)
     config = TrainConfig(**train_options)
     chw = _input(plan)
@@ -197,11 +204,17 @@ def retrain(plan_path: str, zoo_name: str | None, framework: str | None, model_s
     model = user if user is not None else _zoo_model(zoo_name, fw, train.num_classes, chw[1])
     compact = _adapt(model, fw, plan, chw, init)
     before, after = _params(model, fw, chw), _params(compact, fw, chw)
-    click.echo(f"compact model: {before:,} -> {after:,} parameters (plan predicts {plan['summary']['params_compact']:,})")
+    predicted = plan["summary"]["params_compact"]
+    click.echo(f"compact model: {before:,} -> {after:,} parameters (plan predicts {predicted:,})")
     result = _train(compact, fw, train, held, config)
+    _finish(compact, fw, chw, result, 0 if held is None else len(held), save=save, output=output)
+
+
+def _finish(compact: Any, fw: str, chw: tuple[int, int, int], result: Any, held: int, *, save: str | None,
+            output: str | None) -> None:
     acc = result.val_accuracy
-    click.echo(f"trained {config.epochs} epochs in {result.seconds:.0f} s; held-out accuracy "
-               f"{'n/a' if acc is None else f'{acc:.2%}'} ({0 if held is None else len(held)} images)")
+    click.echo(f"trained {len(result.epochs)} epochs in {result.seconds:.0f} s; held-out accuracy "
+               f"{'n/a' if acc is None else f'{acc:.2%}'} ({held} images)")
     if save:
         _save(compact, fw, save)
         click.echo(f"model saved to {save}")

@@ -79,7 +79,8 @@ def test_widths_and_params_follow_the_plan(exported, name, k):
     compact = apply_plan(model, plan)
     assert folded_params(model) == plan["summary"]["params"]
     assert folded_params(compact) == plan["summary"]["params_compact"]
-    widths = sorted(int(l.output.shape[-1]) for l in compact.layers if type(l).__name__ in ("Conv2D", "DepthwiseConv2D"))
+    convs = [layer for layer in compact.layers if type(layer).__name__ in ("Conv2D", "DepthwiseConv2D")]
+    widths = sorted(int(layer.output.shape[-1]) for layer in convs)
     assert widths == sorted(e["compact_out_channels"] for e in plan["layers"])
     assert compact(X, training=False).shape == (1, 10)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the user's model is untouched

@@ -64,8 +64,9 @@ class TinyMobileNetV2(nn.Module):
 class DenseLayer(nn.Module):
     def __init__(self, c_in: int, growth: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(), nn.Conv2d(c_in, 2 * growth, 1, bias=False),
-                                  nn.BatchNorm2d(2 * growth), nn.ReLU(), nn.Conv2d(2 * growth, growth, 3, 1, 1, bias=False))
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(c_in), nn.ReLU(), nn.Conv2d(c_in, 2 * growth, 1, bias=False),
+            nn.BatchNorm2d(2 * growth), nn.ReLU(), nn.Conv2d(2 * growth, growth, 3, 1, 1, bias=False))
 
     def forward(self, x):
         return torch.cat([x, self.body(x)], 1)

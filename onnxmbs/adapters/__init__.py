@@ -29,22 +29,24 @@ def _is_keras(model: Any) -> bool:
 
 
 def apply_plan(model: Any, plan: Mapping[str, Any] | str | Path, example_inputs: Any = None, *,
-               init: str = "scratch") -> Any:
+               init: str = "scratch", onnx_path: str | Path | None = None, **options: Any) -> Any:
     """The compact version of ``model`` under ``plan`` (a plan dict or a plan JSON path).
 
     PyTorch needs ``example_inputs`` (a tensor or tuple the model accepts); Keras models know
-    their input shape.
+    their input shape. ``onnx_path``: the ONNX file the plan was made from, when the plan's
+    ``model.path`` does not reach it from here (it only helps matching layers by name).
+    Other keyword options go to the framework adapter (Keras: ``custom_objects``).
     """
     if _is_torch(model):
         if example_inputs is None:
             raise MBSError("a PyTorch model needs example_inputs — pass e.g. torch.rand(1, 3, 32, 32)")
         from onnxmbs.adapters.torch_adapter import apply_plan_torch
 
-        return apply_plan_torch(model, plan, example_inputs, init=init)
+        return apply_plan_torch(model, plan, example_inputs, init=init, onnx_path=onnx_path, **options)
     if _is_keras(model):
         from onnxmbs.adapters.keras_adapter import apply_plan_keras
 
-        return apply_plan_keras(model, plan, init=init)
+        return apply_plan_keras(model, plan, init=init, onnx_path=onnx_path, **options)
     raise MBSError(f"cannot apply a plan to a {type(model).__name__} — pass a torch.nn.Module or a Keras model")
 
 

@@ -127,7 +127,9 @@ def walk(model: Any, cfg: Mapping[str, Any]) -> Walk:
     return w
 
 
-def _rule(w: Walk, model: Any, cls: str, conf: Mapping[str, Any], name: str, ins: list, inbound: list[str]) -> Layout | None:
+def _rule(w: Walk, model: Any, cls: str, conf: Mapping[str, Any], name: str, ins: list,
+          inbound: list[str]) -> Layout | None:
+    """The layout of layer ``name``'s output; records the layers that read channels."""
     first = ins[0] if ins else None
     if cls == "InputLayer":
         shape = conf.get("batch_shape") or model.inputs[0].shape
@@ -293,21 +295,20 @@ def _sliced(use: Use, weights: list[np.ndarray], res: Resolution) -> list[np.nda
 
 
 def _inherit(model: Any, new: Any, w: Walk, res: Resolution) -> None:
+    """Copy every layer's weights into the rebuilt model, sliced to the surviving channels."""
     uses = {u.name: u for u in w.uses}
     for layer in model.layers:
         weights = layer.get_weights()
         if not weights:
             continue
-        target = new.get_layer(layer.name)
         use = uses.get(layer.name)
-        if use is not None:
-            groups = getattr(layer, "groups", 1)
-            if use.kind == "conv" and groups > 1 and [v.shape for v in _sliced(use, weights, res)] != [
-                    v.shape for v in weights]:
-                raise MBSError(f"grouped conv '{layer.name}' (groups={groups}) cannot inherit weights when its "
-                               "width changes — use init='scratch'")
-            weights = _sliced(use, weights, res) if groups == 1 or use.kind != "conv" else weights
-        target.set_weights(weights)
+        if use is not None and use.kind == "conv" and getattr(layer, "groups", 1) > 1:
+            if any(res.changed(k) for lay in (use.in_layout, use.out_layout) if lay for k in lay.segs):
+                raise MBSError(f"grouped conv '{layer.name}' (groups={layer.groups}) cannot inherit weights when "
+                               "its width changes — use init='scratch'")
+        elif use is not None:
+            weights = _sliced(use, weights, res)
+        new.get_layer(layer.name).set_weights(weights)
 
 
 def verify(new: Any, view: PlanView, mapping: Mapping[str, str], expected: tuple) -> None:

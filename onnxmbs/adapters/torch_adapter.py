@@ -60,12 +60,18 @@ def apply_plan_torch(module: nn.Module, plan: Mapping[str, Any] | str | Path, ex
     if init == "scratch":
         reinitialise(compact)
     verify(compact, view, mapping, example_inputs, [tuple(t.shape) for t in reference])
-    logger.info("applied plan: %d convs resized, params %d -> %d", sum(res.changed(k) for k in res.widths),
+    layer_of = _inverse(mapping)
+    narrowed = sum(u.module.out_channels < view.layer(layer_of[u.name]).out_channels for u in trace.convs)
+    logger.info("applied plan: %d of %d convs narrowed, params %d -> %d", narrowed, len(trace.convs),
                 count_params(module), count_params(compact))
     return compact
 
 
 # ---------------------------------------------------------------- matching
+def _inverse(mapping: Mapping[str, str]) -> dict[str, str]:
+    return {v: k for k, v in mapping.items()}
+
+
 def layer_map(module: nn.Module, plan: Mapping[str, Any] | str | Path, example_inputs: Any, *,
               onnx_path: str | Path | None = None) -> dict[str, str]:
     """Plan layer (ONNX node) name -> the module path of the conv it was matched to."""

@@ -45,7 +45,8 @@ class TrainConfig:
             if int(getattr(self, name)) < 1:
                 raise MBSError(f"{name} must be at least 1, got {getattr(self, name)} — pass a positive number")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1 or self.crop_pad < 0:
-            raise MBSError(f"lr must be > 0, weight_decay >= 0, momentum in [0, 1), crop_pad >= 0 — got lr={self.lr}, "
+            raise MBSError("lr must be > 0, weight_decay >= 0, momentum in [0, 1), crop_pad >= 0 — got "
+                           f"lr={self.lr}, "
                            f"weight_decay={self.weight_decay}, momentum={self.momentum}, crop_pad={self.crop_pad}")
 
 

@@ -43,8 +43,8 @@ class Dataset:
     def split(self, fraction: float, *, seed: int = 0) -> tuple[Dataset, Dataset]:
         """(train, held out): a seeded, per-class split keeping ``fraction`` of each class out."""
         rng = np.random.default_rng(seed)
-        held = np.concatenate([rng.permutation(np.flatnonzero(self.y == c))[:max(1, round(fraction * (self.y == c).sum()))]
-                               for c in np.unique(self.y)])
+        per_class = [np.flatnonzero(self.y == c) for c in np.unique(self.y)]
+        held = np.concatenate([rng.permutation(ids)[:max(1, round(fraction * len(ids)))] for ids in per_class])
         mask = np.zeros(len(self.y), bool)
         mask[held] = True
         return self.take(np.flatnonzero(~mask)), self.take(np.flatnonzero(mask))
@@ -112,4 +112,5 @@ def load_dataset(path: str | Path, *, layout: str = "NCHW", preprocess: str = "r
         return _from_npz(path, layout, preprocess)
     if path.is_dir():
         return _from_folder(path, layout, preprocess, size, channels)
-    raise MBSError(f"training data not found or not supported: {path} — pass a .npz (x, y) or a folder of class folders")
+    raise MBSError(f"training data not found or not supported: {path} — pass a .npz (x, y) or a folder of "
+                   "class folders")

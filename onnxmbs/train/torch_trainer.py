@@ -67,17 +67,17 @@ def _epoch(model: nn.Module, opt: torch.optim.Optimizer, scaler, x: np.ndarray, 
            config: TrainConfig, epoch: int, rng: np.random.Generator, device: torch.device) -> tuple[float, float]:
     model.train()
     parts = batches(len(y), config.batch_size, rng)
-    total, correct = 0.0, 0
+    total, correct, seen = 0.0, 0, 0
     for i, idx in enumerate(parts):
-        if len(idx) < 2 and len(parts) > 1:
-            continue  # a batch of one breaks BatchNorm in training mode
+        if len(idx) < config.batch_size and len(parts) > 1:
+            continue  # drop the short last batch (a batch of one breaks BatchNorm), as the Keras trainer does
         for group in opt.param_groups:
             group["lr"] = lr_at(config, (epoch + i / len(parts)) / config.epochs)
         xb = augment(x[idx], rng, layout="NCHW", crop_pad=config.crop_pad, flip=config.flip)
         loss, hits = _step(model, opt, scaler, torch.from_numpy(np.ascontiguousarray(xb)).to(device),
                            torch.from_numpy(y[idx]).to(device))
-        total, correct = total + loss, correct + hits
-    return total / len(y), correct / len(y)
+        total, correct, seen = total + loss, correct + hits, seen + len(idx)
+    return total / max(seen, 1), correct / max(seen, 1)
 
 
 def train_torch(model: nn.Module, train: Any, *, config: TrainConfig = TrainConfig(), val: Any = None) -> TrainResult:

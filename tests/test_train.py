@@ -1,0 +1,154 @@
+"""The retraining step: schedule, augmentation, data loading, both trainers and `onnxmbs retrain`."""
+from __future__ import annotations
+
+import os
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from torch import nn
+
+from onnxmbs.errors import MBSError
+from onnxmbs.train import TrainConfig, augment, lr_at
+from onnxmbs.train.data import load_dataset
+from onnxmbs.train.torch_trainer import evaluate_torch, train_torch
+
+
+def _bright_dark(n: int = 64, layout: str = "NCHW", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two trivially separable classes: dark and bright 8x8 images."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = (rng.random((n, 3, 8, 8)) * 0.3 + 0.6 * y[:, None, None, None]).astype(np.float32)
+    return (x if layout == "NCHW" else x.transpose(0, 2, 3, 1).copy()), y
+
+
+def test_step_and_cosine_schedules():
+    step = TrainConfig(lr=0.1)
+    got = [round(lr_at(step, p), 6) for p in (0.0, 0.49, 0.5, 0.74, 0.75, 0.99)]
+    assert got == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    cosine = TrainConfig(lr=0.2, schedule="cosine")
+    assert lr_at(cosine, 0.0) == pytest.approx(0.2) and lr_at(cosine, 0.5) == pytest.approx(0.1)
+
+
+def test_config_is_checked():
+    with pytest.raises(MBSError, match="unknown schedule"):
+        TrainConfig(schedule="linear")
+    with pytest.raises(MBSError, match="epochs must be at least 1"):
+        TrainConfig(epochs=0)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_augment_crops_and_flips(layout):
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    x = x if layout == "NCHW" else x.transpose(0, 2, 3, 1)
+    rng = np.random.default_rng(0)
+    assert np.array_equal(augment(x, rng, layout=layout, crop_pad=0, flip=False), x)
+    cropped = augment(x, rng, layout=layout, crop_pad=2, flip=False)
+    assert cropped.shape == x.shape
+    flipped = [augment(x, np.random.default_rng(s), layout=layout, crop_pad=0, flip=True) for s in range(8)]
+    mirror = np.flip(x, axis=3 if layout == "NCHW" else 2)
+    assert any(np.array_equal(f[0], mirror[0]) for f in flipped) and any(np.array_equal(f[0], x[0]) for f in flipped)
+
+
+def test_load_npz_in_both_layouts(tmp_path):
+    x, y = _bright_dark(10)
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    np.savez(tmp_path / "b.npz", images=(x.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8), labels=y)
+    a = load_dataset(tmp_path / "a.npz", layout="NHWC")
+    b = load_dataset(tmp_path / "b.npz", layout="NHWC", preprocess="raw")
+    assert a.x.shape == b.x.shape == (10, 8, 8, 3) and a.num_classes == 2
+    np.testing.assert_allclose(a.x, b.x, atol=1 / 255)
+    train, held = load_dataset(tmp_path / "a.npz").split(0.2)
+    assert len(train) + len(held) == 10 and sorted(set(held.y)) == [0, 1]
+    np.savez(tmp_path / "c.npz", pictures=x)
+    with pytest.raises(MBSError, match="save images as x and labels as y"):
+        load_dataset(tmp_path / "c.npz")
+
+
+def test_load_image_folders(tmp_path):
+    for label, value in (("cat", 20), ("dog", 220)):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("RGB", (12, 10), (value, value, value)).save(tmp_path / label / f"{i}.png")
+    ds = load_dataset(tmp_path, layout="NCHW", size=(8, 8))
+    assert ds.x.shape == (6, 3, 8, 8) and ds.classes == ("cat", "dog") and list(ds.y) == [0, 0, 0, 1, 1, 1]
+    assert ds.x[0].max() == pytest.approx(20 / 255) and ds.x[-1].min() == pytest.approx(220 / 255)
+    with pytest.raises(MBSError, match="not found or not supported"):
+        load_dataset(tmp_path / "missing")
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten())
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+def test_torch_trainer_learns_a_separable_task():
+    torch.manual_seed(0)
+    x, y = _bright_dark(64)
+    model = Tiny()
+    result = train_torch(model, (x, y), config=TrainConfig(epochs=4, batch_size=16, lr=0.05, crop_pad=1), val=(x, y))
+    assert len(result.epochs) == 4 and result.epochs[-1].lr == pytest.approx(0.0005)
+    assert result.val_accuracy == evaluate_torch(model, x, y) >= 0.9
+
+
+def test_keras_trainer_learns_a_separable_task():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    from onnxmbs.train.keras_trainer import train_keras
+
+    x, y = _bright_dark(64, layout="NHWC")
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
+    result = train_keras(model, (x, y), config=TrainConfig(epochs=6, batch_size=16, lr=0.1, schedule="cosine"),
+                         val=(x, y))
+    assert len(result.epochs) == 6 and result.val_accuracy >= 0.9
+
+
+def test_retrain_command_on_a_users_model_file(tmp_path):
+    from onnxmbs.cli import main
+    from onnxmbs.pipeline import plan_model
+    from onnxmbs.planfile import write_json
+
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        from torch import nn
+        def build():
+            return nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+                                 nn.Conv2d(16, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2))
+    """))
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("net", tmp_path / "net.py")
+    net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.build().eval(), (torch.rand(1, 3, 8, 8),), str(tmp_path / "net.onnx"), dynamo=False,
+                          input_names=["input"], dynamic_axes={"input": {0: "b"}})
+    plan = plan_model(tmp_path / "net.onnx", synthetic=4, preprocess="raw", k=0.5).document
+    write_json(tmp_path / "plan.json", plan)
+    x, y = _bright_dark(40)
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    result = CliRunner().invoke(main, [
+        "retrain", "--model", f"{tmp_path / 'net.py'}:build", "--plan", str(tmp_path / "plan.json"),
+        "--data", str(tmp_path / "train.npz"), "--epochs", "2", "--batch-size", "8", "--no-flip", "--crop-pad", "1",
+        "--save", str(tmp_path / "compact.pt")])
+    assert result.exit_code == 0, result.output
+    assert f"parameters (plan predicts {plan['summary']['params_compact']:,})" in result.output
+    assert "held-out accuracy" in result.output and (tmp_path / "compact.pt").is_file()
+    bad = CliRunner().invoke(main, ["retrain", "--zoo", "resnet20", "--init", "inherit", "--plan",
+                                    str(tmp_path / "plan.json"), "--data", str(tmp_path / "train.npz")])
+    assert bad.exit_code == 1 and "inherit needs trained weights" in bad.output
