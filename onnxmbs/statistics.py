@@ -6,15 +6,16 @@ leave the runtime, and the graph's own outputs are dropped so that the classifie
 run. Counts are accumulated as exact int64 in numpy, so memory does not grow with the
 number of images.
 
-The counting subgraph (:func:`_count_nodes`) is ``Conv`` (depthwise 1x1, weight 2^126, with
-``Clip(0, 1)`` fused by onnxruntime) -> ``GlobalAveragePool``; ×H·W and rounding gives the integer
-count of each (image, channel). ReLU outputs are >= 0, so every normal positive float maps to
-exactly 1 (overflow to inf clips to 1) and zero to 0. The session runs with denormals flushed to
-zero, so the counts are exact for the values that run computes (a float32 denormal, < 2^-126,
-counts as zero). Unlike the naive ``Greater -> Cast -> ReduceSum`` tap, both ops have NCHWc
-kernels in onnxruntime's CPU provider, so the tapped tensor is not reordered out of the blocked
-layout, and each tap is placed right after the node that produces its tensor, while that tensor
-is still in cache. tools/bench_statistics.py measures both against plain inference.
+The counting subgraph (:func:`_count_nodes`) is ``HardSigmoid(alpha=2^126, beta=0)`` ->
+``GlobalAveragePool``: min(1, max(0, 2^126·x)) is exactly 1 for every normal positive float
+(overflow to inf clips to 1) and 0 for zero, so ×H·W and rounding gives the integer count of each
+(image, channel). The session runs with denormals flushed to zero, so the counts are exact for
+the values that run computes (a float32 denormal, < 2^-126, counts as zero). Unlike the naive
+``Greater -> Cast -> ReduceSum`` tap, both ops run in onnxruntime's blocked NCHWc layout on CPU
+(HardSigmoid is layout-agnostic, GlobalAveragePool has an NCHWc kernel), so the tapped tensor is
+not reordered, and each tap sits right after the node producing its tensor, while that tensor is
+still in cache. A depthwise 1×1 Conv with a fused Clip computes the same but measured slower.
+tools/bench_statistics.py measures both taps against plain inference.
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def choose_provider(requested: str = "auto") -> str:
 
 
 # ------------------------------------------------------------ instrumentation
-def _count_nodes(tap: Tap, out: str, channels: int, method: str, prefix: str) -> tuple[list, list]:
+def _count_nodes(tap: Tap, out: str, method: str, prefix: str) -> tuple[list, list]:
     """Nodes and initializers that turn ``tap.tensor`` into per-(image, channel) counts/means."""
     x = tap.tensor
     if method == "naive":
@@ -117,15 +118,9 @@ def _count_nodes(tap: Tap, out: str, channels: int, method: str, prefix: str) ->
                  helper.make_node("ReduceSum", [f"{prefix}f", f"{prefix}axes"], [out], keepdims=0)],
                 [numpy_helper.from_array(np.zeros((), np.float32), f"{prefix}zero"),
                  numpy_helper.from_array(np.array([0, 2, 3], np.int64), f"{prefix}axes")])
-    w = numpy_helper.from_array(np.full((channels, 1, 1, 1), SCALE, np.float32), f"{prefix}w")
-    lo = numpy_helper.from_array(np.zeros((), np.float32), f"{prefix}lo")
-    hi = numpy_helper.from_array(np.ones((), np.float32), f"{prefix}hi")
-    nodes = [
-        helper.make_node("Conv", [x, w.name], [f"{prefix}a"], group=channels, kernel_shape=[1, 1]),
-        helper.make_node("Clip", [f"{prefix}a", lo.name, hi.name], [f"{prefix}b"]),
-        helper.make_node("GlobalAveragePool", [f"{prefix}b"], [out]),
-    ]
-    return nodes, [w, lo, hi]
+    nodes = [helper.make_node("HardSigmoid", [x], [f"{prefix}ind"], alpha=SCALE, beta=0.0),
+             helper.make_node("GlobalAveragePool", [f"{prefix}ind"], [out])]
+    return nodes, []
 
 
 def _to_nchw(tap: Tap, prefix: str) -> tuple[Tap, list]:
@@ -154,7 +149,7 @@ def instrument(analysis: Analysis, *, method: str = "nchwc") -> tuple[onnx.Model
         shape = loaded.shapes[tap.tensor]
         nchw_tap, pre = _to_nchw(tap, prefix)
         out = f"{prefix}count"
-        nodes, inits = _count_nodes(nchw_tap, out, shape[tap.channel_axis], method, prefix)
+        nodes, inits = _count_nodes(nchw_tap, out, method, prefix)
         after[tap.tensor] = pre + nodes
         graph.initializer.extend(inits)
         channels = shape[tap.channel_axis]
