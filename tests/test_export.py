@@ -81,13 +81,16 @@ def test_mismatch_raises_and_leaves_no_file(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize(("name", "config"), [
+TORCH_FAMILIES = [
     ("resnet18", {"widths": [8, 8, 16, 16]}),
     ("resnet50", {"widths": [8, 8, 8, 16]}),
     ("mobilenet_v2", {"betas": [0.25, 0.25, 0.25, 0.25, 0.25]}),
     ("shufflenet_v1_g3", {"widths": [12, 24, 48, 96]}),
     ("densenet121", {"betas": [0.25, 0.25, 0.25, 0.25]}),
-])
+]
+
+
+@pytest.mark.parametrize(("name", "config"), TORCH_FAMILIES)
 def test_torch_family_round_trip(tmp_path: Path, name: str, config: dict) -> None:
     model = build(name, num_classes=3, **config).eval()
     path = export_torch(model, (3, 32, 32), tmp_path / f"{name}.onnx", dynamo=False)  # fast exporter
@@ -98,13 +101,7 @@ def test_torch_family_round_trip(tmp_path: Path, name: str, config: dict) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "config"), [
-    ("resnet18", {"widths": [8, 8, 16, 16]}),
-    ("resnet50", {"widths": [8, 8, 8, 16]}),
-    ("mobilenet_v2", {"betas": [0.25, 0.25, 0.25, 0.25, 0.25]}),
-    ("shufflenet_v1_g3", {"widths": [12, 24, 48, 96]}),
-    ("densenet121", {"betas": [0.25, 0.25, 0.25, 0.25]}),
-])
+@pytest.mark.parametrize(("name", "config"), TORCH_FAMILIES)
 def test_torch_family_dynamo_export(tmp_path: Path, name: str, config: dict) -> None:
     path = export(name, tmp_path / f"{name}.onnx", num_classes=3, input_size=32, **config)
     assert run(path, np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 3)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from onnxmbs.adapters.planview import (
-    Candidate, KeySets, Layout, PlanView, Resolution, channel_scores, check_init, keep_top, load_plan, match_layers,
+    Candidate, KeySets, Layout, PlanView, Resolution, channel_scores, check_init, check_supported, keep_top, load_plan, match_layers,
     onnx_weight_names, plan_groups,
 )
 from onnxmbs.errors import MBSError
@@ -249,14 +249,6 @@ def _l1(model: Any, name: str) -> np.ndarray:
     return kernel.reshape(-1, kernel.shape[-1]).sum(0)
 
 
-def _check_supported(w: Walk, res: Resolution) -> None:
-    for key, reasons in w.unsupported.items():
-        if res.changed(key):
-            raise MBSError(f"cannot resize the channels of '{key[1]}' ({res.channels[key]} -> {res.widths[key]}): "
-                           f"{reasons[0]} has no resize rule — keep this group at full width (β = 1) or "
-                           "replace the layer by a supported one")
-
-
 # ---------------------------------------------------------------- rebuild, weights, checks
 def _rebuild(model: Any, cfg: dict[str, Any], filters: Mapping[str, int], custom_objects: Mapping | None) -> Any:
     keras = _keras()
@@ -340,7 +332,7 @@ def apply_plan_keras(model: Any, plan: Mapping[str, Any] | str | Path, *, init: 
     w = walk(model, cfg)
     mapping = _match(model, w, view, onnx_path)
     res = resolve(model, view, w, mapping)
-    _check_supported(w, res)
+    check_supported(w.unsupported, res)
     filters = {u.name: res.widths[u.out_layout.segs[0]] for u in w.uses if u.kind == "conv"}
     try:
         new = _rebuild(model, cfg, filters, custom_objects)

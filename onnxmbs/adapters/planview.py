@@ -168,6 +168,15 @@ class Resolution:
         return self.widths[key] != self.channels[key]
 
 
+def check_supported(unsupported: Mapping[Hashable, Sequence[str]], res: Resolution) -> None:
+    """Refuse to resize a channel set that reaches a layer the adapter has no resize rule for."""
+    for key, reasons in unsupported.items():
+        if res.changed(key):
+            raise MBSError(f"cannot resize the channels of '{key[1]}' ({res.channels[key]} -> {res.widths[key]}): "
+                           f"{reasons[0]} has no resize rule — keep this group at full width "
+                           "(β = 1) or replace the layer by a supported one")
+
+
 def plan_groups(specs: Sequence[LayerSpec], view: PlanView, where: str) -> set[int]:
     """The plan groups a set of tied conv outputs belongs to; split outputs are refused when resized."""
     for spec in specs:

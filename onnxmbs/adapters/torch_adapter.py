@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from onnxmbs.adapters.planview import (
-    Candidate, Layout, PlanView, Resolution, channel_scores, check_init, keep_top, load_plan, match_layers,
-    onnx_weight_names, plan_groups, scope_path,
+    Candidate, Layout, PlanView, Resolution, channel_scores, check_init, check_supported, keep_top, load_plan,
+    match_layers, onnx_weight_names, plan_groups, scope_path,
 )
 from onnxmbs.adapters.torch_trace import ConvUse, Trace, run_model, trace_model
 from onnxmbs.errors import MBSError
@@ -55,7 +55,7 @@ def apply_plan_torch(module: nn.Module, plan: Mapping[str, Any] | str | Path, ex
     trace = trace_model(compact, example_inputs)
     mapping = _match(view, trace, example_inputs, onnx_path)
     res = resolve(view, trace, mapping)
-    _check_supported(trace, res)
+    check_supported(trace.unsupported, res)
     resize(trace, res, inherit=init == "inherit")
     if init == "scratch":
         reinitialise(compact)
@@ -151,14 +151,6 @@ def _names(keys: list[Hashable]) -> str:
 def _l1(module: nn.Module) -> np.ndarray:
     w = module.weight.detach().abs().float()
     return w.reshape(w.shape[0], -1).sum(1).cpu().numpy()
-
-
-def _check_supported(trace: Trace, res: Resolution) -> None:
-    for key, reasons in trace.unsupported.items():
-        if res.changed(key):
-            raise MBSError(f"cannot resize the channels of '{key[1]}' ({res.channels[key]} -> {res.widths[key]}): "
-                           f"{reasons[0]} — the adapter has no rule for it; keep this group at full width "
-                           "(β = 1) or replace the op by a supported one")
 
 
 # ---------------------------------------------------------------- resizing
