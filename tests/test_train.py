@@ -116,6 +116,28 @@ def test_keras_trainer_learns_a_separable_task():
     assert len(result.epochs) == 6 and result.val_accuracy >= 0.9
 
 
+def test_keras_mixed_precision_trains_a_float16_clone_and_writes_back():
+    """What runs on a GPU by default, forced here on the CPU."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    from onnxmbs.train.keras_trainer import evaluate_keras, mixed_precision_clone, train_keras
+
+    x, y = _bright_dark(64, layout="NHWC")
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
+    twin = mixed_precision_clone(model)
+    assert twin.layers[1].dtype_policy.name == "mixed_float16" and twin.layers[-1].dtype_policy.name == "float32"
+    assert all(np.array_equal(a, b) for a, b in zip(twin.get_weights(), model.get_weights()))
+    before = [w.copy() for w in model.get_weights()]
+    result = train_keras(model, (x, y), val=(x, y),
+                         config=TrainConfig(epochs=6, batch_size=16, lr=0.1, schedule="cosine", mixed_precision=True))
+    assert model.layers[1].dtype_policy.name == "float32"  # the caller's model keeps its policy ...
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # ... and gets the weights
+    assert result.val_accuracy >= 0.9 and evaluate_keras(model, x, y) >= 0.9
+
+
 def test_retrain_command_on_a_users_model_file(tmp_path):
     from onnxmbs.cli import main
     from onnxmbs.pipeline import plan_model

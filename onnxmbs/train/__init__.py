@@ -35,7 +35,7 @@ class TrainConfig:
     flip: bool = True
     crop_pad: int = 4
     seed: int = 0
-    mixed_precision: bool | None = None  # None: on when training on CUDA (PyTorch only)
+    mixed_precision: bool | None = None  # None: on when training on CUDA / a GPU TensorFlow sees
     device: str = "auto"  # PyTorch: auto | cpu | cuda
 
     def __post_init__(self) -> None:

@@ -3,9 +3,11 @@
 Same recipe as the PyTorch trainer: SGD with momentum, the step or cosine schedule (set per
 batch), crop + flip augmentation in numpy. Weight decay is Keras 3's optimizer
 ``weight_decay`` (``w -= lr·wd·w`` each step, equal to an L2 term for plain SGD). Mixed
-precision is not switched on here: in Keras it is a dtype policy the model must be built
-under (``keras.mixed_precision.set_global_policy("mixed_float16")`` before ``apply_plan``).
-The model is compiled by ``train_keras`` (an earlier compile is replaced).
+precision (on by default when TensorFlow sees a GPU, or with ``mixed_precision=True``) trains
+a clone whose layers compute in float16 under Keras's ``mixed_float16`` policy (the last layer
+stays float32 for stable logits; variables are float32 throughout) and copies the weights back
+into the caller's model afterwards. The model is compiled by ``train_keras`` (an earlier compile
+is replaced).
 """
 from __future__ import annotations
 
@@ -67,6 +69,29 @@ def _epoch(model: Any, x: np.ndarray, y: np.ndarray, *, config: TrainConfig, epo
     return total / max(seen, 1), correct / max(seen, 1)
 
 
+def _gpu_visible() -> bool:
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return False
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def mixed_precision_clone(model: Any) -> Any:
+    """A copy of a functional/Sequential ``model`` computing in float16 (last layer float32), same weights."""
+    import keras
+
+    last = model.layers[-1]
+
+    def clone(layer: Any) -> Any:
+        config = {**layer.get_config(), "dtype": "float32" if layer is last else "mixed_float16"}
+        return layer.__class__.from_config(config)
+
+    twin = keras.models.clone_model(model, clone_function=clone)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def train_keras(model: Any, train: Any, *, config: TrainConfig = TrainConfig(), val: Any = None) -> TrainResult:
     """Train ``model`` in place on ``train`` ((x, y) NHWC arrays or a Dataset); report ``val`` accuracy."""
     import keras
@@ -75,6 +100,16 @@ def train_keras(model: Any, train: Any, *, config: TrainConfig = TrainConfig(), 
     xv, yv = _arrays(val, "validation data") if val is not None else (None, None)
     keras.utils.set_random_seed(config.seed)
     rng = np.random.default_rng(config.seed)
+    amp = config.mixed_precision if config.mixed_precision is not None else _gpu_visible()
+    work = mixed_precision_clone(model) if amp else model
+    result = _train(work, x, y, xv, yv, config=config, rng=rng)
+    if work is not model:
+        model.set_weights(work.get_weights())
+    return result
+
+
+def _train(model: Any, x: np.ndarray, y: np.ndarray, xv: np.ndarray | None, yv: np.ndarray | None, *,
+           config: TrainConfig, rng: np.random.Generator) -> TrainResult:
     _compile(model, config)
     logs, began = [], time.perf_counter()
     for epoch in range(config.epochs):
