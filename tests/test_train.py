@@ -101,16 +101,19 @@ def test_torch_trainer_learns_a_separable_task():
     assert result.val_accuracy == evaluate_torch(model, x, y) >= 0.9
 
 
-def test_keras_trainer_learns_a_separable_task():
+def _tiny_keras():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
 
+
+def test_keras_trainer_learns_a_separable_task():
     from onnxmbs.train.keras_trainer import train_keras
 
     x, y = _bright_dark(64, layout="NHWC")
-    inputs = keras.Input((8, 8, 3))
-    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
+    model = _tiny_keras()
     result = train_keras(model, (x, y), config=TrainConfig(epochs=6, batch_size=16, lr=0.1, schedule="cosine"),
                          val=(x, y))
     assert len(result.epochs) == 6 and result.val_accuracy >= 0.9
@@ -118,15 +121,10 @@ def test_keras_trainer_learns_a_separable_task():
 
 def test_keras_mixed_precision_trains_a_float16_clone_and_writes_back():
     """What runs on a GPU by default, forced here on the CPU."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-
     from onnxmbs.train.keras_trainer import evaluate_keras, mixed_precision_clone, train_keras
 
     x, y = _bright_dark(64, layout="NHWC")
-    inputs = keras.Input((8, 8, 3))
-    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
+    model = _tiny_keras()
     twin = mixed_precision_clone(model)
     assert twin.layers[1].dtype_policy.name == "mixed_float16" and twin.layers[-1].dtype_policy.name == "float32"
     assert all(np.array_equal(a, b) for a, b in zip(twin.get_weights(), model.get_weights()))
