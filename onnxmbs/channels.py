@@ -244,7 +244,8 @@ def _reshape(b: _Builder, node: onnx.NodeProto, name: str, ins: list) -> Chan | 
         b.freeze(chan, f"{node.op_type} '{name}' reshapes shuffled channels")
         return None
     a = chan.axis
-    if len(y) == len(x) + 1 and y[:a] == x[:a] and y[a] * y[a + 1] == c and y[a + 2:] == x[a + 1:] and len(chan.segs) == 1:
+    splits_channels = len(y) == len(x) + 1 and y[:a] == x[:a] and y[a + 2:] == x[a + 1:]
+    if splits_channels and y[a] * y[a + 1] == c and len(chan.segs) == 1:
         return Chan(a, chan.segs, split=y[a])  # first half of a channel shuffle
     rest = math.prod(x) // (x[0] * c) if x[0] else 0
     hits = [i for i in range(1, len(y)) if y[i] == c]

@@ -66,7 +66,8 @@ def load_model(source: str | Path | onnx.ModelProto, *, input_shape: tuple[int, 
     graph_inputs = _data_inputs(proto)
     if len(graph_inputs) != 1:
         names = ", ".join(i.name for i in graph_inputs) or "none"
-        raise MBSError(f"model has {len(graph_inputs)} data inputs ({names}); onnxmbs needs exactly one image input — "
+        raise MBSError(f"model has {len(graph_inputs)} data inputs ({names}); "
+                       "onnxmbs needs exactly one image input — "
                        "export the model with a single NCHW/NHWC image tensor as input")
     gin = graph_inputs[0]
     dims, batch_dynamic = _static_input_shape(gin, input_shape)
@@ -118,7 +119,8 @@ def _static_input_shape(gin: onnx.ValueInfoProto, input_shape: tuple[int, ...] |
                            "e.g. --input-shape 1,3,224,224")
         for axis, (old, new) in enumerate(zip(dims, given)):
             if old is not None and axis > 0 and old != new:
-                raise MBSError(f"--input-shape {given} contradicts the model's fixed input {tuple(dims)} at axis {axis}")
+                raise MBSError(f"--input-shape {given} contradicts the model's fixed input {tuple(dims)} "
+                               f"at axis {axis} — give the model's own size there")
         return given, batch_dynamic
     if any(d is None for d in dims[1:]):
         shown = tuple("?" if d is None else d for d in dims)

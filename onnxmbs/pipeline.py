@@ -79,7 +79,8 @@ def read_macroblock_map(path: str | Path) -> dict[str, int]:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise MBSError(f"cannot read macroblock map {path} ({exc}) — give a JSON object {{\"layer\": level}}") from None
+        raise MBSError(f"cannot read macroblock map {path} ({exc}) — "
+                       "give a JSON object {\"layer\": level}") from None
     if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
         raise MBSError(f"macroblock map {path} must be a JSON object of layer name -> integer level, "
                        "e.g. {\"conv1\": 0, \"conv2\": 1}")
@@ -112,7 +113,8 @@ def measure(analysis: Analysis, *, data: Any = None, synthetic: int | None = Non
 
 
 def plan_model(model: str | Path | onnx.ModelProto, *, data: Any = None, synthetic: int | None = None,
-               input_shape: tuple[int, ...] | None = None, macroblocks: Mapping[str, int] | None = None, k: float | None = None, z: float | None = None,
+               input_shape: tuple[int, ...] | None = None, macroblocks: Mapping[str, int] | None = None,
+               k: float | None = None, z: float | None = None,
                round_to: int = 1, preprocess: str | None = "imagenet", mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, max_images: int | None = None, batch_size: int = 32,
                provider: str = "auto", progress: bool | None = None, seed: int = 0) -> PlanResult:
