@@ -27,7 +27,7 @@ test-all: setup
 	$(BIN)/python -m pytest -m "slow or not slow"
 
 bench: setup
-	$(BIN)/python tools/bench_statistics.py
+	$(BIN)/python tools/bench_statistics.py --bound
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

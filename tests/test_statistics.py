@@ -62,10 +62,14 @@ def test_tiny_positive_values_count_as_non_zero():
 
 def test_only_counts_leave_the_runtime():
     a = analyze(small_net())
-    model, outputs = instrument(a)
-    assert [o.name for o in model.graph.output] == list(outputs.values())
-    assert all(t not in outputs.values() for t in outputs)  # no activation is an output
-    onnx.checker.check_model(model)
+    counting = instrument(a)
+    assert [o.name for o in counting.model.graph.output] == [counting.output]  # one small output
+    (result,) = make_session(counting.model, "CPUExecutionProvider").run(None, {"input": np.ones((2, 3, 12, 12),
+                                                                                                np.float32)})
+    assert result.shape == (2, 6 + 6 + 6, 1, 1)  # per image, the channels of the three taps side by side
+    assert [counting.slices[t] for t in ("r1_out", "r2_out", "r3_out")] == [slice(0, 6), slice(6, 12), slice(12, 18)]
+    assert list(counting.per_image) == [144] * 6 + [36] * 12
+    onnx.checker.check_model(counting.model)
 
 
 def test_providers():
