@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from onnxmbs.cli import clean_errors, data_options, refuse_overwrite
+from onnxmbs.cli import clean_errors, data_options, macroblocks_option, refuse_overwrite
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +108,14 @@ def _target(**options: float | None):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the solved plan JSON here (needs a --target-*).")
 @click.option("--json", "as_json", is_flag=True, help="Print the sweep (and solution) as JSON.")
+@macroblocks_option
 @clean_errors
 def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: str | None, as_json: bool,
-          target_param_reduction, target_flop_reduction, target_params, target_flops, **data: Any) -> None:
+          target_param_reduction, target_flop_reduction, target_params, target_flops, macroblock_map: str | None,
+          **data: Any) -> None:
     """One statistics pass, a plan for every k: β, configuration, params and MACs per k; or solve for a target."""
     from onnxmbs.analysis import analyze
+    from onnxmbs.pipeline import read_macroblock_map
     from onnxmbs.planfile import write_json
     from onnxmbs.statsfile import measure_or_load
     from onnxmbs.sweep import make_sweeper, parse_ks, solution_text, solve, sweep_text
@@ -126,7 +129,8 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
     _one_source(data, stats)
     refuse_overwrite(output, model, stats or "", data["data"] or "")
     ks = parse_ks(k_range)
-    analysis = analyze(model, input_shape=data["input_shape"])
+    override = read_macroblock_map(macroblock_map) if macroblock_map else None
+    analysis = analyze(model, input_shape=data["input_shape"], macroblock_override=override)
     measured = measure_or_load(analysis, stats=stats, **data)
     sweeper = make_sweeper(analysis, measured.statistics, round_to=round_to)
     points = run_sweep(sweeper, ks)

@@ -122,3 +122,19 @@ def test_sweep_cli_errors(stats_file, tmp_path):
     assert run("sweep", MODEL).exit_code == 2
     res = run("sweep", MODEL, "--stats", stats_file, "--target-params", "1k")
     assert res.exit_code == 1 and "cannot be reached" in res.output and res.output.count("\n") == 1
+
+
+def test_sweep_cli_takes_a_macroblock_map(stats_file, tmp_path):
+    plan = json.loads(run("analyze", MODEL, "--json").output)
+    merged = {name: 1 for name in plan["macroblocks"][2]["layers"]}  # fold the 8x8 block into the 16x16 one
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps(merged))
+    plain = json.loads(run("sweep", MODEL, "--stats", stats_file, "--k", "1", "--json").output)
+    res = run("sweep", MODEL, "--stats", stats_file, "--k", "1", "--json", "--macroblocks", mapping)
+    assert res.exit_code == 0, res.output
+    regrouped = json.loads(res.output)
+    assert len(plain["sweep"][0]["beta"]) == 3 and len(regrouped["sweep"][0]["beta"]) == 2
+    out = tmp_path / "plan.json"
+    assert run("sweep", MODEL, "--stats", stats_file, "--target-param-reduction", "0.2", "-o", out,
+               "--macroblocks", mapping).exit_code == 0
+    assert len(json.loads(out.read_text())["macroblocks"]) == 2
