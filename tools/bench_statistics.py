@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnxmbs import analyze  # noqa: E402
+from onnxmbs import MBSError, analyze  # noqa: E402
 from onnxmbs.statistics import choose_provider, instrument, make_session  # noqa: E402
 
 
@@ -140,4 +140,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except MBSError as exc:
+        sys.exit(f"error: {exc}")
