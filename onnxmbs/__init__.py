@@ -1,11 +1,32 @@
-"""onnxmbs — MBS (Macroblock Scaling, Lin/Chou/Chang CVPR 2019) for any ONNX CNN."""
-from onnxmbs.adapters import apply_plan
-from onnxmbs.analysis import Analysis, analyze
-from onnxmbs.compact import compact_model, write_compact
-from onnxmbs.errors import MBSError
-from onnxmbs.pipeline import PlanResult, plan_from_statistics, plan_model
-from onnxmbs.planfile import read_plan, write_json
+"""onnxmbs — MBS (Macroblock Scaling, Lin/Chou/Chang CVPR 2019) for any ONNX CNN.
 
-__all__ = ["Analysis", "MBSError", "PlanResult", "analyze", "apply_plan", "compact_model", "plan_from_statistics",
-           "plan_model", "read_plan", "write_compact", "write_json"]
+The public API, loaded on first use (PEP 562) so that ``import onnxmbs`` and
+``onnxmbs --help`` import neither onnx, onnxruntime, PIL, torch nor TensorFlow.
+"""
+from __future__ import annotations
+
+import importlib
+
+from onnxmbs.errors import MBSError
+
 __version__ = "0.1.0"
+_API = {
+    "Analysis": "onnxmbs.graph.analysis", "analyze": "onnxmbs.graph.analysis",
+    "PlanResult": "onnxmbs.planning.pipeline", "plan_model": "onnxmbs.planning.pipeline",
+    "plan_from_statistics": "onnxmbs.planning.pipeline",
+    "Plan": "onnxmbs.planning.document", "read_plan": "onnxmbs.planning.document",
+    "write_json": "onnxmbs.files",
+    "compact_model": "onnxmbs.compact", "write_compact": "onnxmbs.compact",
+    "apply_plan": "onnxmbs.adapters",
+}
+__all__ = ["MBSError", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'onnxmbs' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

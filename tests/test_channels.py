@@ -96,8 +96,8 @@ def test_taps_follow_bn_affine_transpose_and_skip_linear():
 def test_tap_passes_concat_with_the_convs_own_slice():
     """DenseNet: conv -> Concat -> BN -> ReLU; the conv's activation is its slice of that ReLU."""
     import onnx
-    from onnxmbs.pipeline import plan_from_statistics
-    from onnxmbs.statistics import collect_statistics
+    from onnxmbs.planning.pipeline import plan_from_statistics
+    from onnxmbs.stats.counting import collect_statistics
     g = GraphBuilder(("N", 3, 8, 8))
     stem = g.relu(g.conv(g.input.name, 3, 4, name="stem"), name="r0")
     new = g.conv(stem, 4, 2, name="dense1")
@@ -137,10 +137,10 @@ def test_add_of_conv_to_concat_splits_the_conv_group():
     assert {"a", "expand"} <= set(groups(a)[parts[0]].producers)
     assert all(not groups(a)[p].frozen for p in parts)
     assert a.channels.conv_input_groups["mix"] == parts
-    from onnxmbs.pipeline import plan_from_statistics
+    from onnxmbs.planning.pipeline import plan_from_statistics
     layers = {l["name"]: l for l in plan_from_statistics(a, None).document["layers"]}
     assert layers["expand"]["output_groups"] == list(parts) and layers["expand"]["compact_out_channels"] == 12
-    from onnxmbs.scaling import param_specs
+    from onnxmbs.planning.scaling import param_specs
     spec = {s.name: s for s in param_specs(a)}
     expand_w = next(l for l in a.layers if l.name == "expand").weight
     assert spec[expand_w].dims[0].groups == parts

@@ -1,4 +1,4 @@
-"""onnxmbs.compact on tiny hand-built graphs: every surgery pattern, exactness, errors, CLI."""
+"""onnxmbs.compact.writer on tiny hand-built graphs: every surgery pattern, exactness, errors, CLI."""
 from __future__ import annotations
 
 import json
@@ -11,14 +11,13 @@ from click.testing import CliRunner
 from graphs import GraphBuilder
 from onnx import numpy_helper
 
-import onnxmbs.cli  # noqa: F401  (registers the commands; import before cli_compact)
-from onnxmbs.analysis import analyze
-from onnxmbs.cli_compact import compact as compact_cmd
-from onnxmbs.compact import compact_model, sidecar_path, write_compact
+from onnxmbs.graph.analysis import analyze
+from onnxmbs.cli.compact import compact as compact_cmd
+from onnxmbs.compact.writer import compact_model, sidecar_path, write_compact
 from onnxmbs.errors import MBSError
-from onnxmbs.pipeline import plan_from_statistics, plan_model
-from onnxmbs.planner import compact_width, summarize
-from onnxmbs.scaling import param_specs
+from onnxmbs.planning.pipeline import plan_from_statistics, plan_model
+from onnxmbs.planning.planner import compact_width, summarize
+from onnxmbs.planning.scaling import param_specs
 
 SHAPE = ("N", 3, 16, 16)
 

@@ -1,4 +1,4 @@
-"""onnxmbs.compact on tf2onnx-exported Keras CNNs (NHWC input, BN folded or left as Mul/Add,
+"""onnxmbs.compact.writer on tf2onnx-exported Keras CNNs (NHWC input, BN folded or left as Mul/Add,
 channel shuffles as Reshape/Transpose with shapes computed from Shape + Concat + Cast)."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ pytest.importorskip("tf2onnx")
 
 from keras import layers  # noqa: E402
 
-from onnxmbs.analysis import analyze  # noqa: E402
-from onnxmbs.compact import compact_model  # noqa: E402
-from onnxmbs.pipeline import plan_model  # noqa: E402
+from onnxmbs.graph.analysis import analyze  # noqa: E402
+from onnxmbs.compact.writer import compact_model  # noqa: E402
+from onnxmbs.planning.pipeline import plan_model  # noqa: E402
 from onnxmbs.zoo import keras_models  # noqa: E402
 from onnxmbs.zoo.configuration import configuration_from_plan  # noqa: E402
 from onnxmbs.zoo.export import export_keras  # noqa: E402

@@ -1,4 +1,4 @@
-"""onnxmbs.compact on PyTorch-exported CNNs: zoo families, planted dead channels, zoo configurations.
+"""onnxmbs.compact.writer on PyTorch-exported CNNs: zoo families, planted dead channels, zoo configurations.
 
 Models are exported with the TorchScript exporter (``dynamo=False``, dynamic batch, BN folded
 into the convs): a second per model where ``onnxmbs.zoo.export.export_torch`` (dynamo) takes
@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from onnxmbs.analysis import analyze
-from onnxmbs.compact import compact_model
-from onnxmbs.pipeline import plan_model
-from onnxmbs.planner import summarize
-from onnxmbs.scaling import param_specs
+from onnxmbs.graph.analysis import analyze
+from onnxmbs.compact.writer import compact_model
+from onnxmbs.planning.pipeline import plan_model
+from onnxmbs.planning.planner import summarize
+from onnxmbs.planning.scaling import param_specs
 from onnxmbs.zoo.configuration import InvertedResidualWidths as IRW
 from onnxmbs.zoo.configuration import configuration_from_plan
 from onnxmbs.zoo.torch_densenet import DenseLayer

@@ -78,8 +78,8 @@ def test_errors(name: str, doc: dict, message: str) -> None:
 
 def test_real_plan_of_the_digits_model_gives_the_planned_widths(tmp_path: Path) -> None:
     """End to end: plan the embedded ResNet-20, rebuild it from the configuration, compare conv widths."""
-    pipeline = pytest.importorskip("onnxmbs.pipeline")
-    from onnxmbs.analysis import analyze
+    pipeline = pytest.importorskip("onnxmbs.planning.pipeline")
+    from onnxmbs.graph.analysis import analyze
     from onnxmbs.zoo import export
 
     data = np.load(ROOT / "models" / "digits_calib.npz")["x"][:64]

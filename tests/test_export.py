@@ -15,7 +15,7 @@ from torch import nn
 
 from onnxmbs.errors import MBSError
 from onnxmbs.zoo import build, export
-from onnxmbs.zoo.cli import zoo
+from onnxmbs.cli.zoo import zoo
 from onnxmbs.zoo.export import export_torch
 
 V1_WIDTHS = [8, 8, 16, 16, 32, 32]
@@ -134,7 +134,7 @@ def test_torch_and_keras_mobilenet_v1_same_conv_shapes(mobilenet_v1_pair: tuple[
 
 
 def test_torch_and_keras_mobilenet_v1_same_analysis(mobilenet_v1_pair: tuple[Path, Path]) -> None:
-    analysis = pytest.importorskip("onnxmbs.analysis")
+    analysis = pytest.importorskip("onnxmbs.graph.analysis")
 
     def summary(path: Path) -> list[tuple]:
         result = analysis.analyze(path)

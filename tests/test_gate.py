@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from onnxmbs.cli import main
-from onnxmbs.cli_batch import Count
-from onnxmbs.gate import CheckResult, GateLimits, junit_xml, summary_markdown
+from onnxmbs.cli.options import Count
+from onnxmbs.reports.gate import CheckResult, GateLimits, junit_xml, summary_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "resnet20_digits.onnx"

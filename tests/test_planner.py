@@ -6,8 +6,8 @@ import math
 import pytest
 
 from onnxmbs import MBSError
-from onnxmbs.facts import DimSpec, GroupFacts, LayerFacts, ParamSpec
-from onnxmbs.planner import compact_width, plan, rf_boundary
+from onnxmbs.planning.facts import DimSpec, GroupFacts, LayerFacts, ParamSpec
+from onnxmbs.planning.planner import compact_width, plan, rf_boundary
 
 
 def layer(name, mb, rf, flops, p, group):
@@ -95,11 +95,11 @@ def test_planner_is_pure():
     import ast
     import pathlib
 
-    import onnxmbs.planner
-    root = pathlib.Path(onnxmbs.planner.__file__).parent
+    import onnxmbs.planning.planner
+    root = pathlib.Path(onnxmbs.planning.planner.__file__).parent
     for name in ("planner.py", "facts.py"):
         tree = ast.parse((root / name).read_text())
         modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not {m for m in modules if m and m.split(".")[0] in ("onnx", "onnxruntime", "torch")}, modules
-        assert {m for m in modules if m and m.startswith("onnxmbs")} <= {"onnxmbs.errors", "onnxmbs.facts"}
+        assert {m for m in modules if m and m.startswith("onnxmbs")} <= {"onnxmbs.errors", "onnxmbs.planning.facts"}

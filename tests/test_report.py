@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from onnxmbs import plots
+from onnxmbs.reports import plots
 from onnxmbs.cli import main
-from onnxmbs.report import CSV_COLUMNS, SCHEMA
+from onnxmbs.reports.report import CSV_COLUMNS, SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "resnet20_digits.onnx"

@@ -171,8 +171,8 @@ def test_spec_check_value_vgg16_rf_212():
 
 
 def test_spec_inception_valid_padding_levels():
-    from onnxmbs.macroblocks import level_of
-    from onnxmbs.shapes import ConvLayer
+    from onnxmbs.graph.macroblocks import level_of
+    from onnxmbs.graph.shapes import ConvLayer
 
     def conv(h):
         return ConvLayer(name=str(h), index=0, input="x", output="y", weight="w", bias=None, in_channels=1,

@@ -9,7 +9,7 @@ import pytest
 
 from graphs import GraphBuilder, classifier
 from onnxmbs import MBSError, analyze
-from onnxmbs.statistics import choose_provider, collect_statistics, instrument, make_session
+from onnxmbs.stats.counting import choose_provider, collect_statistics, instrument, make_session
 
 
 def small_net(batch="N"):
@@ -93,7 +93,7 @@ import resource, sys, numpy as np
 sys.path.insert(0, {tests!r})
 from test_statistics import small_net
 from onnxmbs import analyze
-from onnxmbs.statistics import collect_statistics
+from onnxmbs.stats.counting import collect_statistics
 a = analyze(small_net())
 def batches(n):
     rng = np.random.default_rng(0)

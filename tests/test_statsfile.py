@@ -9,11 +9,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from onnxmbs.analysis import analyze
+from onnxmbs.graph.analysis import analyze
 from onnxmbs.cli import main
 from onnxmbs.errors import MBSError
-from onnxmbs.pipeline import measure
-from onnxmbs.statsfile import SCHEMA, load_stats, measure_or_load, save_stats
+from onnxmbs.stats.measure import measure
+from onnxmbs.stats.measure import load_stats, measure_or_load
+from onnxmbs.stats.statsfile import SCHEMA, save_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "resnet20_digits.onnx"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from onnxmbs.analysis import analyze
+from onnxmbs.graph.analysis import analyze
 from onnxmbs.cli import main
 from onnxmbs.errors import MBSError
-from onnxmbs.pipeline import measure
-from onnxmbs.sweep import Target, curve, make_sweeper, parse_ks, solve, sweep
+from onnxmbs.stats.measure import measure
+from onnxmbs.planning.sweep import Target, curve, make_sweeper, parse_ks, solve, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "resnet20_digits.onnx"

@@ -139,8 +139,8 @@ def test_keras_mixed_precision_trains_a_float16_clone_and_writes_back():
 
 def test_retrain_command_on_a_users_model_file(tmp_path):
     from onnxmbs.cli import main
-    from onnxmbs.pipeline import plan_model
-    from onnxmbs.planfile import write_json
+    from onnxmbs.planning.pipeline import plan_model
+    from onnxmbs.planning.document import write_json
 
     (tmp_path / "net.py").write_text(textwrap.dedent("""
         from torch import nn

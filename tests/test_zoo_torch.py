@@ -13,7 +13,7 @@ from torch import nn
 
 from onnxmbs.errors import MBSError
 from onnxmbs.zoo import ZOO, build, list_models
-from onnxmbs.zoo.cli import zoo
+from onnxmbs.cli.zoo import zoo
 from onnxmbs.zoo.torch_resnet import count_params
 from onnxmbs.zoo.torch_shufflenet import channel_shuffle, shufflenet_v1
 

@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from onnxmbs.compact import write_compact
+from onnxmbs.compact.writer import write_compact
 from onnxmbs.errors import MBSError
-from onnxmbs.pipeline import plan_model
+from onnxmbs.planning.pipeline import plan_model
 from onnxmbs.zoo import ZOO, export
 
 DEFAULT = "resnet20,resnet18,mobilenet_v1,mobilenet_v2,shufflenet_v1_g3,densenet121"

@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import onnxmbs  # noqa: E402
 from onnxmbs.adapters import apply_plan, folded_params  # noqa: E402
-from onnxmbs.pipeline import plan_model  # noqa: E402
-from onnxmbs.planner import compact_width, summarize  # noqa: E402
-from onnxmbs.scaling import param_specs  # noqa: E402
+from onnxmbs.planning.pipeline import plan_model  # noqa: E402
+from onnxmbs.planning.planner import compact_width, summarize  # noqa: E402
+from onnxmbs.planning.scaling import param_specs  # noqa: E402
 from onnxmbs.train import TrainConfig  # noqa: E402
 from train_digits import load_split  # noqa: E402
 

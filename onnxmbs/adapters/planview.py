@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from onnxmbs.errors import MBSError
-from onnxmbs.planfile import SCHEMA, read_plan
+from onnxmbs.planning.document import SCHEMA, read_plan
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def onnx_weight_names(view: PlanView, onnx_path: str | Path | None = None) -> di
         return {}
     import onnx
 
-    from onnxmbs.shapes import node_names
+    from onnxmbs.graph.shapes import node_names
 
     graph = onnx.load(str(path), load_external_data=False).graph
     return {name: node.input[1] for node, name in zip(graph.node, node_names(graph))

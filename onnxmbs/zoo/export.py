@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxmbs.errors import MBSError
+from onnxmbs.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +50,6 @@ def _quiet() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-@contextlib.contextmanager
-def _atomic_target(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; move it into place only if the block succeeds."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".onnx", dir=target.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a model file is meant to be shared
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        # the dynamo exporter may write external data next to the temp file
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp + ".data")
 
 
 def check_onnx(path: Path, x: np.ndarray, expected: np.ndarray, *, what: str) -> None:
@@ -104,7 +88,7 @@ def export_torch(model, input_shape: Sequence[int], path: str | os.PathLike[str]
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     what = type(model).__name__
-    with _atomic_target(path) as tmp, _quiet():
+    with atomic_path(path, suffix=".onnx") as tmp, _quiet():
         try:
             _torch_onnx_export(model, torch.from_numpy(x), tmp, opset=opset, dynamo=dynamo)
         except Exception as exc:
@@ -149,7 +133,7 @@ def export_keras(model, path: str | os.PathLike[str], *, opset: int = 17) -> Pat
     expected = np.asarray(model(x, training=False))
     what = str(model.name)
     spec = (tf.TensorSpec((None, *shape), tf.float32, name="input"),)
-    with _atomic_target(path) as tmp, _quiet():
+    with atomic_path(path, suffix=".onnx") as tmp, _quiet():
         try:
             proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
         except Exception as exc:

@@ -1,0 +1,4 @@
+"""``python -m onnxmbs``: the command line."""
+from onnxmbs.cli import main
+
+main(prog_name="onnxmbs")

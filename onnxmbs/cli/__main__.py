@@ -1,0 +1,3 @@
+from onnxmbs.cli import main
+
+main()

@@ -1,0 +1,201 @@
+"""Commands for many models and CI: ``profile``, ``sweep``, ``report``, ``check``.
+
+Exit codes as everywhere: 0 success, 1 a model/data fault or a failed check, 2 usage errors.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from typing import Any
+
+import click
+
+from onnxmbs.cli.options import (Count, clean_errors, data_options, has_data, macroblocks_option, many_stats_option,
+                                 one_source,
+                                 refuse_overwrite, round_to_option, stats_option)
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------ profile
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@data_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Write the counts here (JSON).")
+@clean_errors
+def profile(model: str, output: str, **data: Any) -> None:
+    """Run the statistics pass once and save the counts for `plan/sweep/report/check --stats`."""
+    from onnxmbs.graph.analysis import analyze
+    from onnxmbs.stats.measure import DATA_KEYS, measure
+    from onnxmbs.stats.statsfile import save_stats
+
+    one_source(data, None)
+    refuse_overwrite(output, model, data["data"] or "")
+    analysis = analyze(model, input_shape=data["input_shape"])
+    stats, info = measure(analysis, **{k: v for k, v in data.items() if k in DATA_KEYS})
+    save_stats(output, analysis, stats, info=info, preprocess=data["preprocess"])
+    click.echo(f"{model}: {stats.images} images, {len(stats.taps)} activations counted in {stats.seconds:.1f}s"
+               f"{' (SYNTHETIC noise)' if info.synthetic else ''}; counts written to {output}")
+
+
+# ------------------------------------------------------------ sweep
+def _target(**options: float | None):
+    from onnxmbs.planning.sweep import Target
+
+    given = [(metric, value) for metric, value in options.items() if value is not None]
+    if len(given) > 1:
+        raise click.UsageError("give one target: --target-param-reduction, --target-flop-reduction, "
+                               "--target-params or --target-flops")
+    return Target(*given[0]) if given else None
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@data_options
+@stats_option
+@click.option("--k", "k_range", default="0.6:1.4:0.2", show_default=True,
+              help="k values: start:stop:step (stop included) or a list 0.5,1,2.")
+@round_to_option
+@click.option("--target-param-reduction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Solve for the largest k whose plan removes at least this fraction of params (0.3 = 30%).")
+@click.option("--target-flop-reduction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Solve for the largest k whose plan removes at least this fraction of MACs.")
+@click.option("--target-params", type=Count(), default=None, help="Solve for the largest k with at most N params.")
+@click.option("--target-flops", type=Count(), default=None, help="Solve for the largest k with at most N MACs.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the solved plan JSON here (needs a --target-*).")
+@click.option("--json", "as_json", is_flag=True, help="Print the sweep (and solution) as JSON.")
+@macroblocks_option
+@clean_errors
+def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: str | None, as_json: bool,
+          target_param_reduction, target_flop_reduction, target_params, target_flops, macroblock_map: str | None,
+          **data: Any) -> None:
+    """One statistics pass, a plan for every k: β, configuration, params and MACs per k; or solve for a target."""
+    from onnxmbs.graph.analysis import analyze
+    from onnxmbs.planning.pipeline import read_macroblock_map
+    from onnxmbs.files import write_json
+    from onnxmbs.stats.measure import measure_or_load
+    from onnxmbs.planning.sweep import make_sweeper, parse_ks, solve
+    from onnxmbs.reports.text import solution_text, sweep_text
+    from onnxmbs.planning.sweep import sweep as run_sweep
+
+    target = _target(param_reduction=target_param_reduction, flop_reduction=target_flop_reduction,
+                     params=target_params, flops=target_flops)
+    if output and target is None:
+        raise click.UsageError("-o writes the plan solved for a target: add --target-param-reduction, "
+                               "--target-flop-reduction, --target-params or --target-flops")
+    one_source(data, stats)
+    refuse_overwrite(output, model, stats or "", data["data"] or "")
+    ks = parse_ks(k_range)
+    override = read_macroblock_map(macroblock_map) if macroblock_map else None
+    analysis = analyze(model, input_shape=data["input_shape"], macroblock_override=override)
+    measured = measure_or_load(analysis, stats=stats, **data)
+    sweeper = make_sweeper(analysis, measured.statistics, round_to=round_to)
+    points = run_sweep(sweeper, ks)
+    solution = solve(sweeper, target) if target is not None else None
+    if output and solution is not None:
+        write_json(output, sweeper.document(solution.k, settings=measured.settings).document)
+    if as_json:
+        doc: dict[str, Any] = {"model": model, "images": measured.statistics.images,
+                               "sweep": [p.as_dict() for p in points]}
+        if solution is not None:
+            doc["solution"] = {"metric": target.metric, "target": target.value, "k": solution.k,
+                               "k_low": solution.k_low, "k_high": solution.k_high if solution.k_high != float("inf")
+                               else None, "achieved": target.achieved(solution.point), **solution.point.as_dict()}
+        click.echo(json.dumps(doc, indent=1))
+        return
+    click.echo(sweep_text(points, model=model, images=measured.statistics.images))
+    if solution is not None:
+        click.echo(solution_text(solution))
+    if output:
+        click.echo(f"plan written to {output}")
+
+
+# ------------------------------------------------------------ report
+@click.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@data_options
+@many_stats_option
+@click.option("-o", "--output", "outputs", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Report file; the format follows the suffix: .html .md .json .csv (repeatable).")
+@click.option("--k", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Threshold z = k·L of each model's plan.")
+@click.option("--sweep", "k_range", default="0.6:1.4:0.2", show_default=True,
+              help="k values of the trade-off table and curve (start:stop:step or a list).")
+@round_to_option
+@clean_errors
+def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, ...], k: float, k_range: str,
+           round_to: int, **data: Any) -> None:
+    """Batch report: one statistics pass per model, plan + k-sweep each, as HTML/Markdown/JSON/CSV.
+
+    A model that fails becomes a failure row; the others still run. Exit 1 if any failed.
+    """
+    from onnxmbs.reports.report import ReportOptions, build_report, check_outputs, report_text, write_report
+    from onnxmbs.planning.sweep import parse_ks
+
+    if not stats and not has_data(data):
+        raise click.UsageError("give calibration data with --data PATH (or --synthetic N), or --stats FILE(s)")
+    check_outputs(outputs)
+    for path in outputs:
+        refuse_overwrite(path, *models, *stats, data["data"] or "")
+    options = ReportOptions(k=k, ks=parse_ks(k_range), round_to=round_to, input_shape=data.pop("input_shape"))
+    result = build_report(list(models), options=options, stats=stats, **data)
+    for path in outputs:
+        write_report(result, path)
+    click.echo(report_text(result))
+    click.echo(f"report written to {', '.join(outputs)}")
+    if result.failed:
+        click.echo(f"error: {len(result.failed)} of {len(result.models)} model(s) failed", err=True)
+        sys.exit(1)
+
+
+# ------------------------------------------------------------ check
+@click.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@data_options
+@many_stats_option
+@click.option("--max-params", type=Count(), default=None, help="Fail if a model has more parameters (250k, 1.5M).")
+@click.option("--max-flops", type=Count(), default=None, help="Fail if a model needs more MACs per image.")
+@click.option("--max-redundancy", type=click.FloatRange(0, 1), default=None,
+              help="Fail if any macroblock's MBS redundancy r exceeds R (needs --data or --stats).")
+@click.option("--baseline", "baselines", multiple=True, type=click.Path(dir_okay=False),
+              help="Plan JSON to compare β per macroblock and param reduction with (repeatable: matched by "
+                   "model file name; needs --data or --stats).")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
+              help="Allowed absolute difference to --baseline  [default: 0.02]")
+@click.option("--k", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Threshold z = k·L for --max-redundancy (default 1.0).")
+@round_to_option
+@click.option("--junit", type=click.Path(dir_okay=False), default=None,
+              help="Write JUnit XML here (one testcase per model per check).")
+@clean_errors
+def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops, max_redundancy,
+          baselines: tuple[str, ...], tolerance, k, round_to: int, junit: str | None, **data: Any) -> None:
+    """CI gate: static limits need no data; --max-redundancy and --baseline need statistics.
+
+    Exit 0 when every check passes, 1 when one fails, 2 on usage errors. With
+    $GITHUB_STEP_SUMMARY set, a Markdown summary is appended to it.
+    """
+    from onnxmbs.reports.gate import GateLimits, append_step_summary, junit_xml, results_text, run_gate
+    from onnxmbs.files import write_atomic
+
+    if tolerance is not None and not baselines:
+        raise click.UsageError("--tolerance applies to --baseline: add --baseline plan.json")
+    limits = GateLimits(max_params=max_params, max_flops=max_flops, max_redundancy=max_redundancy,
+                        baselines=baselines, tolerance=0.02 if tolerance is None else tolerance, k=k,
+                        round_to=round_to, input_shape=data.pop("input_shape"))
+    if limits.needs_statistics and not stats and not has_data(data):
+        raise click.UsageError("--max-redundancy and --baseline need statistics: give --data PATH, "
+                               "--synthetic N or --stats FILE")
+    refuse_overwrite(junit, *models, *stats, *baselines)
+    results = run_gate(list(models), limits, stats=stats, **data)
+    click.echo(results_text(results))
+    if junit:
+        write_atomic(junit, junit_xml(results))
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        append_step_summary(os.environ["GITHUB_STEP_SUMMARY"], results)
+    if not all(r.passed for r in results):
+        sys.exit(1)

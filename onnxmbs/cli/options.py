@@ -1,0 +1,143 @@
+"""Options, parameter types and error handling shared by every command.
+
+Exit codes: 0 success, 1 the model/data/plan is at fault (one line on stderr, no
+traceback), 2 usage errors and bad option values (click's own).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from onnxmbs.errors import MBSError
+from onnxmbs.units import parse_count
+
+logger = logging.getLogger("onnxmbs")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def clean_errors(fn: Callable) -> Callable:
+    """MBSError -> one line, exit 1; anything unexpected -> one line too (ONNXMBS_DEBUG=1 for the traceback)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MBSError as exc:
+            _fail(str(exc))
+        except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("ONNXMBS_DEBUG"):
+                raise
+            _fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                  "(set ONNXMBS_DEBUG=1 for the traceback and please report it)")
+    return wrapper
+
+
+class Shape(click.ParamType):
+    name = "shape"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            dims = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a shape like 1,3,224,224", param, ctx)
+        if len(dims) not in (3, 4) or any(d <= 0 for d in dims):
+            self.fail(f"{value!r} must be 3 or 4 positive integers, e.g. 1,3,224,224", param, ctx)
+        return dims
+
+
+class Floats(click.ParamType):
+    name = "floats"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(float(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+
+
+input_shape_option = click.option("--input-shape", type=Shape(), default=None,
+                                  help="Fix dynamic input dims, e.g. 1,3,224,224 (NCHW) or 1,224,224,3 (NHWC).")
+macroblocks_option = click.option("--macroblocks", "macroblock_map", type=click.Path(dir_okay=False), default=None,
+                                  help="JSON {layer: level} to override the grouping by output resolution.")
+
+
+def refuse_overwrite(output: str | None, *inputs: str) -> None:
+    """Outputs never replace the user's inputs."""
+    if output and any(os.path.exists(i) and os.path.realpath(output) == os.path.realpath(i) for i in inputs):
+        raise click.UsageError(f"-o {output} would overwrite an input file; choose another output path")
+
+
+def data_options(fn: Callable) -> Callable:
+    options = [
+        click.option("--data", type=click.Path(), default=None,
+                     help="Calibration images: a folder (recursive jpg/png/bmp/webp) or a .npy/.npz array."),
+        click.option("--synthetic", type=click.IntRange(min=1), default=None,
+                     help="Use N images of random noise instead of data (the plan says so)."),
+        click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default="imagenet",
+                     show_default=True, help="Normalisation of images/uint8 arrays."),
+        click.option("--mean", type=Floats(), default=None, help="Explicit per-channel mean in [0,1] units."),
+        click.option("--std", type=Floats(), default=None, help="Explicit per-channel std in [0,1] units."),
+        click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option("--provider", default="auto", show_default=True,
+                     help="onnxruntime provider: auto (CUDA when it really works), cpu, cuda."),
+        click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."),
+        input_shape_option,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+class Count(click.ParamType):
+    """A positive count: 272474, 272_474, 2.5e5, 250k, 1.5M, 4G."""
+    name = "count"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        number = parse_count(value)
+        if number is None:
+            self.fail(f"{value!r} is not a count like 250000, 250k, 1.5M or 4G", param, ctx)
+        if number <= 0:
+            self.fail(f"{value!r} must be positive", param, ctx)
+        return number
+
+
+def has_data(data: dict[str, Any]) -> bool:
+    return data.get("data") is not None or data.get("synthetic") is not None
+
+
+def one_source(data: dict[str, Any], stats: str | None) -> None:
+    if stats and has_data(data):
+        raise click.UsageError("give either --stats FILE or calibration data (--data/--synthetic), not both")
+    if not stats and not has_data(data):
+        raise click.UsageError("give calibration data with --data PATH (or --synthetic N), "
+                               "or saved counts with --stats FILE from `onnxmbs profile`")
+
+
+stats_option = click.option("--stats", "stats", type=click.Path(dir_okay=False), default=None,
+                            help="Reuse counts saved by `onnxmbs profile` instead of measuring on --data.")
+many_stats_option = click.option("--stats", "stats", type=click.Path(dir_okay=False), multiple=True,
+                                 help="Counts saved by `onnxmbs profile` (repeatable; matched to models by sha256; "
+                                      "models without one are measured on --data).")
+round_to_option = click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
+                               help="Round compact widths up to a multiple of N.")
+
+

@@ -1,0 +1,73 @@
+"""``onnxmbs analyze`` and ``onnxmbs plan``: one model, its static view and its plan."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from onnxmbs.cli.options import clean_errors, data_options, input_shape_option, macroblocks_option, refuse_overwrite
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@input_shape_option
+@macroblocks_option
+@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON (a plan with p = 1).")
+@clean_errors
+def analyze(model: str, input_shape, macroblock_map, as_json: bool) -> None:
+    """Static view: layers, receptive fields, macroblocks, channel groups, params, MACs (no data needed)."""
+    from onnxmbs.graph.analysis import analyze as run_analyze
+    from onnxmbs.planning.pipeline import plan_from_statistics, read_macroblock_map
+    from onnxmbs.reports.text import analysis_text
+
+    override = read_macroblock_map(macroblock_map) if macroblock_map else None
+    result = run_analyze(model, input_shape=input_shape, macroblock_override=override)
+    if as_json:
+        click.echo(json.dumps(plan_from_statistics(result, None).document, indent=1))
+    else:
+        click.echo(analysis_text(result))
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@data_options
+@click.option("--k", type=float, default=None, help="Threshold z = k·L (default 1.0).")
+@click.option("--z", type=float, default=None, help="Threshold z in pixels (instead of --k).")
+@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Round compact widths up to a multiple of N.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan JSON to stdout instead of the table.")
+@click.option("--stats", type=click.Path(dir_okay=False), default=None,
+              help="Reuse counts saved by `onnxmbs profile` instead of --data.")
+@macroblocks_option
+@clean_errors
+def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: str | None, macroblock_map,
+         **data) -> None:
+    """Statistics pass + Algorithm 1: per-macroblock width multipliers and the compact widths."""
+    from onnxmbs.planning.pipeline import plan_model, read_macroblock_map
+    from onnxmbs.files import write_json
+    from onnxmbs.reports.text import plan_text
+
+    has_data = data["data"] is not None or data["synthetic"] is not None
+    if stats and has_data:
+        raise click.UsageError("give either --stats FILE or calibration data (--data/--synthetic), not both")
+    if not stats and not has_data:
+        raise click.UsageError("give calibration data with --data PATH, or --synthetic N for random noise")
+    refuse_overwrite(output, model, *([stats] if stats else []))
+    override = read_macroblock_map(macroblock_map) if macroblock_map else None
+    if stats:
+        from onnxmbs.planning.pipeline import plan_with_stats
+        result = plan_with_stats(model, stats, input_shape=data["input_shape"], k=k, z=z, round_to=round_to,
+                                 macroblocks=override)
+    else:
+        result = plan_model(model, k=k, z=z, round_to=round_to, macroblocks=override, **data)
+    if output:
+        write_json(output, result.document)
+    if as_json:
+        click.echo(json.dumps(result.document, indent=1))
+    else:
+        click.echo(plan_text(result.document))
+        if output:
+            click.echo(f"plan written to {output}")
+
+

@@ -1,0 +1,232 @@
+"""``onnxmbs retrain``: apply a plan to a model, retrain the compact model, export it.
+
+    onnxmbs retrain --zoo resnet20 --plan plan.json --data train.npz --epochs 30 -o compact.onnx
+    onnxmbs retrain --model my_model.pt --plan plan.json --data images/ --init inherit -o compact.onnx
+
+The model is a zoo architecture (``--zoo``, built at full width then narrowed by the plan;
+weights start from scratch as in the paper) or your own: a pickled ``nn.Module`` (``.pt``/
+``.pth``), a Keras model file (``.keras``/``.h5``), or ``file.py:function`` returning a
+``nn.Module`` or Keras model. Torch and Keras are imported only when used.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from onnxmbs.cli.options import clean_errors
+from onnxmbs.errors import MBSError
+
+logger = logging.getLogger(__name__)
+
+KERAS_SUFFIXES = (".keras", ".h5")
+TORCH_SUFFIXES = (".pt", ".pth")
+
+
+def _framework_of(model: Any) -> str:
+    names = {c.__module__.split(".")[0] for c in type(model).__mro__}
+    if "torch" in names:
+        return "torch"
+    if "keras" in names:
+        return "keras"
+    raise MBSError(f"{type(model).__name__} is neither a torch.nn.Module nor a Keras model — return one of those")
+
+
+def _from_python(spec: str) -> Any:
+    file, _, function = spec.rpartition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise MBSError(f"model file not found: {path} — pass FILE.py:FUNCTION, e.g. models.py:build")
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    factory = getattr(module, function, None)
+    if not callable(factory):
+        raise MBSError(f"{path} has no function {function!r} — pass FILE.py:FUNCTION returning your model")
+    return factory()
+
+
+def load_user_model(spec: str) -> Any:
+    """A model from ``.pt``/``.pth`` (pickled module), ``.keras``/``.h5``, or ``file.py:function``."""
+    path = Path(spec)
+    if path.suffix.lower() in TORCH_SUFFIXES:
+        import torch
+
+        if not path.is_file():
+            raise MBSError(f"model file not found: {path} — check the path")
+        model = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(model, torch.nn.Module):
+            raise MBSError(f"{path} holds a {type(model).__name__}, not a whole nn.Module — save it with "
+                           "torch.save(model, path), or pass FILE.py:FUNCTION that builds it and loads the state dict")
+        return model
+    if path.suffix.lower() in KERAS_SUFFIXES:
+        import keras
+
+        if not path.is_file():
+            raise MBSError(f"model file not found: {path} — check the path")
+        return keras.saving.load_model(path, compile=False)
+    if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
+        return _from_python(spec)
+    raise MBSError(f"cannot load a model from {spec!r} — pass a .pt/.pth (torch.save(model)), a .keras file, "
+                   "or FILE.py:FUNCTION")
+
+
+def _zoo_model(name: str, framework: str | None, num_classes: int, size: int) -> Any:
+    from onnxmbs.zoo import ZOO, build
+
+    if name not in ZOO and name.endswith("_cifar") and name.removesuffix("_cifar") in ZOO:
+        name = name.removesuffix("_cifar")
+    return build(name, num_classes=num_classes, input_size=size, framework=framework)
+
+
+def _input(plan: dict[str, Any]) -> tuple[int, int, int]:
+    """(channels, height, width) of the planned model's input."""
+    shape, layout = plan["model"]["shape"], plan["model"]["layout"]
+    return (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+
+
+def _data(data: str, val: str | None, val_split: float, *, layout: str, preprocess: str,
+          chw: tuple[int, int, int], seed: int):
+    from onnxmbs.train.data import load_dataset
+
+    kwargs = {"layout": layout, "preprocess": preprocess, "size": chw[1:], "channels": chw[0]}
+    train = load_dataset(data, **kwargs)
+    if val is not None:
+        return train, load_dataset(val, **kwargs)
+    if val_split <= 0:
+        return train, None
+    return train.split(val_split, seed=seed)
+
+
+def _adapt(model: Any, framework: str, plan: dict[str, Any], chw: tuple[int, int, int], init: str) -> Any:
+    from onnxmbs.adapters import apply_plan
+
+    if framework == "torch":
+        import torch
+
+        return apply_plan(model, plan, torch.zeros(1, *chw), init=init)
+    return apply_plan(model, plan, init=init)
+
+
+def _train(model: Any, framework: str, train, val, config) -> Any:
+    if framework == "torch":
+        from onnxmbs.train.torch_trainer import train_torch
+
+        return train_torch(model, train, config=config, val=val)
+    from onnxmbs.train.keras_trainer import train_keras
+
+    return train_keras(model, train, config=config, val=val)
+
+
+def _params(model: Any, framework: str, chw: tuple[int, int, int]) -> int:
+    from onnxmbs.adapters import folded_params
+
+    if framework == "torch":
+        import torch
+
+        return folded_params(model, torch.zeros(1, *chw))
+    return folded_params(model)
+
+
+def _export(model: Any, framework: str, chw: tuple[int, int, int], path: str) -> None:
+    from onnxmbs.zoo.export import export_keras, export_torch
+
+    if framework == "torch":
+        export_torch(model.cpu(), chw, path)
+    else:
+        import keras
+
+        export_keras(keras.Model(model.inputs, model.outputs, name=model.name), path)
+
+
+def _save(model: Any, framework: str, path: str) -> None:
+    if framework == "torch":
+        import torch
+
+        torch.save(model.cpu(), path)
+    else:
+        model.save(path)
+
+
+@click.command()
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False),
+              help="Plan JSON from `onnxmbs plan`.")
+@click.option("--zoo", "zoo_name", default=None, help="A zoo architecture, e.g. resnet20 (see `onnxmbs zoo list`).")
+@click.option("--framework", type=click.Choice(["torch", "keras"]), default=None,
+              help="Zoo builder (default: the model's first).")
+@click.option("--model", "model_spec", default=None,
+              help="Your model: .pt/.pth (torch.save(model)), .keras, or FILE.py:FUNCTION.")
+@click.option("--data", required=True, type=click.Path(),
+              help="Training data: .npz (x, y) or a folder of class folders.")
+@click.option("--val", default=None, type=click.Path(), help="Held-out data (default: --val-split of --data).")
+@click.option("--val-split", type=click.FloatRange(0, 0.9), default=0.1, show_default=True)
+@click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default=None,
+              help="For images / uint8 arrays (default: the plan's, else raw).")
+@click.option("--init", type=click.Choice(["scratch", "inherit"]), default="scratch", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
+              help="step: lr ÷ 10 at 50% and 75% (the paper's).")
+@click.option("--flip/--no-flip", default=True, show_default=True,
+              help="Random horizontal flips (off for digits/text).")
+@click.option("--crop-pad", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Random-crop padding (0: off).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the compact model as ONNX.")
+@click.option("--save", type=click.Path(dir_okay=False), default=None, help="Save the trained model (.pt or .keras).")
+@clean_errors
+def retrain(plan_path: str, zoo_name: str | None, framework: str | None, model_spec: str | None, data: str,
+            val: str | None, val_split: float, preprocess: str | None, init: str, output: str | None,
+            save: str | None, **train_options) -> None:
+    """Apply PLAN's widths to a model, retrain the compact model, report accuracy and size, export."""
+    from onnxmbs.planning.document import read_plan
+    from onnxmbs.train import TrainConfig
+
+    if (zoo_name is None) == (model_spec is None):
+        raise click.UsageError("give exactly one of --zoo NAME or --model FILE")
+    if zoo_name is not None and init == "inherit":
+        raise MBSError("--init inherit needs trained weights — pass your trained model with --model, "
+                       "or use --init scratch")
+    plan = read_plan(plan_path)
+    config = TrainConfig(**train_options)
+    chw = _input(plan)
+    user = load_user_model(model_spec) if model_spec else None
+    fw = _framework_of(user) if user is not None else (framework or _zoo_framework(zoo_name))
+    preprocess = preprocess or plan.get("settings", {}).get("preprocess") or "raw"
+    train, held = _data(data, val, val_split, layout="NCHW" if fw == "torch" else "NHWC", preprocess=preprocess,
+                        chw=chw, seed=config.seed)
+    model = user if user is not None else _zoo_model(zoo_name, fw, train.num_classes, chw[1])
+    compact = _adapt(model, fw, plan, chw, init)
+    before, after = _params(model, fw, chw), _params(compact, fw, chw)
+    predicted = plan["summary"]["params_compact"]
+    click.echo(f"compact model: {before:,} -> {after:,} parameters (plan predicts {predicted:,})")
+    result = _train(compact, fw, train, held, config)
+    _finish(compact, fw, chw, result, 0 if held is None else len(held), save=save, output=output)
+
+
+def _finish(compact: Any, fw: str, chw: tuple[int, int, int], result: Any, held: int, *, save: str | None,
+            output: str | None) -> None:
+    acc = result.val_accuracy
+    click.echo(f"trained {len(result.epochs)} epochs in {result.seconds:.0f} s; held-out accuracy "
+               f"{'n/a' if acc is None else f'{acc:.2%}'} ({held} images)")
+    if save:
+        _save(compact, fw, save)
+        click.echo(f"model saved to {save}")
+    if output:
+        _export(compact, fw, chw, output)
+        click.echo(f"compact ONNX written to {output}")
+
+
+def _zoo_framework(name: str) -> str:
+    from onnxmbs.zoo import ZOO
+
+    entry = ZOO.get(name) or ZOO.get(name.removesuffix("_cifar"))
+    if entry is None:
+        raise MBSError(f"unknown zoo model {name!r} — choose one of {', '.join(sorted(ZOO))}")
+    return entry.framework

@@ -1,0 +1,236 @@
+"""Stage 8 — the compact ONNX model: channel surgery that follows a plan (``onnxmbs compact``).
+
+Each channel group of the plan keeps ``compact_channels`` of its channels (which ones:
+:mod:`onnxmbs.compact.select`); every tensor learns which original channels its compact
+version carries (:mod:`onnxmbs.compact.index`); every constant a node reads is cut along
+those channels (:mod:`onnxmbs.compact.surgery`) and written into a copy of the model
+(:mod:`onnxmbs.compact.graph`). The result is checked with ``onnx.checker`` (full check),
+run in onnxruntime with the original's output shapes, and counted: its parameter count
+must equal the plan's ``summary.params_compact`` (plus any copies of shared tensors, which
+are reported), or nothing is returned. With ``weights="inherit"`` and a plan that keeps
+every channel the compact model computes exactly what the original does.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxmbs.graph.analysis import Analysis, analyze
+from onnxmbs.compact.check import Latency, measure_latency, verify
+from onnxmbs.compact.graph import Rebuilt, forwarded_constants, rebuild
+from onnxmbs.compact.index import compact_shape, identity_layouts, tensor_layouts
+from onnxmbs.compact.select import SELECT, Selection, select_channels
+from onnxmbs.compact.surgery import SURGERY_RULES, Ctx, Edits, reinitialise
+from onnxmbs.graph.costs import param_tensors
+from onnxmbs.errors import MBSError
+from onnxmbs.files import write_atomic, write_json
+from onnxmbs.planning.document import SCHEMA, read_plan
+from onnxmbs.graph.shapes import node_names
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS = ("inherit", "random")
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    model: onnx.ModelProto = field(repr=False)
+    params: int  # the plan's count of the original
+    params_predicted: int  # the plan's summary.params_compact
+    params_compact: int  # counted on the compact model
+    flops: int  # MACs per image, original (counted)
+    flops_compact: int
+    bytes_original: int
+    bytes_compact: int
+    widths: Mapping[int, tuple[int, int]] = field(repr=False)  # group id -> (channels, kept)
+    kept: Mapping[int, tuple[int, ...]] = field(repr=False)  # group id -> kept channel indices (cut groups)
+    selection: Mapping[int, str] = field(repr=False)  # group id -> "all" | "nonzero" | "l1"
+    inexact: tuple[str, ...]  # grouped convs whose inherited weights are approximate
+    copies: tuple[str, ...]  # shared parameter tensors written more than once
+    weights: str
+    select: str
+    latency: Latency | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The JSON sidecar: counts, sizes, latency and the kept channels of every cut group."""
+        lat = self.latency
+        return {
+            "schema": "onnxmbs.compact/1", "weights": self.weights, "select": self.select,
+            "params": self.params, "params_predicted": self.params_predicted, "params_compact": self.params_compact,
+            "flops": self.flops, "flops_compact": self.flops_compact,
+            "bytes_original": self.bytes_original, "bytes_compact": self.bytes_compact,
+            "latency": None if lat is None else {
+                "provider": lat.provider, "batch": lat.batch, "repeats": lat.repeats, "threads": lat.threads,
+                "original_ms": round(lat.original_ms, 4), "compact_ms": round(lat.compact_ms, 4),
+                "speedup": round(lat.speedup, 4)},
+            "inexact": list(self.inexact), "copies": list(self.copies),
+            "groups": [{"id": g, "channels": c, "compact_channels": k, "selected_by": self.selection[g],
+                        "kept": list(self.kept[g])} for g, (c, k) in self.widths.items() if k < c],
+        }
+
+
+def _plan_dict(plan: str | Path | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(plan, Mapping):
+        if plan.get("schema") != SCHEMA:
+            raise MBSError(f"the plan is not an onnxmbs plan (schema {SCHEMA!r} expected) — pass a plan from "
+                           "`onnxmbs plan`")
+        return plan
+    return read_plan(plan)
+
+
+def _source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, int]:
+    """The proto, its bytes with all weights inside (for onnxruntime), and the file's size."""
+    if isinstance(model, onnx.ModelProto):
+        data = model.SerializeToString()
+        return model, data, len(data)
+    path = Path(model)
+    if not path.is_file():
+        raise MBSError(f"model file not found: {path} — check the path")
+    proto = onnx.load(str(path), load_external_data=True)
+    return proto, proto.SerializeToString(), path.stat().st_size
+
+
+def _input_shape(plan: Mapping[str, Any], given: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    if given is not None:
+        return tuple(given)
+    shape = plan.get("model", {}).get("shape")
+    return tuple(int(d) for d in shape[1:]) if isinstance(shape, list) and len(shape) == 4 else None
+
+
+def check_plan(plan: Mapping[str, Any], analysis: Analysis, *, force: bool = False) -> dict[int, int]:
+    """The compact width of every group, after checking the plan belongs to this model."""
+    digest = plan.get("model", {}).get("sha256")
+    if digest != analysis.loaded.sha256 and not force:
+        raise MBSError(f"the plan was made for another model file (sha256 {str(digest)[:12]}…, this model "
+                       f"{analysis.loaded.sha256[:12]}…) — re-run `onnxmbs plan` on this model, or pass --force")
+    try:
+        entries = {int(g["id"]): g for g in plan["groups"]}
+        if len(entries) != len(analysis.channels.groups):
+            raise ValueError(f"{len(entries)} groups in the plan, {len(analysis.channels.groups)} in the model")
+        widths = {gid: int(entries[gid]["compact_channels"]) for gid in (g.id for g in analysis.channels.groups)}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MBSError(f"the plan's groups do not match this model ({type(exc).__name__}: {exc}) — "
+                       "re-run `onnxmbs plan` on this model") from None
+    for g in analysis.channels.groups:
+        _check_group(g, int(entries[g.id].get("channels", -1)), widths[g.id])
+    return widths
+
+
+def _check_group(g, planned: int, width: int) -> None:
+    if planned != g.channels:
+        raise MBSError(f"plan group {g.id} has {planned} channels, this model's has {g.channels} — "
+                       "re-run `onnxmbs plan` on this model")
+    if not 1 <= width <= g.channels:
+        raise MBSError(f"plan group {g.id} keeps {width} of {g.channels} channels — give 1..{g.channels}")
+    if g.frozen and width != g.channels:
+        raise MBSError(f"plan group {g.id} is frozen ({g.frozen}) but the plan cuts it to {width} channels — "
+                       "keep its compact_channels at its channels")
+    if width < g.channels and width % g.multiple_of:
+        raise MBSError(f"plan group {g.id} keeps {width} channels, not a multiple of {g.multiple_of} that its "
+                       f"grouped convs / channel shuffle need (producers {', '.join(g.producers[:3])}) — "
+                       f"re-plan with --round-to {g.multiple_of}")
+
+
+def _surgery(analysis: Analysis, layouts, *, weights: str, seed: int) -> tuple[Edits, Ctx, dict[str, str]]:
+    graph = analysis.loaded.graph
+    consts = dict(analysis.loaded.constants)
+    fwd = forwarded_constants(graph, consts)
+    for out, src in fwd.items():
+        consts[out] = consts[src]
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    ctx = Ctx(layouts=layouts, consts=consts, shapes=analysis.loaded.shapes, producer=producer,
+              nodes=list(graph.node))
+    edits = Edits()
+    for i, (node, name) in enumerate(zip(graph.node, node_names(graph))):
+        rule = SURGERY_RULES.get(node.op_type)
+        if rule is not None:
+            rule(i, node, name, ctx, edits)
+    if weights == "random":
+        reinitialise(ctx, edits, seed=seed)
+    return edits, ctx, fwd
+
+
+def _options(weights: str, select: str) -> None:
+    if weights not in WEIGHTS:
+        raise MBSError(f"weights={weights!r} is not one of {', '.join(WEIGHTS)} — use inherit or random")
+    if select not in SELECT:
+        raise MBSError(f"select={select!r} is not one of {', '.join(SELECT)} — use nonzero or l1")
+
+
+def _build(analysis: Analysis, proto: onnx.ModelProto, plan: Mapping[str, Any], widths: Mapping[int, int], *,
+           weights: str, select: str, seed: int) -> tuple[Rebuilt, Selection, list[str], dict]:
+    ids = identity_layouts(analysis)
+    chosen = select_channels(analysis, plan, widths, ids, select=select)
+    layouts = tensor_layouts(analysis, chosen.keep)
+    edits, ctx, fwd = _surgery(analysis, layouts, weights=weights, seed=seed)
+    params = param_tensors(analysis.loaded.graph, ctx.consts)
+    shapes = analysis.loaded.shapes
+    expected = {t: compact_shape(lay, shapes[t]) for t, lay in layouts.items()
+                if len(shapes.get(t, ())) > lay.axis + (lay.dims is not None)}
+    return rebuild(proto, edits, ctx.consts, fwd, params), chosen, sorted(set(edits.inexact)), expected
+
+
+def compact_model(model: str | Path | onnx.ModelProto, plan: str | Path | Mapping[str, Any], *,
+                  weights: str = "inherit", select: str = "nonzero", input_shape: tuple[int, ...] | None = None,
+                  force: bool = False, seed: int = 0, latency_repeats: int = 0, threads: int = 1) -> CompactResult:
+    """The compact model of ``model`` under ``plan``, verified; ``model`` itself is never modified."""
+    _options(weights, select)
+    doc = _plan_dict(plan)
+    proto, data, size = _source(model)
+    shape = _input_shape(doc, input_shape)
+    analysis = analyze(model, input_shape=shape)
+    widths = check_plan(doc, analysis, force=force)
+    built, chosen, inexact, expected = _build(analysis, proto, doc, widths, weights=weights, select=select, seed=seed)
+    if inexact and weights == "inherit":
+        logger.warning("inherited weights of %d grouped conv(s) are approximate (kept channels cross their "
+                       "groups): %s — retrain or fine-tune", len(inexact), ", ".join(inexact[:5]))
+    loaded = analysis.loaded
+    batch = 2 if loaded.batch_dynamic else loaded.input.shape[0]
+    costs = verify(built.model, data, loaded.input, batch=batch, input_shape=loaded.input.shape,
+                   expected=expected)
+    summary = doc.get("summary", {})
+    predicted = int(summary.get("params_compact", costs.params))
+    if costs.params != predicted + built.extra_params:
+        raise MBSError(f"the compact model has {costs.params:,} parameters, the plan predicted {predicted:,}"
+                       f"{f' + {built.extra_params:,} in copied shared tensors' if built.extra_params else ''} — "
+                       "nothing was written; re-run `onnxmbs plan` on this model, or report it")
+    compact_bytes = built.model.SerializeToString()
+    latency = (measure_latency(data, compact_bytes, loaded.input, batch=loaded.input.shape[0],
+                               repeats=latency_repeats, threads=threads) if latency_repeats > 0 else None)
+    return CompactResult(
+        model=built.model, params=int(summary.get("params", analysis.shapes.params)), params_predicted=predicted,
+        params_compact=costs.params, flops=analysis.shapes.flops, flops_compact=costs.flops,
+        bytes_original=size, bytes_compact=len(compact_bytes),
+        widths={g.id: (g.channels, widths[g.id]) for g in analysis.channels.groups},
+        kept={g: tuple(int(c) for c in np.asarray(k)) for g, k in chosen.keep.items()},
+        selection=dict(chosen.source), inexact=tuple(inexact), copies=built.copies, weights=weights,
+        select=select, latency=latency)
+
+
+def sidecar_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".json")
+
+
+def write_compact(model: str | Path | onnx.ModelProto, plan: str | Path | Mapping[str, Any], output: str | Path, *,
+                  weights: str = "inherit", select: str = "nonzero", input_shape: tuple[int, ...] | None = None,
+                  force: bool = False, seed: int = 0, latency_repeats: int = 5, threads: int = 1,
+                  sidecar: bool = True) -> CompactResult:
+    """:func:`compact_model`, then write the ONNX file (and ``<output>.json``) atomically."""
+    result = compact_model(model, plan, weights=weights, select=select, input_shape=input_shape, force=force,
+                           seed=seed, latency_repeats=latency_repeats, threads=threads)
+    write_atomic(output, result.model.SerializeToString())
+    if sidecar:
+        write_json(sidecar_path(output), result.record())
+    logger.info("wrote %s (%d parameters)", output, result.params_compact)
+    return result
+
+
+__all__ = ["CompactResult", "Latency", "check_plan", "compact_model", "sidecar_path", "write_compact", "WEIGHTS",
+           "SELECT"]

@@ -1,0 +1,244 @@
+"""Stage 2 — shapes and receptive fields of every Conv (SPEC "Receptive field").
+
+``(rf, jump)`` is propagated from the input ``(1, 1)`` in topological order with one rule
+per op type (:data:`RF_RULES`). Ops without a rule pass their spatial input through and are
+counted in :attr:`ShapeAnalysis.unknown_ops`, never crashed on.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxmbs.graph.costs import count_costs
+from onnxmbs.errors import MBSError
+from onnxmbs.graph.load import LoadedModel
+
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Field:
+    """Receptive field size and jump (input pixels per output step) of a tensor."""
+
+    rf: float
+    jump: float
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One ONNX Conv node with everything MBS needs about it."""
+
+    name: str
+    index: int  # position in topological order among all nodes
+    input: str
+    output: str
+    weight: str
+    bias: str | None
+    in_channels: int
+    out_channels: int
+    groups: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    out_hw: tuple[int, int]
+    rf: int | None  # None = infinite (input passed a global pooling / flatten / matmul)
+    flops: int  # MACs per image
+    params: int
+
+
+@dataclass(frozen=True)
+class ShapeAnalysis:
+    convs: tuple[ConvLayer, ...]
+    fields: Mapping[str, Field]
+    params: int  # whole model
+    flops: int  # whole model, MACs per image
+    unknown_ops: Mapping[str, int]  # op type -> count of nodes RF propagation has no rule for
+
+
+def node_names(graph: onnx.GraphProto) -> list[str]:
+    """Node names, with unique stand-ins for nodes the exporter left unnamed."""
+    seen: Counter[str] = Counter()
+    names = []
+    for i, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        seen[name] += 1
+        names.append(name if seen[name] == 1 else f"{name}__{seen[name] - 1}")
+    return names
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+# ---------------------------------------------------------------- RF rules
+Rule = Callable[[onnx.NodeProto, list, "_Ctx"], Field | None]
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    shapes: Mapping[str, tuple[int, ...]]
+    constants: Mapping[str, np.ndarray]
+
+
+def _windowed(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...], f: Field) -> Field:
+    if math.isinf(f.rf):
+        return f
+    k = max(kernel) if kernel else 1  # non-square kernels: the larger axis
+    k_eff = dilation[0] * (k - 1) + 1
+    return Field(rf=f.rf + (k_eff - 1) * f.jump, jump=f.jump * stride[0])
+
+
+def _conv_rule(node: onnx.NodeProto, fields: list, ctx: _Ctx) -> Field | None:
+    f = fields[0]
+    if f is None:
+        return None
+    w = ctx.shapes.get(node.input[1])
+    kernel = tuple(attr(node, "kernel_shape", w[2:] if w else (1, 1)))
+    return _windowed(kernel, tuple(attr(node, "strides", (1, 1))), tuple(attr(node, "dilations", (1, 1))), f)
+
+
+def _pool_rule(node: onnx.NodeProto, fields: list, ctx: _Ctx) -> Field | None:
+    f = fields[0]
+    if f is None:
+        return None
+    kernel = tuple(attr(node, "kernel_shape", (1, 1)))
+    return _windowed(kernel, tuple(attr(node, "strides", (1,) * len(kernel))),
+                     tuple(attr(node, "dilations", (1,) * len(kernel))), f)
+
+
+def _global_rule(node: onnx.NodeProto, fields: list, ctx: _Ctx) -> Field | None:
+    return Field(INF, INF) if any(f is not None for f in fields) else None
+
+
+def _reduce_rule(node: onnx.NodeProto, fields: list, ctx: _Ctx) -> Field | None:
+    """Reduce over two or more non-trivial axes (spatial pooling) -> infinite; over one axis -> unchanged."""
+    if fields[0] is None:
+        return None
+    shape = ctx.shapes.get(node.input[0])
+    axes = attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1] in ctx.constants:
+        axes = ctx.constants[node.input[1]].tolist()
+    if shape is None or axes is None:
+        return Field(INF, INF)
+    wide = [a for a in axes if shape[a % len(shape)] > 1]
+    return Field(INF, INF) if len(wide) >= 2 else fields[0]
+
+
+def _resize_rule(node: onnx.NodeProto, fields: list, ctx: _Ctx) -> Field | None:
+    f = fields[0]
+    if f is None:
+        return None
+    x, y = ctx.shapes.get(node.input[0]), ctx.shapes.get(node.output[0])
+    factor = math.sqrt(math.prod(y) / math.prod(x)) if x and y and len(x) == len(y) == 4 else 1.0
+    return Field(rf=f.rf, jump=f.jump / factor if factor > 0 else f.jump)
+
+
+def _no_field(node: onnx.NodeProto, fields: list, ctx: _Ctx) -> Field | None:
+    return None
+
+
+RF_RULES: dict[str, Rule] = {
+    "Conv": _conv_rule,
+    "MaxPool": _pool_rule,
+    "AveragePool": _pool_rule,
+    "LpPool": _pool_rule,
+    "GlobalAveragePool": _global_rule,
+    "GlobalMaxPool": _global_rule,
+    "GlobalLpPool": _global_rule,
+    "Flatten": _global_rule,
+    "Gemm": _global_rule,
+    "MatMul": _global_rule,
+    "ReduceMean": _reduce_rule,
+    "ReduceMax": _reduce_rule,
+    "ReduceSum": _reduce_rule,
+    "ReduceMin": _reduce_rule,
+    "ReduceL2": _reduce_rule,
+    "Resize": _resize_rule,
+    "Upsample": _resize_rule,
+    "Shape": _no_field,
+    "Size": _no_field,
+    "Constant": _no_field,
+    "ConstantOfShape": _no_field,
+}
+
+# Ops whose outputs keep the spatial field of their inputs (element-wise, shape-only, layout).
+PASS_THROUGH = frozenset("""
+    Relu Clip LeakyRelu PRelu Elu Selu Sigmoid HardSigmoid HardSwish Tanh Softplus Softsign Gelu Erf Mish Swish
+    BatchNormalization InstanceNormalization LayerNormalization GroupNormalization LRN Dropout Identity Cast
+    Add Sub Mul Div Max Min Sum Mean Pow Sqrt Neg Abs Exp Log Reciprocal Floor Ceil Round Where Not And Or
+    Greater Less Equal Pad Transpose Reshape Squeeze Unsqueeze Concat Split Slice Softmax LogSoftmax Expand Tile
+    Gather DepthToSpace SpaceToDepth QuantizeLinear DequantizeLinear
+""".split())
+
+
+def _spatial_inputs(node: onnx.NodeProto, fields: list, ctx: _Ctx) -> list[Field]:
+    """Inputs with a field, without those broadcast over space (e.g. an SE gate of 1x1)."""
+    present = [(name, f) for name, f in zip(node.input, fields) if f is not None]
+    out = ctx.shapes.get(node.output[0]) if node.output else None
+    if out is not None and len(present) > 1:
+        full = [f for name, f in present if ctx.shapes.get(name) and math.prod(ctx.shapes[name]) == math.prod(out)]
+        if full:
+            return full
+    return [f for _, f in present]
+
+
+def _propagate(node: onnx.NodeProto, fields: list, ctx: _Ctx, unknown: Counter) -> Field | None:
+    rule = RF_RULES.get(node.op_type)
+    if rule is not None:
+        return rule(node, fields, ctx)
+    if node.op_type not in PASS_THROUGH:
+        unknown[node.op_type] += 1
+    spatial = _spatial_inputs(node, fields, ctx)
+    if not spatial:
+        return None
+    return Field(rf=max(f.rf for f in spatial), jump=max(f.jump for f in spatial))
+
+
+def _conv_record(node: onnx.NodeProto, name: str, index: int, field: Field | None, ctx: _Ctx, batch: int) -> ConvLayer:
+    w, y = ctx.shapes.get(node.input[1]), ctx.shapes.get(node.output[0])
+    if w is None or y is None or len(y) != 4:
+        raise MBSError(f"Conv '{name}' has unknown weight or output shape — run the model through "
+                       "onnx shape inference or onnxsim, or give --input-shape")
+    groups = int(attr(node, "group", 1))
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    params = math.prod(w) + (w[0] if bias else 0)
+    flops = math.prod(w[1:]) * y[1] * y[2] * y[3]
+    rf = None if field is None or math.isinf(field.rf) else int(round(field.rf))
+    return ConvLayer(
+        name=name, index=index, input=node.input[0], output=node.output[0], weight=node.input[1], bias=bias,
+        in_channels=w[1] * groups, out_channels=w[0], groups=groups, kernel=(w[2], w[3]),
+        stride=tuple(attr(node, "strides", (1, 1))), dilation=tuple(attr(node, "dilations", (1, 1))),
+        out_hw=(y[2], y[3]), rf=rf, flops=flops, params=params)
+
+
+def analyze_shapes(loaded: LoadedModel) -> ShapeAnalysis:
+    """Receptive field, output size, params and MACs of every Conv, plus whole-model totals."""
+    graph = loaded.graph
+    ctx = _Ctx(shapes=loaded.shapes, constants=loaded.constants)
+    fields: dict[str, Field] = {loaded.input.name: Field(1.0, 1.0)}
+    unknown: Counter[str] = Counter()
+    convs = []
+    batch = loaded.input.shape[0]
+    for index, (node, name) in enumerate(zip(graph.node, node_names(graph))):
+        ins = [fields.get(i) if i not in ctx.constants else None for i in node.input]
+        out = _propagate(node, ins, ctx, unknown)
+        for o in node.output:
+            if out is not None and o:
+                fields[o] = out
+        if node.op_type == "Conv":
+            convs.append(_conv_record(node, name, index, out if ins and ins[0] is not None else None, ctx, batch))
+    if not convs:
+        raise MBSError("the model has no Conv node — onnxmbs plans widths of convolutional networks; "
+                       "this model is not a CNN")
+    costs = count_costs(graph, ctx.shapes, ctx.constants, batch=batch)
+    return ShapeAnalysis(convs=tuple(convs), fields=fields, params=costs.params, flops=costs.flops,
+                         unknown_ops=dict(unknown))

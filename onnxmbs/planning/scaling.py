@@ -1,0 +1,111 @@
+"""Stage 3d — how each parameter tensor's axes follow the channel groups.
+
+One :class:`~onnxmbs.planning.facts.ParamSpec` per constant that :mod:`onnxmbs.graph.costs` counts (plus
+BatchNorm running statistics, which are resized but not counted). The planner multiplies
+compact widths through these to predict the compact model's params and MACs; the compact
+ONNX writer cuts the same axes.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import onnx
+
+from onnxmbs.graph.analysis import Analysis
+from onnxmbs.graph.channels import Chan
+from onnxmbs.graph.costs import PARAM_INPUTS, param_tensors
+from onnxmbs.planning.facts import DimSpec, ParamSpec
+from onnxmbs.graph.shapes import attr, node_names
+
+
+def _tied(size: int, chan: Chan | None, analysis: Analysis, divisor: int = 1) -> DimSpec:
+    if chan is None or chan.split:
+        return DimSpec(size)
+    widths = {g.id: g.channels for g in analysis.channels.groups}
+    if sum(widths[g] for g in chan.segs) // divisor != size:
+        return DimSpec(size)
+    return DimSpec(size, chan.segs, divisor)
+
+
+def _conv_specs(node: onnx.NodeProto, name: str, analysis: Analysis, ctx: dict) -> list[ParamSpec]:
+    conv = ctx["convs"][name]
+    w = analysis.loaded.shapes[node.input[1]]
+    chans = analysis.channels.tensor_chan
+    out, inp = chans.get(node.output[0]), chans.get(node.input[0])
+    g = conv.groups
+    if g == 1:
+        in_dim = _tied(w[1], inp, analysis)
+    elif g == conv.in_channels:  # depthwise: one input channel per filter
+        in_dim = DimSpec(w[1])
+    else:
+        in_dim = _tied(w[1], inp, analysis, divisor=g)
+    out_dim = _tied(w[0], out, analysis)
+    specs = [ParamSpec(node.input[1], (out_dim, in_dim, DimSpec(w[2]), DimSpec(w[3])),
+                       macs_per_element=conv.out_hw[0] * conv.out_hw[1])]
+    if conv.bias:
+        specs.append(ParamSpec(conv.bias, (out_dim,)))
+    return specs
+
+
+def _matmul_specs(node: onnx.NodeProto, name: str, analysis: Analysis, ctx: dict) -> list[ParamSpec]:
+    shapes, chans = analysis.loaded.shapes, analysis.channels.tensor_chan
+    if node.input[1] not in analysis.loaded.constants:
+        return []
+    w = shapes[node.input[1]]
+    trans_b = node.op_type == "Gemm" and attr(node, "transB", 0)
+    k_axis, n_axis = (1, 0) if trans_b else (0, 1)
+    dims = [DimSpec(d) for d in w]
+    dims[k_axis] = _tied(w[k_axis], chans.get(node.input[0]), analysis)
+    dims[n_axis] = _tied(w[n_axis], chans.get(node.output[0]), analysis)
+    y = shapes.get(node.output[0])
+    per = math.prod(y) // (y[0] * y[-1]) if y else 1
+    specs = [ParamSpec(node.input[1], tuple(dims), macs_per_element=per)]
+    if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] in analysis.loaded.constants:
+        bias = shapes[node.input[2]]
+        specs.append(ParamSpec(node.input[2], tuple(dims[n_axis] if d == w[n_axis] else DimSpec(d) for d in bias)))
+    return specs
+
+
+def _channelwise_specs(node: onnx.NodeProto, name: str, analysis: Analysis, ctx: dict) -> list[ParamSpec]:
+    """BatchNorm statistics and per-channel affine constants: the axis aligned with the data's channels."""
+    shapes, chans, consts = analysis.loaded.shapes, analysis.channels.tensor_chan, analysis.loaded.constants
+    data = next((i for i in node.input if i not in consts and i in chans), None)
+    chan, rank = (chans[data], len(shapes.get(data, ()))) if data else (None, 0)
+    specs = []
+    bn = node.op_type == "BatchNormalization"
+    for idx in (1, 2, 3, 4) if bn else PARAM_INPUTS[node.op_type]:
+        if idx >= len(node.input) or node.input[idx] not in ctx["params"] | ctx["bn"]:
+            continue
+        shape = shapes[node.input[idx]]
+        dims = []
+        for pos, size in enumerate(shape):
+            axis = 1 if bn else pos + rank - len(shape)
+            dims.append(_tied(size, chan, analysis) if chan is not None and axis == chan.axis and size > 1
+                        else DimSpec(size))
+        specs.append(ParamSpec(node.input[idx], tuple(dims), is_param=node.input[idx] in ctx["params"]))
+    return specs
+
+
+SPEC_RULES: dict[str, Callable[[onnx.NodeProto, str, Analysis, dict], list[ParamSpec]]] = {
+    "Conv": _conv_specs,
+    "Gemm": _matmul_specs,
+    "MatMul": _matmul_specs,
+    **{op: _channelwise_specs for op in ("BatchNormalization", "PRelu", "Mul", "Add", "Sub", "Div")},
+}
+
+
+def param_specs(analysis: Analysis) -> tuple[ParamSpec, ...]:
+    """Every counted parameter tensor (and BN statistics) with the groups its axes follow."""
+    graph, consts = analysis.loaded.graph, analysis.loaded.constants
+    ctx = {"params": param_tensors(graph, consts), "convs": {c.name: c for c in analysis.layers},
+           "bn": {n.input[i] for n in graph.node if n.op_type == "BatchNormalization" for i in (3, 4)}}
+    specs: dict[str, ParamSpec] = {}
+    for node, name in zip(graph.node, node_names(graph)):
+        rule = SPEC_RULES.get(node.op_type)
+        for spec in rule(node, name, analysis, ctx) if rule else ():
+            specs.setdefault(spec.name, spec)
+    for name in sorted(ctx["params"] - set(specs)):  # e.g. ConvTranspose: counted, never resized
+        specs[name] = ParamSpec(name, tuple(DimSpec(d) for d in analysis.loaded.shapes[name]))
+    return tuple(specs.values())
+

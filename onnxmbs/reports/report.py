@@ -1,0 +1,346 @@
+"""Batch reports: one statistics pass per model, a plan and a k-sweep each, written as
+JSON (schema ``onnxmbs.report/1``), CSV (one summary row per model), Markdown or one
+self-contained HTML file (inline SVG + CSS; no JavaScript, no network).
+
+A model that fails becomes a failure row with its reason; the batch goes on.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from onnxmbs import __version__
+from onnxmbs.reports import plots
+from onnxmbs.graph.analysis import analyze
+from onnxmbs.errors import MBSError
+from onnxmbs.progress import progress_bar
+from onnxmbs.files import write_atomic
+from onnxmbs.stats.measure import measure_or_load
+from onnxmbs.planning.sweep import curve, make_sweeper, sweep
+from onnxmbs.reports.text import table
+from onnxmbs.units import human
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "onnxmbs.report/1"
+CSV_COLUMNS = ("model", "status", "error", "sha256", "L", "images", "synthetic", "k", "z", "rf_boundary",
+               "macroblocks", "beta", "widths", "configuration", "max_redundancy", "params", "params_compact",
+               "param_reduction", "flops", "flops_compact", "flop_reduction", "seconds")
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    k: float | None = None
+    ks: tuple[float, ...] = (0.6, 0.8, 1.0, 1.2, 1.4)
+    round_to: int = 1
+    input_shape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    path: str
+    error: str | None = None
+    sha256: str | None = None
+    seconds: float = 0.0
+    plan: Mapping[str, Any] | None = field(default=None, repr=False)
+    sweep: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)
+    curve: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)
+    point: Mapping[str, Any] | None = field(default=None, repr=False)  # the sweep point at the plan's k
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Report:
+    models: tuple[ModelReport, ...]
+    settings: Mapping[str, Any]
+
+    @property
+    def failed(self) -> tuple[ModelReport, ...]:
+        return tuple(m for m in self.models if not m.ok)
+
+
+def _slim(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The plan document without per-channel rates (they make batch reports huge)."""
+    layers = [{k: v for k, v in l.items() if k != "channel_p_nonzero"} for l in document["layers"]]
+    return {**document, "layers": layers}
+
+
+def report_model(path: str, *, options: ReportOptions, stats: Sequence[str] = (), **data: Any) -> ModelReport:
+    """Analyse, measure (or load --stats), plan at ``options.k`` and sweep; a failure becomes an error row."""
+    start = time.perf_counter()
+    sha = None
+    try:
+        analysis = analyze(path, input_shape=options.input_shape)
+        sha = analysis.loaded.sha256
+        measured = measure_or_load(analysis, stats=stats, **data)
+        sweeper = make_sweeper(analysis, measured.statistics, round_to=options.round_to)
+        k = 1.0 if options.k is None else options.k
+        plan = sweeper.document(k, settings=measured.settings)
+        lo, hi = min(options.ks), max(options.ks)
+        return ModelReport(path=str(path), sha256=sha, seconds=time.perf_counter() - start,
+                           plan=_slim(plan.document), sweep=tuple(p.as_dict() for p in sweep(sweeper, options.ks)),
+                           curve=tuple(p.as_dict() for p in curve(sweeper, lo, hi)), point=sweeper.at(k).as_dict())
+    except MBSError as exc:
+        reason = str(exc)
+    except Exception as exc:  # noqa: BLE001 - one broken model must not stop the batch
+        logger.debug("report: %s failed", path, exc_info=True)
+        reason = f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    logger.warning("%s: %s", path, reason)
+    return ModelReport(path=str(path), error=reason, sha256=sha, seconds=time.perf_counter() - start)
+
+
+def _bar(models: Sequence[str], progress: bool | None):
+    return progress_bar(progress, total=len(models), unit="model", desc="report")
+
+
+def build_report(models: Sequence[str], *, options: ReportOptions = ReportOptions(), stats: Sequence[str] = (),
+                 progress: bool | None = None, **data: Any) -> Report:
+    """One :class:`ModelReport` per model (a progress bar over models on a terminal)."""
+    bar, results = _bar(models, progress), []
+    for path in models:
+        if bar is not None:
+            bar.set_postfix_str(Path(path).name)
+        results.append(report_model(path, options=options, stats=stats, progress=False, **data))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    settings = {"k": options.k if options.k is not None else 1.0, "sweep_k": list(options.ks),
+                "round_to": options.round_to, "data": None if data.get("data") is None else str(data["data"]),
+                "synthetic": data.get("synthetic"), "stats": [str(s) for s in stats],
+                "onnxmbs": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return Report(models=tuple(results), settings=settings)
+
+
+# ------------------------------------------------------------ rows shared by the formats
+def _config(widths: Iterable[Iterable[int]]) -> str:
+    return " | ".join("/".join(str(w) for w in ws) for ws in widths)
+
+
+def summary_row(m: ModelReport) -> dict[str, Any]:
+    """The CSV columns for one model (failure rows carry only model, status, error, sha256)."""
+    row: dict[str, Any] = dict.fromkeys(CSV_COLUMNS, "")
+    row.update(model=m.path, status="ok" if m.ok else "failed", error=m.error or "", sha256=m.sha256 or "",
+               seconds=round(m.seconds, 3))
+    if not m.ok:
+        return row
+    doc, point = m.plan, m.point
+    s, st = doc["summary"], doc["settings"]
+    row.update(L=doc["model"]["L"], images=st.get("images"), synthetic=bool(st.get("synthetic")), k=st.get("k"),
+               z=st.get("z"), rf_boundary=st.get("rf_boundary"), macroblocks=len(doc["macroblocks"]),
+               beta=";".join(f"{mb['beta']:.4f}" for mb in doc["macroblocks"]),
+               widths=_config(point["widths"]) if point else "",
+               configuration=_config(point["configuration"]) if point else "",
+               max_redundancy=round(max((mb["redundancy"] for mb in doc["macroblocks"]), default=0.0), 6),
+               params=s["params"], params_compact=s["params_compact"], param_reduction=round(s["param_reduction"], 6),
+               flops=s["flops"], flops_compact=s["flops_compact"], flop_reduction=round(s["flop_reduction"], 6))
+    return row
+
+
+def _mb_rows(doc: Mapping[str, Any]) -> list[tuple]:
+    rows = []
+    for mb in doc["macroblocks"]:
+        pairs = dict.fromkeys((l["out_channels"], l["compact_out_channels"]) for l in doc["layers"]
+                              if l["macroblock"] == mb["index"])
+        rows.append((mb["index"], f"{mb['out_hw'][0]}x{mb['out_hw'][1]}", len(mb["layers"]), human(mb["e_total"]),
+                     human(mb["e_base"]), f"{mb['redundancy']:.4f}", f"{mb['beta']:.4f}",
+                     ",".join(str(a) for a, _ in pairs) + " → " + ",".join(str(b) for _, b in pairs)))
+    return rows
+
+
+MB_HEADERS = ("mb", "resolution", "layers", "E_total", "E_base", "r", "β", "widths")
+SWEEP_HEADERS = ("k", "RF boundary", "β per macroblock", "configuration", "params", "param red.", "MACs", "MAC red.")
+
+
+def _sweep_rows(points: Sequence[Mapping[str, Any]]) -> list[tuple]:
+    return [(f"{p['k']:g}", p["rf_boundary"] if p["rf_boundary"] is not None else "-",
+             " ".join(f"{b:.3f}" for b in p["beta"]), _config(p["configuration"]), f"{p['params_compact']:,}",
+             f"{100 * p['param_reduction']:.2f}%", human(p["flops_compact"]), f"{100 * p['flop_reduction']:.2f}%")
+            for p in points]
+
+
+def _summary_cells(m: ModelReport) -> tuple:
+    r = summary_row(m)
+    if not m.ok:
+        return (m.path, "FAILED", m.error, "", "", "", "")
+    return (m.path, "ok", f"{r['images']}{' (synthetic)' if r['synthetic'] else ''}", r["beta"].replace(";", " "),
+            r["configuration"], f"{r['params']:,} → {r['params_compact']:,} ({100 * r['param_reduction']:.2f}%)",
+            f"{human(r['flops'])} → {human(r['flops_compact'])} ({100 * r['flop_reduction']:.2f}%)")
+
+
+SUMMARY_HEADERS = ("model", "status", "images", "β per macroblock", "configuration", "params", "MACs")
+
+
+def _notes(doc: Mapping[str, Any]) -> list[str]:
+    notes = []
+    if doc["settings"].get("synthetic"):
+        notes.append("statistics from SYNTHETIC noise, not real data: β is only indicative")
+    unmeasured = sum(1 for l in doc["layers"] if not l["measured"])
+    if unmeasured:
+        notes.append(f"{unmeasured} conv layer(s) have no ReLU-family activation: p = 1, not measured")
+    routine = ("model input", "reaches graph output")  # every CNN has these two
+    frozen = [g for g in doc["groups"] if g.get("frozen") and not str(g["frozen"]).startswith(routine)]
+    if frozen:
+        shown = "; ".join(f"group {g['id']}: {g['frozen']}" for g in frozen[:3])
+        notes.append(f"{len(frozen)} channel group(s) kept at full width (frozen): {shown}"
+                     + ("; …" if len(frozen) > 3 else ""))
+    return notes
+
+
+# ------------------------------------------------------------ formats
+def to_json(report: Report) -> str:
+    import json
+    models = [{"path": m.path, "status": "ok" if m.ok else "failed", "error": m.error, "sha256": m.sha256,
+               "seconds": round(m.seconds, 3), "summary": summary_row(m), "plan": m.plan, "sweep": list(m.sweep),
+               "curve": list(m.curve)} for m in report.models]
+    doc = {"schema": SCHEMA, "settings": dict(report.settings), "models": models,
+           "totals": {"models": len(report.models), "failed": len(report.failed)}}
+    return json.dumps(doc, indent=1) + "\n"
+
+
+def to_csv(report: Report) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(summary_row(m) for m in report.models)
+    return buf.getvalue()
+
+
+def _md_cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def to_markdown(report: Report) -> str:
+    st = report.settings
+    parts = ["# onnxmbs report", "",
+             f"{len(report.models)} model(s), {len(report.failed)} failed; plan at k = {st['k']:g}, sweep "
+             f"k = {', '.join(f'{k:g}' for k in st['sweep_k'])}; onnxmbs {st['onnxmbs']}, {st['created']}", "",
+             md_table(SUMMARY_HEADERS, (_summary_cells(m) for m in report.models))]
+    for m in report.models:
+        parts += ["", f"## {m.path}", ""]
+        if not m.ok:
+            parts.append(f"**FAILED**: {m.error}")
+            continue
+        doc = m.plan
+        parts += [f"RF boundary {doc['settings']['rf_boundary']} (z = {doc['settings']['z']:g} px, "
+                  f"L = {doc['model']['L']}), {doc['settings'].get('images')} images, sha256 `{m.sha256[:16]}`", "",
+                  md_table(MB_HEADERS, _mb_rows(doc)), "", "k sweep:", "",
+                  md_table(SWEEP_HEADERS, _sweep_rows(m.sweep))]
+        notes = _notes(doc)
+        parts += ([""] + [f"- note: {n}" for n in notes]) if notes else []
+    return "\n".join(parts) + "\n"
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#2d3748;margin:24px auto;max-width:1040px;
+padding:0 16px;line-height:1.4}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 6px;border-bottom:2px solid #e2e8f0;padding-bottom:4px;
+word-break:break-all}
+.meta{color:#718096;font-size:13px}
+table{border-collapse:collapse;margin:10px 0;font-size:13px}
+th,td{border:1px solid #e2e8f0;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f7fafc}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.failed td{background:#fff5f5;color:#c53030}
+.charts{display:flex;flex-wrap:wrap;gap:12px;margin:8px 0}
+.chart{border:1px solid #e2e8f0;border-radius:6px;max-width:100%;height:auto}
+.note{color:#975a16;background:#fffff0;border-left:3px solid #d69e2e;padding:4px 8px;margin:4px 0;font-size:13px}
+.error{color:#c53030;background:#fff5f5;border-left:3px solid #c53030;padding:6px 10px}
+"""
+
+
+def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, classes: Sequence[str] = ()) -> str:
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{classes[i]}"' if i < len(classes) and classes[i] else ""
+        cells = "".join(f'<td{" class=num" if _numeric(c) else ""}>{escape(str(c))}</td>' for c in row)
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _numeric(cell: Any) -> bool:
+    return isinstance(cell, (int, float)) or str(cell).replace(",", "").replace(".", "", 1).rstrip("%").isdigit()
+
+
+def _html_model(i: int, m: ModelReport) -> str:
+    head = f'<section id="model-{i}"><h2>{escape(m.path)}</h2>'
+    if not m.ok:
+        return head + f'<p class="error">FAILED: {escape(m.error or "")}</p></section>'
+    doc, st = m.plan, m.plan["settings"]
+    meta = (f"input {escape(str(doc['model']['shape']))} {doc['model']['layout']}, L = {doc['model']['L']}; "
+            f"{st.get('images')} images from {escape(str(st.get('data') or st.get('stats_file') or '-'))}; "
+            f"k = {st['k']:g}, z = {st['z']:g} px, RF boundary "
+            f"{st['rf_boundary'] if st['rf_boundary'] is not None else 'none (every conv is base: β = 1)'}; "
+            f"sha256 {m.sha256[:16]}…")
+    charts = [plots.depth_profile(doc["layers"], rf_boundary=st["rf_boundary"], z=st["z"]),
+              plots.beta_bars(doc["macroblocks"]),
+              plots.tradeoff_curve(m.curve, marks=m.sweep, chosen_k=st.get("k"))]
+    notes = "".join(f'<p class="note">{escape(n)}</p>' for n in _notes(doc))
+    return (head + f'<p class="meta">{meta}</p>{notes}<div class="charts">{"".join(charts)}</div>'
+            f"<h3>Macroblocks</h3>{_html_table(MB_HEADERS, _mb_rows(doc))}"
+            f"<h3>k sweep</h3>{_html_table(SWEEP_HEADERS, _sweep_rows(m.sweep))}</section>")
+
+
+def _html_summary_row(i: int, m: ModelReport) -> str:
+    link = f'<td><a href="#model-{i}">{escape(m.path)}</a></td>'
+    if not m.ok:
+        return (f'<tr class="failed">{link}<td>FAILED</td>'
+                f'<td colspan="{len(SUMMARY_HEADERS) - 2}">{escape(m.error or "")}</td></tr>')
+    cells = _summary_cells(m)[1:]
+    return f"<tr>{link}" + "".join(f'<td{" class=num" if _numeric(c) else ""}>{escape(str(c))}</td>'
+                                   for c in cells) + "</tr>"
+
+
+def to_html(report: Report) -> str:
+    st = report.settings
+    rows = "".join(_html_summary_row(i, m) for i, m in enumerate(report.models))
+    summary = ("<table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in SUMMARY_HEADERS)
+               + f"</tr></thead><tbody>{rows}</tbody></table>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>onnxmbs report</title><style>{CSS}</style></head><body>"
+            f"<h1>onnxmbs report</h1><p class=\"meta\">{len(report.models)} model(s), {len(report.failed)} failed; "
+            f"plan at k = {st['k']:g}; onnxmbs {escape(st['onnxmbs'])}; {escape(st['created'])}</p>{summary}"
+            + "".join(_html_model(i, m) for i, m in enumerate(report.models)) + "</body></html>\n")
+
+
+WRITERS: dict[str, Callable[[Report], str]] = {".json": to_json, ".csv": to_csv, ".md": to_markdown,
+                                               ".markdown": to_markdown, ".html": to_html, ".htm": to_html}
+
+
+def check_outputs(paths: Sequence[str]) -> None:
+    for path in paths:
+        if Path(path).suffix.lower() not in WRITERS:
+            raise MBSError(f"cannot tell the report format of {path!r} — end it in "
+                           f"{', '.join(sorted(WRITERS))}")
+
+
+def write_report(report: Report, path: str | Path) -> Path:
+    """Write ``report`` to ``path`` in the format its suffix names, atomically."""
+    check_outputs([str(path)])
+    return write_atomic(path, WRITERS[Path(path).suffix.lower()](report))
+
+
+def report_text(report: Report) -> str:
+    """The terminal summary: one row per model that worked, one line per failure."""
+    ok = [m for m in report.models if m.ok]
+    lines = [table(SUMMARY_HEADERS, [_summary_cells(m) for m in ok])] if ok else []
+    return "\n".join(lines + [f"FAILED {m.path}: {m.error}" for m in report.failed])

@@ -1,0 +1,114 @@
+"""Stage 6b — plain-text tables for the terminal (the CLI prints what these return)."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import math
+
+from onnxmbs.graph.analysis import Analysis
+from onnxmbs.planning.sweep import Solution, SweepPoint
+from onnxmbs.units import human
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths)).rstrip()
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _numeric(cell: str) -> bool:
+    return cell.replace(".", "", 1).replace("-", "", 1).replace("%", "").replace(",", "").isdigit()
+
+
+def short(name: str, width: int = 48) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def analysis_text(analysis: Analysis) -> str:
+    where = analysis.macroblock_of()
+    groups = analysis.channels.conv_group
+    rows = [(short(c.name), f"{c.out_hw[0]}x{c.out_hw[1]}", c.in_channels, c.out_channels, c.groups,
+             f"{c.kernel[0]}x{c.kernel[1]}", c.stride[0], "inf" if c.rf is None else c.rf, human(c.flops),
+             human(c.params), where.get(c.name, "-"), groups.get(c.name, "-"),
+             short(analysis.taps[c.name].node, 28) if analysis.taps[c.name] else "(none)")
+            for c in analysis.layers]
+    inp = analysis.loaded.input
+    parts = [f"model: {analysis.loaded.path}  input {inp.name} {list(inp.shape)} {inp.layout}  L={inp.L}",
+             table(["layer", "out", "in", "out_ch", "g", "k", "s", "RF", "MACs", "params", "mb", "grp", "activation"],
+                   rows),
+             "", table(["macroblock", "level", "resolution", "layers"],
+                       [(mb.index, mb.level, f"{mb.out_hw[0]}x{mb.out_hw[1]}", len(mb.layers))
+                        for mb in analysis.macroblocks])]
+    frozen = [g for g in analysis.channels.groups if g.frozen]
+    if frozen:
+        parts += ["", "frozen channel groups (kept at full width):"]
+        parts += [f"  group {g.id} ({g.channels} ch): {g.frozen}" for g in frozen]
+    if analysis.shapes.unknown_ops:
+        ops = ", ".join(f"{op}×{n}" for op, n in sorted(analysis.shapes.unknown_ops.items()))
+        parts += ["", f"ops without a receptive-field rule (passed through): {ops}"]
+    parts += ["", f"total: {human(analysis.shapes.params)} params, {human(analysis.shapes.flops)} MACs per image, "
+                  f"{len(analysis.layers)} conv layers, {len(analysis.macroblocks)} macroblocks"]
+    return "\n".join(parts)
+
+
+def _widths(doc: Mapping[str, Any], index: int) -> str:
+    pairs = dict.fromkeys((l["out_channels"], l["compact_out_channels"]) for l in doc["layers"]
+                          if l["macroblock"] == index)
+    before = ",".join(str(a) for a, _ in pairs)
+    after = ",".join(str(b) for _, b in pairs)
+    return f"{before} -> {after}"
+
+
+def plan_text(doc: Mapping[str, Any]) -> str:
+    s, st = doc["summary"], doc["settings"]
+    rows = [(m["index"], f"{m['out_hw'][0]}x{m['out_hw'][1]}", len(m["layers"]), human(m["e_total"]),
+             human(m["e_base"]), f"{m['redundancy']:.4f}", f"{m['beta']:.4f}", _widths(doc, m["index"]))
+            for m in doc["macroblocks"]]
+    k = f"k={st['k']:g} " if st.get("k") is not None else ""
+    head = (f"{doc['model']['path']}: {st['images']} images{' (SYNTHETIC noise)' if st.get('synthetic') else ''}, "
+            f"{k}z={st['z']:g}px, RF boundary {st['rf_boundary']}, provider {st.get('provider')}")
+    unmeasured = sum(1 for l in doc["layers"] if not l["measured"])
+    lines = [head, table(["mb", "resolution", "layers", "E_total", "E_base", "r", "beta", "widths before -> after"],
+                         rows),
+             f"params {s['params']:,} -> {s['params_compact']:,} ({100 * s['param_reduction']:.2f}% fewer); "
+             f"MACs {human(s['flops'])} -> {human(s['flops_compact'])} ({100 * s['flop_reduction']:.2f}% fewer)"]
+    if unmeasured:
+        lines.append(f"note: {unmeasured} conv layer(s) have no ReLU-family activation: p = 1, not measured")
+    return "\n".join(lines)
+
+
+def _config_text(config: Sequence[Sequence[int]]) -> str:
+    return " | ".join("/".join(str(w) for w in widths) or "-" for widths in config)
+
+
+def sweep_rows(points: Sequence[SweepPoint]) -> list[tuple]:
+    return [(f"{p.k:g}", f"{p.z:g}", p.rf_boundary if p.rf_boundary is not None else "-",
+             " ".join(f"{b:.4f}" for b in p.beta), _config_text(p.configuration), f"{p.params_compact:,}",
+             f"{100 * p.param_reduction:.2f}%", human(p.flops_compact), f"{100 * p.flop_reduction:.2f}%")
+            for p in points]
+
+
+SWEEP_HEADERS = ("k", "z", "RF bound", "beta per macroblock", "configuration", "params", "param red.",
+                 "MACs", "MAC red.")
+
+
+def sweep_text(points: Sequence[SweepPoint], *, model: str = "", images: int | None = None) -> str:
+    first = points[0]
+    head = (f"{model}: " if model else "") + (f"{images} images, " if images is not None else "") + \
+        f"original configuration {_config_text(first.widths)}, {first.params:,} params, {human(first.flops)} MACs"
+    return "\n".join([head, table(SWEEP_HEADERS, sweep_rows(points))])
+
+
+def solution_text(solution: Solution) -> str:
+    p = solution.point
+    span = (f"every k >= {solution.k_low:.4g}" if math.isinf(solution.k_high)
+            else f"every k in [{solution.k_low:.4g}, {solution.k_high:.4g})")
+    return (f"target {solution.target.describe()}: largest k = {solution.k:g} ({span} gives this plan, "
+            f"RF boundary {p.rf_boundary if p.rf_boundary is not None else 'none'}); achieved "
+            f"{solution.target.describe(solution.target.achieved(p))}, configuration {_config_text(p.configuration)}, "
+            f"params {p.params_compact:,} ({100 * p.param_reduction:.2f}% fewer), "
+            f"MACs {human(p.flops_compact)} ({100 * p.flop_reduction:.2f}% fewer)")

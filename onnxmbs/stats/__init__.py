@@ -1,0 +1,1 @@
+"""Stage 5a — statistics: calibration data, the instrumented onnxruntime pass, stats files."""

@@ -1,0 +1,88 @@
+"""The stats file (schema ``onnxmbs.stats/1``): measure once, plan, sweep, report and gate many times.
+
+``onnxmbs profile`` writes the per-channel non-zero counts of every activation tap with
+the model's sha256; ``--stats FILE`` in ``plan``/``sweep``/``report``/``check`` reads them
+back instead of running the statistics pass, and refuses counts made from another model
+(or the same model at another input shape).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxmbs.graph.analysis import Analysis
+from onnxmbs.stats.calibration import CalibrationInfo
+from onnxmbs.errors import MBSError
+from onnxmbs.files import read_document, write_json
+from onnxmbs.stats.counting import Statistics, TapCounts
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "onnxmbs.stats/1"
+
+
+def stats_document(analysis: Analysis, stats: Statistics, *, info: CalibrationInfo | None = None,
+                   preprocess: str | None = None) -> dict[str, Any]:
+    loaded = analysis.loaded
+    return {
+        "schema": SCHEMA,
+        "model": {"path": loaded.path, "sha256": loaded.sha256, "input": loaded.input.name,
+                  "shape": list(loaded.input.shape), "layout": loaded.input.layout},
+        "images": stats.images, "provider": stats.provider, "seconds": round(stats.seconds, 3),
+        "data": {"source": info.source if info else None, "synthetic": bool(info and info.synthetic),
+                 "skipped": info.skipped if info else 0, "preprocess": preprocess},
+        "taps": [{"tensor": t.tensor, "channels": len(t.nonzero), "per_image": t.per_image,
+                  "nonzero": [int(v) for v in t.nonzero]} for t in stats.taps.values()],
+    }
+
+
+def save_stats(path: str | Path, analysis: Analysis, stats: Statistics, *, info: CalibrationInfo | None = None,
+               preprocess: str | None = None) -> Path:
+    """Write the counts of ``stats`` (measured on ``analysis``'s model) to ``path`` as JSON, atomically."""
+    return write_json(path, stats_document(analysis, stats, info=info, preprocess=preprocess))
+
+
+def read_stats(path: str | Path) -> dict[str, Any]:
+    """The raw stats document, schema-checked."""
+    return read_document(path, schema=SCHEMA, what="onnxmbs stats file",
+                         how=f"write one with `onnxmbs profile MODEL --data ... -o {path}`")
+
+
+def check_model(doc: Mapping[str, Any], analysis: Analysis, path: Path) -> None:
+    loaded, model = analysis.loaded, doc.get("model", {})
+    if model.get("sha256") != loaded.sha256:
+        raise MBSError(f"{path} was made from a different model ({model.get('path')}, sha256 "
+                       f"{str(model.get('sha256'))[:12]}…, not {loaded.path} {loaded.sha256[:12]}…) — "
+                       f"run `onnxmbs profile {loaded.path} --data ... -o {path}` for this model")
+    if list(model.get("shape", []))[1:] != list(loaded.input.shape)[1:]:
+        raise MBSError(f"{path} was measured at input shape {model.get('shape')}, the model is analysed at "
+                       f"{list(loaded.input.shape)} — pass the same --input-shape as for `onnxmbs profile`")
+
+
+def tap_counts(doc: Mapping[str, Any], analysis: Analysis, path: Path) -> dict[str, TapCounts]:
+    try:
+        taps = {t["tensor"]: TapCounts(t["tensor"], np.asarray(t["nonzero"], dtype=np.int64), int(t["per_image"]))
+                for t in doc["taps"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MBSError(f"{path} has a malformed 'taps' list ({exc}) — "
+                       "write it again with `onnxmbs profile`") from None
+    shapes = analysis.loaded.shapes
+    for tap in {t.tensor: t for t in analysis.taps.values() if t is not None}.values():
+        got = taps.get(tap.tensor)
+        if got is None or len(got.nonzero) != shapes[tap.tensor][tap.channel_axis]:
+            raise MBSError(f"{path} has no counts for activation {tap.tensor!r} of this model — "
+                           "it was written by another onnxmbs version; run `onnxmbs profile` again")
+    return taps
+
+
+def stats_sha256(path: str | Path) -> str | None:
+    """The model hash a stats file was made from (None when it is not a stats file)."""
+    try:
+        return read_stats(path).get("model", {}).get("sha256")
+    except MBSError:
+        return None
