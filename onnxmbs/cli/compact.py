@@ -10,13 +10,13 @@ import click
 
 from onnxmbs.units import human
 
-from onnxmbs.cli.options import clean_errors, input_shape_option, refuse_overwrite
+from onnxmbs.cli.options import Floats, clean_errors, input_shape_option, refuse_overwrite
 
 if TYPE_CHECKING:
     from onnxmbs.compact.writer import CompactResult
 
 WEIGHTS = ("inherit", "random")  # onnxmbs.compact.writer.WEIGHTS / SELECT (not imported: keep `onnxmbs -h` fast)
-SELECT = ("nonzero", "l1")
+SELECT = ("nonzero", "l1", "greedy")
 
 
 def _change(before: float, after: float) -> str:
@@ -46,13 +46,37 @@ def compact_text(result: CompactResult, output: str) -> str:
     lines.append(f"weights     {result.weights}ed; channels chosen by {result.select}; {cut} channel group(s) cut"
                  if result.weights == "inherit" else
                  f"weights     random (He-normal); {cut} channel group(s) cut")
-    if result.inexact:
+    rec = result.reconstruction
+    if rec is not None:
+        lines.append(reconstruction_text(rec))
+    if result.inexact and rec is None:
         lines.append(f"note        inherited weights of {len(result.inexact)} grouped conv(s) are approximate "
                      f"(kept channels cross their groups): {', '.join(result.inexact[:3])} — fine-tune")
     if result.copies:
         lines.append(f"note        {len(result.copies)} shared tensor(s) copied for different cuts "
                      f"(+{result.params_compact - result.params_predicted:,} parameters)")
     return "\n".join(lines)
+
+
+def reconstruction_text(rec) -> str:
+    """One line (two with inherited layers) on what the reconstruction did."""
+    n = len(rec.layers)
+    before = sum(r.error_inherited for r in rec.layers) / n if n else 0.0
+    after = sum(r.error_fitted for r in rec.layers) / n if n else 0.0
+    text = (f"reconstruct {n} layer(s) re-fitted in {rec.waves} wave(s) on {rec.images} images "
+            f"({rec.seconds:.1f} s); mean relative error {before:.4f} -> {after:.4f}")
+    if rec.skipped:
+        names = ", ".join(f"{name} ({why})" for name, why in rec.skipped[:3])
+        text += f"\nnote        {len(rec.skipped)} layer(s) keep inherited weights: {names}"
+    return text
+
+
+def _reconstruct_options(data, preprocess, mean, std, max_images, batch_size, positions, ridge, seed, progress):
+    from onnxmbs.compact.writer import DataOptions, ReconstructOptions
+
+    options = DataOptions(data=data, preprocess=preprocess, mean=mean, std=std, max_images=max_images,
+                          batch_size=batch_size)
+    return options, ReconstructOptions(data=options, positions=positions, ridge=ridge, seed=seed, progress=progress)
 
 
 @click.command()
@@ -63,21 +87,47 @@ def compact_text(result: CompactResult, output: str) -> str:
 @click.option("--weights", type=click.Choice(WEIGHTS), default="inherit", show_default=True,
               help="Keep the surviving weights, or re-initialise them (He-normal) to retrain from scratch.")
 @click.option("--select", type=click.Choice(SELECT), default="nonzero", show_default=True,
-              help="Keep the channels most often non-zero (measured), or those with the largest filter L1 norm.")
+              help="Keep the channels most often non-zero (measured), those with the largest filter L1 norm, or "
+                   "those that best reconstruct the layers reading them (greedy, needs --data).")
 @click.option("--force", is_flag=True, help="Accept a plan made for a different model file (sha256 mismatch).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --weights random.")
 @click.option("--repeats", type=click.IntRange(min=0), default=5, show_default=True,
               help="Latency runs per model (median; 0 skips the timing).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="onnxruntime intra-op threads for the timing.")
+@click.option("--reconstruct", is_flag=True,
+              help="Re-fit the layers behind every cut (least squares) so the outputs match the original's on --data.")
+@click.option("--data", type=click.Path(exists=True), default=None,
+              help="Images for --reconstruct / --select greedy: a folder (recursive) or a .npy/.npz array.")
+@click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default="imagenet",
+              show_default=True, help="Normalisation of the --data images.")
+@click.option("--mean", type=Floats(), default=None, help="Explicit per-channel mean in [0,1] units.")
+@click.option("--std", type=Floats(), default=None, help="Explicit per-channel std in [0,1] units.")
+@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images of --data.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per onnxruntime run while reconstructing.")
+@click.option("--positions", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Sampled output positions per image and layer (bounds the memory of the least squares).")
+@click.option("--ridge", type=click.FloatRange(min=0), default=1e-3, show_default=True,
+              help="Ridge strength towards the inherited weights, relative to the data's scale.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
 @input_shape_option
 @clean_errors
 def compact(model: str, plan_path: str, output: str, weights: str, select: str, force: bool, seed: int,
-            repeats: int, threads: int, input_shape) -> None:
+            repeats: int, threads: int, reconstruct: bool, data: str | None, preprocess: str, mean, std,
+            max_images: int | None, batch_size: int, positions: int, ridge: float, progress: bool | None,
+            input_shape) -> None:
     """Write the compact ONNX model of a plan: real channel surgery, checked, timed."""
     from onnxmbs.compact.writer import write_compact
 
     refuse_overwrite(output, model, plan_path)
+    if (reconstruct or select == "greedy") and data is None:
+        raise click.UsageError("--reconstruct and --select greedy need calibration images: add --data PATH")
+    if reconstruct and weights != "inherit":
+        raise click.UsageError("--reconstruct starts from the inherited weights; drop --weights random")
+    options, rec = _reconstruct_options(data, preprocess, mean, std, max_images, batch_size, positions, ridge, seed,
+                                        progress) if data is not None else (None, None)
     result = write_compact(model, plan_path, output, weights=weights, select=select, input_shape=input_shape,
-                           force=force, seed=seed, latency_repeats=repeats, threads=threads)
+                           force=force, seed=seed, latency_repeats=repeats, threads=threads,
+                           reconstruct=rec if reconstruct else None, data=options)
     click.echo(compact_text(result, output))

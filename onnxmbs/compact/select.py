@@ -5,6 +5,8 @@ their activation: the ``channel_p_nonzero`` of every plan layer in that group, a
 (channels that are never active go first), ties broken by the L1 norm. A group without a
 measured layer falls back to L1. ``select="l1"`` ranks by the L1 norm of the producing
 filters only (each producer's norms divided by their mean, then summed over producers).
+``select="greedy"`` ranks by the reconstruction-aware scores of
+:mod:`onnxmbs.compact.ranking` (passed in as ``scores``; groups without a score fall back to L1).
 
 Structure is kept so that inherited weights stay exact:
 
@@ -31,7 +33,7 @@ from onnxmbs.graph.analysis import Analysis
 from onnxmbs.compact.index import Layout, group_offsets
 from onnxmbs.graph.shapes import attr, node_names
 
-SELECT = ("nonzero", "l1")
+SELECT = ("nonzero", "l1", "greedy")
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ def _shuffles(analysis: Analysis) -> dict[int, int]:
 
 
 def select_channels(analysis: Analysis, plan: Mapping[str, Any], widths: Mapping[int, int],
-                    ids: Mapping[str, Layout], *, select: str = "nonzero") -> Selection:
+                    ids: Mapping[str, Layout], *, select: str = "nonzero",
+                    scores: Mapping[int, np.ndarray] | None = None) -> Selection:
     """Kept channels of every group for the compact widths ``widths``."""
     rates = _rates(analysis, plan.get("layers", ()), ids) if select == "nonzero" else {}
     l1 = _l1(analysis, ids)
@@ -138,7 +141,8 @@ def select_channels(analysis: Analysis, plan: Mapping[str, Any], widths: Mapping
         if width >= g.channels:
             keep[g.id], source[g.id] = np.arange(g.channels), "all"
             continue
-        primary = rates.get(g.id, l1[g.id])
-        source[g.id] = "nonzero" if g.id in rates else "l1"
+        ranked = rates if select == "nonzero" else (scores or {}) if select == "greedy" else {}
+        primary = ranked.get(g.id, l1[g.id])
+        source[g.id] = select if g.id in ranked else "l1"
         keep[g.id] = pick(primary, l1[g.id], width, multiple_of=g.multiple_of, shuffle=shuffles.get(g.id, 0))
     return Selection(keep=keep, source=source)

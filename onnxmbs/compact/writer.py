@@ -24,7 +24,10 @@ import onnx
 from onnxmbs.graph.analysis import Analysis, analyze
 from onnxmbs.compact.check import Latency, measure_latency, verify
 from onnxmbs.compact.graph import Rebuilt, forwarded_constants, rebuild
-from onnxmbs.compact.index import compact_shape, identity_layouts, tensor_layouts
+from onnxmbs.compact.index import Layout, compact_shape, identity_layouts, tensor_layouts
+from onnxmbs.compact.activations import DataOptions
+from onnxmbs.compact.ranking import greedy_scores
+from onnxmbs.compact.reconstruct import Reconstruction, ReconstructOptions, reconstruct as refit
 from onnxmbs.compact.select import SELECT, Selection, select_channels
 from onnxmbs.compact.surgery import SURGERY_RULES, Ctx, Edits, reinitialise
 from onnxmbs.graph.costs import param_tensors
@@ -56,9 +59,16 @@ class CompactResult:
     weights: str
     select: str
     latency: Latency | None = None
+    reconstruction: Reconstruction | None = None
 
     def record(self) -> dict[str, Any]:
-        """The JSON sidecar: counts, sizes, latency and the kept channels of every cut group."""
+        """The JSON sidecar: counts, sizes, latency, the kept channels of every cut group (and the reconstruction)."""
+        doc = self._counts()
+        if self.reconstruction is not None:
+            doc["reconstruction"] = self.reconstruction.to_json()
+        return doc
+
+    def _counts(self) -> dict[str, Any]:
         lat = self.latency
         return {
             "schema": "onnxmbs.compact/1", "weights": self.weights, "select": self.select,
@@ -156,61 +166,101 @@ def _surgery(analysis: Analysis, layouts, *, weights: str, seed: int) -> tuple[E
     return edits, ctx, fwd
 
 
-def _options(weights: str, select: str) -> None:
+def _options(weights: str, select: str, reconstruct: ReconstructOptions | None) -> None:
     if weights not in WEIGHTS:
         raise MBSError(f"weights={weights!r} is not one of {', '.join(WEIGHTS)} — use inherit or random")
     if select not in SELECT:
-        raise MBSError(f"select={select!r} is not one of {', '.join(SELECT)} — use nonzero or l1")
+        raise MBSError(f"select={select!r} is not one of {', '.join(SELECT)} — use {', '.join(SELECT)}")
+    if reconstruct is not None and weights != "inherit":
+        raise MBSError("reconstruction starts from the inherited weights — use weights='inherit' with it")
 
 
 def _build(analysis: Analysis, proto: onnx.ModelProto, plan: Mapping[str, Any], widths: Mapping[int, int], *,
-           weights: str, select: str, seed: int) -> tuple[Rebuilt, Selection, list[str], dict]:
+           weights: str, select: str, seed: int, scores: Mapping[int, np.ndarray] | None = None) -> _Built:
     ids = identity_layouts(analysis)
-    chosen = select_channels(analysis, plan, widths, ids, select=select)
+    chosen = select_channels(analysis, plan, widths, ids, select=select, scores=scores)
     layouts = tensor_layouts(analysis, chosen.keep)
     edits, ctx, fwd = _surgery(analysis, layouts, weights=weights, seed=seed)
     params = param_tensors(analysis.loaded.graph, ctx.consts)
     shapes = analysis.loaded.shapes
     expected = {t: compact_shape(lay, shapes[t]) for t, lay in layouts.items()
                 if len(shapes.get(t, ())) > lay.axis + (lay.dims is not None)}
-    return rebuild(proto, edits, ctx.consts, fwd, params), chosen, sorted(set(edits.inexact)), expected
+    return _Built(rebuild(proto, edits, ctx.consts, fwd, params), chosen, sorted(set(edits.inexact)), expected,
+                  layouts, ctx.consts)
+
+
+@dataclass(frozen=True)
+class _Built:
+    rebuilt: Rebuilt
+    chosen: Selection
+    inexact: list[str]
+    expected: dict
+    layouts: Mapping[str, Layout]
+    consts: Mapping[str, np.ndarray]
 
 
 def compact_model(model: str | Path | onnx.ModelProto, plan: str | Path | Mapping[str, Any], *,
                   weights: str = "inherit", select: str = "nonzero", input_shape: tuple[int, ...] | None = None,
-                  force: bool = False, seed: int = 0, latency_repeats: int = 0, threads: int = 1) -> CompactResult:
-    """The compact model of ``model`` under ``plan``, verified; ``model`` itself is never modified."""
-    _options(weights, select)
+                  force: bool = False, seed: int = 0, latency_repeats: int = 0, threads: int = 1,
+                  reconstruct: ReconstructOptions | None = None, data: DataOptions | None = None) -> CompactResult:
+    """The compact model of ``model`` under ``plan``, verified; ``model`` itself is never modified.
+
+    ``reconstruct``: re-fit the layers behind every cut to the original's outputs on its data
+    (:mod:`onnxmbs.compact.reconstruct`). ``select="greedy"`` ranks channels on ``data``
+    (default: the reconstruction's data).
+    """
+    _options(weights, select, reconstruct)
     doc = _plan_dict(plan)
-    proto, data, size = _source(model)
-    shape = _input_shape(doc, input_shape)
-    analysis = analyze(model, input_shape=shape)
+    proto, data_bytes, size = _source(model)
+    analysis = analyze(model, input_shape=_input_shape(doc, input_shape))
     widths = check_plan(doc, analysis, force=force)
-    built, chosen, inexact, expected = _build(analysis, proto, doc, widths, weights=weights, select=select, seed=seed)
-    if inexact and weights == "inherit":
+    scores = None
+    if select == "greedy":
+        scores = greedy_scores(analysis, widths, _selection_data(data, reconstruct), seed=seed,
+                               progress=reconstruct.progress if reconstruct else None)
+    parts = _build(analysis, proto, doc, widths, weights=weights, select=select, seed=seed, scores=scores)
+    built, rebuilt = parts.rebuilt, None
+    if reconstruct is not None:
+        rebuilt = refit(analysis, parts.layouts, parts.consts, built.model, reconstruct)
+        built = Rebuilt(model=rebuilt.model, copies=built.copies, extra_params=built.extra_params)
+    if parts.inexact and weights == "inherit" and rebuilt is None:
         logger.warning("inherited weights of %d grouped conv(s) are approximate (kept channels cross their "
-                       "groups): %s — retrain or fine-tune", len(inexact), ", ".join(inexact[:5]))
-    loaded = analysis.loaded
-    batch = 2 if loaded.batch_dynamic else loaded.input.shape[0]
-    costs = verify(built.model, data, loaded.input, batch=batch, input_shape=loaded.input.shape,
-                   expected=expected)
-    summary = doc.get("summary", {})
-    predicted = int(summary.get("params_compact", costs.params))
-    if costs.params != predicted + built.extra_params:
-        raise MBSError(f"the compact model has {costs.params:,} parameters, the plan predicted {predicted:,}"
-                       f"{f' + {built.extra_params:,} in copied shared tensors' if built.extra_params else ''} — "
-                       "nothing was written; re-run `onnxmbs plan` on this model, or report it")
+                       "groups): %s — retrain or fine-tune", len(parts.inexact), ", ".join(parts.inexact[:5]))
+    costs, predicted = _verified(analysis, built, data_bytes, doc, parts.expected)
+    loaded, summary = analysis.loaded, doc.get("summary", {})
     compact_bytes = built.model.SerializeToString()
-    latency = (measure_latency(data, compact_bytes, loaded.input, batch=loaded.input.shape[0],
+    latency = (measure_latency(data_bytes, compact_bytes, loaded.input, batch=loaded.input.shape[0],
                                repeats=latency_repeats, threads=threads) if latency_repeats > 0 else None)
     return CompactResult(
         model=built.model, params=int(summary.get("params", analysis.shapes.params)), params_predicted=predicted,
         params_compact=costs.params, flops=analysis.shapes.flops, flops_compact=costs.flops,
         bytes_original=size, bytes_compact=len(compact_bytes),
         widths={g.id: (g.channels, widths[g.id]) for g in analysis.channels.groups},
-        kept={g: tuple(int(c) for c in np.asarray(k)) for g, k in chosen.keep.items()},
-        selection=dict(chosen.source), inexact=tuple(inexact), copies=built.copies, weights=weights,
-        select=select, latency=latency)
+        kept={g: tuple(int(c) for c in np.asarray(k)) for g, k in parts.chosen.keep.items()},
+        selection=dict(parts.chosen.source), inexact=tuple(parts.inexact), copies=built.copies, weights=weights,
+        select=select, latency=latency, reconstruction=rebuilt)
+
+
+def _selection_data(data: DataOptions | None, reconstruct: ReconstructOptions | None) -> DataOptions:
+    if data is not None:
+        return data
+    if reconstruct is not None:
+        return reconstruct.data
+    raise MBSError("select='greedy' ranks channels on calibration images — pass data (--data PATH)")
+
+
+def _verified(analysis: Analysis, built: Rebuilt, data_bytes: bytes, doc: Mapping[str, Any],
+              expected: Mapping[str, tuple[int, ...]]):
+    loaded = analysis.loaded
+    batch = 2 if loaded.batch_dynamic else loaded.input.shape[0]
+    costs = verify(built.model, data_bytes, loaded.input, batch=batch, input_shape=loaded.input.shape,
+                   expected=expected)
+    predicted = int(doc.get("summary", {}).get("params_compact", costs.params))
+    if costs.params != predicted + built.extra_params:
+        raise MBSError(f"the compact model has {costs.params:,} parameters, the plan predicted {predicted:,}"
+                       f"{f' + {built.extra_params:,} in copied shared tensors' if built.extra_params else ''} — "
+                       "nothing was written; re-run `onnxmbs plan` on this model, or report it")
+    return costs, predicted
 
 
 def sidecar_path(output: str | Path) -> Path:
@@ -221,10 +271,12 @@ def sidecar_path(output: str | Path) -> Path:
 def write_compact(model: str | Path | onnx.ModelProto, plan: str | Path | Mapping[str, Any], output: str | Path, *,
                   weights: str = "inherit", select: str = "nonzero", input_shape: tuple[int, ...] | None = None,
                   force: bool = False, seed: int = 0, latency_repeats: int = 5, threads: int = 1,
-                  sidecar: bool = True) -> CompactResult:
+                  sidecar: bool = True, reconstruct: ReconstructOptions | None = None,
+                  data: DataOptions | None = None) -> CompactResult:
     """:func:`compact_model`, then write the ONNX file (and ``<output>.json``) atomically."""
     result = compact_model(model, plan, weights=weights, select=select, input_shape=input_shape, force=force,
-                           seed=seed, latency_repeats=latency_repeats, threads=threads)
+                           seed=seed, latency_repeats=latency_repeats, threads=threads, reconstruct=reconstruct,
+                           data=data)
     write_atomic(output, result.model.SerializeToString())
     if sidecar:
         write_json(sidecar_path(output), result.record())
@@ -232,5 +284,5 @@ def write_compact(model: str | Path | onnx.ModelProto, plan: str | Path | Mappin
     return result
 
 
-__all__ = ["CompactResult", "Latency", "check_plan", "compact_model", "sidecar_path", "write_compact", "WEIGHTS",
+__all__ = ["CompactResult", "DataOptions", "Latency", "ReconstructOptions", "check_plan", "compact_model", "sidecar_path", "write_compact", "WEIGHTS",
            "SELECT"]

@@ -1,0 +1,65 @@
+"""Reconstruction, part 3 — ridge-regularised least squares from accumulated normal equations.
+
+A layer is one or several independent linear systems (*blocks*: one per conv group; a
+dense conv or a Gemm is one block). For each block the rows ``x`` (inputs, plus a column
+of ones when the layer has a bias) and ``y`` (targets) of every batch are folded into
+``A = Σ xᵀx``, ``B = Σ xᵀy`` and ``Σ y²`` (each batch's product in float32, the sums in float64), so memory is ``dim² + dim·outputs``
+per block, whatever the number of rows.
+
+The solve is ridge regression *towards the inherited weights* ``W0``:
+``(A + λ·s·I) W = B + λ·s·W0`` with ``s`` the mean of A's diagonal, so an under-determined
+system (few images, many inputs) stays near the weights the layer already had instead of
+shrinking to zero.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class NormalEquations:
+    """Σ xᵀx, Σ xᵀy and Σ y² of ``blocks`` independent systems with ``dim`` inputs and ``outputs`` targets."""
+
+    def __init__(self, blocks: int, dim: int, outputs: int) -> None:
+        self.a = np.zeros((blocks, dim, dim))
+        self.b = np.zeros((blocks, dim, outputs))
+        self.yy = np.zeros(blocks)
+        self.rows = 0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Rows ``x`` (rows, blocks, dim) and targets ``y`` (rows, blocks, outputs)."""
+        xb = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=np.float32)
+        yb = np.ascontiguousarray(y.transpose(1, 0, 2), dtype=np.float32)
+        self.a += xb.transpose(0, 2, 1) @ xb
+        self.b += xb.transpose(0, 2, 1) @ yb
+        self.yy += np.einsum("gro,gro->g", yb, yb, dtype=np.float64)
+        self.rows += x.shape[0]
+
+    def solve(self, w0: np.ndarray, ridge: float) -> np.ndarray:
+        """Ridge solution towards ``w0`` (blocks, dim, outputs); ``w0`` itself when there were no rows."""
+        if self.rows == 0:
+            return w0
+        out = np.empty_like(self.b)
+        dim = self.a.shape[1]
+        for g in range(self.a.shape[0]):
+            scale = max(float(np.trace(self.a[g])) / dim, 1e-12)
+            lam = ridge * scale
+            lhs = self.a[g] + lam * np.eye(dim)
+            rhs = self.b[g] + lam * w0[g]
+            try:
+                out[g] = np.linalg.solve(lhs, rhs)
+            except np.linalg.LinAlgError:
+                out[g] = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+        return out
+
+    def residual(self, w: np.ndarray) -> float:
+        """Σ ‖y − x·w‖² over all rows and blocks, divided by Σ ‖y‖² (0 = exact)."""
+        total = float(self.yy.sum())
+        if total <= 0:
+            return 0.0
+        cross = np.einsum("gdo,gdo->", w, self.b)
+        quad = np.einsum("gdo,gdo->", w, self.a @ w)
+        return max(total - 2 * cross + quad, 0.0) / total

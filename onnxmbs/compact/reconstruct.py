@@ -1,0 +1,259 @@
+"""Reconstruction, part 5 — re-fit the layers behind each cut so the compact model matches the original.
+
+For every layer chosen by :mod:`onnxmbs.compact.fits`, wave by wave: the compact model (with
+the weights fitted so far) gives the layer's input, the original model gives its output,
+both at the same sampled positions (:mod:`onnxmbs.compact.sampling`); their normal
+equations are accumulated batch by batch (:mod:`onnxmbs.compact.lsq`) and solved for new
+weights and bias, which are written into the compact model before the next wave runs.
+Only values change: every tensor keeps its shape, so the parameter count is unchanged.
+
+Per wave, one pass over the data with two onnxruntime sessions, each cut down to the
+tensors that wave needs (:mod:`onnxmbs.compact.activations`). Memory: one batch of those
+tensors plus the normal equations (``dim²`` per layer, ``dim`` = inputs × kernel size),
+never all images' activations.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxmbs.compact.activations import DataOptions, Probe, open_batches
+from onnxmbs.compact.fits import Fit, FitPlan, plan_fits
+from onnxmbs.compact.index import Layout
+from onnxmbs.compact.lsq import NormalEquations
+from onnxmbs.compact.sampling import (Positions, conv_geometry, conv_rows, conv_targets, matmul_rows, sample_flat,
+                                      sample_positions)
+from onnxmbs.errors import MBSError
+from onnxmbs.graph.analysis import Analysis
+from onnxmbs.graph.shapes import attr
+from onnxmbs.progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReconstructOptions:
+    data: DataOptions
+    positions: int = 32  # sampled output positions per image and layer
+    ridge: float = 1e-3  # λ, relative to the mean diagonal of xᵀx
+    seed: int = 0
+    progress: bool | None = None
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    name: str
+    op: str
+    wave: int
+    rows: int
+    error_inherited: float  # relative squared error of the inherited weights on the reconstructed inputs
+    error_fitted: float
+    residual: bool  # the target was moved to match a residual sum
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    model: onnx.ModelProto = field(repr=False)
+    layers: tuple[LayerReport, ...]
+    skipped: tuple[tuple[str, str], ...]  # (layer, reason): kept inherited
+    images: int
+    waves: int
+    seconds: float
+    positions: int
+    ridge: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"images": self.images, "waves": self.waves, "seconds": round(self.seconds, 3),
+                "positions": self.positions, "ridge": self.ridge,
+                "layers": [{"name": r.name, "op": r.op, "wave": r.wave, "rows": r.rows,
+                            "error_inherited": round(r.error_inherited, 6), "error_fitted": round(r.error_fitted, 6),
+                            "residual": r.residual} for r in self.layers],
+                "inherited": [{"name": n, "reason": why} for n, why in self.skipped]}
+
+
+class _Layer:
+    """One layer's linear system in the compact model: weights <-> (blocks, dim, outputs) solution."""
+
+    def __init__(self, fit: Fit, node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto],
+                 shapes: Mapping[str, tuple[int, ...]]) -> None:
+        self.fit, self.node = fit, node
+        self.w_name = node.input[1]
+        self.w = numpy_helper.to_array(inits[self.w_name])
+        self.b_name = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
+        self.b = numpy_helper.to_array(inits[self.b_name]) if self.b_name else None
+        self.x_shape, self.y_shape = shapes[fit.x], shapes[fit.y]
+        if fit.op == "Conv":
+            self._conv()
+        else:
+            self._matmul()
+
+    # ---- conv
+    def _conv(self) -> None:
+        co, ci_g, kh, kw = self.w.shape
+        self.groups = int(attr(self.node, "group", 1))
+        self.geom = conv_geometry(self.node, self.x_shape[2:], self.y_shape[2:], (kh, kw))
+        self.bias = self.b is not None
+        self.dim, self.outputs = ci_g * kh * kw, co // self.groups
+
+    def _matmul(self) -> None:
+        self.trans = self.fit.op == "Gemm" and bool(attr(self.node, "transB", 0))
+        self.alpha = float(attr(self.node, "alpha", 1.0)) if self.fit.op == "Gemm" else 1.0
+        self.beta = float(attr(self.node, "beta", 1.0)) if self.fit.op == "Gemm" else 1.0
+        k, n = self.w.shape[::-1] if self.trans else self.w.shape
+        self.groups, self.dim, self.outputs = 1, k, n
+        self.bias = self.b is not None and self.b.size == n
+        self.offset = None if self.b is None or self.bias else self.beta * self.b.astype(np.float64)
+
+    def w0(self) -> np.ndarray:
+        """The inherited weights as (blocks, dim + bias, outputs)."""
+        g, d, o = self.groups, self.dim, self.outputs
+        if self.fit.op == "Conv":
+            w = self.w.reshape(g, o, d).transpose(0, 2, 1)
+            b = self.b.reshape(g, 1, o) if self.bias else None
+        else:
+            w = self.alpha * (self.w.T if self.trans else self.w)[None]
+            b = self.beta * self.b.reshape(1, 1, o) if self.bias else None
+        w = w.astype(np.float64)
+        return np.concatenate([w, b.astype(np.float64)], axis=1) if b is not None else w
+
+    def sample(self, rng: np.random.Generator, images: int, positions: int) -> Positions:
+        if self.fit.op == "Conv":
+            return sample_positions(rng, images, self.y_shape[2], self.y_shape[3], positions)
+        rows = int(np.prod(self.x_shape[1:-1])) if len(self.x_shape) > 2 else 1
+        return sample_flat(rng, images, rows, positions)
+
+    def values(self, tensor: np.ndarray, where: Positions) -> np.ndarray:
+        return conv_targets(tensor, where) if self.fit.op == "Conv" else matmul_rows(tensor, where)
+
+    def rows(self, x: np.ndarray, target: np.ndarray, where: Positions) -> tuple[np.ndarray, np.ndarray]:
+        n, g = len(where), self.groups
+        if self.fit.op == "Conv":
+            xr = conv_rows(x, self.geom, where).reshape(n, g, self.dim)
+        else:
+            xr = matmul_rows(x, where).reshape(n, 1, self.dim)
+            if self.offset is not None:
+                target = target - np.broadcast_to(self.offset, target.shape)
+        if self.bias:
+            xr = np.concatenate([xr, np.ones((n, g, 1), xr.dtype)], axis=2)
+        return xr, target.reshape(n, g, self.outputs)
+
+    def weights(self, sol: np.ndarray) -> dict[str, np.ndarray]:
+        """New initializer values (same names, shapes and dtypes) from the solution."""
+        g, d, o = self.groups, self.dim, self.outputs
+        out: dict[str, np.ndarray] = {}
+        if self.fit.op == "Conv":
+            out[self.w_name] = sol[:, :d, :].transpose(0, 2, 1).reshape(self.w.shape)
+            if self.bias:
+                out[self.b_name] = sol[:, d, :].reshape(self.b.shape)
+        else:
+            w = sol[0, :d, :] / self.alpha
+            out[self.w_name] = w.T if self.trans else w
+            if self.bias:
+                out[self.b_name] = (sol[0, d, :] / self.beta).reshape(self.b.shape)
+        return {k: v.astype(self.w.dtype if k == self.w_name else self.b.dtype) for k, v in out.items()}
+
+
+def _target(fit: Fit, layer: _Layer, orig: Mapping[str, np.ndarray], comp: Mapping[str, np.ndarray],
+            where: Positions) -> np.ndarray:
+    """The original output at the kept channels, moved by the residual partner's error when there is one."""
+    def kept(values: np.ndarray) -> np.ndarray:
+        return values if fit.out_pos is None else values[:, fit.out_pos]
+
+    y = kept(layer.values(orig[fit.y], where)).astype(np.float64)
+    if fit.join is None:
+        return y
+    slope = fit.join.slope if fit.out_pos is None else fit.join.slope[fit.out_pos]
+    gap = kept(layer.values(orig[fit.join.other], where)) - layer.values(comp[fit.join.other], where)
+    safe = np.abs(slope) > 1e-12
+    return y + np.where(safe, gap / np.where(safe, slope, 1.0), 0.0)
+
+
+def _usable(plan: FitPlan, model: onnx.ModelProto, shapes) -> tuple[list[_Layer], list[tuple[str, str]]]:
+    """The fits whose weights are plain initializers read by that layer alone."""
+    inits = {t.name: t for t in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            uses[t] = uses.get(t, 0) + 1
+    by_output = {n.output[0]: n for n in model.graph.node if n.output}
+    layers, skipped = [], list(plan.skipped)
+    for fit in plan.fits:
+        node = by_output.get(fit.y)
+        tensors = [] if node is None else [t for t in node.input[1:] if t]
+        if node is None or any(t not in inits or uses.get(t, 0) > 1 for t in tensors):
+            skipped.append((fit.name, "its weights are shared with another layer or not stored as initializers"))
+            continue
+        layers.append(_Layer(fit, node, inits, shapes))
+    return layers, skipped
+
+
+def _wave(layers: list[_Layer], original: onnx.ModelProto, model: onnx.ModelProto, batches, analysis: Analysis,
+          options: ReconstructOptions, index: Mapping[str, int], bar) -> tuple[list[NormalEquations], int]:
+    """One pass over the data: the normal equations of every layer of this wave."""
+    name, dynamic = analysis.loaded.input.name, analysis.loaded.batch_dynamic
+    joins = [layer.fit.join.other for layer in layers if layer.fit.join is not None]
+    orig = Probe(original, [layer.fit.y for layer in layers] + joins, input_name=name, dynamic=dynamic)
+    comp = Probe(model, [layer.fit.x for layer in layers] + joins, input_name=name, dynamic=dynamic)
+    eqs = [NormalEquations(layer.groups, layer.dim + layer.bias, layer.outputs) for layer in layers]
+    images = 0
+    for b, batch in enumerate(batches()):
+        o, c = orig.run(batch), comp.run(batch)
+        for layer, eq in zip(layers, eqs):
+            rng = np.random.default_rng([options.seed, index[layer.fit.name], b])
+            where = layer.sample(rng, batch.shape[0], options.positions)
+            eq.add(*layer.rows(c[layer.fit.x], _target(layer.fit, layer, o, c, where), where))
+        images += batch.shape[0]
+        if bar is not None:
+            bar.update(batch.shape[0])
+    return eqs, images
+
+
+def _write(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> None:
+    for tensor in model.graph.initializer:
+        if tensor.name in values:
+            tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values[tensor.name]), tensor.name))
+
+
+def reconstruct(analysis: Analysis, layouts: Mapping[str, Layout], consts: Mapping[str, np.ndarray],
+                compact: onnx.ModelProto, options: ReconstructOptions) -> Reconstruction:
+    """``compact`` with the layers behind every cut re-fitted to the original's outputs (a new proto)."""
+    if options.positions < 1 or options.ridge < 0:
+        raise MBSError("reconstruction needs positions >= 1 and ridge >= 0 — fix the options")
+    began = time.perf_counter()
+    plan = plan_fits(analysis, layouts, consts)
+    model = copy.deepcopy(compact)
+    layers, skipped = _usable(plan, model, analysis.loaded.shapes)
+    batches = open_batches(analysis.loaded.input, options.data, dynamic=analysis.loaded.batch_dynamic)
+    index = {f.name: i for i, f in enumerate(plan.fits)}
+    reports, images = [], 0
+    waves = sorted({layer.fit.wave for layer in layers})
+    for wave in waves:
+        members = [layer for layer in layers if layer.fit.wave == wave]
+        bar = progress_bar(options.progress, total=None, unit="img", desc=f"reconstruct {wave + 1}/{len(waves)}")
+        eqs, images = _wave(members, analysis.loaded.model, model, batches, analysis, options, index, bar)
+        if bar is not None:
+            bar.close()
+        values: dict[str, np.ndarray] = {}
+        for layer, eq in zip(members, eqs):
+            w0 = layer.w0()
+            sol = eq.solve(w0, options.ridge)
+            values.update(layer.weights(sol))
+            reports.append(LayerReport(layer.fit.name, layer.fit.op, wave, eq.rows, eq.residual(w0),
+                                       eq.residual(sol), layer.fit.join is not None))
+            logger.info("reconstruct %s: error %.4g -> %.4g (%d rows)", layer.fit.name, reports[-1].error_inherited,
+                        reports[-1].error_fitted, eq.rows)
+        _write(model, values)
+    if skipped:
+        logger.warning("%d layer(s) keep inherited weights: %s", len(skipped),
+                       ", ".join(f"{n} ({why})" for n, why in skipped[:5]))
+    return Reconstruction(model=model, layers=tuple(reports), skipped=tuple(skipped), images=images,
+                          waves=len(waves), seconds=time.perf_counter() - began, positions=options.positions,
+                          ridge=options.ridge)
