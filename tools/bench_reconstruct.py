@@ -1,0 +1,96 @@
+"""Benchmark: least-squares reconstruction of a zoo ResNet-50 at 224x224 — seconds and peak RSS,
+and whether memory grows with the number of images.
+
+Exports ResNet-50 from the zoo once (random weights; into ``artifacts/bench/``), plans it at k = 1
+on 8 noise images, writes ``--images`` noise images as PNG files (read one at a time, like any
+image folder), then runs ``onnxmbs compact --reconstruct`` on the first 64 and on all of them, each
+in a fresh interpreter, plus one plain ``compact`` (no reconstruction) as the baseline. Peak RSS
+is the child's ``VmHWM``. Prints the figures and the ratio peak(256) / peak(64) measured in this run.
+
+Usage:  python tools/bench_reconstruct.py [--images 64 256] [--positions 32] [--batch-size 16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CHILD = """
+import json, sys, time
+from onnxmbs.cli import main
+began = time.perf_counter()
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code or 0
+else:
+    code = 0
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+print(json.dumps({"seconds": time.perf_counter() - began, "peak_mb": peak, "code": code}), file=sys.stderr)
+"""
+
+
+def child(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, *args], cwd=ROOT, capture_output=True, text=True)
+    stats = json.loads(proc.stderr.strip().splitlines()[-1])
+    if stats["code"]:
+        raise SystemExit(f"onnxmbs {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    stats["output"] = proc.stdout
+    return stats
+
+
+def noise_folder(folder: Path, count: int) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        path = folder / f"{i:04d}.png"
+        if not path.exists():
+            pixels = np.random.default_rng([7, i]).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(path)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--positions", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--cache", type=Path, default=ROOT / "artifacts" / "bench")
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    model = args.cache / "resnet50_torch_224.onnx"
+    if not model.exists():
+        from onnxmbs.zoo import export
+
+        export("resnet50", model, framework="torch", input_size=224)
+    plan = args.cache / "resnet50_plan_k1.json"
+    if not plan.exists():
+        child(["plan", str(model), "--synthetic", "8", "-o", str(plan)])
+    data = noise_folder(args.cache / "noise224", max(args.images))
+    base = child(["compact", str(model), "--plan", str(plan), "-o", str(args.cache / "r50_inherited.onnx"),
+                  "--repeats", "0"])
+    print(f"compact without reconstruction: {base['seconds']:.1f} s, peak RSS {base['peak_mb']:.0f} MB")
+    runs = {}
+    for n in args.images:
+        out = args.cache / f"r50_rec_{n}.onnx"
+        runs[n] = child(["compact", str(model), "--plan", str(plan), "-o", str(out), "--repeats", "0",
+                         "--reconstruct", "--data", str(data), "--max-images", str(n), "--no-progress",
+                         "--positions", str(args.positions), "--batch-size", str(args.batch_size)])
+        rec = json.loads(Path(str(out) + ".json").read_text())["reconstruction"]
+        print(f"reconstruct on {n} images: {runs[n]['seconds']:.1f} s (reconstruction {rec['seconds']:.1f} s, "
+              f"{len(rec['layers'])} layers in {rec['waves']} waves), peak RSS {runs[n]['peak_mb']:.0f} MB")
+    lo, hi = min(args.images), max(args.images)
+    print(f"peak RSS {hi} / {lo} images: x{runs[hi]['peak_mb'] / runs[lo]['peak_mb']:.3f}; "
+          f"time x{runs[hi]['seconds'] / runs[lo]['seconds']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
