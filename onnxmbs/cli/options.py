@@ -151,3 +151,33 @@ round_to_option = click.option("--round-to", type=click.IntRange(min=1), default
                                help="Round compact widths up to a multiple of N.")
 
 
+def labelled_options(fn: Callable) -> Callable:
+    """Options of the commands that measure accuracy on labelled data (evaluate, blocks)."""
+    options = [
+        click.option("--data", required=True, type=click.Path(),
+                     help="Labelled images: a .npz (images + labels) or a folder with one sub-folder per class."),
+        click.option("--classes", type=click.Path(dir_okay=False), default=None,
+                     help="Class folder names, one a line, in class-index order (default: sorted folder names)."),
+        click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default="imagenet",
+                     show_default=True, help="Normalisation of images/uint8 arrays."),
+        click.option("--mean", type=Floats(), default=None, help="Explicit per-channel mean in [0,1] units."),
+        click.option("--std", type=Floats(), default=None, help="Explicit per-channel std in [0,1] units."),
+        click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--provider", default="cpu", show_default=True,
+                     help="onnxruntime provider: cpu, cuda or auto (CUDA when it really works)."),
+        input_shape_option,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def open_labelled_data(loaded: Any, *, data: str, classes: str | None, preprocess: str, mean, std,
+                       max_images: int | None) -> Any:
+    """The labelled data of ``labelled_options`` for a loaded model's input."""
+    from onnxmbs.stats.labelled import open_labelled
+    from onnxmbs.stats.preprocess import make_preprocess
+
+    return open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout, classes=classes,
+                         preprocess=make_preprocess(preprocess, mean=mean, std=std), max_images=max_images)
