@@ -11,7 +11,6 @@ from graphs import GraphBuilder
 from onnx import numpy_helper
 
 from onnxmbs.cli.compact import compact as compact_cmd
-from onnxmbs.compact.activations import DataOptions
 from onnxmbs.compact.fits import plan_fits
 from onnxmbs.compact.index import tensor_layouts
 from onnxmbs.compact.ranking import eliminate
@@ -23,6 +22,7 @@ from onnxmbs.graph.load import load_model
 from onnxmbs.planning.pipeline import plan_from_statistics
 from onnxmbs.planning.planner import summarize
 from onnxmbs.planning.scaling import param_specs
+from onnxmbs.stats.measure import CalibrationOptions
 
 SHAPE = ("N", 3, 12, 12)
 
@@ -54,7 +54,7 @@ def dependent_conv(g: GraphBuilder, x: str, cin: int, kept: int, dropped: int, *
 def cut_plan(model: onnx.ModelProto, widths: dict[str, int]) -> tuple[dict, object]:
     """The identity plan with the groups produced by the named convs cut to the given widths."""
     analysis = analyze(model)
-    doc = plan_from_statistics(analysis, None, z=1e6).document
+    doc = plan_from_statistics(analysis, None, z=1e6).document.to_json()
     chosen = {g.id: widths[p] for g in analysis.channels.groups for p in g.producers if p in widths}
     for entry in doc["groups"]:
         entry["compact_channels"] = chosen.get(entry["id"], entry["channels"])
@@ -64,7 +64,7 @@ def cut_plan(model: onnx.ModelProto, widths: dict[str, int]) -> tuple[dict, obje
 
 
 def options(data: np.ndarray, *, ridge: float = 0.0, positions: int = 64) -> ReconstructOptions:
-    return ReconstructOptions(data=DataOptions(data=data, preprocess=None, batch_size=8), positions=positions,
+    return ReconstructOptions(data=CalibrationOptions(data=data, preprocess=None, batch_size=8), positions=positions,
                               ridge=ridge)
 
 

@@ -150,7 +150,7 @@ def prove_model(name: str, torch_model, onnx_path: Path, split, args, out: Path)
              "finetuned": finetune(onnx.load(str(onnx_path)), split, args.epochs) if args.epochs else None}]
     log.info("%s", rows[-1])
     for k in args.ks:
-        plan = plan_model(onnx_path, data=split.x_train, preprocess="raw", k=k).document
+        plan = plan_model(onnx_path, data=split.x_train, preprocess="raw", k=k).document.to_json()
         plan_path = out / f"{name}_plan_k{k}.json"
         plan_path.write_text(json.dumps(plan))
         for select in SELECTS:

@@ -72,11 +72,11 @@ def reconstruction_text(rec) -> str:
 
 
 def _reconstruct_options(data, preprocess, mean, std, max_images, batch_size, positions, ridge, seed, progress):
-    from onnxmbs.compact.writer import DataOptions, ReconstructOptions
+    from onnxmbs.compact.writer import CalibrationOptions, ReconstructOptions
 
-    options = DataOptions(data=data, preprocess=preprocess, mean=mean, std=std, max_images=max_images,
-                          batch_size=batch_size)
-    return options, ReconstructOptions(data=options, positions=positions, ridge=ridge, seed=seed, progress=progress)
+    options = CalibrationOptions(data=data, preprocess=preprocess, mean=mean, std=std, max_images=max_images,
+                                 batch_size=batch_size, progress=progress, seed=seed)
+    return options, ReconstructOptions(data=options, positions=positions, ridge=ridge, seed=seed)
 
 
 @click.command()

@@ -23,13 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 
-from onnxmbs.compact.activations import DataOptions, Probe, open_batches
+from onnxmbs.compact.activations import Probe, open_batches
 from onnxmbs.compact.index import group_offsets, identity_layouts
 from onnxmbs.compact.sampling import conv_geometry, conv_rows, matmul_rows, sample_flat, sample_positions
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.graph.shapes import attr, node_names
 from onnxmbs.progress import progress_bar
+from onnxmbs.stats.measure import CalibrationOptions
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +132,12 @@ def eliminate(gram: np.ndarray) -> np.ndarray:
     return score
 
 
-def greedy_scores(analysis: Analysis, widths: Mapping[int, int], data: DataOptions, *, positions: int = 32,
-                  seed: int = 0, progress: bool | None = None) -> dict[int, np.ndarray]:
-    """Score per channel of every cut group (see the module doc); groups nobody reads are left out."""
+def greedy_scores(analysis: Analysis, model: onnx.ModelProto, widths: Mapping[int, int], data: CalibrationOptions,
+                  *, positions: int = 32, seed: int = 0) -> dict[int, np.ndarray]:
+    """Score per channel of every cut group (see the module doc); groups nobody reads are left out.
+
+    ``model`` is the model as the user gave it (its batch size as in the file), ``analysis`` its analysis.
+    """
     cut = {g.id for g in analysis.channels.groups if widths[g.id] < g.channels}
     consumers = _consumers(analysis, cut)
     if not consumers:
@@ -140,9 +145,9 @@ def greedy_scores(analysis: Analysis, widths: Mapping[int, int], data: DataOptio
     sizes = {g.id: g.channels for g in analysis.channels.groups}
     grams = {g: np.zeros((sizes[g], sizes[g])) for g in {m[0] for c in consumers for m in c.members}}
     loaded = analysis.loaded
-    probe = Probe(loaded.model, [c.x for c in consumers], input_name=loaded.input.name, dynamic=loaded.batch_dynamic)
+    probe = Probe(model, [c.x for c in consumers], input_name=loaded.input.name, provider=data.provider)
     scales: dict[str, float] = {}
-    bar = progress_bar(progress, total=None, unit="img", desc="channel ranking")
+    bar = progress_bar(data.progress, total=None, unit="img", desc="channel ranking")
     for b, batch in enumerate(open_batches(loaded.input, data, dynamic=loaded.batch_dynamic)()):
         values = probe.run(batch)
         for k, c in enumerate(consumers):

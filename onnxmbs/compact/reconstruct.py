@@ -18,14 +18,14 @@ import copy
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxmbs.compact.activations import DataOptions, Probe, open_batches
+from onnxmbs.compact.activations import Probe, open_batches
 from onnxmbs.compact.fits import Fit, FitPlan, plan_fits
 from onnxmbs.compact.index import Layout
 from onnxmbs.compact.lsq import NormalEquations
@@ -35,17 +35,18 @@ from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.graph.shapes import attr
 from onnxmbs.progress import progress_bar
+from onnxmbs.stats.counting import choose_provider
+from onnxmbs.stats.measure import CalibrationOptions
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ReconstructOptions:
-    data: DataOptions
+    data: CalibrationOptions  # images, preprocessing, batch size, provider, progress bars
     positions: int = 32  # sampled output positions per image and layer
     ridge: float = 1e-3  # λ, relative to the mean diagonal of xᵀx
     seed: int = 0
-    progress: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -195,13 +196,13 @@ def _usable(plan: FitPlan, model: onnx.ModelProto, shapes) -> tuple[list[_Layer]
     return layers, skipped
 
 
-def _wave(layers: list[_Layer], original: onnx.ModelProto, model: onnx.ModelProto, batches, analysis: Analysis,
+def _wave(layers: list[_Layer], original: onnx.ModelProto, model: onnx.ModelProto, batches, name: str,
           options: ReconstructOptions, index: Mapping[str, int], bar) -> tuple[list[NormalEquations], int]:
     """One pass over the data: the normal equations of every layer of this wave."""
-    name, dynamic = analysis.loaded.input.name, analysis.loaded.batch_dynamic
+    provider = options.data.provider
     joins = [layer.fit.join.other for layer in layers if layer.fit.join is not None]
-    orig = Probe(original, [layer.fit.y for layer in layers] + joins, input_name=name, dynamic=dynamic)
-    comp = Probe(model, [layer.fit.x for layer in layers] + joins, input_name=name, dynamic=dynamic)
+    orig = Probe(original, [layer.fit.y for layer in layers] + joins, input_name=name, provider=provider)
+    comp = Probe(model, [layer.fit.x for layer in layers] + joins, input_name=name, provider=provider)
     eqs = [NormalEquations(layer.groups, layer.dim + layer.bias, layer.outputs) for layer in layers]
     images = 0
     for b, batch in enumerate(batches()):
@@ -223,10 +224,15 @@ def _write(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> None:
 
 
 def reconstruct(analysis: Analysis, layouts: Mapping[str, Layout], consts: Mapping[str, np.ndarray],
-                compact: onnx.ModelProto, options: ReconstructOptions) -> Reconstruction:
-    """``compact`` with the layers behind every cut re-fitted to the original's outputs (a new proto)."""
+                original: onnx.ModelProto, compact: onnx.ModelProto, options: ReconstructOptions) -> Reconstruction:
+    """``compact`` with the layers behind every cut re-fitted to ``original``'s outputs (a new proto).
+
+    ``original`` is the model as the user gave it (its input's batch size as in the file), ``analysis``
+    its analysis, ``layouts``/``consts`` what the channel surgery used.
+    """
     if options.positions < 1 or options.ridge < 0:
         raise MBSError("reconstruction needs positions >= 1 and ridge >= 0 — fix the options")
+    options = replace(options, data=replace(options.data, provider=choose_provider(options.data.provider)))
     began = time.perf_counter()
     plan = plan_fits(analysis, layouts, consts)
     model = copy.deepcopy(compact)
@@ -237,8 +243,9 @@ def reconstruct(analysis: Analysis, layouts: Mapping[str, Layout], consts: Mappi
     waves = sorted({layer.fit.wave for layer in layers})
     for wave in waves:
         members = [layer for layer in layers if layer.fit.wave == wave]
-        bar = progress_bar(options.progress, total=None, unit="img", desc=f"reconstruct {wave + 1}/{len(waves)}")
-        eqs, images = _wave(members, analysis.loaded.model, model, batches, analysis, options, index, bar)
+        bar = progress_bar(options.data.progress, total=None, unit="img",
+                           desc=f"reconstruct {wave + 1}/{len(waves)}")
+        eqs, images = _wave(members, original, model, batches, analysis.loaded.input.name, options, index, bar)
         if bar is not None:
             bar.close()
         values: dict[str, np.ndarray] = {}

@@ -25,7 +25,6 @@ from onnxmbs.graph.analysis import Analysis, analyze
 from onnxmbs.compact.check import Latency, measure_latency, verify
 from onnxmbs.compact.graph import Rebuilt, forwarded_constants, rebuild
 from onnxmbs.compact.index import Layout, compact_shape, identity_layouts, tensor_layouts
-from onnxmbs.compact.activations import DataOptions
 from onnxmbs.compact.ranking import greedy_scores
 from onnxmbs.compact.reconstruct import Reconstruction, ReconstructOptions, reconstruct as refit
 from onnxmbs.compact.select import SELECT, Selection, select_channels
@@ -33,7 +32,8 @@ from onnxmbs.compact.surgery import SURGERY_RULES, Ctx, Edits, reinitialise
 from onnxmbs.graph.costs import param_tensors
 from onnxmbs.errors import MBSError
 from onnxmbs.files import write_atomic, write_json
-from onnxmbs.planning.document import SCHEMA, read_plan
+from onnxmbs.planning.document import PlanDocument, as_plan
+from onnxmbs.stats.measure import CalibrationOptions
 from onnxmbs.graph.shapes import node_names
 
 logger = logging.getLogger(__name__)
@@ -85,15 +85,6 @@ class CompactResult:
         }
 
 
-def _plan_dict(plan: str | Path | Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(plan, Mapping):
-        if plan.get("schema") != SCHEMA:
-            raise MBSError(f"the plan is not an onnxmbs plan (schema {SCHEMA!r} expected) — pass a plan from "
-                           "`onnxmbs plan`")
-        return plan
-    return read_plan(plan)
-
-
 def _source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, int]:
     """The proto, its bytes with all weights inside (for onnxruntime), and the file's size."""
     if isinstance(model, onnx.ModelProto):
@@ -106,30 +97,26 @@ def _source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes
     return proto, proto.SerializeToString(), path.stat().st_size
 
 
-def _input_shape(plan: Mapping[str, Any], given: tuple[int, ...] | None) -> tuple[int, ...] | None:
+def _input_shape(plan: PlanDocument, given: tuple[int, ...] | None) -> tuple[int, ...] | None:
     if given is not None:
         return tuple(given)
-    shape = plan.get("model", {}).get("shape")
-    return tuple(int(d) for d in shape[1:]) if isinstance(shape, list) and len(shape) == 4 else None
+    shape = plan.model.shape
+    return tuple(int(d) for d in shape[1:]) if len(shape) == 4 else None
 
 
-def check_plan(plan: Mapping[str, Any], analysis: Analysis, *, force: bool = False) -> dict[int, int]:
+def check_plan(plan: PlanDocument, analysis: Analysis, *, force: bool = False) -> dict[int, int]:
     """The compact width of every group, after checking the plan belongs to this model."""
-    digest = plan.get("model", {}).get("sha256")
+    digest = plan.model.sha256
     if digest != analysis.loaded.sha256 and not force:
         raise MBSError(f"the plan was made for another model file (sha256 {str(digest)[:12]}…, this model "
                        f"{analysis.loaded.sha256[:12]}…) — re-run `onnxmbs plan` on this model, or pass --force")
-    try:
-        entries = {int(g["id"]): g for g in plan["groups"]}
-        if len(entries) != len(analysis.channels.groups):
-            raise ValueError(f"{len(entries)} groups in the plan, {len(analysis.channels.groups)} in the model")
-        widths = {gid: int(entries[gid]["compact_channels"]) for gid in (g.id for g in analysis.channels.groups)}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MBSError(f"the plan's groups do not match this model ({type(exc).__name__}: {exc}) — "
-                       "re-run `onnxmbs plan` on this model") from None
+    entries = {g.id: g for g in plan.groups}
+    if set(entries) != {g.id for g in analysis.channels.groups}:
+        raise MBSError(f"the plan's groups do not match this model ({len(entries)} groups in the plan, "
+                       f"{len(analysis.channels.groups)} in the model) — re-run `onnxmbs plan` on this model")
     for g in analysis.channels.groups:
-        _check_group(g, int(entries[g.id].get("channels", -1)), widths[g.id])
-    return widths
+        _check_group(g, entries[g.id].channels, entries[g.id].compact_channels)
+    return {g.id: entries[g.id].compact_channels for g in analysis.channels.groups}
 
 
 def _check_group(g, planned: int, width: int) -> None:
@@ -175,7 +162,7 @@ def _options(weights: str, select: str, reconstruct: ReconstructOptions | None) 
         raise MBSError("reconstruction starts from the inherited weights — use weights='inherit' with it")
 
 
-def _build(analysis: Analysis, proto: onnx.ModelProto, plan: Mapping[str, Any], widths: Mapping[int, int], *,
+def _build(analysis: Analysis, proto: onnx.ModelProto, plan: PlanDocument, widths: Mapping[int, int], *,
            weights: str, select: str, seed: int, scores: Mapping[int, np.ndarray] | None = None) -> _Built:
     ids = identity_layouts(analysis)
     chosen = select_channels(analysis, plan, widths, ids, select=select, scores=scores)
@@ -199,10 +186,10 @@ class _Built:
     consts: Mapping[str, np.ndarray]
 
 
-def compact_model(model: str | Path | onnx.ModelProto, plan: str | Path | Mapping[str, Any], *,
+def compact_model(model: str | Path | onnx.ModelProto, plan: PlanDocument | str | Path | Mapping[str, Any], *,
                   weights: str = "inherit", select: str = "nonzero", input_shape: tuple[int, ...] | None = None,
                   force: bool = False, seed: int = 0, latency_repeats: int = 0, threads: int = 1,
-                  reconstruct: ReconstructOptions | None = None, data: DataOptions | None = None) -> CompactResult:
+                  reconstruct: ReconstructOptions | None = None, data: CalibrationOptions | None = None) -> CompactResult:
     """The compact model of ``model`` under ``plan``, verified; ``model`` itself is never modified.
 
     ``reconstruct``: re-fit the layers behind every cut to the original's outputs on its data
@@ -210,29 +197,28 @@ def compact_model(model: str | Path | onnx.ModelProto, plan: str | Path | Mappin
     (default: the reconstruction's data).
     """
     _options(weights, select, reconstruct)
-    doc = _plan_dict(plan)
+    doc = as_plan(plan)
     proto, data_bytes, size = _source(model)
     analysis = analyze(model, input_shape=_input_shape(doc, input_shape))
     widths = check_plan(doc, analysis, force=force)
     scores = None
     if select == "greedy":
-        scores = greedy_scores(analysis, widths, _selection_data(data, reconstruct), seed=seed,
-                               progress=reconstruct.progress if reconstruct else None)
+        scores = greedy_scores(analysis, proto, widths, _selection_data(data, reconstruct), seed=seed)
     parts = _build(analysis, proto, doc, widths, weights=weights, select=select, seed=seed, scores=scores)
     built, rebuilt = parts.rebuilt, None
     if reconstruct is not None:
-        rebuilt = refit(analysis, parts.layouts, parts.consts, built.model, reconstruct)
+        rebuilt = refit(analysis, parts.layouts, parts.consts, proto, built.model, reconstruct)
         built = Rebuilt(model=rebuilt.model, copies=built.copies, extra_params=built.extra_params)
     if parts.inexact and weights == "inherit" and rebuilt is None:
         logger.warning("inherited weights of %d grouped conv(s) are approximate (kept channels cross their "
                        "groups): %s — retrain or fine-tune", len(parts.inexact), ", ".join(parts.inexact[:5]))
     costs, predicted = _verified(analysis, built, data_bytes, doc, parts.expected)
-    loaded, summary = analysis.loaded, doc.get("summary", {})
+    loaded = analysis.loaded
     compact_bytes = built.model.SerializeToString()
     latency = (measure_latency(data_bytes, compact_bytes, loaded.input, batch=loaded.input.shape[0],
                                repeats=latency_repeats, threads=threads) if latency_repeats > 0 else None)
     return CompactResult(
-        model=built.model, params=int(summary.get("params", analysis.shapes.params)), params_predicted=predicted,
+        model=built.model, params=doc.summary.params, params_predicted=predicted,
         params_compact=costs.params, flops=analysis.shapes.flops, flops_compact=costs.flops,
         bytes_original=size, bytes_compact=len(compact_bytes),
         widths={g.id: (g.channels, widths[g.id]) for g in analysis.channels.groups},
@@ -241,7 +227,7 @@ def compact_model(model: str | Path | onnx.ModelProto, plan: str | Path | Mappin
         select=select, latency=latency, reconstruction=rebuilt)
 
 
-def _selection_data(data: DataOptions | None, reconstruct: ReconstructOptions | None) -> DataOptions:
+def _selection_data(data: CalibrationOptions | None, reconstruct: ReconstructOptions | None) -> CalibrationOptions:
     if data is not None:
         return data
     if reconstruct is not None:
@@ -249,13 +235,13 @@ def _selection_data(data: DataOptions | None, reconstruct: ReconstructOptions | 
     raise MBSError("select='greedy' ranks channels on calibration images — pass data (--data PATH)")
 
 
-def _verified(analysis: Analysis, built: Rebuilt, data_bytes: bytes, doc: Mapping[str, Any],
+def _verified(analysis: Analysis, built: Rebuilt, data_bytes: bytes, doc: PlanDocument,
               expected: Mapping[str, tuple[int, ...]]):
     loaded = analysis.loaded
     batch = 2 if loaded.batch_dynamic else loaded.input.shape[0]
     costs = verify(built.model, data_bytes, loaded.input, batch=batch, input_shape=loaded.input.shape,
                    expected=expected)
-    predicted = int(doc.get("summary", {}).get("params_compact", costs.params))
+    predicted = doc.summary.params_compact
     if costs.params != predicted + built.extra_params:
         raise MBSError(f"the compact model has {costs.params:,} parameters, the plan predicted {predicted:,}"
                        f"{f' + {built.extra_params:,} in copied shared tensors' if built.extra_params else ''} — "
@@ -268,11 +254,12 @@ def sidecar_path(output: str | Path) -> Path:
     return output.with_name(output.name + ".json")
 
 
-def write_compact(model: str | Path | onnx.ModelProto, plan: str | Path | Mapping[str, Any], output: str | Path, *,
+def write_compact(model: str | Path | onnx.ModelProto, plan: PlanDocument | str | Path | Mapping[str, Any],
+                  output: str | Path, *,
                   weights: str = "inherit", select: str = "nonzero", input_shape: tuple[int, ...] | None = None,
                   force: bool = False, seed: int = 0, latency_repeats: int = 5, threads: int = 1,
                   sidecar: bool = True, reconstruct: ReconstructOptions | None = None,
-                  data: DataOptions | None = None) -> CompactResult:
+                  data: CalibrationOptions | None = None) -> CompactResult:
     """:func:`compact_model`, then write the ONNX file (and ``<output>.json``) atomically."""
     result = compact_model(model, plan, weights=weights, select=select, input_shape=input_shape, force=force,
                            seed=seed, latency_repeats=latency_repeats, threads=threads, reconstruct=reconstruct,
@@ -284,5 +271,5 @@ def write_compact(model: str | Path | onnx.ModelProto, plan: str | Path | Mappin
     return result
 
 
-__all__ = ["CompactResult", "DataOptions", "Latency", "ReconstructOptions", "check_plan", "compact_model", "sidecar_path", "write_compact", "WEIGHTS",
+__all__ = ["CalibrationOptions", "CompactResult", "Latency", "ReconstructOptions", "check_plan", "compact_model", "sidecar_path", "write_compact", "WEIGHTS",
            "SELECT"]
