@@ -169,21 +169,46 @@ def test_greedy_elimination_keeps_what_cannot_be_rebuilt():
     assert scores[2] > min(scores[0], scores[1], scores[3])
 
 
-def test_greedy_selection_and_reconstruction_from_the_cli(tmp_path):
+def add_mean_head(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its (N, C, H, W) output averaged to (N, C) class scores."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    out = model.graph.output[0]
+    model.graph.node.append(onnx.helper.make_node("ReduceMean", [out.name], ["scores"], axes=[2, 3], keepdims=0))
+    del model.graph.output[:]
+    model.graph.output.append(onnx.helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["N", 6]))
+    return model
+
+
+def test_greedy_selection_reconstruction_and_accuracy_from_the_cli(tmp_path):
     model = linear_graph()
     doc, _ = cut_plan(model, {"producer": 4})
     (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
     (tmp_path / "plan.json").write_text(json.dumps(doc))
     np.save(tmp_path / "x.npy", images(16))
+    held = images(20, seed=4)
+    scores = run(model, held).mean(axis=(2, 3))  # labels: the original's own class (mean over positions)
+    labels = scores.argmax(1)
+    labels[:5] = (labels[:5] + 1) % scores.shape[1]  # 5 of 20 wrong: the original scores 75 %
+    model = add_mean_head(model)
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    doc, _ = cut_plan(model, {"producer": 4})
+    (tmp_path / "plan.json").write_text(json.dumps(doc))
+    np.savez(tmp_path / "eval.npz", x=held, y=labels)
     out = tmp_path / "c.onnx"
     res = CliRunner().invoke(compact_cmd, [str(tmp_path / "m.onnx"), "--plan", str(tmp_path / "plan.json"),
                                            "-o", str(out), "--reconstruct", "--select", "greedy", "--data",
                                            str(tmp_path / "x.npy"), "--preprocess", "raw", "--repeats", "0",
-                                           "--ridge", "0"])
+                                           "--ridge", "0", "--eval-data", str(tmp_path / "eval.npz")])
     assert res.exit_code == 0, res.output
     assert "reconstruct 1 layer(s) re-fitted" in res.output
+    assert "top-1 75.00% -> 75.00% (+0.00 points); same prediction on 100.00% of 20" in res.output
     record = json.loads((tmp_path / "c.onnx.json").read_text())
     assert record["select"] == "greedy" and record["reconstruction"]["layers"][0]["name"] == "consumer"
+    assert record["accuracy"]["original"]["top1"] == 0.75 and record["accuracy"]["compact"]["agreement"] == 1.0
+    same = CliRunner().invoke(compact_cmd, [str(tmp_path / "m.onnx"), "--plan", str(tmp_path / "plan.json"),
+                                            "-o", str(tmp_path / "e.onnx"), "--reconstruct", "--data",
+                                            str(tmp_path / "eval.npz"), "--eval-data", str(tmp_path / "eval.npz")])
+    assert same.exit_code == 2 and "did not see" in same.output
     compact = onnx.load(str(out))
     held = images(4, seed=3)
     assert relative_error(run(compact, held), run(model, held)) < 1e-4  # greedy kept a spanning set

@@ -4,6 +4,7 @@ Exit codes: 0 success, 1 the model/plan is at fault (one line), 2 usage errors.
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import click
@@ -49,6 +50,8 @@ def compact_text(result: CompactResult, output: str) -> str:
     rec = result.reconstruction
     if rec is not None:
         lines.append(reconstruction_text(rec))
+    if result.accuracy is not None:
+        lines.append(accuracy_text(result.accuracy))
     if result.inexact and rec is None:
         lines.append(f"note        inherited weights of {len(result.inexact)} grouped conv(s) are approximate "
                      f"(kept channels cross their groups): {', '.join(result.inexact[:3])} — fine-tune")
@@ -71,12 +74,25 @@ def reconstruction_text(rec) -> str:
     return text
 
 
+def accuracy_text(acc) -> str:
+    """Measured top-1 of original and compact, and their agreement."""
+    o, c = acc.original, acc.compact
+    return (f"accuracy    top-1 {o.top1:.2%} -> {c.top1:.2%} ({100 * (c.top1 - o.top1):+.2f} points); "
+            f"same prediction on {c.agreement:.2%} of {c.images} labelled images")
+
+
 def _reconstruct_options(data, preprocess, mean, std, max_images, batch_size, positions, ridge, seed, progress):
     from onnxmbs.compact.writer import CalibrationOptions, ReconstructOptions
 
     options = CalibrationOptions(data=data, preprocess=preprocess, mean=mean, std=std, max_images=max_images,
                                  batch_size=batch_size, progress=progress, seed=seed)
     return options, ReconstructOptions(data=options, positions=positions, ridge=ridge, seed=seed)
+
+
+def _evaluation(path: str, preprocess: str, mean, std):
+    from onnxmbs.compact.writer import CalibrationOptions
+
+    return CalibrationOptions(data=path, preprocess=preprocess, mean=mean, std=std, batch_size=64, provider="cpu")
 
 
 @click.command()
@@ -111,12 +127,17 @@ def _reconstruct_options(data, preprocess, mean, std, max_images, batch_size, po
 @click.option("--ridge", type=click.FloatRange(min=0), default=1e-3, show_default=True,
               help="Ridge strength towards the inherited weights, relative to the data's scale.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
+@click.option("--eval-data", type=click.Path(exists=True), default=None,
+              help="Labelled images (a .npz with labels, or one folder per class) to measure the top-1 of original "
+                   "and compact and their agreement; use images that --data does not hold.")
+@click.option("--classes", type=click.Path(dir_okay=False), default=None,
+              help="Class folder names of --eval-data, one a line, in class-index order (default: sorted).")
 @input_shape_option
 @clean_errors
 def compact(model: str, plan_path: str, output: str, weights: str, select: str, force: bool, seed: int,
             repeats: int, threads: int, reconstruct: bool, data: str | None, preprocess: str, mean, std,
             max_images: int | None, batch_size: int, positions: int, ridge: float, progress: bool | None,
-            input_shape) -> None:
+            eval_data: str | None, classes: str | None, input_shape) -> None:
     """Write the compact ONNX model of a plan: real channel surgery, checked, timed."""
     from onnxmbs.compact.writer import write_compact
 
@@ -125,9 +146,13 @@ def compact(model: str, plan_path: str, output: str, weights: str, select: str, 
         raise click.UsageError("--reconstruct and --select greedy need calibration images: add --data PATH")
     if reconstruct and weights != "inherit":
         raise click.UsageError("--reconstruct starts from the inherited weights; drop --weights random")
+    if eval_data is not None and data is not None and os.path.realpath(eval_data) == os.path.realpath(data):
+        raise click.UsageError("--eval-data is --data: measure on images the reconstruction did not see")
     options, rec = _reconstruct_options(data, preprocess, mean, std, max_images, batch_size, positions, ridge, seed,
                                         progress) if data is not None else (None, None)
+    evaluation = _evaluation(eval_data, preprocess, mean, std) if eval_data is not None else None
     result = write_compact(model, plan_path, output, weights=weights, select=select, input_shape=input_shape,
                            force=force, seed=seed, latency_repeats=repeats, threads=threads,
-                           reconstruct=rec if reconstruct else None, data=options)
+                           reconstruct=rec if reconstruct else None, data=options, evaluation=evaluation,
+                           classes=classes)
     click.echo(compact_text(result, output))

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from onnxmbs.graph.analysis import Analysis, analyze
+from onnxmbs.compact.accuracy import AccuracyCheck, check_accuracy
 from onnxmbs.compact.check import Latency, measure_latency, verify
 from onnxmbs.compact.graph import Rebuilt, forwarded_constants, rebuild
 from onnxmbs.compact.index import Layout, compact_shape, identity_layouts, tensor_layouts
@@ -60,12 +61,15 @@ class CompactResult:
     select: str
     latency: Latency | None = None
     reconstruction: Reconstruction | None = None
+    accuracy: AccuracyCheck | None = None
 
     def record(self) -> dict[str, Any]:
         """The JSON sidecar: counts, sizes, latency, the kept channels of every cut group (and the reconstruction)."""
         doc = self._counts()
         if self.reconstruction is not None:
             doc["reconstruction"] = self.reconstruction.to_json()
+        if self.accuracy is not None:
+            doc["accuracy"] = self.accuracy.to_json()
         return doc
 
     def _counts(self) -> dict[str, Any]:
@@ -189,12 +193,14 @@ class _Built:
 def compact_model(model: str | Path | onnx.ModelProto, plan: PlanDocument | str | Path | Mapping[str, Any], *,
                   weights: str = "inherit", select: str = "nonzero", input_shape: tuple[int, ...] | None = None,
                   force: bool = False, seed: int = 0, latency_repeats: int = 0, threads: int = 1,
-                  reconstruct: ReconstructOptions | None = None, data: CalibrationOptions | None = None) -> CompactResult:
+                  reconstruct: ReconstructOptions | None = None, data: CalibrationOptions | None = None,
+                  evaluation: CalibrationOptions | None = None, classes: Any = None) -> CompactResult:
     """The compact model of ``model`` under ``plan``, verified; ``model`` itself is never modified.
 
     ``reconstruct``: re-fit the layers behind every cut to the original's outputs on its data
     (:mod:`onnxmbs.compact.reconstruct`). ``select="greedy"`` ranks channels on ``data``
-    (default: the reconstruction's data).
+    (default: the reconstruction's data). ``evaluation``: labelled images (``classes``: their class
+    folder names in index order) on which the accuracy of original and compact is measured.
     """
     _options(weights, select, reconstruct)
     doc = as_plan(plan)
@@ -215,6 +221,7 @@ def compact_model(model: str | Path | onnx.ModelProto, plan: PlanDocument | str 
     costs, predicted = _verified(analysis, built, data_bytes, doc, parts.expected)
     loaded = analysis.loaded
     compact_bytes = built.model.SerializeToString()
+    accuracy = check_accuracy(analysis, built.model, evaluation, classes=classes) if evaluation else None
     latency = (measure_latency(data_bytes, compact_bytes, loaded.input, batch=loaded.input.shape[0],
                                repeats=latency_repeats, threads=threads) if latency_repeats > 0 else None)
     return CompactResult(
@@ -224,7 +231,7 @@ def compact_model(model: str | Path | onnx.ModelProto, plan: PlanDocument | str 
         widths={g.id: (g.channels, widths[g.id]) for g in analysis.channels.groups},
         kept={g: tuple(int(c) for c in np.asarray(k)) for g, k in parts.chosen.keep.items()},
         selection=dict(parts.chosen.source), inexact=tuple(parts.inexact), copies=built.copies, weights=weights,
-        select=select, latency=latency, reconstruction=rebuilt)
+        select=select, latency=latency, reconstruction=rebuilt, accuracy=accuracy)
 
 
 def _selection_data(data: CalibrationOptions | None, reconstruct: ReconstructOptions | None) -> CalibrationOptions:
@@ -259,11 +266,12 @@ def write_compact(model: str | Path | onnx.ModelProto, plan: PlanDocument | str 
                   weights: str = "inherit", select: str = "nonzero", input_shape: tuple[int, ...] | None = None,
                   force: bool = False, seed: int = 0, latency_repeats: int = 5, threads: int = 1,
                   sidecar: bool = True, reconstruct: ReconstructOptions | None = None,
-                  data: CalibrationOptions | None = None) -> CompactResult:
+                  data: CalibrationOptions | None = None, evaluation: CalibrationOptions | None = None,
+                  classes: Any = None) -> CompactResult:
     """:func:`compact_model`, then write the ONNX file (and ``<output>.json``) atomically."""
     result = compact_model(model, plan, weights=weights, select=select, input_shape=input_shape, force=force,
                            seed=seed, latency_repeats=latency_repeats, threads=threads, reconstruct=reconstruct,
-                           data=data)
+                           data=data, evaluation=evaluation, classes=classes)
     write_atomic(output, result.model.SerializeToString())
     if sidecar:
         write_json(sidecar_path(output), result.record())
