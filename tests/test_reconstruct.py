@@ -230,3 +230,17 @@ def test_reconstruction_keeps_weights_it_cannot_fit():
             for gr in analysis.channels.groups}
     plan = plan_fits(analysis, tensor_layouts(analysis, keep), analysis.loaded.constants)
     assert plan.fits == () and plan.skipped == (("computed", "its weights are computed, not constant"),)
+
+
+def test_ridge_pulls_towards_the_inherited_weights():
+    from onnxmbs.compact.lsq import NormalEquations
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 1, 6))  # 3 rows, 6 unknowns: under-determined
+    w_true, w0 = rng.standard_normal((1, 6, 2)), rng.standard_normal((1, 6, 2))
+    eq = NormalEquations(1, 6, 2)
+    eq.add(x, np.einsum("rgd,gdo->rgo", x, w_true))
+    np.testing.assert_allclose(eq.solve(w0, 1e6), w0, atol=1e-4)  # strong ridge: stays at the inherited
+    fitted = eq.solve(w0, 1e-9)
+    assert eq.residual(fitted) < 1e-8 < eq.residual(w0)  # weak ridge: fits the rows exactly
+    assert np.isfinite(eq.solve(w0, 0.0)).all()  # a singular system without a ridge still gets an answer

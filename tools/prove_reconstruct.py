@@ -26,7 +26,6 @@ import argparse
 import copy
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,33 +35,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
+from bench_reconstruct import child  # noqa: E402
 from finetune_onnx import OnnxModule, resnet_from_folded  # noqa: E402
 from train_digits import load_split  # noqa: E402
 
 log = logging.getLogger("prove_reconstruct")
 SELECTS = ("nonzero", "l1", "greedy")
-CHILD = """
-import json, sys, time
-from onnxmbs.cli import main
-began = time.perf_counter()
-try:
-    main(sys.argv[1:])
-except SystemExit as exc:
-    code = exc.code or 0
-else:
-    code = 0
-peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
-print(json.dumps({"seconds": time.perf_counter() - began, "peak_mb": peak, "code": code}), file=sys.stderr)
-"""
 
 
 def cli(args: list[str]) -> dict:
     """Run ``onnxmbs ARGS`` in a fresh interpreter; its wall time and peak RSS."""
-    proc = subprocess.run([sys.executable, "-c", CHILD, *args], cwd=ROOT, capture_output=True, text=True)
-    stats = json.loads(proc.stderr.strip().splitlines()[-1])
-    if stats["code"]:
-        raise SystemExit(f"onnxmbs {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return stats
+    return child(args)
 
 
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
@@ -156,6 +139,7 @@ def prove_model(name: str, torch_model, onnx_path: Path, split, args, out: Path)
         for select in SELECTS:
             for rec in (False, True):
                 rows.append(variant(name, onnx_path, plan_path, k, select, rec, split, args, out, train_npz))
+                (out / f"{name}_rows.json").write_text(json.dumps(rows, indent=1))
         tp_path, tp_params, ratio = torch_pruning(torch_model, plan["summary"]["params_compact"], split, out,
                                                   f"{name}_k{k}")
         tp_model = onnx.load(str(tp_path))
