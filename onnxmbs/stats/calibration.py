@@ -283,12 +283,12 @@ def open_calibration(data, *, shape: Sequence[int], layout: str, preprocess: Pre
                        " a numpy array or an iterable of arrays")
     logger.debug("calibration: %s -> %s %s", source.label, target.layout, target.image_shape)
     if order is not None and order != Order():
-        source, max_images = _ordered(source, order, max_images)
+        source, max_images = _ordered(source, order, max_images, int(batch_size))
     return Calibration(source, target, batch_size=int(batch_size), max_images=max_images,
                        synthetic=data is None)
 
 
-def _ordered(source: Source, order: Order, max_images: int | None) -> tuple[Source, int | None]:
+def _ordered(source: Source, order: Order, max_images: int | None, batch_size: int) -> tuple[Source, int | None]:
     """``source`` restricted and reordered by ``order``; a stream source keeps its file order."""
     if order.shuffle is not None and not source.random_access:
         logger.warning("%s is read as a stream, in file order (not shuffled): make sure its order is random",
@@ -299,4 +299,4 @@ def _ordered(source: Source, order: Order, max_images: int | None) -> tuple[Sour
     if source.total is None:
         raise MBSError(f"{source.label} has no known size and cannot be split into shards — pass a path "
                        "(image folder, .npy, .npz) or a numpy array")
-    return source.select(order.indices(source.total, max_images)), None
+    return source.select(order.indices(source.total, max_images, batch_size)), None

@@ -15,13 +15,15 @@ import numpy as np
 
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis
-from onnxmbs.stats.calibration import CalibrationInfo, make_preprocess, open_calibration
-from onnxmbs.stats.counting import Statistics, collect_statistics
+from onnxmbs.stats.calibration import CalibrationInfo, make_preprocess
+from onnxmbs.stats.counting import Monitor, Statistics, collect_statistics
+from onnxmbs.stats.sharding import DataSpec, collect_sharded
 from onnxmbs.stats.statsfile import check_model, read_stats, stats_sha256, tap_counts
 
 logger = logging.getLogger(__name__)
 
-DATA_KEYS = ("data", "synthetic", "preprocess", "mean", "std", "max_images", "batch_size", "provider", "progress")
+DATA_KEYS = ("data", "synthetic", "preprocess", "mean", "std", "max_images", "batch_size", "provider", "progress",
+             "workers", "ray_address")
 
 
 @dataclass(frozen=True)
@@ -43,16 +45,29 @@ def _fixed_batches(batches: Iterator[np.ndarray], size: int) -> Iterator[np.ndar
 
 def measure(analysis: Analysis, *, data: Any = None, synthetic: int | None = None, preprocess: str | None = "imagenet",
             mean: Sequence[float] | None = None, std: Sequence[float] | None = None, max_images: int | None = None,
-            batch_size: int = 32, provider: str = "auto", progress: bool | None = None,
-            seed: int = 0) -> tuple[Statistics, CalibrationInfo]:
-    """The statistics pass over calibration data (folder, .npy/.npz, iterable, or synthetic noise)."""
+            batch_size: int = 32, provider: str = "auto", progress: bool | None = None, seed: int = 0,
+            workers: int | None = None, ray_address: str | None = None, shard: tuple[int, int] | None = None,
+            monitor: Monitor | None = None, shuffle: int | None = None,
+            task_images: int | None = None) -> tuple[Statistics, CalibrationInfo]:
+    """The statistics pass over calibration data (folder, .npy/.npz, iterable, or synthetic noise).
+
+    ``workers``/``ray_address``: split it over Ray tasks (exact); ``shard=(i, n)``: count only
+    shard i of n; ``monitor``: may stop the pass early (``shuffle``: read in a seeded random order).
+    """
     loaded = analysis.loaded
     fixed = None if loaded.batch_dynamic else loaded.input.shape[0]
-    calib = open_calibration(data, shape=loaded.input.shape, layout=loaded.input.layout,
-                             preprocess=make_preprocess(preprocess, mean=mean, std=std), synthetic=synthetic,
-                             max_images=max_images, batch_size=fixed or batch_size, seed=seed)
+    spec = DataSpec(data=data, synthetic=synthetic, preprocess=make_preprocess(preprocess, mean=mean, std=std),
+                    shape=tuple(loaded.input.shape), layout=loaded.input.layout, max_images=max_images,
+                    batch_size=fixed or batch_size, seed=seed, shuffle=shuffle)
+    if workers is not None or ray_address is not None:
+        if shard is not None:
+            raise MBSError("--shard runs one shard here; --workers runs all shards on Ray — choose one")
+        return collect_sharded(analysis, spec, workers=workers or 1, address=ray_address, provider=provider,
+                               monitor=monitor, task_images=task_images, progress=progress)
+    calib = spec.open(shard=shard)
     batches = calib.batches() if fixed is None else _fixed_batches(calib.batches(), fixed)
-    stats = collect_statistics(analysis, batches, provider=provider, progress=progress, total=calib.total)
+    stats = collect_statistics(analysis, batches, provider=provider, progress=progress, total=calib.total,
+                               monitor=monitor)
     return stats, calib.info
 
 

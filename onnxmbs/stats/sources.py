@@ -25,19 +25,26 @@ class Order:
 
     ``shuffle``: a seed for a fixed pseudo-random permutation of the images (else file order);
     then ``--max-images`` keeps the first N; then ``rows`` = [start, stop) of those, or
-    ``shard`` = (i, n), the i-th of n contiguous near-equal parts.
+    ``shard`` = (i, n): the i-th of n parts, cut between whole batches of ``batch_size`` so that
+    the shards together run exactly the batches of the whole pass.
     """
     shuffle: int | None = None
     rows: tuple[int, int] | None = None
     shard: tuple[int, int] | None = None
 
-    def indices(self, total: int, max_images: int | None) -> np.ndarray:
+    def indices(self, total: int, max_images: int | None, batch_size: int = 1) -> np.ndarray:
         idx = np.random.default_rng(self.shuffle).permutation(total) if self.shuffle is not None else np.arange(total)
         idx = idx[:max_images]
         if self.shard is not None:
-            i, n = self.shard
-            return idx[i * len(idx) // n:(i + 1) * len(idx) // n]
+            return idx[slice(*shard_rows(len(idx), *self.shard, batch_size=batch_size))]
         return idx[slice(*self.rows)] if self.rows is not None else idx
+
+
+def shard_rows(total: int, index: int, count: int, *, batch_size: int = 1) -> tuple[int, int]:
+    """Rows [start, stop) of shard ``index`` of ``count`` over ``total`` rows, cut between whole batches."""
+    batches = -(-total // batch_size)
+    return (min(index * batches // count * batch_size, total),
+            min((index + 1) * batches // count * batch_size, total))
 
 
 @dataclass(frozen=True)
