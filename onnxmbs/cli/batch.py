@@ -13,32 +13,63 @@ from typing import Any
 
 import click
 
-from onnxmbs.cli.options import (Count, clean_errors, data_options, has_data, macroblocks_option, many_stats_option,
-                                 one_source,
-                                 refuse_overwrite, round_to_option, stats_option)
+from onnxmbs.cli.options import (Count, check_workers, clean_errors, converge_from, converge_options, data_options,
+                                 has_data, macroblocks_option, many_stats_option, one_source, refuse_overwrite,
+                                 round_to_option, stats_option)
 
 logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------ profile
+class Shard(click.ParamType):
+    """``i/n``: shard i (0-based) of n."""
+    name = "i/n"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
+        if not match or not int(match[1]) < int(match[2]):
+            self.fail(f"{value!r} is not a shard like 0/4 (shard i of n, 0 <= i < n)", param, ctx)
+        return int(match[1]), int(match[2])
+
+
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options
+@converge_options()
+@click.option("--shard", type=Shard(), default=None,
+              help="Count only shard i of n (0-based, e.g. 3/8; cut between whole batches); "
+                   "add the shards up with `onnxmbs stats merge`.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Write the counts here (JSON).")
 @clean_errors
-def profile(model: str, output: str, **data: Any) -> None:
+def profile(model: str, output: str, shard: tuple[int, int] | None, **data: Any) -> None:
     """Run the statistics pass once and save the counts for `plan/sweep/report/check --stats`."""
     from onnxmbs.graph.analysis import analyze
-    from onnxmbs.stats.measure import DATA_KEYS, measure
+    from onnxmbs.planning.convergence import monitor_for
+    from onnxmbs.stats.calibration import CalibrationInfo
+    from onnxmbs.stats.measure import measure_or_load
     from onnxmbs.stats.statsfile import save_stats
 
     one_source(data, None)
     refuse_overwrite(output, model, data["data"] or "")
+    converge = converge_from(data)
+    if shard is not None and (converge is not None or data["workers"] or data["ray_address"]):
+        raise click.UsageError("--shard counts one fixed part of the data: leave out --until-converged/--workers")
+    check_workers(data)
     analysis = analyze(model, input_shape=data["input_shape"])
-    stats, info = measure(analysis, **{k: v for k, v in data.items() if k in DATA_KEYS})
-    save_stats(output, analysis, stats, info=info, preprocess=data["preprocess"])
-    click.echo(f"{model}: {stats.images} images, {len(stats.taps)} activations counted in {stats.seconds:.1f}s"
-               f"{' (SYNTHETIC noise)' if info.synthetic else ''}; counts written to {output}")
+    measured = measure_or_load(analysis, shard=shard, monitor=monitor_for(converge, analysis), **data)
+    stats, settings = measured.statistics, measured.settings
+    info = CalibrationInfo(settings["data"], stats.images, settings["skipped"], settings["synthetic"])
+    save_stats(output, analysis, stats, info=info, preprocess=data["preprocess"], shard=shard,
+               convergence=measured.convergence)
+    part = f" (shard {shard[0]}/{shard[1]})" if shard else ""
+    click.echo(f"{model}: {stats.images} images{part}, {len(stats.taps)} activations counted in {stats.seconds:.1f}s"
+               f"{' (SYNTHETIC noise)' if settings['synthetic'] else ''}; counts written to {output}")
+    if measured.convergence is not None:
+        from onnxmbs.reports.text import convergence_text
+
+        click.echo(convergence_text(measured.convergence.to_json()))
 
 
 # ------------------------------------------------------------ sweep
@@ -69,6 +100,7 @@ def _target(**options: float | None):
               help="Write the solved plan JSON here (needs a --target-*).")
 @click.option("--json", "as_json", is_flag=True, help="Print the sweep (and solution) as JSON.")
 @macroblocks_option
+@converge_options()
 @clean_errors
 def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: str | None, as_json: bool,
           target_param_reduction, target_flop_reduction, target_params, target_flops, macroblock_map: str | None,
@@ -79,7 +111,8 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
     from onnxmbs.files import write_json
     from onnxmbs.stats.measure import measure_or_load
     from onnxmbs.planning.sweep import make_sweeper, parse_ks, solve
-    from onnxmbs.reports.text import solution_text, sweep_text
+    from onnxmbs.planning.convergence import monitor_for
+    from onnxmbs.reports.text import convergence_text, solution_text, sweep_text
     from onnxmbs.planning.sweep import sweep as run_sweep
 
     target = _target(param_reduction=target_param_reduction, flop_reduction=target_flop_reduction,
@@ -89,15 +122,19 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
                                "--target-flop-reduction, --target-params or --target-flops")
     one_source(data, stats)
     refuse_overwrite(output, model, stats or "", data["data"] or "")
+    converge = converge_from(data)
+    check_workers(data)
     ks = parse_ks(k_range)
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
     analysis = analyze(model, input_shape=data["input_shape"], macroblock_override=override)
-    measured = measure_or_load(analysis, stats=stats, **data)
+    monitor = monitor_for(converge, analysis, ks=ks, round_to=round_to)
+    measured = measure_or_load(analysis, stats=stats, monitor=monitor, **data)
     sweeper = make_sweeper(analysis, measured.statistics, round_to=round_to)
     points = run_sweep(sweeper, ks)
     solution = solve(sweeper, target) if target is not None else None
     if output and solution is not None:
-        write_json(output, sweeper.document(solution.k, settings=measured.settings).document)
+        write_json(output, sweeper.document(solution.k, settings=measured.settings,
+                                            convergence=measured.convergence).document)
     if as_json:
         doc: dict[str, Any] = {"model": model, "images": measured.statistics.images,
                                "sweep": [p.as_dict() for p in points]}
@@ -105,9 +142,13 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
             doc["solution"] = {"metric": target.metric, "target": target.value, "k": solution.k,
                                "k_low": solution.k_low, "k_high": solution.k_high if solution.k_high != float("inf")
                                else None, "achieved": target.achieved(solution.point), **solution.point.as_dict()}
+        if measured.convergence is not None:
+            doc["convergence"] = measured.convergence.to_json()
         click.echo(json.dumps(doc, indent=1))
         return
     click.echo(sweep_text(points, model=model, images=measured.statistics.images))
+    if measured.convergence is not None:
+        click.echo(convergence_text(measured.convergence.to_json()))
     if solution is not None:
         click.echo(solution_text(solution))
     if output:
@@ -126,6 +167,7 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
 @click.option("--sweep", "k_range", default="0.6:1.4:0.2", show_default=True,
               help="k values of the trade-off table and curve (start:stop:step or a list).")
 @round_to_option
+@converge_options()
 @clean_errors
 def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, ...], k: float, k_range: str,
            round_to: int, **data: Any) -> None:
@@ -141,7 +183,10 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
     check_outputs(outputs)
     for path in outputs:
         refuse_overwrite(path, *models, *stats, data["data"] or "")
-    options = ReportOptions(k=k, ks=parse_ks(k_range), round_to=round_to, input_shape=data.pop("input_shape"))
+    converge = converge_from(data)
+    check_workers(data)
+    options = ReportOptions(k=k, ks=parse_ks(k_range), round_to=round_to, input_shape=data.pop("input_shape"),
+                            converge=converge)
     result = build_report(list(models), options=options, stats=stats, **data)
     for path in outputs:
         write_report(result, path)
@@ -171,6 +216,7 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
 @round_to_option
 @click.option("--junit", type=click.Path(dir_okay=False), default=None,
               help="Write JUnit XML here (one testcase per model per check).")
+@converge_options("--converge-tolerance")
 @clean_errors
 def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops, max_redundancy,
           baselines: tuple[str, ...], tolerance, k, round_to: int, junit: str | None, **data: Any) -> None:
@@ -184,9 +230,11 @@ def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops
 
     if tolerance is not None and not baselines:
         raise click.UsageError("--tolerance applies to --baseline: add --baseline plan.json")
+    converge = converge_from(data, "--converge-tolerance")
+    check_workers(data)
     limits = GateLimits(max_params=max_params, max_flops=max_flops, max_redundancy=max_redundancy,
                         baselines=baselines, tolerance=0.02 if tolerance is None else tolerance, k=k,
-                        round_to=round_to, input_shape=data.pop("input_shape"))
+                        round_to=round_to, input_shape=data.pop("input_shape"), converge=converge)
     if limits.needs_statistics and not stats and not has_data(data):
         raise click.UsageError("--max-redundancy and --baseline need statistics: give --data PATH, "
                                "--synthetic N or --stats FILE")

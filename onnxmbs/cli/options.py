@@ -98,6 +98,10 @@ def data_options(fn: Callable) -> Callable:
         click.option("--provider", default="auto", show_default=True,
                      help="onnxruntime provider: auto (CUDA when it really works), cpu, cuda."),
         click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Split the statistics pass over N Ray workers (exact; needs pip install 'onnxmbs[ray]')."),
+        click.option("--ray-address", default=None,
+                     help="Join this Ray cluster (auto = the one started with `ray start`) instead of a local Ray."),
         input_shape_option,
     ]
     for option in reversed(options):
@@ -141,3 +145,44 @@ round_to_option = click.option("--round-to", type=click.IntRange(min=1), default
                                help="Round compact widths up to a multiple of N.")
 
 
+
+
+def converge_options(tolerance: str = "--tolerance") -> Callable[[Callable], Callable]:
+    """``--until-converged [TOLERANCE T] [--checkpoint N]``; ``check`` names its tolerance differently."""
+    def decorate(fn: Callable) -> Callable:
+        options = [
+            click.option("--until-converged", is_flag=True,
+                         help="Stop the statistics pass once the plan has converged (every macroblock's beta bound "
+                              "< tolerance and the widths stable); --max-images stays the cap."),
+            click.option(tolerance, "converge_tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
+                         help="beta bound for --until-converged  [default: 0.5 / widest scaled channel count]"),
+            click.option("--checkpoint", type=click.IntRange(min=1), default=None,
+                         help="Images between the re-plans of --until-converged  [default: 256]"),
+        ]
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
+def converge_from(options: dict[str, Any], tolerance: str = "--tolerance") -> Any:
+    """Pop the convergence options: a ConvergeOptions, or None without --until-converged."""
+    until, value, checkpoint = (options.pop(k) for k in ("until_converged", "converge_tolerance", "checkpoint"))
+    if not until:
+        if value is not None or checkpoint is not None:
+            raise click.UsageError(f"{tolerance if value is not None else '--checkpoint'} applies to "
+                                   "--until-converged: add it")
+        return None
+    if options.get("data") is None and options.get("synthetic") is None:
+        raise click.UsageError("--until-converged stops a statistics pass: give --data PATH (or --synthetic N)")
+    from onnxmbs.planning.convergence import CHECKPOINT, ConvergeOptions
+
+    return ConvergeOptions(tolerance=value, checkpoint=checkpoint or CHECKPOINT)
+
+
+def check_workers(options: dict[str, Any]) -> None:
+    """--workers/--ray-address need Ray (a clean exit-1 line naming the extra when it is missing)."""
+    if options.get("workers") is not None or options.get("ray_address") is not None:
+        from onnxmbs.cluster import require_ray
+
+        require_ray("--workers" if options.get("workers") is not None else "--ray-address")

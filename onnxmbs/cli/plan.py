@@ -5,7 +5,8 @@ import json
 
 import click
 
-from onnxmbs.cli.options import clean_errors, data_options, input_shape_option, macroblocks_option, refuse_overwrite
+from onnxmbs.cli.options import (check_workers, clean_errors, converge_from, converge_options, data_options,
+                                 input_shape_option, macroblocks_option, refuse_overwrite)
 
 
 @click.command()
@@ -40,6 +41,7 @@ def analyze(model: str, input_shape, macroblock_map, as_json: bool) -> None:
 @click.option("--stats", type=click.Path(dir_okay=False), default=None,
               help="Reuse counts saved by `onnxmbs profile` instead of --data.")
 @macroblocks_option
+@converge_options()
 @clean_errors
 def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: str | None, macroblock_map,
          **data) -> None:
@@ -54,13 +56,15 @@ def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: s
     if not stats and not has_data:
         raise click.UsageError("give calibration data with --data PATH, or --synthetic N for random noise")
     refuse_overwrite(output, model, *([stats] if stats else []))
+    converge = converge_from(data)
+    check_workers(data)
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
     if stats:
         from onnxmbs.planning.pipeline import plan_with_stats
         result = plan_with_stats(model, stats, input_shape=data["input_shape"], k=k, z=z, round_to=round_to,
                                  macroblocks=override)
     else:
-        result = plan_model(model, k=k, z=z, round_to=round_to, macroblocks=override, **data)
+        result = plan_model(model, k=k, z=z, round_to=round_to, macroblocks=override, converge=converge, **data)
     if output:
         write_json(output, result.document)
     if as_json:

@@ -20,7 +20,7 @@ from onnxmbs.planning.document import plan_document
 from onnxmbs.planning.planner import Plan, plan
 from onnxmbs.planning.scaling import param_specs
 from onnxmbs.stats.counting import Statistics
-from onnxmbs.stats.measure import load_stats, measure
+from onnxmbs.stats.measure import Convergence, load_stats, measure_or_load
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ def _channel_rates(analysis: Analysis, stats: Statistics | None) -> dict[str, np
 
 
 def plan_from_statistics(analysis: Analysis, stats: Statistics | None, *, k: float | None = None,
-                         z: float | None = None, round_to: int = 1,
-                         settings: Mapping[str, Any] | None = None) -> PlanResult:
+                         z: float | None = None, round_to: int = 1, settings: Mapping[str, Any] | None = None,
+                         convergence: Convergence | None = None) -> PlanResult:
     """Algorithm 1 on measured statistics (or p = 1 everywhere when ``stats`` is None)."""
     facts = layer_facts(analysis, stats)
     result = plan(facts, group_facts(analysis), param_specs(analysis), L=analysis.L,
@@ -69,7 +69,17 @@ def plan_from_statistics(analysis: Analysis, stats: Statistics | None, *, k: flo
                      "provider": stats.provider if stats else None, "round_to": round_to}
     doc = plan_document(analysis, facts, result, settings={**base_settings, **(settings or {})},
                         channel_rates=_channel_rates(analysis, stats))
+    if convergence is not None:
+        doc["convergence"] = convergence_block(convergence, result.z)
     return PlanResult(analysis=analysis, statistics=stats, plan=result, document=doc)
+
+
+def convergence_block(convergence: Convergence, z: float) -> dict[str, Any]:
+    """The plan's ``convergence`` key (added by ``--until-converged``): images, converged, tolerance,
+    and β ± bound per macroblock at the plan's threshold (empty when that z was not monitored)."""
+    entry = convergence.at(z)
+    block = {k: v for k, v in convergence.to_json().items() if k != "entries"}
+    return {**block, "k": entry["k"] if entry else None, "macroblocks": list(entry["macroblocks"]) if entry else []}
 
 
 def read_macroblock_map(path: str | Path) -> dict[str, int]:
@@ -92,15 +102,22 @@ def plan_model(model: str | Path | onnx.ModelProto, *, data: Any = None, synthet
                k: float | None = None, z: float | None = None,
                round_to: int = 1, preprocess: str | None = "imagenet", mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, max_images: int | None = None, batch_size: int = 32,
-               provider: str = "auto", progress: bool | None = None, seed: int = 0) -> PlanResult:
-    """Analyse ``model``, measure its ReLU statistics on ``data`` and plan MBS widths."""
+               provider: str = "auto", progress: bool | None = None, seed: int = 0, workers: int | None = None,
+               ray_address: str | None = None, converge: Any = None) -> PlanResult:
+    """Analyse ``model``, measure its ReLU statistics on ``data`` and plan MBS widths.
+
+    ``converge``: a :class:`~onnxmbs.planning.convergence.ConvergeOptions` stops the pass once the
+    plan has converged; ``workers``/``ray_address`` split the pass over Ray (exact).
+    """
+    from onnxmbs.planning.convergence import monitor_for
+
     analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks)
-    stats, info = measure(analysis, data=data, synthetic=synthetic, preprocess=preprocess, mean=mean, std=std,
-                          max_images=max_images, batch_size=batch_size, provider=provider, progress=progress,
-                          seed=seed)
-    settings = {"synthetic": info.synthetic, "data": info.source, "skipped": info.skipped,
-                "preprocess": preprocess, "seconds": round(stats.seconds, 3)}
-    return plan_from_statistics(analysis, stats, k=k, z=z, round_to=round_to, settings=settings)
+    measured = measure_or_load(analysis, data=data, synthetic=synthetic, preprocess=preprocess, mean=mean, std=std,
+                               max_images=max_images, batch_size=batch_size, provider=provider, progress=progress,
+                               seed=seed, workers=workers, ray_address=ray_address,
+                               monitor=monitor_for(converge, analysis, ks=(k,), z=z, round_to=round_to))
+    return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to,
+                                settings=measured.settings, convergence=measured.convergence)
 
 
 def plan_with_stats(model: str | Path, stats: str | Path, *, input_shape: tuple[int, ...] | None = None,
@@ -110,4 +127,4 @@ def plan_with_stats(model: str | Path, stats: str | Path, *, input_shape: tuple[
     analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks)
     measured = load_stats(stats, analysis)
     return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to,
-                                settings=measured.settings)
+                                settings=measured.settings, convergence=measured.convergence)

@@ -71,9 +71,10 @@ class Sweeper:
                           configuration=config, params=s.params, params_compact=s.params_compact,
                           flops=s.flops, flops_compact=s.flops_compact)
 
-    def document(self, k: float, settings: Mapping[str, Any] | None = None) -> PlanResult:
-        """The full plan (JSON document included) at ``k``."""
-        return plan_from_statistics(self.analysis, self.statistics, k=k, round_to=self.round_to, settings=settings)
+    def document(self, k: float, settings: Mapping[str, Any] | None = None, convergence: Any = None) -> PlanResult:
+        """The full plan (JSON document included) at ``k`` (``convergence``: from ``--until-converged``)."""
+        return plan_from_statistics(self.analysis, self.statistics, k=k, round_to=self.round_to, settings=settings,
+                                    convergence=convergence)
 
     def boundaries(self) -> tuple[int, ...]:
         """The distinct finite conv RFs: the values ``⌈z⌉_RF`` can take."""

@@ -24,6 +24,7 @@ from onnxmbs.graph.analysis import analyze
 from onnxmbs.errors import MBSError
 from onnxmbs.progress import progress_bar
 from onnxmbs.files import write_atomic
+from onnxmbs.planning.convergence import ConvergeOptions, monitor_for
 from onnxmbs.stats.measure import measure_or_load
 from onnxmbs.planning.sweep import curve, make_sweeper, sweep
 from onnxmbs.reports.text import table
@@ -43,6 +44,7 @@ class ReportOptions:
     ks: tuple[float, ...] = (0.6, 0.8, 1.0, 1.2, 1.4)
     round_to: int = 1
     input_shape: tuple[int, ...] | None = None
+    converge: ConvergeOptions | None = None  # --until-converged
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,11 @@ def report_model(path: str, *, options: ReportOptions, stats: Sequence[str] = ()
     try:
         analysis = analyze(path, input_shape=options.input_shape)
         sha = analysis.loaded.sha256
-        measured = measure_or_load(analysis, stats=stats, **data)
-        sweeper = make_sweeper(analysis, measured.statistics, round_to=options.round_to)
         k = 1.0 if options.k is None else options.k
-        plan = sweeper.document(k, settings=measured.settings)
+        monitor = monitor_for(options.converge, analysis, ks=(k, *options.ks), round_to=options.round_to)
+        measured = measure_or_load(analysis, stats=stats, monitor=monitor, **data)
+        sweeper = make_sweeper(analysis, measured.statistics, round_to=options.round_to)
+        plan = sweeper.document(k, settings=measured.settings, convergence=measured.convergence)
         lo, hi = min(options.ks), max(options.ks)
         return ModelReport(path=str(path), sha256=sha, seconds=time.perf_counter() - start,
                            plan=_slim(plan.document), sweep=tuple(p.as_dict() for p in sweep(sweeper, options.ks)),

@@ -68,17 +68,30 @@ def plan_text(doc: Mapping[str, Any]) -> str:
     rows = [(m["index"], f"{m['out_hw'][0]}x{m['out_hw'][1]}", len(m["layers"]), human(m["e_total"]),
              human(m["e_base"]), f"{m['redundancy']:.4f}", f"{m['beta']:.4f}", _widths(doc, m["index"]))
             for m in doc["macroblocks"]]
+    headers = ["mb", "resolution", "layers", "E_total", "E_base", "r", "beta", "widths before -> after"]
+    bounds = {b["index"]: b["bound"] for b in (doc.get("convergence") or {}).get("macroblocks", [])}
+    if bounds:
+        headers.insert(7, "+/- bound")
+        rows = [(*row[:7], f"{bounds[row[0]]:.4f}" if row[0] in bounds else "-", row[7]) for row in rows]
     k = f"k={st['k']:g} " if st.get("k") is not None else ""
     head = (f"{doc['model']['path']}: {st['images']} images{' (SYNTHETIC noise)' if st.get('synthetic') else ''}, "
             f"{k}z={st['z']:g}px, RF boundary {st['rf_boundary']}, provider {st.get('provider')}")
     unmeasured = sum(1 for l in doc["layers"] if not l["measured"])
-    lines = [head, table(["mb", "resolution", "layers", "E_total", "E_base", "r", "beta", "widths before -> after"],
-                         rows),
+    lines = [head, table(headers, rows),
              f"params {s['params']:,} -> {s['params_compact']:,} ({100 * s['param_reduction']:.2f}% fewer); "
              f"MACs {human(s['flops'])} -> {human(s['flops_compact'])} ({100 * s['flop_reduction']:.2f}% fewer)"]
+    if doc.get("convergence"):
+        lines.append(convergence_text(doc["convergence"]))
     if unmeasured:
         lines.append(f"note: {unmeasured} conv layer(s) have no ReLU-family activation: p = 1, not measured")
     return "\n".join(lines)
+
+
+def convergence_text(conv: Mapping[str, Any]) -> str:
+    """One line: how a --until-converged pass ended."""
+    state = "converged" if conv["converged"] else "NOT converged"
+    return (f"{state} after {conv['images']} images ({conv['checkpoints']} checkpoints of {conv['checkpoint']}; "
+            f"beta bound < tolerance {conv['tolerance']:.5f} and widths stable{'' if conv['converged'] else ': no'})")
 
 
 def _config_text(config: Sequence[Sequence[int]]) -> str:

@@ -267,6 +267,8 @@ class Monitor(Protocol):
 
     def __call__(self, counts: np.ndarray, images: int) -> bool: ...
 
+    def result(self) -> object: ...  # what it concluded (a stats.measure.Convergence)
+
 
 def collect_statistics(analysis: Analysis, batches: Iterable[np.ndarray], *, provider: str = "auto",
                        method: str = "nchwc", progress: bool | None = None, total: int | None = None,

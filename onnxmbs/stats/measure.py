@@ -23,7 +23,34 @@ from onnxmbs.stats.statsfile import check_model, read_stats, stats_sha256, tap_c
 logger = logging.getLogger(__name__)
 
 DATA_KEYS = ("data", "synthetic", "preprocess", "mean", "std", "max_images", "batch_size", "provider", "progress",
-             "workers", "ray_address")
+             "workers", "ray_address", "shard")
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """How a ``--until-converged`` pass ended: images read, whether the plan had converged, and β ±
+    its bound per macroblock at each monitored threshold (``entries``: {"k", "z", "macroblocks":
+    [{"index", "beta", "bound"}]})."""
+    images: int
+    converged: bool
+    tolerance: float
+    checkpoint: int
+    checkpoints: int
+    entries: tuple[Mapping[str, Any], ...] = ()
+
+    def at(self, z: float) -> Mapping[str, Any] | None:
+        """The entry monitored at threshold ``z`` (pixels), if any."""
+        return next((e for e in self.entries if abs(float(e["z"]) - float(z)) < 1e-9), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"images": self.images, "converged": self.converged, "tolerance": self.tolerance,
+                "checkpoint": self.checkpoint, "checkpoints": self.checkpoints, "entries": list(self.entries)}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Convergence:
+        return cls(images=int(doc["images"]), converged=bool(doc["converged"]), tolerance=float(doc["tolerance"]),
+                   checkpoint=int(doc["checkpoint"]), checkpoints=int(doc["checkpoints"]),
+                   entries=tuple(doc.get("entries", ())))
 
 
 @dataclass(frozen=True)
@@ -31,6 +58,7 @@ class Measured:
     """Statistics for one model and the plan settings that say where they came from."""
     statistics: Statistics = field(repr=False)
     settings: Mapping[str, Any]
+    convergence: Convergence | None = None
 
 
 def _fixed_batches(batches: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -82,11 +110,12 @@ def load_stats(path: str | Path, analysis: Analysis) -> Measured:
     data = doc.get("data", {})
     settings = {"synthetic": bool(data.get("synthetic")), "data": data.get("source"),
                 "skipped": data.get("skipped", 0), "preprocess": data.get("preprocess"), "stats_file": str(path)}
-    return Measured(statistics=stats, settings=settings)
+    convergence = Convergence.from_json(doc["convergence"]) if doc.get("convergence") else None
+    return Measured(statistics=stats, settings=settings, convergence=convergence)
 
 
 def measure_or_load(analysis: Analysis, *, stats: str | Path | Sequence[str | Path] | None = None,
-                    seed: int = 0, **data: Any) -> Measured:
+                    seed: int = 0, monitor: Monitor | None = None, **data: Any) -> Measured:
     """Statistics for ``analysis``: from the ``stats`` file(s) made from this model, else measured on ``data``.
 
     With one stats file it must match the model. With several, the one whose sha256
@@ -102,9 +131,12 @@ def measure_or_load(analysis: Analysis, *, stats: str | Path | Sequence[str | Pa
     if not has_data:
         raise MBSError(f"no --stats file was made from {analysis.loaded.path} — add one from "
                        "`onnxmbs profile` for this model, or give --data")
-    measured, info = measure(analysis, seed=seed, **{k: v for k, v in data.items() if k in DATA_KEYS})
+    measured, info = measure(analysis, seed=seed, monitor=monitor, shuffle=seed if monitor is not None else None,
+                             task_images=getattr(monitor, "checkpoint", None),
+                             **{k: v for k, v in data.items() if k in DATA_KEYS})
     settings = {"synthetic": info.synthetic, "data": info.source, "skipped": info.skipped,
                 "preprocess": data.get("preprocess"), "seconds": round(measured.seconds, 3)}
-    return Measured(statistics=measured, settings=settings)
+    return Measured(statistics=measured, settings=settings,
+                    convergence=monitor.result() if monitor is not None else None)
 
 
