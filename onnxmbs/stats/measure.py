@@ -93,6 +93,9 @@ def measure(analysis: Analysis, *, data: Any = None, synthetic: int | None = Non
         return collect_sharded(analysis, spec, workers=workers or 1, address=ray_address, provider=provider,
                                monitor=monitor, task_images=task_images, progress=progress)
     calib = spec.open(shard=shard)
+    if shard is not None and calib.total == 0:
+        raise MBSError(f"shard {shard[0]}/{shard[1]} holds no images (shards are cut between batches of "
+                       f"{spec.batch_size}) — use fewer shards or a smaller --batch-size")
     batches = calib.batches() if fixed is None else _fixed_batches(calib.batches(), fixed)
     stats = collect_statistics(analysis, batches, provider=provider, progress=progress, total=calib.total,
                                monitor=monitor)

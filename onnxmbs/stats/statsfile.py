@@ -113,8 +113,9 @@ def merge_stats(paths: Sequence[str | Path]) -> dict[str, Any]:
                                           for t in d.get("taps", [])])
     _same(docs, "data (synthetic vs real)", lambda d: bool(d.get("data", {}).get("synthetic")))
     shards = [tuple(d["data"]["shard"]) for _, d in docs if d.get("data", {}).get("shard")]
-    if len(set(shards)) < len(shards):
-        raise MBSError(f"shard {sorted(shards)[0]} is given twice — merge each shard once")
+    twice = sorted({s for s in shards if shards.count(s) > 1})
+    if twice:
+        raise MBSError(f"shard {twice[0][0]}/{twice[0][1]} is given twice — merge each shard once")
     first = docs[0][1]
     taps = [{**t, "nonzero": [int(v) for v in np.sum([np.asarray(d["taps"][i]["nonzero"], np.int64)
                                                         for _, d in docs], axis=0)]}
