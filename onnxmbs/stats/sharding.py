@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,7 @@ class CountJob:
     data: DataSpec
     per_batch: bool = False  # return each batch's counts (for a monitor), not only the sum
     threads: int | None = None
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # one session per worker process and job
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class ShardCounts:
 
 def count_rows(job: CountJob, rows: tuple[int, int]) -> ShardCounts:
     """One shard: rows [start, stop) of the data's order, counted in this process (a Ray task body)."""
-    counter = Counter(job.counting, job.provider, threads=job.threads)
+    counter = _counter(job)
     calib = job.data.open(rows=rows)
     total = np.zeros(len(job.counting.per_image), np.int64)
     batches = []
@@ -79,6 +81,17 @@ def count_rows(job: CountJob, rows: tuple[int, int]) -> ShardCounts:
             batches.append((counts, batch.shape[0]))
     info = calib.info
     return ShardCounts(images=info.images, skipped=info.skipped, counts=total, batches=tuple(batches))
+
+
+_COUNTERS: dict[str, Counter] = {}
+
+
+def _counter(job: CountJob) -> Counter:
+    """The worker process's session for ``job``: made by its first shard, reused by the next ones."""
+    if job.token not in _COUNTERS:
+        _COUNTERS.clear()
+        _COUNTERS[job.token] = Counter(job.counting, job.provider, threads=job.threads)
+    return _COUNTERS[job.token]
 
 
 def _task(job: CountJob, rows: tuple[int, int]) -> ShardCounts:

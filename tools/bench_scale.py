@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Statistics at scale, measured in one run: --until-converged vs the full pass, and the Ray path's overhead.
+
+The zoo ResNet-56 (random weights, 32x32 RGB) over N images (default 50,000) made
+deterministically from scikit-learn's 1,797 digits: each image is one digit (cycled), scaled to
+a random size of 14-30 px, put at a random place on a 32x32 canvas, tinted per channel and
+noised. They are generated chunk by chunk into a uint8 .npy memory map in a temporary folder
+(150 MB for 50k), never held in memory as floats. Then, on this machine, one after the other:
+
+1. the full pass (single process) and its plan;
+2. the pass with --until-converged (default tolerance 0.5 / C_max), and its plan: images used,
+   wall-time ratio, and whether the compact widths are identical to the full pass's (they must be);
+3. the full pass with --workers 1 on a local Ray (already started: the start-up is timed apart),
+   as a ratio to (1): the overhead of the Ray path.
+
+Prints a Markdown table. Figures for more workers than this machine has cores are an ESTIMATE,
+labelled as such, from the measured single-worker throughput and Ray efficiency.
+
+    python tools/bench_scale.py                     # 50,000 images
+    python tools/bench_scale.py --images 10000      # quicker
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from onnxmbs.graph.analysis import analyze  # noqa: E402
+from onnxmbs.planning.convergence import ConvergeOptions, default_tolerance  # noqa: E402
+from onnxmbs.planning.pipeline import plan_from_statistics  # noqa: E402
+from onnxmbs.stats.measure import measure_or_load  # noqa: E402
+
+CHUNK = 2000
+
+
+def make_digits(path: Path, count: int, *, seed: int = 0) -> Path:
+    """``count`` 32x32x3 uint8 images from the sklearn digits, written chunk by chunk to a .npy memmap."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = (load_digits().images * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, 32, 32, 3))
+    for start in range(0, count, CHUNK):
+        rng = np.random.default_rng([seed, start])
+        stop = min(start + CHUNK, count)
+        block = np.zeros((stop - start, 32, 32, 3), np.float32)
+        for j, i in enumerate(range(start, stop)):
+            size = int(rng.integers(14, 31))
+            img = np.asarray(Image.fromarray(digits[i % len(digits)]).resize((size, size), Image.BILINEAR), np.float32)
+            top, left = rng.integers(0, 32 - size + 1, 2)
+            block[j, top:top + size, left:left + size, :] = img[..., None] * rng.uniform(0.5, 1.0, 3)
+        block += rng.normal(0, 12, block.shape)
+        out[start:stop] = np.clip(block, 0, 255).astype(np.uint8)
+    out.flush()
+    del out
+    return path
+
+
+def widths(analysis, stats) -> list[int]:
+    return [l["compact_out_channels"] for l in plan_from_statistics(analysis, stats).document["layers"]]
+
+
+def timed(analysis, **kw):
+    start = time.perf_counter()
+    measured = measure_or_load(analysis, progress=False, **kw)
+    return measured, time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=50_000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--checkpoint", type=int, default=256)
+    ap.add_argument("--skip-ray", action="store_true", help="Only compare the full pass with --until-converged.")
+    args = ap.parse_args()
+    from onnxmbs.planning.convergence import monitor_for
+    from onnxmbs.zoo import export
+
+    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+        tmp = Path(tmp)
+        t = time.perf_counter()
+        export("resnet56", tmp / "r56.onnx", input_size=32)
+        data = make_digits(tmp / "digits.npy", args.images)
+        print(f"set-up (export + {args.images} images) {time.perf_counter() - t:.1f}s", file=sys.stderr)
+        analysis = analyze(tmp / "r56.onnx")
+        common = dict(data=str(data), preprocess="raw", batch_size=args.batch_size)
+
+        full, t_full = timed(analysis, **common)
+        print(f"full pass: {full.statistics.images} images in {t_full:.1f}s", file=sys.stderr)
+        monitor = monitor_for(ConvergeOptions(checkpoint=args.checkpoint), analysis)
+        conv, t_conv = timed(analysis, monitor=monitor, **common)
+        same = widths(analysis, full.statistics) == widths(analysis, conv.statistics)
+        c = conv.convergence
+        rows = [("full pass, 1 process", f"{full.statistics.images:,}", f"{t_full:.1f}",
+                 f"{full.statistics.images / t_full:.0f}", "1.00x", ""),
+                ("--until-converged, 1 process", f"{c.images:,} ({'converged' if c.converged else 'NOT converged'})",
+                 f"{t_conv:.1f}", f"{c.images / t_conv:.0f}", f"{t_conv / t_full:.3f}x",
+                 f"widths identical: {'yes' if same else 'NO'}")]
+        if not args.skip_ray:
+            rows += ray_rows(analysis, common, t_full, full)
+    tol = c.tolerance
+    print(f"\nResNet-56 (zoo, random weights) at 32x32, {args.images:,} digit-derived images, batch "
+          f"{args.batch_size}, {os.cpu_count()} CPU cores; tolerance 0.5/C_max = {tol:.5f} (C_max = "
+          f"{round(0.5 / default_tolerance(analysis))}), checkpoint every {args.checkpoint} images\n")
+    print("| run | images | wall s | img/s | time vs full pass | note |\n|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def ray_rows(analysis, common, t_full, full) -> list[tuple]:
+    import ray
+
+    t = time.perf_counter()
+    ray.init(num_cpus=max(os.cpu_count() or 1, 1), include_dashboard=False, logging_level="WARNING")
+    t_start = time.perf_counter() - t
+    try:
+        one, t_one = timed(analysis, workers=1, **common)
+    finally:
+        ray.shutdown()
+    exact = all(np.array_equal(one.statistics.taps[n].nonzero, full.statistics.taps[n].nonzero)
+                for n in full.statistics.taps)
+    rate = one.statistics.images / t_one
+    cores = os.cpu_count() or 1
+    rows = [("--workers 1 (local Ray, started)", f"{one.statistics.images:,}", f"{t_one:.1f}", f"{rate:.0f}",
+             f"{t_full / t_one:.3f}x throughput", f"counts equal: {'yes' if exact else 'NO'}; Ray start "
+                                                  f"{t_start:.1f}s not included")]
+    for n in (4, 16):
+        rows.append((f"ESTIMATE: --workers {n} on {n} machines like this", f"{one.statistics.images:,}",
+                     f"~{t_one / n:.0f}", f"~{rate * n:.0f}", "", f"estimate, not measured ({cores} cores here): "
+                     f"n x the 1-worker rate, ignoring the driver and data reads"))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
