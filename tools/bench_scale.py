@@ -64,6 +64,23 @@ def make_digits(path: Path, count: int, *, seed: int = 0) -> Path:
     return path
 
 
+def export_model(path: Path) -> Path:
+    """The zoo ResNet-56, seeded; the exporter's onnxruntime check (rtol 1e-3) can miss by a hair on a
+    deep random-weight net, so try the next seed then (the model is random anyway)."""
+    import torch
+
+    from onnxmbs.errors import MBSError
+    from onnxmbs.zoo import export
+
+    for seed in range(5):
+        torch.manual_seed(seed)
+        try:
+            return export("resnet56", path, input_size=32)
+        except MBSError as exc:
+            print(f"export with seed {seed} refused ({exc}); next seed", file=sys.stderr)
+    raise SystemExit("could not export ResNet-56")
+
+
 def widths(analysis, stats) -> list[int]:
     return [l["compact_out_channels"] for l in plan_from_statistics(analysis, stats).document["layers"]]
 
@@ -82,12 +99,11 @@ def main() -> None:
     ap.add_argument("--skip-ray", action="store_true", help="Only compare the full pass with --until-converged.")
     args = ap.parse_args()
     from onnxmbs.planning.convergence import monitor_for
-    from onnxmbs.zoo import export
 
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()
-        export("resnet56", tmp / "r56.onnx", input_size=32)
+        export_model(tmp / "r56.onnx")
         data = make_digits(tmp / "digits.npy", args.images)
         print(f"set-up (export + {args.images} images) {time.perf_counter() - t:.1f}s", file=sys.stderr)
         analysis = analyze(tmp / "r56.onnx")
