@@ -199,3 +199,15 @@ def test_workers_without_ray_is_one_line_naming_the_extra(monkeypatch):
     res = run("profile", MODEL, "--data", NPZ, "--workers", "2", "-o", "x.json")
     assert res.exit_code == 1 and res.output.count("\n") == 1
     assert "pip install 'onnxmbs[ray]'" in res.output
+
+
+def test_sweep_report_and_check_converge_too(tmp_path):
+    quick = ("--data", FOLDER, "--preprocess", "raw", "--batch-size", "8", "--until-converged", "--checkpoint", "32")
+    sweep = run("sweep", MODEL, *quick, "--k", "0.6,1", "--json")
+    conv = json.loads(sweep.output)["convergence"]
+    assert sweep.exit_code == 0 and conv["converged"] and conv["images"] < 360
+    assert sorted(e["k"] for e in conv["entries"]) == [0.6, 1.0]  # one entry per monitored RF boundary
+    report = run("report", MODEL, *quick, "--sweep", "1", "-o", tmp_path / "r.md")
+    assert report.exit_code == 0 and "converged after" in (tmp_path / "r.md").read_text()
+    check = run("check", MODEL, *quick, "--max-redundancy", "0.5", "--converge-tolerance", "0.01")
+    assert check.exit_code == 0 and "PASS" in check.output

@@ -27,7 +27,7 @@ from onnxmbs.files import write_atomic
 from onnxmbs.planning.convergence import ConvergeOptions, monitor_for
 from onnxmbs.stats.measure import measure_or_load
 from onnxmbs.planning.sweep import curve, make_sweeper, sweep
-from onnxmbs.reports.text import table
+from onnxmbs.reports.text import convergence_text, table
 from onnxmbs.units import human
 
 logger = logging.getLogger(__name__)
@@ -193,6 +193,8 @@ def _notes(doc: Mapping[str, Any]) -> list[str]:
     unmeasured = sum(1 for l in doc["layers"] if not l["measured"])
     if unmeasured:
         notes.append(f"{unmeasured} conv layer(s) have no ReLU-family activation: p = 1, not measured")
+    if doc.get("convergence"):
+        notes.append(convergence_text(doc["convergence"]))
     routine = ("model input", "reaches graph output")  # every CNN has these two
     frozen = [g for g in doc["groups"] if g.get("frozen") and not str(g["frozen"]).startswith(routine)]
     if frozen:

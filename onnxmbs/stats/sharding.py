@@ -73,14 +73,18 @@ def count_rows(job: CountJob, rows: tuple[int, int]) -> ShardCounts:
     counter = _counter(job)
     calib = job.data.open(rows=rows)
     total = np.zeros(len(job.counting.per_image), np.int64)
-    batches = []
+    batches, images, fixed = [], 0, job.counting.fixed_batch
     for batch in calib.batches():
+        if fixed is not None and batch.shape[0] != fixed:  # as the single pass: a short last batch is dropped
+            logger.warning("model has a fixed batch size of %d: the last %d image(s) were not used",
+                           fixed, batch.shape[0])
+            continue
         counts = counter.run(batch)
         total += counts
+        images += batch.shape[0]
         if job.per_batch:
             batches.append((counts, batch.shape[0]))
-    info = calib.info
-    return ShardCounts(images=info.images, skipped=info.skipped, counts=total, batches=tuple(batches))
+    return ShardCounts(images=images, skipped=calib.info.skipped, counts=total, batches=tuple(batches))
 
 
 _COUNTERS: dict[str, Counter] = {}
