@@ -90,7 +90,7 @@ def measure(analysis: Analysis, *, data: Any = None, synthetic: int | None = Non
     if workers is not None or ray_address is not None:
         if shard is not None:
             raise MBSError("--shard runs one shard here; --workers runs all shards on Ray — choose one")
-        return collect_sharded(analysis, spec, workers=workers or 1, address=ray_address, provider=provider,
+        return collect_sharded(analysis, spec, workers=workers, address=ray_address, provider=provider,
                                monitor=monitor, task_images=task_images, progress=progress)
     calib = spec.open(shard=shard)
     if shard is not None and calib.total == 0:

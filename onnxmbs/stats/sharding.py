@@ -113,10 +113,11 @@ def plan_rows(total: int, *, batch_size: int, workers: int, task_images: int | N
     return [r for r in ranges if r[1] > r[0]]
 
 
-def collect_sharded(analysis: Analysis, spec: DataSpec, *, workers: int, address: str | None = None,
+def collect_sharded(analysis: Analysis, spec: DataSpec, *, workers: int | None = None, address: str | None = None,
                     provider: str = "auto", monitor: Monitor | None = None, task_images: int | None = None,
                     progress: bool | None = None) -> tuple[Statistics, CalibrationInfo]:
-    """The statistics pass over ``workers`` Ray workers (a local Ray, or the cluster at ``address``)."""
+    """The statistics pass over ``workers`` Ray workers (a local Ray, or the cluster at ``address``;
+    ``workers`` None: one per CPU of the cluster)."""
     from onnxmbs.cluster import connect, require_ray, run_ordered
 
     require_ray()
@@ -126,35 +127,33 @@ def collect_sharded(analysis: Analysis, spec: DataSpec, *, workers: int, address
     whole = spec.open()
     if whole.total is None:
         raise MBSError("--workers needs data of a known size — pass a path (image folder, .npy, .npz)")
-    ranges = plan_rows(whole.total, batch_size=spec.batch_size, workers=workers,
-                       task_images=task_images if monitor is not None else None)
-    threads = max(1, (os.cpu_count() or 1) // workers) if address is None else None
-    job = CountJob(counting=counting, provider=provider, data=spec, per_batch=monitor is not None, threads=threads)
     if monitor is not None:
         monitor.start(counting)
-    total = np.zeros(len(counting.per_image), np.int64)
-    images = skipped = 0
-    with connect(address, workers=workers):
+    with connect(address, workers=workers) as ray:
+        workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        ranges = plan_rows(whole.total, batch_size=spec.batch_size, workers=workers,
+                           task_images=task_images if monitor is not None else None)
+        threads = max(1, (os.cpu_count() or 1) // workers) if address is None else None
+        job = CountJob(counting=counting, provider=provider, data=spec, per_batch=monitor is not None,
+                       threads=threads)
         results = run_ordered(_task, [(r,) for r in ranges], shared=job, window=2 * workers if monitor else len(ranges),
                               weights=[b - a for a, b in ranges], progress=progress, desc="statistics", unit="img")
-        for shard in results:
-            skipped += shard.skipped
-            if monitor is None:
-                total, images = total + shard.counts, images + shard.images
-                continue
-            used = _feed(monitor, shard, total)
-            images += sum(n for _, n in shard.batches[:used])
-            if used < len(shard.batches) or monitor.stopped:
-                results.close()
-                break
+        total, images, skipped = _gather(results, monitor, np.zeros(len(counting.per_image), np.int64))
     stats = counting.statistics(total, images=images, provider=provider, seconds=time.perf_counter() - start)
     return stats, CalibrationInfo(whole.info.source, images, skipped, spec.data is None)
 
 
-def _feed(monitor: Monitor, shard: ShardCounts, total: np.ndarray) -> int:
-    """Add a shard's batches to ``total`` in order until the monitor says stop; the batches used."""
-    for used, (counts, n) in enumerate(shard.batches, start=1):
-        total += counts
-        if monitor(counts, n):
-            return used
-    return len(shard.batches)
+def _gather(results, monitor: Monitor | None, total: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Sum the shards' counts in data order; with a monitor, batch by batch until it says stop."""
+    images = skipped = 0
+    for shard in results:
+        skipped += shard.skipped
+        if monitor is None:
+            total, images = total + shard.counts, images + shard.images
+            continue
+        for counts, n in shard.batches:
+            total, images = total + counts, images + n
+            if monitor(counts, n):
+                results.close()  # cancels the shards still running
+                return total, images, skipped
+    return total, images, skipped
