@@ -5,6 +5,7 @@ A local Ray (2 CPUs, no dashboard) is started once for the module and shut down 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from onnxmbs.graph.analysis import analyze  # noqa: E402
 from onnxmbs.planning.convergence import ConvergeOptions  # noqa: E402
 from onnxmbs.planning.pipeline import plan_model  # noqa: E402
 from onnxmbs.stats.counting import choose_provider, instrument  # noqa: E402
-from onnxmbs.stats.measure import measure  # noqa: E402
+from onnxmbs.stats.measure import CalibrationOptions, measure  # noqa: E402
 from onnxmbs.stats.preprocess import make_preprocess  # noqa: E402
 from onnxmbs.stats.sharding import CountJob, DataSpec, count_rows, plan_rows  # noqa: E402
 
@@ -48,9 +49,9 @@ def _counts(stats) -> dict[str, list[int]]:
 
 
 def test_two_workers_count_exactly_what_one_process_counts(analysis):
-    single, _ = measure(analysis, data=FOLDER, preprocess="raw", max_images=200, batch_size=16, progress=False)
-    sharded, info = measure(analysis, data=FOLDER, preprocess="raw", max_images=200, batch_size=16, progress=False,
-                            workers=2)
+    options = CalibrationOptions(data=FOLDER, preprocess="raw", max_images=200, batch_size=16, progress=False)
+    single, _ = measure(analysis, options)
+    sharded, info = measure(analysis, replace(options, workers=2))
     assert sharded.images == single.images == info.images == 200
     assert _counts(sharded) == _counts(single)
 
@@ -74,7 +75,8 @@ def test_a_shard_whose_worker_dies_is_rerun_and_counted_once(analysis, tmp_path)
     assert attempts.read_text().split().count("32") == 2  # it failed once and ran again
     assert [r.images for r in results] == [32, 32, 32]
     total = np.sum([r.counts for r in results], axis=0)
-    single, _ = measure(analysis, data=NPZ, preprocess="raw", max_images=96, batch_size=16, progress=False)
+    single, _ = measure(analysis, CalibrationOptions(data=NPZ, preprocess="raw", max_images=96, batch_size=16,
+                                                     progress=False))
     expected = np.concatenate([single.taps[name].nonzero for name in job.counting.slices])
     assert np.array_equal(total, expected)
 
@@ -89,8 +91,8 @@ def test_a_failing_task_is_one_clean_error():
 
 def test_convergence_with_workers_stops_where_one_process_stops():
     options = dict(data=FOLDER, preprocess="raw", batch_size=8, progress=False, converge=ConvergeOptions(checkpoint=32))
-    single = plan_model(MODEL, **options).document
-    sharded = plan_model(MODEL, workers=2, **options).document
+    single = plan_model(MODEL, **options).document.to_json()
+    sharded = plan_model(MODEL, workers=2, **options).document.to_json()
     assert sharded["convergence"] == single["convergence"] and sharded["convergence"]["converged"]
     assert [l["p_nonzero"] for l in sharded["layers"]] == [l["p_nonzero"] for l in single["layers"]]
 

@@ -14,7 +14,7 @@ from onnxmbs.graph.analysis import analyze
 from onnxmbs.planning.convergence import ConvergeOptions, default_tolerance
 from onnxmbs.planning.pipeline import plan_from_statistics, plan_model
 from onnxmbs.stats.calibration import open_calibration
-from onnxmbs.stats.measure import measure
+from onnxmbs.stats.measure import CalibrationOptions, measure
 from onnxmbs.stats.sources import Order, shard_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,13 +39,14 @@ def analysis():
 
 @pytest.fixture(scope="module")
 def full_plan(analysis):
-    stats, _ = measure(analysis, data=FOLDER, preprocess="raw", batch_size=8, progress=False)
-    return plan_from_statistics(analysis, stats).document
+    stats, _ = measure(analysis, CalibrationOptions(data=FOLDER, preprocess="raw", batch_size=8, progress=False))
+    return plan_from_statistics(analysis, stats).document.to_json()
 
 
 @pytest.fixture(scope="module")
 def converged():
-    return plan_model(MODEL, data=FOLDER, preprocess="raw", batch_size=8, progress=False, converge=QUICK).document
+    return plan_model(MODEL, data=FOLDER, preprocess="raw", batch_size=8, progress=False,
+                      converge=QUICK).document.to_json()
 
 
 def test_convergence_gives_the_full_pass_widths_with_fewer_images(full_plan, converged):
@@ -56,9 +57,11 @@ def test_convergence_gives_the_full_pass_widths_with_fewer_images(full_plan, con
     assert conv["images"] % QUICK.checkpoint == 0 and conv["checkpoints"] >= 3
     assert _widths(converged) == _widths(full_plan)
     # β ± bound per macroblock at the plan's k; every bound below the tolerance 0.5 / C_max = 0.5 / 64
-    assert conv["tolerance"] == pytest.approx(0.5 / 64) and conv["k"] == 1.0
-    assert [m["index"] for m in conv["macroblocks"]] == [0, 1, 2]
-    for mine, plan_mb in zip(conv["macroblocks"], converged["macroblocks"]):
+    assert conv["tolerance"] == pytest.approx(0.5 / 64)
+    (entry,) = conv["entries"]  # the plan's own threshold
+    assert entry["k"] == 1.0 and entry["z"] == converged["settings"]["z"]
+    assert [m["index"] for m in entry["macroblocks"]] == [0, 1, 2]
+    for mine, plan_mb in zip(entry["macroblocks"], converged["macroblocks"]):
         assert mine["beta"] == pytest.approx(plan_mb["beta"], abs=1e-6)
         assert 0 <= mine["bound"] < conv["tolerance"]
     # the existing keys are untouched
@@ -66,14 +69,15 @@ def test_convergence_gives_the_full_pass_widths_with_fewer_images(full_plan, con
 
 
 def test_convergence_is_deterministic(converged):
-    again = plan_model(MODEL, data=FOLDER, preprocess="raw", batch_size=8, progress=False, converge=QUICK).document
+    again = plan_model(MODEL, data=FOLDER, preprocess="raw", batch_size=8, progress=False,
+                       converge=QUICK).document.to_json()
     assert again["convergence"] == converged["convergence"]
     assert [l["p_nonzero"] for l in again["layers"]] == [l["p_nonzero"] for l in converged["layers"]]
 
 
 def test_an_unreachable_tolerance_reads_everything_and_says_so(analysis, full_plan, caplog):
     doc = plan_model(MODEL, data=FOLDER, preprocess="raw", batch_size=8, max_images=96, progress=False,
-                     converge=ConvergeOptions(tolerance=1e-12, checkpoint=32)).document
+                     converge=ConvergeOptions(tolerance=1e-12, checkpoint=32)).document.to_json()
     assert doc["convergence"]["converged"] is False and doc["settings"]["images"] == 96
     assert "not converged" in caplog.text
 

@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from onnxmbs.graph.analysis import analyze  # noqa: E402
 from onnxmbs.planning.convergence import ConvergeOptions, default_tolerance  # noqa: E402
 from onnxmbs.planning.pipeline import plan_from_statistics  # noqa: E402
-from onnxmbs.stats.measure import measure_or_load  # noqa: E402
+from onnxmbs.stats.measure import CalibrationOptions, measure_source  # noqa: E402
 
 CHUNK = 2000
 
@@ -82,12 +83,12 @@ def export_model(path: Path) -> Path:
 
 
 def widths(analysis, stats) -> list[int]:
-    return [l["compact_out_channels"] for l in plan_from_statistics(analysis, stats).document["layers"]]
+    return [l.compact_out_channels for l in plan_from_statistics(analysis, stats).document.layers]
 
 
-def timed(analysis, **kw):
+def timed(analysis, options, monitor=None):
     start = time.perf_counter()
-    measured = measure_or_load(analysis, progress=False, **kw)
+    measured = measure_source(analysis, options, monitor=monitor)
     return measured, time.perf_counter() - start
 
 
@@ -107,12 +108,12 @@ def main() -> None:
         data = make_digits(tmp / "digits.npy", args.images)
         print(f"set-up (export + {args.images} images) {time.perf_counter() - t:.1f}s", file=sys.stderr)
         analysis = analyze(tmp / "r56.onnx")
-        common = dict(data=str(data), preprocess="raw", batch_size=args.batch_size)
+        common = CalibrationOptions(data=str(data), preprocess="raw", batch_size=args.batch_size, progress=False)
 
-        full, t_full = timed(analysis, **common)
+        full, t_full = timed(analysis, common)
         print(f"full pass: {full.statistics.images} images in {t_full:.1f}s", file=sys.stderr)
         monitor = monitor_for(ConvergeOptions(checkpoint=args.checkpoint), analysis)
-        conv, t_conv = timed(analysis, monitor=monitor, **common)
+        conv, t_conv = timed(analysis, common, monitor)
         same = widths(analysis, full.statistics) == widths(analysis, conv.statistics)
         c = conv.convergence
         rows = [("full pass, 1 process", f"{full.statistics.images:,}", f"{t_full:.1f}",
@@ -138,7 +139,7 @@ def ray_rows(analysis, common, t_full, full) -> list[tuple]:
     ray.init(num_cpus=max(os.cpu_count() or 1, 1), include_dashboard=False, logging_level="WARNING")
     t_start = time.perf_counter() - t
     try:
-        one, t_one = timed(analysis, workers=1, **common)
+        one, t_one = timed(analysis, replace(common, workers=1))
     finally:
         ray.shutdown()
     exact = all(np.array_equal(one.statistics.taps[n].nonzero, full.statistics.taps[n].nonzero)

@@ -13,11 +13,15 @@ from typing import Any
 
 import click
 
-from onnxmbs.cli.options import (Count, check_workers, clean_errors, converge_from, converge_options, data_options,
-                                 has_data, macroblocks_option, many_stats_option, one_source, refuse_overwrite,
-                                 round_to_option, stats_option)
+from onnxmbs.cli.options import (Count, check_workers, clean_errors, converge_options, data_options,
+                                 macroblocks_option, many_stats_option, one_source, refuse_overwrite, round_to_option,
+                                 stats_option)
 
 logger = logging.getLogger(__name__)
+
+
+def _path(data: Any) -> str:
+    return data if isinstance(data, str) else ""
 
 
 # ------------------------------------------------------------ profile
@@ -43,33 +47,33 @@ class Shard(click.ParamType):
                    "add the shards up with `onnxmbs stats merge`.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Write the counts here (JSON).")
 @clean_errors
-def profile(model: str, output: str, shard: tuple[int, int] | None, **data: Any) -> None:
+def profile(model: str, output: str, shard: tuple[int, int] | None, input_shape, calibration, converge) -> None:
     """Run the statistics pass once and save the counts for `plan/sweep/report/check --stats`."""
+    from dataclasses import replace
+
     from onnxmbs.graph.analysis import analyze
     from onnxmbs.planning.convergence import monitor_for
-    from onnxmbs.stats.calibration import CalibrationInfo
-    from onnxmbs.stats.measure import measure_or_load
+    from onnxmbs.reports.text import convergence_text
+    from onnxmbs.stats.measure import measure
     from onnxmbs.stats.statsfile import save_stats
 
-    one_source(data, None)
-    refuse_overwrite(output, model, data["data"] or "")
-    converge = converge_from(data)
-    if shard is not None and (converge is not None or data["workers"] or data["ray_address"]):
+    one_source(calibration, None)
+    refuse_overwrite(output, model, _path(calibration.data))
+    if shard is not None and (converge is not None or calibration.workers or calibration.ray_address):
         raise click.UsageError("--shard counts one fixed part of the data: leave out --until-converged/--workers")
-    check_workers(data)
-    analysis = analyze(model, input_shape=data["input_shape"])
-    measured = measure_or_load(analysis, shard=shard, monitor=monitor_for(converge, analysis), **data)
-    stats, settings = measured.statistics, measured.settings
-    info = CalibrationInfo(settings["data"], stats.images, settings["skipped"], settings["synthetic"])
-    save_stats(output, analysis, stats, info=info, preprocess=data["preprocess"], shard=shard,
-               convergence=measured.convergence)
+    check_workers(calibration)
+    analysis = analyze(model, input_shape=input_shape)
+    monitor = monitor_for(converge, analysis)
+    stats, info = measure(analysis, replace(calibration, shard=shard), monitor=monitor,
+                          task_images=getattr(monitor, "checkpoint", None))
+    convergence = monitor.result() if monitor is not None else None
+    save_stats(output, analysis, stats, info=info, preprocess=calibration.preprocess, shard=shard,
+               convergence=convergence)
     part = f" (shard {shard[0]}/{shard[1]})" if shard else ""
     click.echo(f"{model}: {stats.images} images{part}, {len(stats.taps)} activations counted in {stats.seconds:.1f}s"
-               f"{' (SYNTHETIC noise)' if settings['synthetic'] else ''}; counts written to {output}")
-    if measured.convergence is not None:
-        from onnxmbs.reports.text import convergence_text
-
-        click.echo(convergence_text(measured.convergence.to_json()))
+               f"{' (SYNTHETIC noise)' if info.synthetic else ''}; counts written to {output}")
+    if convergence is not None:
+        click.echo(convergence_text(convergence))
 
 
 # ------------------------------------------------------------ sweep
@@ -104,7 +108,7 @@ def _target(**options: float | None):
 @clean_errors
 def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: str | None, as_json: bool,
           target_param_reduction, target_flop_reduction, target_params, target_flops, macroblock_map: str | None,
-          **data: Any) -> None:
+          input_shape, calibration, converge) -> None:
     """One statistics pass, a plan for every k: β, configuration, params and MACs per k; or solve for a target."""
     from onnxmbs.graph.analysis import analyze
     from onnxmbs.planning.pipeline import read_macroblock_map
@@ -120,20 +124,19 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
     if output and target is None:
         raise click.UsageError("-o writes the plan solved for a target: add --target-param-reduction, "
                                "--target-flop-reduction, --target-params or --target-flops")
-    one_source(data, stats)
-    refuse_overwrite(output, model, stats or "", data["data"] or "")
-    converge = converge_from(data)
-    check_workers(data)
+    one_source(calibration, stats)
+    refuse_overwrite(output, model, stats or "", _path(calibration.data))
+    check_workers(calibration)
     ks = parse_ks(k_range)
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
-    analysis = analyze(model, input_shape=data["input_shape"], macroblock_override=override)
+    analysis = analyze(model, input_shape=input_shape, macroblock_override=override)
     monitor = monitor_for(converge, analysis, ks=ks, round_to=round_to)
-    measured = measure_or_load(analysis, stats=stats, monitor=monitor, **data)
+    measured = measure_or_load(analysis, stats=stats, options=calibration, monitor=monitor)
     sweeper = make_sweeper(analysis, measured.statistics, round_to=round_to)
     points = run_sweep(sweeper, ks)
     solution = solve(sweeper, target) if target is not None else None
     if output and solution is not None:
-        write_json(output, sweeper.document(solution.k, settings=measured.settings,
+        write_json(output, sweeper.document(solution.k, source=measured.source,
                                             convergence=measured.convergence).document)
     if as_json:
         doc: dict[str, Any] = {"model": model, "images": measured.statistics.images,
@@ -148,7 +151,7 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
         return
     click.echo(sweep_text(points, model=model, images=measured.statistics.images))
     if measured.convergence is not None:
-        click.echo(convergence_text(measured.convergence.to_json()))
+        click.echo(convergence_text(measured.convergence))
     if solution is not None:
         click.echo(solution_text(solution))
     if output:
@@ -170,7 +173,7 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
 @converge_options()
 @clean_errors
 def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, ...], k: float, k_range: str,
-           round_to: int, **data: Any) -> None:
+           round_to: int, input_shape, calibration, converge) -> None:
     """Batch report: one statistics pass per model, plan + k-sweep each, as HTML/Markdown/JSON/CSV.
 
     A model that fails becomes a failure row; the others still run. Exit 1 if any failed.
@@ -178,16 +181,15 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
     from onnxmbs.reports.report import ReportOptions, build_report, check_outputs, report_text, write_report
     from onnxmbs.planning.sweep import parse_ks
 
-    if not stats and not has_data(data):
+    if not stats and not calibration.has_data:
         raise click.UsageError("give calibration data with --data PATH (or --synthetic N), or --stats FILE(s)")
     check_outputs(outputs)
     for path in outputs:
-        refuse_overwrite(path, *models, *stats, data["data"] or "")
-    converge = converge_from(data)
-    check_workers(data)
-    options = ReportOptions(k=k, ks=parse_ks(k_range), round_to=round_to, input_shape=data.pop("input_shape"),
+        refuse_overwrite(path, *models, *stats, _path(calibration.data))
+    check_workers(calibration)
+    options = ReportOptions(k=k, ks=parse_ks(k_range), round_to=round_to, input_shape=input_shape,
                             converge=converge)
-    result = build_report(list(models), options=options, stats=stats, **data)
+    result = build_report(list(models), options=options, stats=stats, calibration=calibration)
     for path in outputs:
         write_report(result, path)
     click.echo(report_text(result))
@@ -219,7 +221,8 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
 @converge_options("--converge-tolerance")
 @clean_errors
 def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops, max_redundancy,
-          baselines: tuple[str, ...], tolerance, k, round_to: int, junit: str | None, **data: Any) -> None:
+          baselines: tuple[str, ...], tolerance, k, round_to: int, junit: str | None, input_shape, calibration,
+          converge) -> None:
     """CI gate: static limits need no data; --max-redundancy and --baseline need statistics.
 
     Exit 0 when every check passes, 1 when one fails, 2 on usage errors. With
@@ -230,16 +233,15 @@ def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops
 
     if tolerance is not None and not baselines:
         raise click.UsageError("--tolerance applies to --baseline: add --baseline plan.json")
-    converge = converge_from(data, "--converge-tolerance")
-    check_workers(data)
+    check_workers(calibration)
     limits = GateLimits(max_params=max_params, max_flops=max_flops, max_redundancy=max_redundancy,
                         baselines=baselines, tolerance=0.02 if tolerance is None else tolerance, k=k,
-                        round_to=round_to, input_shape=data.pop("input_shape"), converge=converge)
-    if limits.needs_statistics and not stats and not has_data(data):
+                        round_to=round_to, input_shape=input_shape, converge=converge)
+    if limits.needs_statistics and not stats and not calibration.has_data:
         raise click.UsageError("--max-redundancy and --baseline need statistics: give --data PATH, "
                                "--synthetic N or --stats FILE")
     refuse_overwrite(junit, *models, *stats, *baselines)
-    results = run_gate(list(models), limits, stats=stats, **data)
+    results = run_gate(list(models), limits, stats=stats, calibration=calibration)
     click.echo(results_text(results))
     if junit:
         write_atomic(junit, junit_xml(results))

@@ -35,7 +35,7 @@ from onnxmbs.planning.pipeline import group_facts, layer_facts
 from onnxmbs.planning.planner import plan, rf_boundary, threshold
 from onnxmbs.planning.scaling import param_specs
 from onnxmbs.stats.counting import Instrumented
-from onnxmbs.stats.measure import Convergence
+from onnxmbs.stats.stopping import BetaBound, Convergence, ConvergenceEntry
 
 logger = logging.getLogger(__name__)
 
@@ -134,16 +134,15 @@ class ConvergenceMonitor:
         if self.rows and not self.stopped and self.images != self.next - self.checkpoint:
             self._check()  # the data ended between checkpoints: judge what was read
         rows = np.asarray(self.rows) if self.rows else np.zeros((0, len(self.facts)))
-        entries = [{"k": kk, "z": zz, "macroblocks": [{"index": i, "beta": round(float(b), 6),
-                                                                        "bound": round(float(e), 6)}
-                                                       for i, (b, e) in enumerate(self._bounds(rows, zz))]}
-                   for zz, kk in self.zs]
+        entries = tuple(ConvergenceEntry(k=kk, z=zz, macroblocks=tuple(
+            BetaBound(index=i, beta=round(float(b), 6), bound=round(float(e), 6))
+            for i, (b, e) in enumerate(self._bounds(rows, zz)))) for zz, kk in self.zs)
         if not self.stopped:
             logger.warning("the plan has not converged after %d images (largest beta bound %.5f, tolerance %.5f, "
                            "widths changed within the last %d checkpoints?) — give more data or raise --max-images",
                            self.images, self.last_bound, self.tolerance, self.patience)
         return Convergence(images=self.images, converged=self.stopped, tolerance=self.tolerance,
-                           checkpoint=self.checkpoint, checkpoints=self.checkpoints, entries=tuple(entries))
+                           checkpoint=self.checkpoint, checkpoints=self.checkpoints, entries=entries)
 
 
 @dataclass(frozen=True)
