@@ -61,9 +61,10 @@ def test_convergence_gives_the_full_pass_widths_with_fewer_images(full_plan, con
     (entry,) = conv["entries"]  # the plan's own threshold
     assert entry["k"] == 1.0 and entry["z"] == converged["settings"]["z"]
     assert [m["index"] for m in entry["macroblocks"]] == [0, 1, 2]
-    for mine, plan_mb in zip(entry["macroblocks"], converged["macroblocks"]):
+    for mine, plan_mb, full_mb in zip(entry["macroblocks"], converged["macroblocks"], full_plan["macroblocks"]):
         assert mine["beta"] == pytest.approx(plan_mb["beta"], abs=1e-6)
         assert 0 <= mine["bound"] < conv["tolerance"]
+        assert abs(mine["beta"] - full_mb["beta"]) <= mine["bound"]  # the full pass's β lies within the bound
     # the existing keys are untouched
     assert set(full_plan) <= set(converged) and set(converged) - set(full_plan) == {"convergence"}
 
