@@ -10,8 +10,9 @@ noised. They are generated chunk by chunk into a uint8 .npy memory map in a temp
 1. the full pass (single process) and its plan;
 2. the pass with --until-converged (default tolerance 0.5 / C_max), and its plan: images used,
    wall-time ratio, and whether the compact widths are identical to the full pass's (they must be);
-3. the full pass with --workers 1 on a local Ray (already started: the start-up is timed apart),
-   as a ratio to (1): the overhead of the Ray path.
+3. --workers 1 on a local Ray (started once; the start-up is timed apart) against the plain pass,
+   over the first --ray-images images in --ray-rounds alternating rounds (median ratio): the overhead
+   of the Ray path, with both runs exposed to the same drift of a shared machine's load.
 
 Prints a Markdown table. Figures for more workers than this machine has cores are an ESTIMATE,
 labelled as such, from the measured single-worker throughput and Ray efficiency.
@@ -98,6 +99,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--checkpoint", type=int, default=256)
     ap.add_argument("--skip-ray", action="store_true", help="Only compare the full pass with --until-converged.")
+    ap.add_argument("--ray-rounds", type=int, default=4, help="alternating rounds of plain vs --workers 1")
+    ap.add_argument("--ray-images", type=int, default=5000, help="images per run in those rounds")
     args = ap.parse_args()
     from onnxmbs.planning.convergence import monitor_for
 
@@ -122,7 +125,7 @@ def main() -> None:
                  f"{t_conv:.1f}", f"{c.images / t_conv:.0f}", f"{t_conv / t_full:.3f}x",
                  f"widths identical: {'yes' if same else 'NO'}")]
         if not args.skip_ray:
-            rows += ray_rows(analysis, common, t_full, full)
+            rows += ray_rows(analysis, common, args.ray_rounds, min(args.ray_images, args.images))
     tol = c.tolerance
     print(f"\nResNet-56 (zoo, random weights) at 32x32, {args.images:,} digit-derived images, batch "
           f"{args.batch_size}, {os.cpu_count()} CPU cores; tolerance 0.5/C_max = {tol:.5f} (C_max = "
@@ -132,27 +135,37 @@ def main() -> None:
         print("| " + " | ".join(row) + " |")
 
 
-def ray_rows(analysis, common, t_full, full) -> list[tuple]:
+def ray_rows(analysis, common, rounds: int, images: int) -> list[tuple]:
+    """--workers 1 vs the plain pass over the first ``images`` images, in alternating rounds (a shared
+    machine's load drifts over minutes; alternating exposes both runs to the same drift)."""
     import ray
 
     t = time.perf_counter()
     ray.init(num_cpus=max(os.cpu_count() or 1, 1), include_dashboard=False, logging_level="WARNING")
     t_start = time.perf_counter() - t
+    plain_s, ray_s, exact = [], [], True
+    part = replace(common, max_images=images)
     try:
-        one, t_one = timed(analysis, replace(common, workers=1))
+        for _ in range(rounds):
+            plain, t_plain = timed(analysis, part)
+            one, t_one = timed(analysis, replace(part, workers=1))
+            plain_s.append(t_plain)
+            ray_s.append(t_one)
+            exact &= all(np.array_equal(one.statistics.taps[n].nonzero, plain.statistics.taps[n].nonzero)
+                         for n in plain.statistics.taps)
     finally:
         ray.shutdown()
-    exact = all(np.array_equal(one.statistics.taps[n].nonzero, full.statistics.taps[n].nonzero)
-                for n in full.statistics.taps)
-    rate = one.statistics.images / t_one
+    ratios = sorted(p / r for p, r in zip(plain_s, ray_s))
+    rate = images / float(np.median(ray_s))
     cores = os.cpu_count() or 1
-    rows = [("--workers 1 (local Ray, started)", f"{one.statistics.images:,}", f"{t_one:.1f}", f"{rate:.0f}",
-             f"{t_full / t_one:.3f}x throughput", f"counts equal: {'yes' if exact else 'NO'}; Ray start "
-                                                  f"{t_start:.1f}s not included")]
+    rows = [(f"--workers 1 (local Ray) vs 1 process, {rounds} alternating rounds", f"{images:,} per run",
+             f"{np.median(ray_s):.1f} vs {np.median(plain_s):.1f}", f"{rate:.0f}",
+             f"{float(np.median(ratios)):.3f}x throughput (rounds {', '.join(f'{r:.3f}' for r in ratios)})",
+             f"counts equal: {'yes' if exact else 'NO'}; Ray start {t_start:.1f}s not included")]
     for n in (4, 16):
-        rows.append((f"ESTIMATE: --workers {n} on {n} machines like this", f"{one.statistics.images:,}",
-                     f"~{t_one / n:.0f}", f"~{rate * n:.0f}", "", f"estimate, not measured ({cores} cores here): "
-                     f"n x the 1-worker rate, ignoring the driver and data reads"))
+        rows.append((f"ESTIMATE: --workers {n} on {n} machines like this", "50,000", f"~{50_000 / (rate * n):.0f}",
+                     f"~{rate * n:.0f}", "", f"estimate, not measured ({cores} cores here): n x the 1-worker "
+                                            "rate, ignoring the driver and data reads"))
     return rows
 
 
