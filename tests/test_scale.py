@@ -216,3 +216,13 @@ def test_sweep_report_and_check_converge_too(tmp_path):
     assert report.exit_code == 0 and "converged after" in (tmp_path / "r.md").read_text()
     check = run("check", MODEL, *quick, "--max-redundancy", "0.5", "--converge-tolerance", "0.01")
     assert check.exit_code == 0 and "PASS" in check.output
+
+
+def test_ray_address_without_a_cluster_is_one_line(monkeypatch, tmp_path):
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("a Ray is running in this process")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    res = run("profile", MODEL, "--data", NPZ, "--max-images", "16", "--ray-address", "auto", "-o", tmp_path / "s.json")
+    assert res.exit_code == 1 and res.output.count("\n") == 1
+    assert "cannot start or join Ray at 'auto'" in res.output and "ray start --head" in res.output
