@@ -139,15 +139,7 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
         write_json(output, sweeper.document(solution.k, source=measured.source,
                                             convergence=measured.convergence).document)
     if as_json:
-        doc: dict[str, Any] = {"model": model, "images": measured.statistics.images,
-                               "sweep": [p.as_dict() for p in points]}
-        if solution is not None:
-            doc["solution"] = {"metric": target.metric, "target": target.value, "k": solution.k,
-                               "k_low": solution.k_low, "k_high": solution.k_high if solution.k_high != float("inf")
-                               else None, "achieved": target.achieved(solution.point), **solution.point.as_dict()}
-        if measured.convergence is not None:
-            doc["convergence"] = measured.convergence.to_json()
-        click.echo(json.dumps(doc, indent=1))
+        click.echo(json.dumps(_sweep_json(model, measured, points, target, solution), indent=1))
         return
     click.echo(sweep_text(points, model=model, images=measured.statistics.images))
     if measured.convergence is not None:
@@ -156,6 +148,17 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
         click.echo(solution_text(solution))
     if output:
         click.echo(f"plan written to {output}")
+
+
+def _sweep_json(model: str, measured: Any, points: Any, target: Any, solution: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"model": model, "images": measured.statistics.images, "sweep": [p.as_dict() for p in points]}
+    if solution is not None:
+        doc["solution"] = {"metric": target.metric, "target": target.value, "k": solution.k,
+                           "k_low": solution.k_low, "k_high": solution.k_high if solution.k_high != float("inf")
+                           else None, "achieved": target.achieved(solution.point), **solution.point.as_dict()}
+    if measured.convergence is not None:
+        doc["convergence"] = measured.convergence.to_json()
+    return doc
 
 
 # ------------------------------------------------------------ report
