@@ -8,6 +8,8 @@ in a fresh interpreter, plus one plain ``compact`` (no reconstruction) as the ba
 is the child's ``VmHWM``. Prints the figures and the ratio peak(256) / peak(64) measured in this run.
 
 Usage:  python tools/bench_reconstruct.py [--images 64 256] [--positions 32] [--batch-size 16]
+        python tools/bench_reconstruct.py --model models/resnet20_digits.onnx --data train.npz --preprocess raw
+               --images 64 1024     (any model: planned at k = 1 on --data, reconstructed on --data)
 """
 from __future__ import annotations
 
@@ -64,25 +66,30 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cache", type=Path, default=ROOT / "artifacts" / "bench")
+    parser.add_argument("--model", type=Path, default=None, help="another model instead of the zoo ResNet-50")
+    parser.add_argument("--data", type=Path, default=None, help="its images (default: noise PNGs at 224)")
+    parser.add_argument("--preprocess", default="imagenet")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
-    model = args.cache / "resnet50_torch_224.onnx"
+    model = args.model or args.cache / "resnet50_torch_224.onnx"
     if not model.exists():
         from onnxmbs.zoo import export
 
         export("resnet50", model, framework="torch", input_size=224)
-    plan = args.cache / "resnet50_plan_k1.json"
+    plan = args.cache / f"{model.stem}_plan_k1.json"
     if not plan.exists():
-        child(["plan", str(model), "--synthetic", "8", "-o", str(plan)])
-    data = noise_folder(args.cache / "noise224", max(args.images))
-    base = child(["compact", str(model), "--plan", str(plan), "-o", str(args.cache / "r50_inherited.onnx"),
+        source = ["--data", str(args.data), "--preprocess", args.preprocess] if args.data else ["--synthetic", "8"]
+        child(["plan", str(model), *source, "-o", str(plan)])
+    data = args.data or noise_folder(args.cache / "noise224", max(args.images))
+    base = child(["compact", str(model), "--plan", str(plan), "-o", str(args.cache / f"{model.stem}_inherited.onnx"),
                   "--repeats", "0"])
     print(f"compact without reconstruction: {base['seconds']:.1f} s, peak RSS {base['peak_mb']:.0f} MB")
     runs = {}
     for n in args.images:
-        out = args.cache / f"r50_rec_{n}.onnx"
+        out = args.cache / f"{model.stem}_rec_{n}.onnx"
         runs[n] = child(["compact", str(model), "--plan", str(plan), "-o", str(out), "--repeats", "0",
                          "--reconstruct", "--data", str(data), "--max-images", str(n), "--no-progress",
+                         "--preprocess", args.preprocess,
                          "--positions", str(args.positions), "--batch-size", str(args.batch_size)])
         rec = json.loads(Path(str(out) + ".json").read_text())["reconstruction"]
         print(f"reconstruct on {n} images: {runs[n]['seconds']:.1f} s (reconstruction {rec['seconds']:.1f} s, "
