@@ -181,3 +181,23 @@ def open_labelled_data(loaded: Any, *, data: str, classes: str | None, preproces
 
     return open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout, classes=classes,
                          preprocess=make_preprocess(preprocess, mean=mean, std=std), max_images=max_images)
+
+
+def training_options(fn: Callable) -> Callable:
+    """The training recipe of ``retrain`` and ``handbook`` (fields of :class:`onnxmbs.train.TrainConfig`)."""
+    options = [
+        click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+        click.option("--lr", type=float, default=0.1, show_default=True),
+        click.option("--momentum", type=float, default=0.9, show_default=True),
+        click.option("--weight-decay", type=float, default=1e-4, show_default=True),
+        click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
+                     help="step: lr ÷ 10 at 50% and 75% (the paper's)."),
+        click.option("--flip/--no-flip", default=True, show_default=True,
+                     help="Random horizontal flips (off for digits/text)."),
+        click.option("--crop-pad", type=click.IntRange(min=0), default=4, show_default=True,
+                     help="Random-crop padding (0: off)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn

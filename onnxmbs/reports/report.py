@@ -252,7 +252,7 @@ tr.failed td{background:#fff5f5;color:#c53030}
 """
 
 
-def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, classes: Sequence[str] = ()) -> str:
+def html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, classes: Sequence[str] = ()) -> str:
     head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
     body = []
     for i, row in enumerate(rows):
@@ -281,8 +281,8 @@ def _html_model(i: int, m: ModelReport) -> str:
               plots.tradeoff_curve(m.curve, marks=m.sweep, chosen_k=st.k)]
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in _notes(doc))
     return (head + f'<p class="meta">{meta}</p>{notes}<div class="charts">{"".join(charts)}</div>'
-            f"<h3>Macroblocks</h3>{_html_table(MB_HEADERS, macroblock_rows(doc, arrow='→'))}"
-            f"<h3>k sweep</h3>{_html_table(SWEEP_HEADERS, _sweep_rows(m.sweep))}</section>")
+            f"<h3>Macroblocks</h3>{html_table(MB_HEADERS, macroblock_rows(doc, arrow='→'))}"
+            f"<h3>k sweep</h3>{html_table(SWEEP_HEADERS, _sweep_rows(m.sweep))}</section>")
 
 
 def _html_summary_row(i: int, m: ModelReport) -> str:

@@ -27,7 +27,7 @@ from onnxmbs.zoo.configuration import CONFIGS, ConfigSpec, configuration_from_pl
 # submodule is first imported, so a later first import would replace the function
 # with the module.  Use ``from onnxmbs.zoo.export import export_torch`` for the module.
 
-__all__ = ["ZOO", "ZooEntry", "build", "configuration_from_plan", "export", "list_models"]
+__all__ = ["ZOO", "ZooEntry", "build", "configuration_from_plan", "export", "list_models", "lookup"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,13 @@ ZOO: dict[str, ZooEntry] = _entries()
 def list_models() -> list[str]:
     """The zoo's model names, sorted."""
     return sorted(ZOO)
+
+
+def lookup(name: str) -> ZooEntry:
+    """The zoo entry ``name`` (``resnet20_cifar`` is ``resnet20``), or a clean error listing the names."""
+    if name not in ZOO and name.endswith("_cifar") and name.removesuffix("_cifar") in ZOO:
+        name = name.removesuffix("_cifar")
+    return _entry(name)
 
 
 def _entry(name: str) -> ZooEntry:
