@@ -11,15 +11,12 @@ weights start from scratch as in the paper) or your own: a pickled ``nn.Module``
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from onnxmbs.cli.options import clean_errors, training_options
 from onnxmbs.errors import MBSError
-
-if TYPE_CHECKING:
-    from onnxmbs.planning.document import PlanDocument
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ from onnxmbs.errors import MBSError
 from onnxmbs.handbook.record import SCHEMA, Handbook, Point, Run, Settings
 from onnxmbs.handbook.store import RunStore
 from onnxmbs.handbook.training import Task, Trainer, run_task
-from onnxmbs.planning.document import PlanDocument
 from onnxmbs.progress import progress_bar
 from onnxmbs.stats.measure import CalibrationOptions
 
