@@ -13,7 +13,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from onnxmbs.cli import main  # noqa: E402
 from onnxmbs.handbook.engine import HandbookJob, run_handbook  # noqa: E402
-from onnxmbs.handbook.record import Handbook, Paired  # noqa: E402
+from onnxmbs.handbook.record import Handbook  # noqa: E402
 from onnxmbs.handbook.store import RunStore  # noqa: E402
 from onnxmbs.handbook.training import ModelSource, Trainer, run_task  # noqa: E402
 from onnxmbs.stats.measure import CalibrationOptions  # noqa: E402
@@ -120,16 +120,6 @@ def test_handbook_json_round_trip(resumed):
     assert [r.point.k for r in book.rows()] == [0.6, 1.4]
 
 
-def test_paired_difference_interval():
-    diffs = [0.01, 0.03, 0.02, 0.04]
-    mean, sd = np.mean(diffs), np.std(diffs, ddof=1)
-    half = 3.182446305284263 * sd / 2  # t(0.975, 3) × sd / √4
-    got = Paired.of(diffs)
-    assert got.mean == pytest.approx(mean)
-    assert (got.low, got.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
-    assert Paired.of([0.1]) is None
-
-
 def test_cli_resumes_and_writes_every_format(files, resumed):
     out = files["root"] / "out"
     outputs = [out / f"hb.{ext}" for ext in ("json", "md", "csv", "html")]
@@ -154,3 +144,28 @@ def test_cli_refuses_runs_made_with_other_settings(files, resumed):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert "other settings" in result.output and "train" in result.output
+
+
+def test_a_run_repeats_exactly_with_its_seed(files):
+    """Single-threaded CPU training is deterministic: the same task twice gives the same model."""
+    job = _job(files)
+    from onnxmbs.handbook.engine import prepare
+
+    task = next(t for t in prepare(job, RunStore(files["root"] / "runs")).tasks if t.variant == "uniform")
+    first, again = run_task(job.trainer, task), run_task(job.trainer, task)
+    assert (first.accuracy, first.params, first.alpha) == (again.accuracy, again.params, again.alpha)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "x.pt"], "exactly one of --zoo"),
+    (["--no-data"], "--data"),
+])
+def test_cli_usage_errors(files, extra, message):
+    args = ["handbook", str(files["onnx"]), "--zoo", "resnet20", "--data", str(files["calib"]), "--train",
+            str(files["train"]), "--val", str(files["val"]), "-o", str(files["root"] / "u.json")]
+    if extra == ["--no-data"]:
+        args = [a for a in args if a not in ("--data", str(files["calib"]))]
+    else:
+        args += extra
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and message in result.output

@@ -113,6 +113,27 @@ class Stat:
         return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
 
 
+def _t_within(t: float, df: int) -> float:
+    """P(|T| < t) for Student's t with ``df`` degrees of freedom (Abramowitz & Stegun 26.7.3-4)."""
+    theta = math.atan(t / math.sqrt(df))
+    c2, term, total = math.cos(theta) ** 2, 1.0, 1.0
+    for i in range(1 + df % 2, df - 1, 2):  # odd df: 2/3 c², 2·4/(3·5) c⁴ …; even df: 1/2 c², 1·3/(2·4) c⁴ …
+        term *= c2 * i / (i + 1)
+        total += term
+    if df % 2 == 0:
+        return math.sin(theta) * total
+    return 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * total if df > 1 else 0.0))
+
+
+def t_quantile(confidence: float, df: int) -> float:
+    """The t with P(|T| < t) = ``confidence`` (two-sided), by bisection: 4.303 for 95 % and df = 2."""
+    lo, hi = 0.0, 1e4
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_within(mid, df) < confidence else (lo, mid)
+    return (lo + hi) / 2
+
+
 @dataclass(frozen=True)
 class Paired:
     """Mean of paired differences (same seed) with its two-sided 95 % t confidence interval."""
@@ -125,10 +146,8 @@ class Paired:
     def of(cls, diffs: Sequence[float]) -> Paired | None:
         if len(diffs) < 2:
             return None
-        from scipy.stats import t
-
         mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
-        half = float(t.ppf(0.975, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
+        half = t_quantile(0.95, len(diffs) - 1) * sd / math.sqrt(len(diffs))
         return cls(mean, mean - half, mean + half, len(diffs))
 
 
