@@ -101,6 +101,10 @@ def run_task(trainer: Trainer, task: Task) -> Run:
     began = time.perf_counter()
     source = trainer.source
     set_threads(source.framework, trainer.threads)
+    if source.framework == "keras":
+        import keras
+
+        keras.backend.clear_session()  # fresh name and seed counters: a run does not depend on earlier ones
     seed_framework(source.framework, task.seed)
     model = adapt(source.load(), source.framework, task.plan, source.chw, trainer.init)
     result = train_model(model, source.framework, trainer.train, trainer.val, replace(trainer.config, seed=task.seed))
