@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from onnxmbs.errors import MBSError
@@ -89,8 +89,8 @@ def _plans(job: HandbookJob, sweeper: Any, source: Any) -> tuple[list[Point], li
         if job.uniform:
             uni = match_alpha(sweeper.groups, sweeper.layers, sweeper.specs, at.params_compact,
                               round_to=job.round_to)
-            point = Point(**{**point.__dict__, "alpha": uni.alpha, "uniform_params": uni.summary.params_compact,
-                             "uniform_flops": uni.summary.flops_compact, "uniform_step": uni.step})
+            point = replace(point, alpha=uni.alpha, uniform_params=uni.summary.params_compact,
+                            uniform_flops=uni.summary.flops_compact, uniform_step=uni.step)
             tasks += [Task("uniform", float(k), s, uniform_document(doc, uni), uni.alpha) for s in seeds]
         points.append(point)
     if job.original:
