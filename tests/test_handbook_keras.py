@@ -25,10 +25,13 @@ def test_keras_handbook_params_equal_predictions(tmp_path):
     keras.utils.set_random_seed(0)
     model = keras_models.mobilenet_v1(widths=[8, 8, 16, 16, 32, 32], num_classes=3, input_size=32)
     rng = np.random.default_rng(0)
-    for layer in model.layers:  # trained-looking BatchNorm statistics (tf2onnx keeps them)
+    for layer in model.layers:  # trained-looking statistics and biases (tf2onnx drops all-zero biases)
         if isinstance(layer, keras.layers.BatchNormalization):
             g, b, m, v = layer.get_weights()
             layer.set_weights([g, b, rng.uniform(-.1, .1, m.shape), rng.uniform(.5, 1.5, v.shape)])
+        elif isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)) and layer.use_bias:
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, rng.uniform(-.1, .1, bias.shape)])
     model.save(tmp_path / "m.keras")
     export_keras(model, tmp_path / "m.onnx")
     x, y = rng.random((32, 32, 32, 3), dtype=np.float32), rng.integers(0, 3, 32)
