@@ -148,3 +148,19 @@ def run_handbook(job: HandbookJob, store: RunStore, *, execute: Executor = _sequ
     runs = tuple(done[t.key] for t in prepared.tasks if t.key in done)
     return Handbook(schema=SCHEMA, settings=prepared.settings, params=prepared.params, flops=prepared.flops,
                     points=prepared.points, runs=runs, seconds=round(time.perf_counter() - began, 3))
+
+
+def ray_executor(*, workers: int | None, address: str | None = None) -> Executor:
+    """Run the tasks as Ray tasks (:mod:`onnxmbs.cluster`), one CPU each. Runs come back, and are saved,
+    in task order: a run that finishes early waits for the ones before it (at most ``2 × workers`` queued)."""
+    from onnxmbs.cluster import connect, require_ray, run_ordered
+
+    require_ray("--workers" if workers is not None else "--ray-address")
+
+    def execute(trainer: Trainer, tasks: Sequence[Task], progress: bool | None) -> Iterator[Run]:
+        if not tasks:
+            return
+        with connect(address, workers=workers):
+            yield from run_ordered(run_task, [(t,) for t in tasks], shared=trainer, window=2 * (workers or 2),
+                                   progress=progress, desc="training", unit="run")
+    return execute
