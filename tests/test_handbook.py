@@ -169,3 +169,14 @@ def test_cli_usage_errors(files, extra, message):
         args += extra
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.slow  # starting Ray and two workers takes ~40 s here
+def test_ray_workers_give_the_sequential_results(files, resumed, tmp_path):
+    """--workers: the same runs as Ray tasks, identical to the sequential ones (1 CPU thread each)."""
+    pytest.importorskip("ray")
+    from onnxmbs.handbook.engine import ray_executor
+
+    book = run_handbook(_job(files), RunStore(tmp_path / "runs"), execute=ray_executor(workers=2))
+    assert {r.key: (r.accuracy, r.params) for r in book.runs} == {r.key: (r.accuracy, r.params)
+                                                                 for r in resumed[0].runs}
