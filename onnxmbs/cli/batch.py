@@ -34,7 +34,7 @@ def profile(model: str, output: str, **data: Any) -> None:
 
     one_source(data, None)
     refuse_overwrite(output, model, data["data"] or "")
-    analysis = analyze(model, input_shape=data["input_shape"])
+    analysis = analyze(model, input_shape=data["input_shape"], statistic=data["statistic"])
     stats, info = measure(analysis, **{k: v for k, v in data.items() if k in DATA_KEYS})
     save_stats(output, analysis, stats, info=info, preprocess=data["preprocess"])
     click.echo(f"{model}: {stats.images} images, {len(stats.taps)} activations counted in {stats.seconds:.1f}s"
@@ -91,7 +91,8 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
     refuse_overwrite(output, model, stats or "", data["data"] or "")
     ks = parse_ks(k_range)
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
-    analysis = analyze(model, input_shape=data["input_shape"], macroblock_override=override)
+    analysis = analyze(model, input_shape=data["input_shape"], macroblock_override=override,
+                       statistic=data["statistic"])
     measured = measure_or_load(analysis, stats=stats, **data)
     sweeper = make_sweeper(analysis, measured.statistics, round_to=round_to)
     points = run_sweep(sweeper, ks)
@@ -141,7 +142,8 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
     check_outputs(outputs)
     for path in outputs:
         refuse_overwrite(path, *models, *stats, data["data"] or "")
-    options = ReportOptions(k=k, ks=parse_ks(k_range), round_to=round_to, input_shape=data.pop("input_shape"))
+    options = ReportOptions(k=k, ks=parse_ks(k_range), round_to=round_to, input_shape=data.pop("input_shape"),
+                            statistic=data.pop("statistic"))
     result = build_report(list(models), options=options, stats=stats, **data)
     for path in outputs:
         write_report(result, path)
@@ -186,7 +188,7 @@ def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops
         raise click.UsageError("--tolerance applies to --baseline: add --baseline plan.json")
     limits = GateLimits(max_params=max_params, max_flops=max_flops, max_redundancy=max_redundancy,
                         baselines=baselines, tolerance=0.02 if tolerance is None else tolerance, k=k,
-                        round_to=round_to, input_shape=data.pop("input_shape"))
+                        round_to=round_to, input_shape=data.pop("input_shape"), statistic=data.pop("statistic"))
     if limits.needs_statistics and not stats and not has_data(data):
         raise click.UsageError("--max-redundancy and --baseline need statistics: give --data PATH, "
                                "--synthetic N or --stats FILE")

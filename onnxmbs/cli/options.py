@@ -73,6 +73,10 @@ class Floats(click.ParamType):
 
 input_shape_option = click.option("--input-shape", type=Shape(), default=None,
                                   help="Fix dynamic input dims, e.g. 1,3,224,224 (NCHW) or 1,224,224,3 (NHWC).")
+statistic_option = click.option(
+    "--statistic", type=click.Choice(["extended", "paper"]), default="extended", show_default=True,
+    help="extended: convs before SiLU/GELU/HardSwish/LeakyReLU/PReLU... count outputs > 0 (beyond the paper; "
+         "ReLU layers count non-zeros, as in the paper); paper: only ReLU-family layers are measured, others p = 1.")
 macroblocks_option = click.option("--macroblocks", "macroblock_map", type=click.Path(dir_okay=False), default=None,
                                   help="JSON {layer: level} to override the grouping by output resolution.")
 
@@ -99,6 +103,7 @@ def data_options(fn: Callable) -> Callable:
                      help="onnxruntime provider: auto (CUDA when it really works), cpu, cuda."),
         click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."),
         input_shape_option,
+        statistic_option,
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -5,23 +5,25 @@ import json
 
 import click
 
-from onnxmbs.cli.options import clean_errors, data_options, input_shape_option, macroblocks_option, refuse_overwrite
+from onnxmbs.cli.options import (clean_errors, data_options, input_shape_option, macroblocks_option, refuse_overwrite,
+                                 statistic_option)
 
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @input_shape_option
 @macroblocks_option
+@statistic_option
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON (a plan with p = 1).")
 @clean_errors
-def analyze(model: str, input_shape, macroblock_map, as_json: bool) -> None:
+def analyze(model: str, input_shape, macroblock_map, statistic: str, as_json: bool) -> None:
     """Static view: layers, receptive fields, macroblocks, channel groups, params, MACs (no data needed)."""
     from onnxmbs.graph.analysis import analyze as run_analyze
     from onnxmbs.planning.pipeline import plan_from_statistics, read_macroblock_map
     from onnxmbs.reports.text import analysis_text
 
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
-    result = run_analyze(model, input_shape=input_shape, macroblock_override=override)
+    result = run_analyze(model, input_shape=input_shape, macroblock_override=override, statistic=statistic)
     if as_json:
         click.echo(json.dumps(plan_from_statistics(result, None).document, indent=1))
     else:
@@ -58,7 +60,7 @@ def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: s
     if stats:
         from onnxmbs.planning.pipeline import plan_with_stats
         result = plan_with_stats(model, stats, input_shape=data["input_shape"], k=k, z=z, round_to=round_to,
-                                 macroblocks=override)
+                                 macroblocks=override, statistic=data["statistic"])
     else:
         result = plan_model(model, k=k, z=z, round_to=round_to, macroblocks=override, **data)
     if output:

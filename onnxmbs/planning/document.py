@@ -35,6 +35,7 @@ def _layer_entry(conv, facts: LayerFacts, analysis: Analysis, plan: Plan, rates)
         "kernel": list(conv.kernel), "stride": list(conv.stride), "dilation": list(conv.dilation),
         "rf": conv.rf, "flops": conv.flops, "params": conv.params,
         "activation": tap.node if tap else None, "p_nonzero": facts.p_nonzero, "measured": tap is not None,
+        "statistic": tap.statistic if tap else None,
         "base": plan.base[conv.name], "group": facts.group,
         "compact_out_channels": sum(widths[g] for g in facts.output_groups or (facts.group,)),
         "output_groups": list(facts.output_groups or (facts.group,)),

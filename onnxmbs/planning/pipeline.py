@@ -66,7 +66,8 @@ def plan_from_statistics(analysis: Analysis, stats: Statistics | None, *, k: flo
     result = plan(facts, group_facts(analysis), param_specs(analysis), L=analysis.L,
                   macroblocks=len(analysis.macroblocks), k=k, z=z, round_to=round_to)
     base_settings = {"images": stats.images if stats else 0, "synthetic": False,
-                     "provider": stats.provider if stats else None, "round_to": round_to}
+                     "provider": stats.provider if stats else None, "round_to": round_to,
+                     "statistic": analysis.statistic}
     doc = plan_document(analysis, facts, result, settings={**base_settings, **(settings or {})},
                         channel_rates=_channel_rates(analysis, stats))
     return PlanResult(analysis=analysis, statistics=stats, plan=result, document=doc)
@@ -92,9 +93,14 @@ def plan_model(model: str | Path | onnx.ModelProto, *, data: Any = None, synthet
                k: float | None = None, z: float | None = None,
                round_to: int = 1, preprocess: str | None = "imagenet", mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, max_images: int | None = None, batch_size: int = 32,
-               provider: str = "auto", progress: bool | None = None, seed: int = 0) -> PlanResult:
-    """Analyse ``model``, measure its ReLU statistics on ``data`` and plan MBS widths."""
-    analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks)
+               provider: str = "auto", progress: bool | None = None, seed: int = 0,
+               statistic: str = "extended") -> PlanResult:
+    """Analyse ``model``, measure its activation statistics on ``data`` and plan MBS widths.
+
+    ``statistic="paper"`` measures ReLU-family activations only (the paper); the default also counts
+    the outputs > 0 after SiLU/GELU/HardSwish/LeakyReLU/PReLU.
+    """
+    analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks, statistic=statistic)
     stats, info = measure(analysis, data=data, synthetic=synthetic, preprocess=preprocess, mean=mean, std=std,
                           max_images=max_images, batch_size=batch_size, provider=provider, progress=progress,
                           seed=seed)
@@ -105,9 +111,9 @@ def plan_model(model: str | Path | onnx.ModelProto, *, data: Any = None, synthet
 
 def plan_with_stats(model: str | Path, stats: str | Path, *, input_shape: tuple[int, ...] | None = None,
                     k: float | None = None, z: float | None = None, round_to: int = 1,
-                    macroblocks: dict[str, int] | None = None):
+                    macroblocks: dict[str, int] | None = None, statistic: str = "extended"):
     """``onnxmbs plan --stats``: analyse, load the saved counts (same model checked), plan."""
-    analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks)
+    analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks, statistic=statistic)
     measured = load_stats(stats, analysis)
     return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to,
                                 settings=measured.settings)

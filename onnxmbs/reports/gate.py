@@ -54,6 +54,7 @@ class GateLimits:
     k: float | None = None
     round_to: int = 1
     input_shape: tuple[int, ...] | None = None
+    statistic: str = "extended"
 
     @property
     def needs_statistics(self) -> bool:
@@ -160,7 +161,7 @@ def check_model(model: str, limits: GateLimits, *, baselines: Mapping[str, Mappi
     """Every requested check for one model; a broken model gives error results, never an exception."""
     start = time.perf_counter()
     try:
-        analysis = analyze(model, input_shape=limits.input_shape)
+        analysis = analyze(model, input_shape=limits.input_shape, statistic=limits.statistic)
     except Exception as exc:  # noqa: BLE001 - the gate reports every model
         reason = str(exc) if isinstance(exc, MBSError) else f"unexpected {type(exc).__name__}: {exc}"
         first = CheckResult(model, "analyze", False, reason, seconds=time.perf_counter() - start, error=True)

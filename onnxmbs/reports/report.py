@@ -43,6 +43,7 @@ class ReportOptions:
     ks: tuple[float, ...] = (0.6, 0.8, 1.0, 1.2, 1.4)
     round_to: int = 1
     input_shape: tuple[int, ...] | None = None
+    statistic: str = "extended"
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def report_model(path: str, *, options: ReportOptions, stats: Sequence[str] = ()
     start = time.perf_counter()
     sha = None
     try:
-        analysis = analyze(path, input_shape=options.input_shape)
+        analysis = analyze(path, input_shape=options.input_shape, statistic=options.statistic)
         sha = analysis.loaded.sha256
         measured = measure_or_load(analysis, stats=stats, **data)
         sweeper = make_sweeper(analysis, measured.statistics, round_to=options.round_to)

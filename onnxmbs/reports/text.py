@@ -76,8 +76,13 @@ def plan_text(doc: Mapping[str, Any]) -> str:
                          rows),
              f"params {s['params']:,} -> {s['params_compact']:,} ({100 * s['param_reduction']:.2f}% fewer); "
              f"MACs {human(s['flops'])} -> {human(s['flops_compact'])} ({100 * s['flop_reduction']:.2f}% fewer)"]
+    positive = sum(1 for l in doc["layers"] if l.get("statistic") == "positive")
     if unmeasured:
-        lines.append(f"note: {unmeasured} conv layer(s) have no ReLU-family activation: p = 1, not measured")
+        lines.append(f"note: {unmeasured} conv layer(s) have no {'ReLU-family ' if st.get('statistic') == 'paper' else ''}"
+                     "activation that is counted: p = 1, not measured")
+    if positive:
+        lines.append(f"note: {positive} conv layer(s) are followed by a non-ReLU activation (SiLU, GELU, HardSwish, ...): "
+                     "p counts their outputs > 0 (beyond the paper; --statistic paper gives them p = 1)")
     return "\n".join(lines)
 
 

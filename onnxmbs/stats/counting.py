@@ -159,9 +159,12 @@ OUTPUT = "onnxmbs_counts"
 
 
 def instrument(analysis: Analysis, *, method: str = "nchwc") -> Instrumented:
-    """A copy of the model whose single output is the per-channel counts of every tap."""
+    """A copy of the model whose single output is the per-channel counts of every tap (at least one)."""
     if method not in METHODS:
         raise MBSError(f"unknown counting method {method!r}; choose one of {METHODS}")
+    if not _unique_taps(analysis):
+        raise MBSError(f"{analysis.loaded.path} has no activation to count — plan it without statistics "
+                       "(every p = 1)")
     loaded = analysis.loaded
     model = copy.deepcopy(loaded.model)
     graph = model.graph
@@ -207,8 +210,7 @@ def _unique_taps(analysis: Analysis) -> list[Tap]:
 
 
 # ------------------------------------------------------------ the pass
-def make_session(model: onnx.ModelProto, provider: str, *, threads: int | None = None,
-                 flush_denormals: bool = False):
+def _session_options(threads: int | None, flush_denormals: bool):
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -216,27 +218,57 @@ def make_session(model: onnx.ModelProto, provider: str, *, threads: int | None =
         opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     if threads:
         opts.intra_op_num_threads = threads
+    return opts
+
+
+def _open_session(model: onnx.ModelProto, provider: str, *, threads: int | None = None,
+                  flush_denormals: bool = False):
+    import onnxruntime as ort
     providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    return ort.InferenceSession(model.SerializeToString(), _session_options(threads, flush_denormals),
+                                providers=providers)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def make_session(model: onnx.ModelProto, provider: str, *, threads: int | None = None,
+                 flush_denormals: bool = False):
+    """An onnxruntime session of the user's model; a model onnxruntime refuses is the user's to fix."""
     try:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        return _open_session(model, provider, threads=threads, flush_denormals=flush_denormals)
     except Exception as exc:
-        raise MBSError(f"onnxruntime cannot load the model ({str(exc).splitlines()[0][:200]}) — "
+        raise MBSError(f"onnxruntime cannot load the model ({_first_line(exc)}) — "
                        "check it runs with onnxruntime before planning") from None
+
+
+def _counting_session(analysis: Analysis, counting: Instrumented, provider: str):
+    """The session of the counting copy; when only the copy fails to load, the fault is onnxmbs', not the model's."""
+    try:
+        return _open_session(counting.model, provider, flush_denormals=True)
+    except Exception as exc:
+        make_session(analysis.loaded.model, provider)  # the user's model itself: its own error blames it
+        raise MBSError(f"onnxmbs built an invalid counting copy of {analysis.loaded.path} ({_first_line(exc)}); "
+                       "the model itself loads in onnxruntime — this is an onnxmbs bug, please report it "
+                       "(--statistic paper counts fewer activations and may avoid it)") from None
 
 
 def collect_statistics(analysis: Analysis, batches: Iterable[np.ndarray], *, provider: str = "auto",
                        method: str = "nchwc", progress: bool | None = None, total: int | None = None) -> Statistics:
-    """Run ``batches`` through the instrumented model and count non-zeros per channel of every tap."""
+    """Run ``batches`` through the instrumented model and count, per channel of every tap, the non-zero
+    (ReLU family) or positive (other activations) outputs. A model without taps is not run at all."""
     provider = choose_provider(provider)
-    counting = instrument(analysis, method=method)
-    sess = make_session(counting.model, provider, flush_denormals=True)
-    total_counts = np.zeros(len(counting.per_image), np.int64)
+    counting = instrument(analysis, method=method) if _unique_taps(analysis) else None
+    sess = _counting_session(analysis, counting, provider) if counting is not None else None
+    total_counts = np.zeros(len(counting.per_image) if counting is not None else 0, np.int64)
     images, start = 0, time.perf_counter()
     bar = _progress(progress, total)
     for batch in batches:
         batch = _check_batch(batch, analysis)
-        (result,) = sess.run([counting.output], {analysis.loaded.input.name: batch})
-        total_counts += counting.counts(result)
+        if sess is not None:
+            (result,) = sess.run([counting.output], {analysis.loaded.input.name: batch})
+            total_counts += counting.counts(result)
         images += batch.shape[0]
         if bar is not None:
             bar.update(batch.shape[0])
@@ -244,8 +276,9 @@ def collect_statistics(analysis: Analysis, batches: Iterable[np.ndarray], *, pro
         bar.close()
     if images == 0:
         raise MBSError("the calibration data yielded no images — check --data")
+    slices = counting.slices if counting is not None else {}
     taps = {name: TapCounts(name, total_counts[cut].copy(), int(counting.per_image[cut.start]))
-            for name, cut in counting.slices.items()}
+            for name, cut in slices.items()}
     return Statistics(images=images, provider=provider, taps=taps, seconds=time.perf_counter() - start)
 
 
