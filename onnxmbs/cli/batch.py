@@ -29,12 +29,13 @@ logger = logging.getLogger(__name__)
 def profile(model: str, output: str, **data: Any) -> None:
     """Run the statistics pass once and save the counts for `plan/sweep/report/check --stats`."""
     from onnxmbs.graph.analysis import analyze
-    from onnxmbs.stats.measure import DATA_KEYS, measure
+    from onnxmbs.stats.measure import DATA_KEYS, input_shape_for, measure
     from onnxmbs.stats.statsfile import save_stats
 
     one_source(data, None)
     refuse_overwrite(output, model, data["data"] or "")
-    analysis = analyze(model, input_shape=data["input_shape"], statistic=data["statistic"])
+    analysis = analyze(model, input_shape=input_shape_for(model, data["input_shape"], data["data"]),
+                       statistic=data["statistic"])
     stats, info = measure(analysis, **{k: v for k, v in data.items() if k in DATA_KEYS})
     save_stats(output, analysis, stats, info=info, preprocess=data["preprocess"])
     click.echo(f"{model}: {stats.images} images, {len(stats.taps)} activations counted in {stats.seconds:.1f}s"
@@ -77,7 +78,7 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
     from onnxmbs.graph.analysis import analyze
     from onnxmbs.planning.pipeline import read_macroblock_map
     from onnxmbs.files import write_json
-    from onnxmbs.stats.measure import measure_or_load
+    from onnxmbs.stats.measure import input_shape_for, measure_or_load
     from onnxmbs.planning.sweep import make_sweeper, parse_ks, solve
     from onnxmbs.reports.text import solution_text, sweep_text
     from onnxmbs.planning.sweep import sweep as run_sweep
@@ -91,7 +92,8 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
     refuse_overwrite(output, model, stats or "", data["data"] or "")
     ks = parse_ks(k_range)
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
-    analysis = analyze(model, input_shape=data["input_shape"], macroblock_override=override,
+    analysis = analyze(model, input_shape=input_shape_for(model, data["input_shape"], data["data"]),
+                       macroblock_override=override,
                        statistic=data["statistic"])
     measured = measure_or_load(analysis, stats=stats, **data)
     sweeper = make_sweeper(analysis, measured.statistics, round_to=round_to)

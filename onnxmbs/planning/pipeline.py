@@ -20,7 +20,7 @@ from onnxmbs.planning.document import plan_document
 from onnxmbs.planning.planner import Plan, plan
 from onnxmbs.planning.scaling import param_specs
 from onnxmbs.stats.counting import Statistics
-from onnxmbs.stats.measure import load_stats, measure
+from onnxmbs.stats.measure import input_shape_for, load_stats, measure
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ def plan_model(model: str | Path | onnx.ModelProto, *, data: Any = None, synthet
     ``statistic="paper"`` measures ReLU-family activations only (the paper); the default also counts
     the outputs > 0 after SiLU/GELU/HardSwish/LeakyReLU/PReLU.
     """
-    analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks, statistic=statistic)
+    analysis = analyze(model, input_shape=input_shape_for(model, input_shape, data), macroblock_override=macroblocks,
+                       statistic=statistic)
     stats, info = measure(analysis, data=data, synthetic=synthetic, preprocess=preprocess, mean=mean, std=std,
                           max_images=max_images, batch_size=batch_size, provider=provider, progress=progress,
                           seed=seed)

@@ -20,7 +20,7 @@ from onnxmbs.graph.analysis import Analysis, analyze
 from onnxmbs.errors import MBSError
 from onnxmbs.planning.pipeline import plan_from_statistics
 from onnxmbs.planning.document import read_plan
-from onnxmbs.stats.measure import measure_or_load
+from onnxmbs.stats.measure import input_shape_for, measure_or_load
 from onnxmbs.stats.measure import Measured
 from onnxmbs.reports.text import table
 from onnxmbs.units import human
@@ -161,7 +161,8 @@ def check_model(model: str, limits: GateLimits, *, baselines: Mapping[str, Mappi
     """Every requested check for one model; a broken model gives error results, never an exception."""
     start = time.perf_counter()
     try:
-        analysis = analyze(model, input_shape=limits.input_shape, statistic=limits.statistic)
+        analysis = analyze(model, input_shape=input_shape_for(model, limits.input_shape, data.get("data")),
+                           statistic=limits.statistic)
     except Exception as exc:  # noqa: BLE001 - the gate reports every model
         reason = str(exc) if isinstance(exc, MBSError) else f"unexpected {type(exc).__name__}: {exc}"
         first = CheckResult(model, "analyze", False, reason, seconds=time.perf_counter() - start, error=True)

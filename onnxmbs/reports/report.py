@@ -24,7 +24,7 @@ from onnxmbs.graph.analysis import analyze
 from onnxmbs.errors import MBSError
 from onnxmbs.progress import progress_bar
 from onnxmbs.files import write_atomic
-from onnxmbs.stats.measure import measure_or_load
+from onnxmbs.stats.measure import input_shape_for, measure_or_load
 from onnxmbs.planning.sweep import curve, make_sweeper, sweep
 from onnxmbs.reports.text import table
 from onnxmbs.units import human
@@ -83,7 +83,8 @@ def report_model(path: str, *, options: ReportOptions, stats: Sequence[str] = ()
     start = time.perf_counter()
     sha = None
     try:
-        analysis = analyze(path, input_shape=options.input_shape, statistic=options.statistic)
+        analysis = analyze(path, input_shape=input_shape_for(path, options.input_shape, data.get("data")),
+                           statistic=options.statistic)
         sha = analysis.loaded.sha256
         measured = measure_or_load(analysis, stats=stats, **data)
         sweeper = make_sweeper(analysis, measured.statistics, round_to=options.round_to)

@@ -15,7 +15,8 @@ import numpy as np
 
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis
-from onnxmbs.stats.calibration import CalibrationInfo, make_preprocess, open_calibration
+from onnxmbs.graph.load import declared_input
+from onnxmbs.stats.calibration import CalibrationInfo, data_hw, make_preprocess, open_calibration
 from onnxmbs.stats.counting import Statistics, collect_statistics
 from onnxmbs.stats.statsfile import check_model, read_stats, stats_sha256, tap_counts
 
@@ -39,6 +40,21 @@ def _fixed_batches(batches: Iterator[np.ndarray], size: int) -> Iterator[np.ndar
         else:
             logger.warning("model has a fixed batch size of %d: the last %d image(s) were not used",
                            size, batch.shape[0])
+
+
+def input_shape_for(model: Any, input_shape: tuple[int, ...] | None, data: Any) -> tuple[int, ...] | None:
+    """``input_shape``, or for a model with dynamic H/W and no ``--input-shape``, the size of the data."""
+    if input_shape is not None or data is None:
+        return input_shape
+    declared = declared_input(model)
+    if declared is None or not declared.dynamic_hw:
+        return input_shape
+    hw = data_hw(data, layout=declared.layout, channels=declared.channels)
+    if hw is None:
+        return input_shape
+    shape = declared.with_hw(hw)
+    logger.info("%s has a dynamic input size; using the size of the data: %s", model, shape)
+    return shape
 
 
 def measure(analysis: Analysis, *, data: Any = None, synthetic: int | None = None, preprocess: str | None = "imagenet",
