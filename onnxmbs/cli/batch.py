@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from onnxmbs.cli.options import (Count, clean_errors, data_options, has_data, macroblocks_option, many_stats_option,
+from onnxmbs.cli.options import (Count, KValues, clean_errors, data_options, has_data, macroblocks_option, many_stats_option,
                                  one_source,
                                  refuse_overwrite, round_to_option, stats_option)
 
@@ -57,7 +57,7 @@ def _target(**options: float | None):
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options
 @stats_option
-@click.option("--k", "k_range", default="0.6:1.4:0.2", show_default=True,
+@click.option("--k", "k_range", type=KValues(), default="0.6:1.4:0.2", show_default=True,
               help="k values: start:stop:step (stop included) or a list 0.5,1,2.")
 @round_to_option
 @click.option("--target-param-reduction", type=click.FloatRange(0, 1, max_open=True), default=None,
@@ -79,7 +79,7 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
     from onnxmbs.planning.pipeline import read_macroblock_map
     from onnxmbs.files import write_json
     from onnxmbs.stats.measure import input_shape_for, measure_or_load
-    from onnxmbs.planning.sweep import make_sweeper, parse_ks, solve
+    from onnxmbs.planning.sweep import make_sweeper, solve
     from onnxmbs.reports.text import solution_text, sweep_text
     from onnxmbs.planning.sweep import sweep as run_sweep
 
@@ -90,7 +90,7 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
                                "--target-flop-reduction, --target-params or --target-flops")
     one_source(data, stats)
     refuse_overwrite(output, model, stats or "", data["data"] or "")
-    ks = parse_ks(k_range)
+    ks = k_range
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
     analysis = analyze(model, input_shape=input_shape_for(model, data["input_shape"], data["data"]),
                        macroblock_override=override,
@@ -126,7 +126,7 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
               help="Report file; the format follows the suffix: .html .md .json .csv (repeatable).")
 @click.option("--k", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Threshold z = k·L of each model's plan.")
-@click.option("--sweep", "k_range", default="0.6:1.4:0.2", show_default=True,
+@click.option("--sweep", "k_range", type=KValues(), default="0.6:1.4:0.2", show_default=True,
               help="k values of the trade-off table and curve (start:stop:step or a list).")
 @round_to_option
 @clean_errors
@@ -137,14 +137,13 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
     A model that fails becomes a failure row; the others still run. Exit 1 if any failed.
     """
     from onnxmbs.reports.report import ReportOptions, build_report, check_outputs, report_text, write_report
-    from onnxmbs.planning.sweep import parse_ks
 
     if not stats and not has_data(data):
         raise click.UsageError("give calibration data with --data PATH (or --synthetic N), or --stats FILE(s)")
     check_outputs(outputs)
     for path in outputs:
         refuse_overwrite(path, *models, *stats, data["data"] or "")
-    options = ReportOptions(k=k, ks=parse_ks(k_range), round_to=round_to, input_shape=data.pop("input_shape"),
+    options = ReportOptions(k=k, ks=k_range, round_to=round_to, input_shape=data.pop("input_shape"),
                             statistic=data.pop("statistic"))
     result = build_report(list(models), options=options, stats=stats, **data)
     for path in outputs:
@@ -186,6 +185,9 @@ def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops
     from onnxmbs.reports.gate import GateLimits, append_step_summary, junit_xml, results_text, run_gate
     from onnxmbs.files import write_atomic
 
+    if stats and data["synthetic"] is not None:
+        raise click.UsageError("give either --stats FILE or --synthetic N, not both: a gate must not pass on "
+                               "noise when the saved counts were meant")
     if tolerance is not None and not baselines:
         raise click.UsageError("--tolerance applies to --baseline: add --baseline plan.json")
     limits = GateLimits(max_params=max_params, max_flops=max_flops, max_redundancy=max_redundancy,

@@ -6,7 +6,7 @@ import json
 import click
 
 from onnxmbs.cli.options import (clean_errors, data_options, input_shape_option, macroblocks_option, refuse_overwrite,
-                                 statistic_option)
+                                 positive_float, statistic_option)
 
 
 @click.command()
@@ -33,8 +33,8 @@ def analyze(model: str, input_shape, macroblock_map, statistic: str, as_json: bo
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options
-@click.option("--k", type=float, default=None, help="Threshold z = k·L (default 1.0).")
-@click.option("--z", type=float, default=None, help="Threshold z in pixels (instead of --k).")
+@click.option("--k", type=positive_float, default=None, help="Threshold z = k·L (default 1.0).")
+@click.option("--z", type=positive_float, default=None, help="Threshold z in pixels (instead of --k).")
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
               help="Round compact widths up to a multiple of N.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan JSON here.")
@@ -50,6 +50,8 @@ def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: s
     from onnxmbs.files import write_json
     from onnxmbs.reports.text import plan_text
 
+    if k is not None and z is not None:
+        raise click.UsageError("give either --k or --z, not both")
     has_data = data["data"] is not None or data["synthetic"] is not None
     if stats and has_data:
         raise click.UsageError("give either --stats FILE or calibration data (--data/--synthetic), not both")

@@ -94,6 +94,8 @@ def measure_or_load(analysis: Analysis, *, stats: str | Path | Sequence[str | Pa
     matches is used; if none does, the model is measured on ``data`` when given.
     """
     paths = [stats] if isinstance(stats, (str, Path)) else list(stats or ())
+    for path in paths:  # a stats file that is missing or unreadable is always an error, never a silent fallback
+        read_stats(path)
     has_data = data.get("data") is not None or data.get("synthetic") is not None
     if len(paths) == 1 and not has_data:
         return load_stats(paths[0], analysis)

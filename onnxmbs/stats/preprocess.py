@@ -30,10 +30,10 @@ class Preprocess:
         for field, value in (("mean", mean), ("std", std), ("scale", float(self.scale))):
             object.__setattr__(self, field, value)
         if not mean or not std or (len(mean) != len(std) and 1 not in (len(mean), len(std))):
-            raise MBSError(f"preprocess {self.name!r} has {len(mean)} mean and {len(std)} std values — "
+            raise MBSError(f"preprocess {self.name} has {len(mean)} mean and {len(std)} std values — "
                            "give one value per channel (or a single value) for both")
         if not np.all(np.isfinite(mean)) or min(std) <= 0 or not self.scale > 0:
-            raise MBSError(f"preprocess {self.name!r} needs finite means and positive std/scale, got "
+            raise MBSError(f"preprocess {self.name} needs finite means and positive std/scale, got "
                            f"mean={mean} std={std} scale={self.scale} — fix the values")
 
     def vectors(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +54,7 @@ def _per_channel(values: tuple[float, ...], channels: int, what: str, pre: Prepr
         return np.broadcast_to(np.asarray(values, np.float32), (channels,))
     if channels == 1:  # grayscale model, RGB statistics: use their average
         return np.asarray([np.mean(values)], np.float32)
-    raise MBSError(f"preprocess {pre.name!r} has {len(values)} {what} values but the model has {channels} "
+    raise MBSError(f"preprocess {pre.name} has {len(values)} {what} values but the model has {channels} "
                    f"channels — pass {channels} mean/std values")
 
 
@@ -80,4 +80,4 @@ def make_preprocess(preset: str | None = "imagenet", *, mean: Sequence[float] | 
     if mean_v and max(mean_v) > 1.0:
         raise MBSError(f"mean {mean_v} is not in [0,1] pixel units — give it like torchvision "
                        "(e.g. 0.485, 0.456, 0.406): divide 0..255 values by 255")
-    return Preprocess(mean_v, std_v, 255.0, bgr=base.bgr, name="custom")
+    return Preprocess(mean_v, std_v, 255.0, bgr=base.bgr, name=f"{base.name} with the given mean/std")

@@ -56,9 +56,12 @@ def read_stats(path: str | Path) -> dict[str, Any]:
 def check_model(doc: Mapping[str, Any], analysis: Analysis, path: Path) -> None:
     loaded, model = analysis.loaded, doc.get("model", {})
     if model.get("sha256") != loaded.sha256:
+        # the same file re-exported: its stats file may be replaced; another model's must not be
+        same_file = model.get("path") is not None and str(model.get("path")) == str(loaded.path)
+        target = path if same_file else Path(loaded.path).with_suffix(".stats.json")
         raise MBSError(f"{path} was made from a different model ({model.get('path')}, sha256 "
                        f"{str(model.get('sha256'))[:12]}…, not {loaded.path} {loaded.sha256[:12]}…) — "
-                       f"run `onnxmbs profile {loaded.path} --data ... -o {path}` for this model")
+                       f"run `onnxmbs profile {loaded.path} --data ... -o {target}` for this model")
     if list(model.get("shape", []))[1:] != list(loaded.input.shape)[1:]:
         raise MBSError(f"{path} was measured at input shape {model.get('shape')}, the model is analysed at "
                        f"{list(loaded.input.shape)} — pass the same --input-shape as for `onnxmbs profile`")
