@@ -37,7 +37,7 @@ def profile(model: str, output: str, **data: Any) -> None:
     analysis = analyze(model, input_shape=input_shape_for(model, data["input_shape"], data["data"]),
                        statistic=data["statistic"])
     stats, info = measure(analysis, **{k: v for k, v in data.items() if k in DATA_KEYS})
-    save_stats(output, analysis, stats, info=info, preprocess=data["preprocess"])
+    save_stats(output, analysis, stats, info=info, preprocess=info.preprocess)
     click.echo(f"{model}: {stats.images} images, {len(stats.taps)} activations counted in {stats.seconds:.1f}s"
                f"{' (SYNTHETIC noise)' if info.synthetic else ''}; counts written to {output}")
 

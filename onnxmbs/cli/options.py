@@ -127,8 +127,9 @@ def data_options(fn: Callable) -> Callable:
                      help="Calibration images: a folder (recursive jpg/png/bmp/webp) or a .npy/.npz array."),
         click.option("--synthetic", type=click.IntRange(min=1), default=None,
                      help="Use N images of random noise instead of data (the plan says so)."),
-        click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default="imagenet",
-                     show_default=True, help="Normalisation of images/uint8 arrays."),
+        click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default=None,
+                     help="Normalisation of images/uint8 arrays  [default: from the model's metadata "
+                          "(onnxmbs.preprocess), else imagenet]"),
         click.option("--mean", type=Floats(low=0.0, high=1.0), default=None,
                      help="Explicit per-channel mean in [0,1] units."),
         click.option("--std", type=Floats(positive=True), default=None, help="Explicit per-channel std in [0,1] units."),

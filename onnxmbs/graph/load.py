@@ -54,6 +54,7 @@ class LoadedModel:
     shapes: dict[str, Shape] = field(repr=False)
     constants: dict[str, np.ndarray] = field(repr=False)
     batch_dynamic: bool = False
+    metadata: dict[str, str] = field(default_factory=dict, repr=False)  # the file's metadata_props
 
     @property
     def graph(self) -> onnx.GraphProto:
@@ -77,7 +78,8 @@ def load_model(source: str | Path | onnx.ModelProto, *, input_shape: tuple[int, 
     shapes = _infer_shapes(model, gin.name, dims)
     layout = _detect_layout(model, gin.name, dims, constants)
     return LoadedModel(model=model, path=path, sha256=digest, input=ModelInput(gin.name, dims, layout),
-                       shapes=shapes, constants=constants, batch_dynamic=batch_dynamic)
+                       shapes=shapes, constants=constants, batch_dynamic=batch_dynamic,
+                      metadata={p.key: p.value for p in proto.metadata_props})
 
 
 def _read(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str, str]:

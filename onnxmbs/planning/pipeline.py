@@ -91,14 +91,15 @@ def read_macroblock_map(path: str | Path) -> dict[str, int]:
 def plan_model(model: str | Path | onnx.ModelProto, *, data: Any = None, synthetic: int | None = None,
                input_shape: tuple[int, ...] | None = None, macroblocks: Mapping[str, int] | None = None,
                k: float | None = None, z: float | None = None,
-               round_to: int = 1, preprocess: str | None = "imagenet", mean: Sequence[float] | None = None,
+               round_to: int = 1, preprocess: str | None = None, mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, max_images: int | None = None, batch_size: int = 32,
                provider: str = "auto", progress: bool | None = None, seed: int = 0,
                statistic: str = "extended") -> PlanResult:
     """Analyse ``model``, measure its activation statistics on ``data`` and plan MBS widths.
 
     ``statistic="paper"`` measures ReLU-family activations only (the paper); the default also counts
-    the outputs > 0 after SiLU/GELU/HardSwish/LeakyReLU/PReLU.
+    the outputs > 0 after SiLU/GELU/HardSwish/LeakyReLU/PReLU. ``preprocess``/``mean``/``std`` left None
+    come from the model's metadata (``onnxmbs.preprocess`` ...), else ``imagenet``.
     """
     analysis = analyze(model, input_shape=input_shape_for(model, input_shape, data), macroblock_override=macroblocks,
                        statistic=statistic)
@@ -106,7 +107,7 @@ def plan_model(model: str | Path | onnx.ModelProto, *, data: Any = None, synthet
                           max_images=max_images, batch_size=batch_size, provider=provider, progress=progress,
                           seed=seed)
     settings = {"synthetic": info.synthetic, "data": info.source, "skipped": info.skipped,
-                "preprocess": preprocess, "seconds": round(stats.seconds, 3)}
+                "preprocess": info.preprocess, "seconds": round(stats.seconds, 3)}
     return plan_from_statistics(analysis, stats, k=k, z=z, round_to=round_to, settings=settings)
 
 

@@ -34,6 +34,7 @@ class CalibrationInfo:
     images: int
     skipped: int
     synthetic: bool
+    preprocess: str | None = None  # the normalisation used for images/uint8 arrays
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ class Calibration:
     @property
     def info(self) -> CalibrationInfo:
         """Source description and counts; the counts are final once a pass has finished."""
-        return CalibrationInfo(self._source.label, self._images, self._source.skipped, self._synthetic)
+        return CalibrationInfo(self._source.label, self._images, self._source.skipped, self._synthetic,
+                               self._target.preprocess.name)
 
     def __len__(self) -> int:
         if self.total is None:

@@ -16,7 +16,8 @@ import numpy as np
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.graph.load import declared_input
-from onnxmbs.stats.calibration import CalibrationInfo, data_hw, make_preprocess, open_calibration
+from onnxmbs.stats.calibration import CalibrationInfo, data_hw, open_calibration
+from onnxmbs.stats.preprocess import preprocess_for
 from onnxmbs.stats.counting import Statistics, collect_statistics
 from onnxmbs.stats.statsfile import check_model, read_stats, stats_sha256, tap_counts
 
@@ -57,15 +58,19 @@ def input_shape_for(model: Any, input_shape: tuple[int, ...] | None, data: Any) 
     return shape
 
 
-def measure(analysis: Analysis, *, data: Any = None, synthetic: int | None = None, preprocess: str | None = "imagenet",
+def measure(analysis: Analysis, *, data: Any = None, synthetic: int | None = None, preprocess: str | None = None,
             mean: Sequence[float] | None = None, std: Sequence[float] | None = None, max_images: int | None = None,
             batch_size: int = 32, provider: str = "auto", progress: bool | None = None,
             seed: int = 0) -> tuple[Statistics, CalibrationInfo]:
-    """The statistics pass over calibration data (folder, .npy/.npz, iterable, or synthetic noise)."""
+    """The statistics pass over calibration data (folder, .npy/.npz, iterable, or synthetic noise).
+
+    ``preprocess``/``mean``/``std`` left None come from the model's metadata, else ``imagenet``.
+    """
     loaded = analysis.loaded
     fixed = None if loaded.batch_dynamic else loaded.input.shape[0]
     calib = open_calibration(data, shape=loaded.input.shape, layout=loaded.input.layout,
-                             preprocess=make_preprocess(preprocess, mean=mean, std=std), synthetic=synthetic,
+                             preprocess=preprocess_for(loaded.metadata, preprocess, mean=mean, std=std, where=loaded.path),
+                             synthetic=synthetic,
                              max_images=max_images, batch_size=fixed or batch_size, seed=seed)
     batches = calib.batches() if fixed is None else _fixed_batches(calib.batches(), fixed)
     stats = collect_statistics(analysis, batches, provider=provider, progress=progress, total=calib.total)
@@ -107,7 +112,7 @@ def measure_or_load(analysis: Analysis, *, stats: str | Path | Sequence[str | Pa
                        "`onnxmbs profile` for this model, or give --data")
     measured, info = measure(analysis, seed=seed, **{k: v for k, v in data.items() if k in DATA_KEYS})
     settings = {"synthetic": info.synthetic, "data": info.source, "skipped": info.skipped,
-                "preprocess": data.get("preprocess"), "seconds": round(measured.seconds, 3)}
+                "preprocess": info.preprocess, "seconds": round(measured.seconds, 3)}
     return Measured(statistics=measured, settings=settings)
 
 
