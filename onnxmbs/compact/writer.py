@@ -236,9 +236,9 @@ def compact_model(model: str | Path | onnx.ModelProto, plan: str | Path | Mappin
                    expected=expected)
     summary = doc.get("summary", {})
     predicted = int(summary.get("params_compact", costs.params))
-    if costs.params != predicted + built.extra_params:
+    if costs.params not in (predicted, predicted + built.extra_params):  # the second: plans that predate copies
         raise MBSError(f"the compact model has {costs.params:,} parameters, the plan predicted {predicted:,}"
-                       f"{f' + {built.extra_params:,} in copied shared tensors' if built.extra_params else ''} — "
+                       f"{f' ({built.extra_params:,} in copied shared tensors)' if built.extra_params else ''} — "
                        "nothing was written; re-run `onnxmbs plan` on this model, or report it")
     latency = (measure_latency(data, built.model.SerializeToString(), loaded.input, batch=loaded.input.shape[0],
                                repeats=latency_repeats, threads=threads) if latency_repeats > 0 else None)

@@ -52,6 +52,7 @@ class ParamSpec:
     dims: tuple[DimSpec, ...]
     macs_per_element: int = 0  # MACs per image per weight element (H_out*W_out for Conv, 1 for Gemm)
     is_param: bool = True  # False for BatchNorm running statistics (resized but not counted)
+    copy: bool = False  # another use of a shared tensor that follows other groups: a copy when the cuts differ
 
     @property
     def size(self) -> int:
@@ -59,3 +60,9 @@ class ParamSpec:
 
     def compact_size(self, widths: Mapping[int, int]) -> int:
         return math.prod(d.compact(widths) for d in self.dims)
+
+    def cut_key(self, widths: Mapping[int, int]) -> tuple | None:
+        """None when no axis is cut (the original value), else which groups cut it: equal keys, equal values."""
+        if all(d.compact(widths) == d.size for d in self.dims):
+            return None
+        return tuple(d.groups for d in self.dims)
