@@ -22,10 +22,12 @@ tools/bench_statistics.py measures both taps against plain inference.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -75,21 +77,35 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+@functools.lru_cache(maxsize=1)
 def _cuda_works() -> bool:
-    """onnxruntime-gpu lists CUDA even where no GPU or CUDA library exists: try a real session."""
+    """onnxruntime-gpu lists CUDA even where no GPU or CUDA library exists: try a real session, once per
+    process, with onnxruntime's own error log silenced (the caller warns once)."""
     import onnxruntime as ort
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False
+    ort.set_default_logger_severity(4)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     probe = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x],
                                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
                               opset_imports=[helper.make_opsetid("", 13)])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
     try:
-        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CUDAExecutionProvider"])
+        with warnings.catch_warnings():  # onnxruntime's own "cannot create the CUDA provider" warning
+            warnings.simplefilter("ignore")
+            sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CUDAExecutionProvider"])
         sess.run(None, {"x": np.ones(1, np.float32)})
         return "CUDAExecutionProvider" in sess.get_providers()
     except Exception:  # missing libcudart / no device
         return False
+    finally:
+        ort.set_default_logger_severity(3)
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_no_cuda() -> None:
+    logger.warning("CUDA provider is listed but cannot run here (no GPU or CUDA libraries); using CPU")
 
 
 def choose_provider(requested: str = "auto") -> str:
@@ -101,7 +117,7 @@ def choose_provider(requested: str = "auto") -> str:
             return "CUDAExecutionProvider"
         import onnxruntime as ort
         if "CUDAExecutionProvider" in ort.get_available_providers():
-            logger.warning("CUDA provider is listed but cannot run here (no GPU or CUDA libraries); using CPU")
+            _warn_no_cuda()  # once per process (= per command), however many models it measures
         return "CPUExecutionProvider"
     if name == "CUDAExecutionProvider" and not _cuda_works():
         raise MBSError("--provider cuda: the CUDA provider cannot run on this machine — install onnxruntime-gpu "
