@@ -67,9 +67,9 @@ class Walk:
 
 
 def _keras():
-    import keras
+    from onnxmbs.adapters import import_keras
 
-    return keras
+    return import_keras()
 
 
 def _history(obj: Any) -> list[str]:

@@ -63,7 +63,9 @@ def load_user_model(spec: str) -> Any:
                            "torch.save(model, path), or pass FILE.py:FUNCTION that builds it and loads the state dict")
         return model
     if path.suffix.lower() in KERAS_SUFFIXES:
-        import keras
+        from onnxmbs.adapters import import_keras
+
+        keras = import_keras()
 
         if not path.is_file():
             raise MBSError(f"model file not found: {path} — check the path")
@@ -137,7 +139,9 @@ def _export(model: Any, framework: str, chw: tuple[int, int, int], path: str) ->
     if framework == "torch":
         export_torch(model.cpu(), chw, path)
     else:
-        import keras
+        from onnxmbs.adapters import import_keras
+
+        keras = import_keras()
 
         export_keras(keras.Model(model.inputs, model.outputs, name=model.name), path)
 

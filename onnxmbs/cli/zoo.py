@@ -5,6 +5,7 @@ Bad input raises :class:`MBSError`; the group turns it into one line on stderr
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -39,14 +40,23 @@ def zoo() -> None:
     """The paper's architectures with width configurations, exported to ONNX."""
 
 
+def _natural(name: str) -> tuple:
+    """resnet20 before resnet110: digits compare as numbers."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
 @zoo.command(name="list")
 def list_command() -> None:
     """List the zoo's models, their frameworks and default configurations."""
-    for name in list_models():
+    from onnxmbs.reports.text import table
+
+    rows = []
+    for name in sorted(list_models(), key=_natural):
         entry = ZOO[name]
         config = ",".join(f"{v:g}" for v in entry.default_configuration)
-        click.echo(f"{name:<18} {'/'.join(entry.frameworks):<12} --{entry.config.kind} {config:<26} "
-                   f"{entry.input_size}px {entry.num_classes} classes  {entry.description}")
+        rows.append((name, "/".join(entry.frameworks), f"--{entry.config.kind} {config}", f"{entry.input_size}px",
+                     entry.num_classes, entry.description))
+    click.echo(table(["model", "frameworks", "default configuration", "input", "classes", "description"], rows))
 
 
 @zoo.command(name="export")

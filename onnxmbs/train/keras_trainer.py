@@ -44,7 +44,9 @@ def evaluate_keras(model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int 
 
 
 def _compile(model: Any, config: TrainConfig) -> None:
-    import keras
+    from onnxmbs.adapters import import_keras
+
+    keras = import_keras()
 
     opt = keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay or None)
@@ -79,7 +81,9 @@ def _gpu_visible() -> bool:
 
 def mixed_precision_clone(model: Any) -> Any:
     """A copy of a functional/Sequential ``model`` computing in float16 (last layer float32), same weights."""
-    import keras
+    from onnxmbs.adapters import import_keras
+
+    keras = import_keras()
 
     last = model.layers[-1]
 
@@ -94,7 +98,9 @@ def mixed_precision_clone(model: Any) -> Any:
 
 def train_keras(model: Any, train: Any, *, config: TrainConfig = TrainConfig(), val: Any = None) -> TrainResult:
     """Train ``model`` in place on ``train`` ((x, y) NHWC arrays or a Dataset); report ``val`` accuracy."""
-    import keras
+    from onnxmbs.adapters import import_keras
+
+    keras = import_keras()
 
     x, y = _arrays(train, "training data")
     xv, yv = _arrays(val, "validation data") if val is not None else (None, None)

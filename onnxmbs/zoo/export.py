@@ -150,6 +150,9 @@ def export_keras(model, path: str | os.PathLike[str], *, opset: int = 17,
     """Export a Keras 3 model with input signature ``(None, H, W, C)`` named ``input``; verify it."""
     import onnx
 
+    from onnxmbs.adapters import import_keras
+
+    import_keras(tf2onnx=True)
     with _quiet():
         import tensorflow as tf
         import tf2onnx
