@@ -37,3 +37,29 @@ def test_plan_predicts_the_compact_files_parameters(z):
     assert len(result.copies) == (len(cuts) - 1)
     if z == 1:
         assert width["c1"] == 8 and width["c2"] < 8 and result.copies  # the case that used to disagree
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_equal_cuts_of_a_uniform_constant_are_one_tensor(uniform):
+    """tf2onnx shares BatchNorm constants that are equal (untrained: γ/σ all alike); cut to the same width
+    in two groups they stay equal, so the file holds one copy — and the plan must say so."""
+    from onnxmbs.planning.planner import summarize
+    from onnxmbs.planning.scaling import param_specs
+
+    g = GraphBuilder(("N", 3, 16, 16))
+    value = np.full(8, 0.9, np.float32) if uniform else np.linspace(0.5, 1.5, 8, dtype=np.float32)
+    scale = g.const(value.reshape(8, 1, 1), "scale")
+    a = g.relu(g.op("Mul", [g.conv(g.input.name, 3, 8, name="c1"), scale]), name="r1")
+    b = g.relu(g.op("Mul", [g.conv(a, 8, 8, stride=2, name="c2"), scale]), name="r2")
+    model = g.build([classifier(g, b, 8)])
+    analysis = analyze(model)
+    doc = plan_from_statistics(analysis, None).document
+    groups = {analysis.channels.conv_group[n] for n in ("c1", "c2")}
+    for entry in doc["groups"]:
+        if entry["id"] in groups:
+            entry["compact_channels"] = 6
+    widths = {e["id"]: e["compact_channels"] for e in doc["groups"]}
+    doc["summary"]["params_compact"] = summarize(param_specs(analysis), widths).params_compact
+    result = compact_model(model, doc, select="l1")
+    assert result.params_compact == doc["summary"]["params_compact"]
+    assert len(result.copies) == (0 if uniform else 1)

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 
+import numpy as np
 import onnx
 
 from onnxmbs.graph.analysis import Analysis
@@ -112,5 +113,15 @@ def param_specs(analysis: Analysis) -> tuple[ParamSpec, ...]:
                 copies.setdefault((spec.name, spec.dims), replace(spec, copy=True, macs_per_element=0))
     for name in sorted(ctx["params"] - set(specs)):  # e.g. ConvTranspose: counted, never resized
         specs[name] = ParamSpec(name, tuple(DimSpec(d) for d in analysis.loaded.shapes[name]))
-    return (*specs.values(), *copies.values())
+    shared = {name for name, _ in copies}
+    uniform = {name for name in shared if _uniform(consts.get(name), specs[name])}
+    return (*(replace(s, uniform=True) if s.name in uniform else s for s in specs.values()),
+            *(replace(s, uniform=True) if s.name in uniform else s for s in copies.values()))
+
+
+def _uniform(value, spec: ParamSpec) -> bool:
+    """Are the values the same along every axis that channel groups cut (an untrained BatchNorm's γ/σ)?"""
+    if value is None or value.ndim != len(spec.dims):
+        return False
+    return all(bool(np.all(value == value.take([0], axis=i))) for i, d in enumerate(spec.dims) if d.groups)
 
