@@ -30,7 +30,7 @@ import numpy as np
 
 from onnxmbs.errors import MBSError
 
-K = 0.25  # a low threshold, so that most macroblocks are narrowed and every resize rule is exercised
+K = 0.1  # a low threshold, so that most macroblocks are narrowed and every resize rule is exercised
 
 
 # ---------------------------------------------------------------- layer patterns (PyTorch)
