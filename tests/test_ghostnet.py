@@ -72,9 +72,9 @@ def ghost(tmp_path_factory):
 
 def test_the_plan_splits_the_stem_into_the_concats_parts(ghost):
     _, _, doc, _ = ghost
-    stem = next(l for l in doc["layers"] if l["out_channels"] == 16 and l["in_channels"] == 3)
-    assert len(stem["output_groups"]) == 2 and len(set(stem["output_groups"])) == 1  # [g, g]
-    assert stem["compact_out_channels"] < 16  # the case that failed: the split group is narrowed
+    stem = next(l for l in doc.layers if l.out_channels == 16 and l.in_channels == 3)
+    assert len(stem.output_groups) == 2 and len(set(stem.output_groups)) == 1  # [g, g]
+    assert stem.compact_out_channels < 16  # the case that failed: the split group is narrowed
 
 
 @pytest.mark.parametrize("init", ["scratch", "inherit"])
@@ -83,8 +83,8 @@ def test_apply_plan_handles_what_compact_handles(ghost, init):
     compact_onnx = compact_model(str(path), doc)
     compact = onnxmbs.apply_plan(model, doc, x, init=init, onnx_path=path)
     assert compact(x).shape == (1, 10)
-    widths = {l["name"]: l["compact_out_channels"] for l in doc["layers"]}
+    widths = {l.name: l.compact_out_channels for l in doc.layers}
     assert compact.conv_stem[0].out_channels == next(w for n, w in widths.items() if "conv_stem" in n)
     assert compact.blocks[0].ghost2.primary[0].out_channels * 2 == compact.conv_stem[0].out_channels
-    assert folded_params(compact, x) == compact_onnx.params_compact == doc["summary"]["params_compact"]
+    assert folded_params(compact, x) == compact_onnx.params_compact == doc.summary.params_compact
     assert model.conv_stem[0].out_channels == 16  # the user's model is untouched

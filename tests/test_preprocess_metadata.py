@@ -39,7 +39,7 @@ def test_the_embedded_model_plans_the_same_by_default_as_with_raw():
 
     def widths(**kw):
         doc = plan_model(str(MODEL), data=str(CALIB), max_images=96, progress=False, **kw).document
-        return [l["compact_out_channels"] for l in doc["layers"]], doc["settings"]["preprocess"]
+        return [l.compact_out_channels for l in doc.layers], doc.settings.preprocess
 
     default, raw, imagenet = widths(), widths(preprocess="raw"), widths(preprocess="imagenet")
     assert default == raw and default[1] == "raw"
@@ -52,7 +52,7 @@ def test_a_model_with_metadata_records_what_was_used(tmp_path):
     model = g.build([classifier(g, y, 4)])
     model.metadata_props.add(key="onnxmbs.preprocess", value="tf")
     doc = plan_model(model, synthetic=2, progress=False).document
-    assert doc["settings"]["preprocess"] == "tf"
+    assert doc.settings.preprocess == "tf"
 
 
 def test_zoo_export_records_the_preprocessing(tmp_path):

@@ -30,9 +30,9 @@ def test_plan_predicts_the_compact_files_parameters(z):
     stats = collect_statistics(a, [x], provider="cpu", progress=False)
     doc = plan_from_statistics(a, stats, z=z).document
     result = compact_model(model, doc)
-    assert result.params_compact == doc["summary"]["params_compact"]
+    assert result.params_compact == doc.summary.params_compact
     # by hand: the shared 8-vector is stored once per distinct cut its two consumers need
-    width = {l["name"]: l["compact_out_channels"] for l in doc["layers"]}
+    width = {l.name: l.compact_out_channels for l in doc.layers}
     cuts = {width["c1"], width["c2"]}
     assert len(result.copies) == (len(cuts) - 1)
     if z == 1:
@@ -53,7 +53,7 @@ def test_equal_cuts_of_a_uniform_constant_are_one_tensor(uniform):
     b = g.relu(g.op("Mul", [g.conv(a, 8, 8, stride=2, name="c2"), scale]), name="r2")
     model = g.build([classifier(g, b, 8)])
     analysis = analyze(model)
-    doc = plan_from_statistics(analysis, None).document
+    doc = plan_from_statistics(analysis, None).document.to_json()
     groups = {analysis.channels.conv_group[n] for n in ("c1", "c2")}
     for entry in doc["groups"]:
         if entry["id"] in groups:

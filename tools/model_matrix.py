@@ -180,13 +180,13 @@ def run_one(row: Row, model: Any, path: Path, *, size: int, framework: str, data
                                                   **source).document)
     if plan is None:
         return
-    s = plan["summary"]
-    row.notes.append(f"params {s['params']:,} -> {s['params_compact']:,}")
+    s = plan.summary
+    row.notes.append(f"params {s.params:,} -> {s.params_compact:,}")
     compact = _stage(row, "compact", lambda: write_compact(str(path), plan, path.with_suffix(".compact.onnx"),
                                                            latency_repeats=0))
-    if compact is not None and compact.params_compact != s["params_compact"]:
+    if compact is not None and compact.params_compact != s.params_compact:
         row.notes.append(f"compact file holds {compact.params_compact:,} parameters, the plan said "
-                         f"{s['params_compact']:,}")
+                         f"{s.params_compact:,}")
     if model is None:
         row.stages["apply_plan"] = "-"
         return
