@@ -88,3 +88,40 @@ def test_apply_plan_handles_what_compact_handles(ghost, init):
     assert compact.blocks[0].ghost2.primary[0].out_channels * 2 == compact.conv_stem[0].out_channels
     assert folded_params(compact, x) == compact_onnx.params_compact == doc.summary.params_compact
     assert model.conv_stem[0].out_channels == 16  # the user's model is untouched
+
+
+@pytest.mark.slow
+def test_keras_adapter_handles_ghost_modules_too(tmp_path):
+    from onnxmbs.adapters import import_keras
+    from onnxmbs.zoo.export import export_keras
+
+    try:
+        keras = import_keras(tf2onnx=True)
+    except ImportError:
+        pytest.skip("needs TensorFlow and tf2onnx")
+    L = keras.layers
+
+    def conv_bn(x, filters, k=1, depthwise=False, relu=True):
+        x = L.DepthwiseConv2D(k, padding="same", use_bias=False)(x) if depthwise else \
+            L.Conv2D(filters, k, padding="same", use_bias=False)(x)
+        x = L.BatchNormalization()(x)
+        return L.ReLU()(x) if relu else x
+
+    def ghost(x, out, relu=True):
+        primary = conv_bn(x, out // 2, relu=relu)
+        return L.Concatenate()([primary, conv_bn(primary, out // 2, 3, depthwise=True, relu=relu)])
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    stem = conv_bn(inp, 16, 3)
+    x = L.Add()([ghost(ghost(stem, 32), 16, relu=False), stem])
+    x = conv_bn(L.Conv2D(32, 3, strides=2, padding="same")(x), 32, relu=True)
+    model = keras.Model(inp, L.Dense(10)(L.GlobalAveragePooling2D()(x)))
+    path = export_keras(model, tmp_path / "ghost.onnx")
+    doc = plan_model(str(path), synthetic=4, z=2, progress=False).document
+    assert any(len(l.output_groups) == 2 and len(set(l.output_groups)) == 1 for l in doc.layers)
+    compact = onnxmbs.apply_plan(model, doc, onnx_path=path)
+    assert compact.output_shape == model.output_shape
+    convs = [l for l in compact.layers if type(l).__name__ == "Conv2D"]
+    planned = [l.compact_out_channels for l in doc.layers if l.groups == 1]
+    assert [c.filters for c in convs] == planned and convs[0].filters < 16  # the stem was split and narrowed
