@@ -135,3 +135,14 @@ def test_an_invalid_counting_copy_blames_onnxmbs(monkeypatch):
     with pytest.raises(MBSError, match="onnxmbs bug") as err:
         collect_statistics(a, [np.zeros((1, 3, 10, 10), np.float32)], provider="cpu", progress=False)
     assert "check it runs with onnxruntime" not in str(err.value)
+
+
+def test_analyze_marks_the_layers_counted_beyond_the_paper(tmp_path):
+    from onnxmbs.cli import main
+
+    model = silu_only_model(tmp_path / "silu.onnx")
+    rows = {line.split()[0]: line for line in CliRunner().invoke(main, ["analyze", model]).output.splitlines()
+            if line.startswith("c")}
+    assert rows["c1"].endswith("act (>0)") and rows["c2"].endswith("(none)")
+    paper = CliRunner().invoke(main, ["analyze", model, "--statistic", "paper"]).output
+    assert "(>0)" not in paper

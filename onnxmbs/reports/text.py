@@ -29,13 +29,20 @@ def short(name: str, width: int = 48) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
+def _tap_text(tap) -> str:
+    """The activation a conv's statistic is read from; "(>0)" marks the count beyond the paper."""
+    if tap is None:
+        return "(none)"
+    return short(tap.node, 28) + (" (>0)" if tap.statistic == "positive" else "")
+
+
 def analysis_text(analysis: Analysis) -> str:
     where = analysis.macroblock_of()
     groups = analysis.channels.conv_group
     rows = [(short(c.name), f"{c.out_hw[0]}x{c.out_hw[1]}", c.in_channels, c.out_channels, c.groups,
              f"{c.kernel[0]}x{c.kernel[1]}", c.stride[0], "inf" if c.rf is None else c.rf, human(c.flops),
              human(c.params), where.get(c.name, "-"), groups.get(c.name, "-"),
-             short(analysis.taps[c.name].node, 28) if analysis.taps[c.name] else "(none)")
+             _tap_text(analysis.taps[c.name]))
             for c in analysis.layers]
     inp = analysis.loaded.input
     parts = [f"model: {analysis.loaded.path}  input {inp.name} {list(inp.shape)} {inp.layout}  L={inp.L}",
