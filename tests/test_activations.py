@@ -146,3 +146,15 @@ def test_analyze_marks_the_layers_counted_beyond_the_paper(tmp_path):
     assert rows["c1"].endswith("act (>0)") and rows["c2"].endswith("(none)")
     paper = CliRunner().invoke(main, ["analyze", model, "--statistic", "paper"]).output
     assert "(>0)" not in paper
+
+
+def test_stats_profiled_with_the_paper_statistic_say_so(tmp_path):
+    from onnxmbs.cli import main
+
+    model = silu_only_model(tmp_path / "silu.onnx")
+    stats = tmp_path / "s.json"
+    assert CliRunner().invoke(main, ["profile", model, "--synthetic", "2", "--statistic", "paper",
+                                     "-o", str(stats)]).exit_code == 0
+    assert CliRunner().invoke(main, ["plan", model, "--stats", str(stats), "--statistic", "paper"]).exit_code == 0
+    result = CliRunner().invoke(main, ["plan", model, "--stats", str(stats)])
+    assert result.exit_code == 1 and "profiled with --statistic paper" in result.output

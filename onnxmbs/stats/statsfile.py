@@ -34,6 +34,7 @@ def stats_document(analysis: Analysis, stats: Statistics, *, info: CalibrationIn
         "model": {"path": loaded.path, "sha256": loaded.sha256, "input": loaded.input.name,
                   "shape": list(loaded.input.shape), "layout": loaded.input.layout},
         "images": stats.images, "provider": stats.provider, "seconds": round(stats.seconds, 3),
+        "statistic": analysis.statistic,
         "data": {"source": info.source if info else None, "synthetic": bool(info and info.synthetic),
                  "skipped": info.skipped if info else 0, "preprocess": preprocess},
         "taps": [{"tensor": t.tensor, "channels": len(t.nonzero), "per_image": t.per_image,
@@ -78,8 +79,12 @@ def tap_counts(doc: Mapping[str, Any], analysis: Analysis, path: Path) -> dict[s
     for tap in {t.tensor: t for t in analysis.taps.values() if t is not None}.values():
         got = taps.get(tap.tensor)
         if got is None or len(got.nonzero) != shapes[tap.tensor][tap.channel_axis]:
-            raise MBSError(f"{path} has no counts for activation {tap.tensor!r} of this model — "
-                           "it was written by another onnxmbs version; run `onnxmbs profile` again")
+            made = doc.get("statistic")
+            why = (f"it was profiled with --statistic {made}" if made and made != analysis.statistic
+                   else "it was written by another onnxmbs version")
+            raise MBSError(f"{path} has no counts for activation {tap.tensor!r} of this model — {why}; run "
+                           f"`onnxmbs profile` again (with --statistic {analysis.statistic}), or plan with "
+                           f"--statistic {made or 'paper'}")
     return taps
 
 
