@@ -34,14 +34,33 @@ def _data(data: str, val: str | None, val_split: float, *, layout: str, preproce
     return train.split(val_split, seed=seed)
 
 
+def _framework_params(model: Any, framework: str) -> tuple[int, str]:
+    """The framework's own parameter count and what it includes."""
+    if framework == "torch":
+        return sum(p.numel() for p in model.parameters()), "PyTorch parameters(), BatchNorm unfolded"
+    return int(model.count_params()), "Keras count_params(), BatchNorm moving statistics included"
+
+
+def params_text(model: Any, compact: Any, fw: str, chw: tuple[int, int, int], predicted: int) -> str:
+    """Counts as the plan counts them (ONNX, BatchNorm folded into the conv), then the framework's own."""
+    from onnxmbs.train.frameworks import count_params
+
+    before, after = count_params(model, fw, chw), count_params(compact, fw, chw)
+    (own_before, what), (own_after, _) = _framework_params(model, fw), _framework_params(compact, fw)
+    return (f"compact model: {before:,} -> {after:,} parameters counted as the plan counts them (ONNX, BatchNorm "
+            f"folded; the plan predicts {predicted:,})\n"
+            f"               {own_before:,} -> {own_after:,} as {what}")
+
+
 def _export(model: Any, framework: str, chw: tuple[int, int, int], path: str) -> None:
     from onnxmbs.zoo.export import export_keras, export_torch
 
     if framework == "torch":
         export_torch(model.cpu(), chw, path)
     else:
-        import keras
+        from onnxmbs.adapters import import_keras
 
+        keras = import_keras()
         export_keras(keras.Model(model.inputs, model.outputs, name=model.name), path)
 
 
@@ -73,15 +92,16 @@ def _save(model: Any, framework: str, path: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the compact model as ONNX.")
 @click.option("--save", type=click.Path(dir_okay=False), default=None, help="Save the trained model (.pt or .keras).")
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar per epoch with loss and accuracy (default: on a terminal).")
 @clean_errors
 def retrain(plan_path: str, zoo_name: str | None, framework: str | None, model_spec: str | None, data: str,
             val: str | None, val_split: float, preprocess: str | None, init: str, output: str | None,
-            save: str | None, **train_options) -> None:
+            save: str | None, progress: bool | None, **train_options) -> None:
     """Apply PLAN's widths to a model, retrain the compact model, report accuracy and size, export."""
     from onnxmbs.planning.document import read_plan
     from onnxmbs.train import TrainConfig
-    from onnxmbs.train.frameworks import (adapt, count_params, framework_of, input_chw, load_user_model,
-                                          train_model)
+    from onnxmbs.train.frameworks import adapt, framework_of, input_chw, load_user_model, train_model
     from onnxmbs.zoo import build, lookup
 
     if (zoo_name is None) == (model_spec is None):
@@ -101,10 +121,8 @@ def retrain(plan_path: str, zoo_name: str | None, framework: str | None, model_s
     model = user if user is not None else build(lookup(zoo_name).name, num_classes=train.num_classes,
                                                 input_size=chw[1], framework=fw)
     compact = adapt(model, fw, plan, chw, init)
-    before, after = count_params(model, fw, chw), count_params(compact, fw, chw)
-    predicted = plan.summary.params_compact
-    click.echo(f"compact model: {before:,} -> {after:,} parameters (plan predicts {predicted:,})")
-    result = train_model(compact, fw, train, held, config)
+    click.echo(params_text(model, compact, fw, chw, plan.summary.params_compact))
+    result = train_model(compact, fw, train, held, config, progress=progress)
     _finish(compact, fw, chw, result, 0 if held is None else len(held), save=save, output=output)
 
 

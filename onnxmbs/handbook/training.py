@@ -102,12 +102,13 @@ def run_task(trainer: Trainer, task: Task) -> Run:
     source = trainer.source
     set_threads(source.framework, trainer.threads)
     if source.framework == "keras":
-        import keras
+        from onnxmbs.adapters import import_keras
 
-        keras.backend.clear_session()  # fresh name and seed counters: a run does not depend on earlier ones
+        import_keras().backend.clear_session()  # fresh name and seed counters: a run does not depend on earlier ones
     seed_framework(source.framework, task.seed)
     model = adapt(source.load(), source.framework, task.plan, source.chw, trainer.init)
-    result = train_model(model, source.framework, trainer.train, trainer.val, replace(trainer.config, seed=task.seed))
+    result = train_model(model, source.framework, trainer.train, trainer.val, replace(trainer.config, seed=task.seed),
+                         progress=False)
     run = Run(variant=task.variant, k=task.k, seed=task.seed, alpha=task.alpha,
               params=count_params(model, source.framework, source.chw), accuracy=float(result.val_accuracy),
               seconds=round(time.perf_counter() - began, 3), epochs=len(result.epochs))

@@ -59,7 +59,9 @@ def load_user_model(spec: str) -> Any:
                            "torch.save(model, path), or pass FILE.py:FUNCTION that builds it and loads the state dict")
         return model
     if path.suffix.lower() in KERAS_SUFFIXES:
-        import keras
+        from onnxmbs.adapters import import_keras
+
+        keras = import_keras()
 
         if not path.is_file():
             raise MBSError(f"model file not found: {path} — check the path")
@@ -83,9 +85,9 @@ def seed_framework(framework: str, seed: int) -> None:
 
         torch.manual_seed(seed)
     else:
-        import keras
+        from onnxmbs.adapters import import_keras
 
-        keras.utils.set_random_seed(seed)
+        import_keras().utils.set_random_seed(seed)
 
 
 def example_input(framework: str, chw: tuple[int, int, int]) -> Any:
@@ -104,15 +106,16 @@ def adapt(model: Any, framework: str, plan: PlanDocument, chw: tuple[int, int, i
     return apply_plan(model, plan, example_input(framework, chw), init=init)
 
 
-def train_model(model: Any, framework: str, train: Any, val: Any, config: TrainConfig) -> TrainResult:
+def train_model(model: Any, framework: str, train: Any, val: Any, config: TrainConfig, *,
+                progress: bool | None = None) -> TrainResult:
     """Train ``model`` in place with the framework's trainer; ``val`` accuracy after the last epoch."""
     if framework == "torch":
         from onnxmbs.train.torch_trainer import train_torch
 
-        return train_torch(model, train, config=config, val=val)
+        return train_torch(model, train, config=config, val=val, progress=progress)
     from onnxmbs.train.keras_trainer import train_keras
 
-    return train_keras(model, train, config=config, val=val)
+    return train_keras(model, train, config=config, val=val, progress=progress)
 
 
 def count_params(model: Any, framework: str, chw: tuple[int, int, int]) -> int:
