@@ -61,10 +61,10 @@ def _check_finite_reference(expected: np.ndarray, what: str) -> None:
 
 def check_onnx(path: Path, x: np.ndarray, expected: np.ndarray, *, what: str) -> None:
     """Run ``path`` in onnxruntime on ``x`` and compare with ``expected``; raise on mismatch."""
-    import onnxruntime as ort
+    from onnxmbs.runtime import open_session
 
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = open_session(path)
         got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     except Exception as exc:  # onnxruntime raises many types; all mean a broken export
         raise MBSError(f"the exported ONNX of {what} does not run in onnxruntime ({exc}) — "
