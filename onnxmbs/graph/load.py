@@ -251,6 +251,7 @@ def _infer_shapes(model: onnx.ModelProto, input_name: str, dims: Shape) -> dict[
 def _runtime_shapes(model: onnx.ModelProto, input_name: str, dims: Shape, names: list[str]) -> dict[str, Shape]:
     """Shapes that static inference left open, read off one onnxruntime run on zeros."""
     try:
+        import onnxruntime  # noqa: F401
     except ImportError:
         logger.warning("%d tensor shapes unknown and onnxruntime is not installed", len(names))
         return {}
