@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from onnxmbs.cli.options import clean_errors, refuse_overwrite, training_options
+from onnxmbs.stats.preprocess import PRESETS
 
 
 def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec: str | None, *, train: str,
@@ -57,7 +58,7 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
               help="Training data: .npz (x, y) or a folder of class folders.")
 @click.option("--val", "val_data", required=True, type=click.Path(exists=True),
               help="Held-out evaluation data: .npz (x, y) or a folder of class folders.")
-@click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default="imagenet",
+@click.option("--preprocess", type=click.Choice(list(PRESETS)), default="imagenet",
               show_default=True, help="Normalisation of images / uint8 arrays (calibration and training).")
 @click.option("--k", "k_range", default="0.6:1.4:0.2", show_default=True,
               help="k values: start:stop:step (stop included) or a list 0.6,1,1.4.")
