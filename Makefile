@@ -2,9 +2,14 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-STAMP   := $(VENV)/.installed-$(shell cat setup.cfg constraints.txt | cksum | cut -d' ' -f1)
+PINS    := $(shell cat setup.cfg constraints.txt | cksum | cut -d' ' -f1)
+STAMP   := $(VENV)/.installed-$(PINS)
+# A second venv with only the base + cpu extras (no torch, no TensorFlow): what a user without a framework has.
+LIGHT   ?= .venv-light
+LIGHT_STAMP := $(LIGHT)/.installed-$(PINS)
+FRAMEWORKS := torch tensorflow keras tf2onnx onnxscript
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-light test-all bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +28,18 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+$(LIGHT_STAMP): setup.cfg constraints.txt pyproject.toml
+	test -x $(LIGHT)/bin/python || $(PY) -m venv $(LIGHT)
+	$(LIGHT)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(LIGHT)/bin/python -m pip install -q -c constraints.txt -e ".[cpu,dev]"
+	touch $(LIGHT_STAMP)
+
+# The suite must collect and pass without torch/TensorFlow: their tests skip.
+test-light: $(LIGHT_STAMP)
+	$(LIGHT)/bin/python -c "import importlib.util as u, sys; found = [m for m in sys.argv[1:] if u.find_spec(m)]; \
+	sys.exit(f'{found} installed in $(LIGHT): test-light is for the base + cpu extras only' if found else 0)" $(FRAMEWORKS)
+	$(LIGHT)/bin/python -m pytest
+
 test-all: setup
 	$(BIN)/python -m pytest -m "slow or not slow"
 
@@ -30,4 +47,4 @@ bench: setup
 	$(BIN)/python tools/bench_statistics.py --bound
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) $(LIGHT) out build *.egg-info
