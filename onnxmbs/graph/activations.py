@@ -1,11 +1,11 @@
-"""Stage 3a — the activation tap of each conv (SPEC "Non-zero probability").
+"""Stage 3a — the activation tap of each conv (docs/algorithm.md §5).
 
 From a conv's output, follow channel-preserving nodes only (BatchNormalization, Identity,
 Add/Sub/Mul/Div with a scalar or per-channel constant, a residual Add of a same-shaped
 tensor, Transpose) to the first ReLU-family node: Relu, Clip with min >= 0 (ReLU6), or
 Max(x, 0). Several convs may share one tap (a residual block's last conv and its shortcut).
 
-Beyond SPEC's list, the walk also passes a ``Concat`` along the channel axis (DenseNet: a dense
+Beyond the paper, the walk also passes a ``Concat`` along the channel axis (DenseNet: a dense
 layer's conv output is concatenated before the next BN -> ReLU); the tap then names the conv's own
 channel slice of that activation, whose values the concat leaves untouched.
 """
