@@ -133,7 +133,7 @@ def test_retrain_command_on_a_users_model_file(tmp_path):
     torch = pytest.importorskip("torch")
     from onnxmbs.cli import main
     from onnxmbs.planning.pipeline import plan_model
-    from onnxmbs.planning.document import write_json
+    from onnxmbs.files import write_json
 
     (tmp_path / "net.py").write_text(textwrap.dedent("""
         from torch import nn
@@ -152,7 +152,7 @@ def test_retrain_command_on_a_users_model_file(tmp_path):
         warnings.simplefilter("ignore")
         torch.onnx.export(net.build().eval(), (torch.rand(1, 3, 8, 8),), str(tmp_path / "net.onnx"), dynamo=False,
                           input_names=["input"], dynamic_axes={"input": {0: "b"}})
-    plan = plan_model(tmp_path / "net.onnx", synthetic=4, preprocess="raw", k=0.5).document
+    plan = plan_model(tmp_path / "net.onnx", synthetic=4, preprocess="raw", k=0.5).document.to_json()
     write_json(tmp_path / "plan.json", plan)
     x, y = _bright_dark(40)
     np.savez(tmp_path / "train.npz", x=x, y=y)

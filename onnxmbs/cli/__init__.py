@@ -8,6 +8,7 @@ import click
 
 from onnxmbs.cli.batch import check, profile, report, sweep
 from onnxmbs.cli.compact import compact
+from onnxmbs.cli.evaluate import evaluate
 from onnxmbs.cli.plan import analyze, plan
 from onnxmbs.cli.retrain import retrain
 from onnxmbs.cli.zoo import zoo
@@ -24,7 +25,7 @@ def main(verbose: int) -> None:
 
 
 
-for _command in (analyze, plan, profile, sweep, report, check, compact, retrain, zoo):
+for _command in (analyze, plan, profile, sweep, report, check, compact, evaluate, retrain, zoo):
     main.add_command(_command)
 
 __all__ = ["main"]

@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -84,6 +84,8 @@ def refuse_overwrite(output: str | None, *inputs: str) -> None:
 
 
 def data_options(fn: Callable) -> Callable:
+    """The calibration-data options; the command receives them as one ``calibration`` record
+    (:class:`onnxmbs.stats.measure.CalibrationOptions`) plus ``input_shape``."""
     options = [
         click.option("--data", type=click.Path(), default=None,
                      help="Calibration images: a folder (recursive jpg/png/bmp/webp) or a .npy/.npz array."),
@@ -100,9 +102,20 @@ def data_options(fn: Callable) -> Callable:
         click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."),
         input_shape_option,
     ]
+
+    @functools.wraps(fn)
+    def wrapper(*args, data, synthetic, preprocess, mean, std, max_images, batch_size, provider, progress,
+                **kwargs):
+        from onnxmbs.stats.measure import CalibrationOptions
+
+        calibration = CalibrationOptions(data=data, synthetic=synthetic, preprocess=preprocess, mean=mean, std=std,
+                                         max_images=max_images, batch_size=batch_size, provider=provider,
+                                         progress=progress)
+        return fn(*args, calibration=calibration, **kwargs)
+
     for option in reversed(options):
-        fn = option(fn)
-    return fn
+        wrapper = option(wrapper)
+    return wrapper
 
 
 class Count(click.ParamType):
@@ -120,14 +133,11 @@ class Count(click.ParamType):
         return number
 
 
-def has_data(data: dict[str, Any]) -> bool:
-    return data.get("data") is not None or data.get("synthetic") is not None
-
-
-def one_source(data: dict[str, Any], stats: str | None) -> None:
-    if stats and has_data(data):
+def one_source(calibration: Any, stats: str | Sequence[str] | None) -> None:
+    """Exactly one source of statistics: calibration data or saved counts."""
+    if stats and calibration.has_data:
         raise click.UsageError("give either --stats FILE or calibration data (--data/--synthetic), not both")
-    if not stats and not has_data(data):
+    if not stats and not calibration.has_data:
         raise click.UsageError("give calibration data with --data PATH (or --synthetic N), "
                                "or saved counts with --stats FILE from `onnxmbs profile`")
 
@@ -141,3 +151,33 @@ round_to_option = click.option("--round-to", type=click.IntRange(min=1), default
                                help="Round compact widths up to a multiple of N.")
 
 
+def labelled_options(fn: Callable) -> Callable:
+    """Options of the commands that measure accuracy on labelled data (evaluate, blocks)."""
+    options = [
+        click.option("--data", required=True, type=click.Path(),
+                     help="Labelled images: a .npz (images + labels) or a folder with one sub-folder per class."),
+        click.option("--classes", type=click.Path(dir_okay=False), default=None,
+                     help="Class folder names, one a line, in class-index order (default: sorted folder names)."),
+        click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default="imagenet",
+                     show_default=True, help="Normalisation of images/uint8 arrays."),
+        click.option("--mean", type=Floats(), default=None, help="Explicit per-channel mean in [0,1] units."),
+        click.option("--std", type=Floats(), default=None, help="Explicit per-channel std in [0,1] units."),
+        click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--provider", default="cpu", show_default=True,
+                     help="onnxruntime provider: cpu, cuda or auto (CUDA when it really works)."),
+        input_shape_option,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def open_labelled_data(loaded: Any, *, data: str, classes: str | None, preprocess: str, mean, std,
+                       max_images: int | None) -> Any:
+    """The labelled data of ``labelled_options`` for a loaded model's input."""
+    from onnxmbs.stats.labelled import open_labelled
+    from onnxmbs.stats.preprocess import make_preprocess
+
+    return open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout, classes=classes,
+                         preprocess=make_preprocess(preprocess, mean=mean, std=std), max_images=max_images)

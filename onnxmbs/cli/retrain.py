@@ -13,12 +13,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from onnxmbs.cli.options import clean_errors
 from onnxmbs.errors import MBSError
+
+if TYPE_CHECKING:
+    from onnxmbs.planning.document import PlanDocument
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +85,10 @@ def _zoo_model(name: str, framework: str | None, num_classes: int, size: int) ->
     return build(name, num_classes=num_classes, input_size=size, framework=framework)
 
 
-def _input(plan: dict[str, Any]) -> tuple[int, int, int]:
+def _input(plan: PlanDocument) -> tuple[int, int, int]:
     """(channels, height, width) of the planned model's input."""
-    shape, layout = plan["model"]["shape"], plan["model"]["layout"]
-    return (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+    shape = plan.model.shape
+    return (shape[1], shape[2], shape[3]) if plan.model.layout == "NCHW" else (shape[3], shape[1], shape[2])
 
 
 def _data(data: str, val: str | None, val_split: float, *, layout: str, preprocess: str,
@@ -101,7 +104,7 @@ def _data(data: str, val: str | None, val_split: float, *, layout: str, preproce
     return train.split(val_split, seed=seed)
 
 
-def _adapt(model: Any, framework: str, plan: dict[str, Any], chw: tuple[int, int, int], init: str) -> Any:
+def _adapt(model: Any, framework: str, plan: PlanDocument, chw: tuple[int, int, int], init: str) -> Any:
     from onnxmbs.adapters import apply_plan
 
     if framework == "torch":
@@ -198,13 +201,13 @@ def retrain(plan_path: str, zoo_name: str | None, framework: str | None, model_s
     chw = _input(plan)
     user = load_user_model(model_spec) if model_spec else None
     fw = _framework_of(user) if user is not None else (framework or _zoo_framework(zoo_name))
-    preprocess = preprocess or plan.get("settings", {}).get("preprocess") or "raw"
+    preprocess = preprocess or plan.settings.preprocess or "raw"
     train, held = _data(data, val, val_split, layout="NCHW" if fw == "torch" else "NHWC", preprocess=preprocess,
                         chw=chw, seed=config.seed)
     model = user if user is not None else _zoo_model(zoo_name, fw, train.num_classes, chw[1])
     compact = _adapt(model, fw, plan, chw, init)
     before, after = _params(model, fw, chw), _params(compact, fw, chw)
-    predicted = plan["summary"]["params_compact"]
+    predicted = plan.summary.params_compact
     click.echo(f"compact model: {before:,} -> {after:,} parameters (plan predicts {predicted:,})")
     result = _train(compact, fw, train, held, config)
     _finish(compact, fw, chw, result, 0 if held is None else len(held), save=save, output=output)
