@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from onnxmbs.cli import main
 from onnxmbs.cli.options import Count
+from onnxmbs.planning.document import PlanDocument, read_plan
 from onnxmbs.reports.gate import CheckResult, GateLimits, junit_xml, summary_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,15 +40,15 @@ def run(*args, env=None):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, env=env)
 
 
-def redundancy(plan: dict, k: float) -> list[float]:
+def redundancy(plan: PlanDocument, k: float) -> list[float]:
     """Algorithm 1 redone from the plan's layer facts: r_i = 1 - E_base/E_total over m_0..m_i, z = k*L."""
-    layers = plan["layers"]
-    boundary = min(l["rf"] for l in layers if l["rf"] is not None and l["rf"] > k * plan["model"]["L"])
+    layers = plan.layers
+    boundary = min(l.rf for l in layers if l.rf is not None and l.rf > k * plan.model.L)
     result = []
-    for i in range(len(plan["macroblocks"])):
-        upto = [l for l in layers if l["macroblock"] is not None and l["macroblock"] <= i]
-        total = sum(l["p_nonzero"] * l["flops"] for l in upto)
-        result.append(1 - sum(l["p_nonzero"] * l["flops"] for l in upto if l["rf"] <= boundary) / total)
+    for i in range(len(plan.macroblocks)):
+        upto = [l for l in layers if l.macroblock is not None and l.macroblock <= i]
+        total = sum(l.p_nonzero * l.flops for l in upto)
+        result.append(1 - sum(l.p_nonzero * l.flops for l in upto if l.rf <= boundary) / total)
     return result
 
 
@@ -66,8 +67,8 @@ def baseline(stats_file) -> Path:
 
 
 @pytest.fixture(scope="module")
-def plan(baseline) -> dict:
-    return json.loads(baseline.read_text())
+def plan(baseline) -> PlanDocument:
+    return read_plan(baseline)
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +108,10 @@ def test_redundancy_needs_statistics_and_names_the_macroblock(stats_file, plan, 
     r = redundancy(plan, 1.0)
     res = run("check", MODEL, "--stats", stats_file, "--max-redundancy", strict)
     assert res.exit_code == 1
-    for i, mb in enumerate(plan["macroblocks"]):  # every macroblock above the limit is named, no other
-        assert (f"m{i} ({mb['out_hw'][0]}x{mb['out_hw'][1]}) r = {r[i]:.4f}" in res.output) == (r[i] > strict)
+    for i, mb in enumerate(plan.macroblocks):  # every macroblock above the limit is named, no other
+        assert (f"m{i} ({mb.out_hw[0]}x{mb.out_hw[1]}) r = {r[i]:.4f}" in res.output) == (r[i] > strict)
     worst = r.index(max(r))
-    (width,) = {l["out_channels"] for l in plan["layers"] if l["macroblock"] == worst}
+    (width,) = {l.out_channels for l in plan.layers if l.macroblock == worst}
     assert f"{width} -> {math.ceil(width / (1 + r[worst]))}" in res.output  # ceil(beta * C), beta = 1/(1+r)
     assert run("check", MODEL, "--stats", stats_file, "--max-redundancy", max(r) + 0.01).exit_code == 0
     assert max(redundancy(plan, 1.5)) < strict  # a larger z leaves fewer enhancement layers
@@ -120,7 +121,7 @@ def test_redundancy_needs_statistics_and_names_the_macroblock(stats_file, plan, 
 def test_baseline_within_and_beyond_tolerance(stats_file, baseline, plan, tmp_path):
     res = run("check", MODEL, "--data", NPZ, "--max-images", "128", "--baseline", baseline, "--tolerance", "0.02")
     assert res.exit_code == 0, res.output  # other images, same β within 0.02
-    doc = json.loads(json.dumps(plan))
+    doc = plan.to_json()
     last = len(doc["macroblocks"]) - 1
     doc["macroblocks"][last]["beta"] -= 0.05
     shifted = tmp_path / "shifted.json"
