@@ -11,6 +11,7 @@ from onnxmbs.cli.compact import compact
 from onnxmbs.cli.evaluate import evaluate
 from onnxmbs.cli.plan import analyze, plan
 from onnxmbs.cli.retrain import retrain
+from onnxmbs.cli.stats import stats
 from onnxmbs.cli.zoo import zoo
 
 
@@ -25,7 +26,7 @@ def main(verbose: int) -> None:
 
 
 
-for _command in (analyze, plan, profile, sweep, report, check, compact, evaluate, retrain, zoo):
+for _command in (analyze, plan, profile, sweep, report, check, compact, evaluate, retrain, stats, zoo):
     main.add_command(_command)
 
 __all__ = ["main"]
