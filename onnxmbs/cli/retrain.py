@@ -66,7 +66,9 @@ def load_user_model(spec: str) -> Any:
                            "torch.save(model, path), or pass FILE.py:FUNCTION that builds it and loads the state dict")
         return model
     if path.suffix.lower() in KERAS_SUFFIXES:
-        import keras
+        from onnxmbs.adapters import import_keras
+
+        keras = import_keras()
 
         if not path.is_file():
             raise MBSError(f"model file not found: {path} — check the path")
@@ -114,14 +116,30 @@ def _adapt(model: Any, framework: str, plan: PlanDocument, chw: tuple[int, int, 
     return apply_plan(model, plan, init=init)
 
 
-def _train(model: Any, framework: str, train, val, config) -> Any:
+def _train(model: Any, framework: str, train, val, config, progress: bool | None) -> Any:
     if framework == "torch":
         from onnxmbs.train.torch_trainer import train_torch
 
-        return train_torch(model, train, config=config, val=val)
+        return train_torch(model, train, config=config, val=val, progress=progress)
     from onnxmbs.train.keras_trainer import train_keras
 
-    return train_keras(model, train, config=config, val=val)
+    return train_keras(model, train, config=config, val=val, progress=progress)
+
+
+def _framework_params(model: Any, framework: str) -> tuple[int, str]:
+    """The framework's own parameter count and what it includes."""
+    if framework == "torch":
+        return sum(p.numel() for p in model.parameters()), "PyTorch parameters(), BatchNorm unfolded"
+    return int(model.count_params()), "Keras count_params(), BatchNorm moving statistics included"
+
+
+def params_text(model: Any, compact: Any, fw: str, chw: tuple[int, int, int], predicted: int) -> str:
+    """Counts as the plan counts them (ONNX, BatchNorm folded into the conv), then the framework's own."""
+    before, after = _params(model, fw, chw), _params(compact, fw, chw)
+    (own_before, what), (own_after, _) = _framework_params(model, fw), _framework_params(compact, fw)
+    return (f"compact model: {before:,} -> {after:,} parameters counted as the plan counts them (ONNX, BatchNorm "
+            f"folded; the plan predicts {predicted:,})\n"
+            f"               {own_before:,} -> {own_after:,} as {what}")
 
 
 def _params(model: Any, framework: str, chw: tuple[int, int, int]) -> int:
@@ -140,7 +158,9 @@ def _export(model: Any, framework: str, chw: tuple[int, int, int], path: str) ->
     if framework == "torch":
         export_torch(model.cpu(), chw, path)
     else:
-        import keras
+        from onnxmbs.adapters import import_keras
+
+        keras = import_keras()
 
         export_keras(keras.Model(model.inputs, model.outputs, name=model.name), path)
 
@@ -183,10 +203,12 @@ def _save(model: Any, framework: str, path: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the compact model as ONNX.")
 @click.option("--save", type=click.Path(dir_okay=False), default=None, help="Save the trained model (.pt or .keras).")
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar per epoch with loss and accuracy (default: on a terminal).")
 @clean_errors
 def retrain(plan_path: str, zoo_name: str | None, framework: str | None, model_spec: str | None, data: str,
             val: str | None, val_split: float, preprocess: str | None, init: str, output: str | None,
-            save: str | None, **train_options) -> None:
+            save: str | None, progress: bool | None, **train_options) -> None:
     """Apply PLAN's widths to a model, retrain the compact model, report accuracy and size, export."""
     from onnxmbs.planning.document import read_plan
     from onnxmbs.train import TrainConfig
@@ -206,10 +228,8 @@ def retrain(plan_path: str, zoo_name: str | None, framework: str | None, model_s
                         chw=chw, seed=config.seed)
     model = user if user is not None else _zoo_model(zoo_name, fw, train.num_classes, chw[1])
     compact = _adapt(model, fw, plan, chw, init)
-    before, after = _params(model, fw, chw), _params(compact, fw, chw)
-    predicted = plan.summary.params_compact
-    click.echo(f"compact model: {before:,} -> {after:,} parameters (plan predicts {predicted:,})")
-    result = _train(compact, fw, train, held, config)
+    click.echo(params_text(model, compact, fw, chw, plan.summary.params_compact))
+    result = _train(compact, fw, train, held, config, progress)
     _finish(compact, fw, chw, result, 0 if held is None else len(held), save=save, output=output)
 
 
