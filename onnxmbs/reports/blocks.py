@@ -1,0 +1,53 @@
+"""A blocks plan for people: the terminal table, and the HTML section of ``onnxmbs report --blocks``."""
+from __future__ import annotations
+
+import html
+
+from onnxmbs.blocks.document import BlocksPlan
+from onnxmbs.reports.text import short, table
+from onnxmbs.units import human
+
+
+def removal_rows(plan: BlocksPlan) -> list[tuple]:
+    """Per removed block, in removal order: round, id, join, params, MACs, accuracy and the drop it caused."""
+    rows, before = [], plan.baseline_accuracy
+    for r in plan.rounds:
+        block = plan.block(r.removed)
+        rows.append((r.round, r.removed, short(block.join, 40), f"{block.params:,}", human(block.macs),
+                     f"{100 * r.accuracy:.2f}%", f"{100 * (before - r.accuracy):+.2f}"))
+        before = r.accuracy
+    return rows
+
+
+ROW_HEADERS = ("round", "block", "join", "params", "MACs", "accuracy after", "drop (points)")
+
+
+def _summary_line(plan: BlocksPlan) -> str:
+    s = plan.summary
+    return (f"params {s.params:,} -> {s.params_after:,} ({100 * (1 - s.params_after / s.params):.2f}% fewer); "
+            f"MACs {human(s.macs)} -> {human(s.macs_after)} ({100 * (1 - s.macs_after / s.macs):.2f}% fewer); "
+            f"top-1 {100 * plan.baseline_accuracy:.2f}% -> {100 * s.accuracy_after:.2f}%")
+
+
+def blocks_text(plan: BlocksPlan) -> str:
+    st = plan.settings
+    removable = sum(b.removable for b in plan.blocks)
+    head = (f"{plan.model.path}: {len(plan.blocks)} residual joins, {removable} removable; "
+            f"{st.get('images', '?')} labelled images, rescore {st.get('rescore', '?')}")
+    lines = [head]
+    lines.append(table(ROW_HEADERS, removal_rows(plan)) if plan.rounds else "no block removed")
+    lines.append(_summary_line(plan))
+    return "\n".join(lines)
+
+
+def blocks_html(plan: BlocksPlan, plot_svg: str = "") -> str:
+    """An HTML section: the summary, the removal order with the drop per block, and the curve."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ROW_HEADERS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                   for row in removal_rows(plan))
+    kept = [b for b in plan.blocks if not b.removable]
+    notes = "".join(f"<li>{html.escape(b.id)} ({html.escape(b.join)}): {html.escape(b.reason)}</li>" for b in kept)
+    return (f"<section><h2>Block pruning: {html.escape(plan.model.path)}</h2>"
+            f"<p>{html.escape(_summary_line(plan))}</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{plot_svg}"
+            + (f"<p>Blocks that cannot be removed:</p><ul>{notes}</ul>" if notes else "") + "</section>")
