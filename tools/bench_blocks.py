@@ -13,11 +13,13 @@ in-memory data:
 * round   — one whole greedy round as ``onnxmbs blocks`` runs it (discovery, scoring, removing the
   best block, reloading and evaluating the new model).
 
-Measurements alternate (plain, scoring, round) for --repeats times; medians are compared.
+Measurements alternate (plain, scoring, round) for --repeats times; medians are compared. Both
+wall time and this process's CPU time are taken: on a shared machine other processes stretch wall
+time unevenly, CPU time much less (with one onnxruntime thread, the default here, nothing spins).
 Prints the ratios ``scoring / (blocks x plain)`` and ``round / (blocks x plain)``.
 
-    python tools/bench_blocks.py                      # 256 images, batch 64
-    python tools/bench_blocks.py --images 512 --threads 2
+    python tools/bench_blocks.py                      # 1024 images, batch 128, 1 thread
+    python tools/bench_blocks.py --images 1024 --threads 2
 """
 from __future__ import annotations
 
@@ -53,9 +55,9 @@ def model_path(name: str, cache: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet56")
-    ap.add_argument("--images", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--images", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=ROOT / "artifacts" / "bench")
     args = ap.parse_args()
@@ -70,38 +72,37 @@ def main() -> None:
     plain = make_session(model, "CPUExecutionProvider", threads=args.threads)
     plain.run(None, {"input": x[:args.batch]})
 
-    def plain_pass() -> float:
-        start = time.perf_counter()
+    def timed(fn) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    def plain_pass() -> None:
         for i in range(0, len(x), args.batch):
             plain.run(None, {"input": x[i:i + args.batch]})
-        return time.perf_counter() - start
 
-    def scoring() -> float:
-        start = time.perf_counter()
+    def scoring() -> None:
         score_blocks(model, "input", cands, data, batch_size=args.batch, threads=args.threads, progress=False)
-        return time.perf_counter() - start
 
-    def greedy_round() -> float:
-        start = time.perf_counter()
+    def greedy_round() -> None:
         prune_blocks(loaded, data, stop=Stop(remove=1), batch_size=args.batch, threads=args.threads)
-        return time.perf_counter() - start
 
-    times: dict[str, list[float]] = {"plain": [], "scoring": [], "round": []}
+    times: dict[str, list[tuple[float, float]]] = {"plain": [], "scoring": [], "round": []}
     for _ in range(args.repeats):
-        times["plain"].append(plain_pass())
-        times["scoring"].append(scoring())
-        times["round"].append(greedy_round())
-    med = {k: statistics.median(v) for k, v in times.items()}
-    naive = len(cands) * med["plain"]
+        for name, fn in (("plain", plain_pass), ("scoring", scoring), ("plain", plain_pass), ("round", greedy_round)):
+            times[name].append(timed(fn))
+    med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
+    naive = (len(cands) * med["plain"][0], len(cands) * med["plain"][1])
     print(f"{args.model}: {len(blocks)} residual joins, {len(cands)} removable; {args.images} images, "
-          f"batch {args.batch}, threads {args.threads or 'all'}, median of {args.repeats}")
-    print("| measure | seconds | ratio to blocks x plain |")
-    print("|---|---|---|")
-    print(f"| plain inference of the data | {med['plain']:.3f} | — |")
-    print(f"| {len(cands)} x plain (naive round) | {naive:.2f} | 1.00 |")
-    print(f"| scoring round (prefix once + suffixes) | {med['scoring']:.2f} | {med['scoring'] / naive:.2f} |")
-    print(f"| whole greedy round (score, remove, re-evaluate) | {med['round']:.2f} | {med['round'] / naive:.2f} |")
-
+          f"batch {args.batch}, threads {args.threads}, median of {args.repeats}")
+    print("| measure | wall s | CPU s | ratio (wall) | ratio (CPU) |")
+    print("|---|---|---|---|---|")
+    print(f"| plain inference of the data | {med['plain'][0]:.2f} | {med['plain'][1]:.2f} | — | — |")
+    print(f"| {len(cands)} x plain (naive round) | {naive[0]:.1f} | {naive[1]:.1f} | 1.00 | 1.00 |")
+    for key, label in (("scoring", "scoring round (prefix once + suffixes)"),
+                       ("round", "whole greedy round (score, remove, re-evaluate)")):
+        print(f"| {label} | {med[key][0]:.1f} | {med[key][1]:.1f} | {med[key][0] / naive[0]:.2f} | "
+              f"{med[key][1] / naive[1]:.2f} |")
 
 if __name__ == "__main__":
     main()
