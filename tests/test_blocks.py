@@ -190,3 +190,24 @@ def test_blocks_cli_unlabelled_data_and_usage(tmp_path):
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1 and "unlabelled" in res.output
     res = run("blocks", tmp_path / "m.onnx", "--data", tmp_path / "d.npz")
     assert res.exit_code == 2 and "stop rule" in res.output
+
+
+def test_report_shows_the_blocks_plan(tmp_path):
+    model = dynamic(residual_net())
+    onnx.save(model, tmp_path / "m.onnx")
+    x, y = data_for(model)
+    np.savez(tmp_path / "d.npz", images=x, labels=y)
+    assert run("blocks", tmp_path / "m.onnx", "--data", tmp_path / "d.npz", "--remove", "2", "-o",
+               tmp_path / "b.json").exit_code == 0
+    plan = read_blocks_plan(tmp_path / "b.json")
+    res = run("report", tmp_path / "m.onnx", "--synthetic", "4", "--preprocess", "raw", "--blocks", tmp_path / "b.json",
+              "-o", tmp_path / "r.html", "-o", tmp_path / "r.md", "-o", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    page, md = (tmp_path / "r.html").read_text(), (tmp_path / "r.md").read_text()
+    first_drop = f"{100 * (plan.baseline_accuracy - plan.rounds[0].accuracy):+.2f}"
+    for text in (page, md, res.output):
+        assert "Block pruning" in text or "residual joins" in text
+        assert first_drop in text and plan.removed[0] in text
+    assert page.index(f"<td>{plan.removed[0]}</td>") < page.index(f"<td>{plan.removed[1]}</td>")  # removal order
+    assert "accuracy versus blocks removed" in page and "p_add" in page  # the curve; the projection join listed
+    assert json.loads((tmp_path / "r.json").read_text())["blocks"][0]["removed"] == list(plan.removed)

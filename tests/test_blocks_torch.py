@@ -103,3 +103,23 @@ def test_unmatchable_block_is_an_error(tmp_path):
     plan = blocks_plan(path, 1)
     with pytest.raises(MBSError, match="cannot remove it safely"):
         remove_blocks_from(model, plan, X[:1], onnx_path=path)
+
+
+def test_retrain_with_blocks(resnet20, tmp_path):
+    from click.testing import CliRunner
+
+    from onnxmbs.cli import main
+    from onnxmbs.files import write_json
+
+    model, path, plan = resnet20
+    torch.save(model, tmp_path / "m.pt")
+    write_json(tmp_path / "b.json", plan)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", x=rng.random((24, 3, 32, 32), dtype=np.float32), y=np.arange(24) % 10)
+    res = CliRunner().invoke(main, ["retrain", "--model", str(tmp_path / "m.pt"), "--blocks", str(tmp_path / "b.json"),
+                                    "--data", str(tmp_path / "train.npz"), "--epochs", "1", "--batch-size", "8",
+                                    "--lr", "0.01", "--save", str(tmp_path / "shallow.pt")])
+    assert res.exit_code == 0, res.output
+    assert f"shallow model: {folded_params(model, X[:1]):,} -> {plan.summary.params_after:,} parameters" in res.output
+    saved = torch.load(tmp_path / "shallow.pt", weights_only=False)
+    assert sum(isinstance(m, RemovedBlock) for m in saved.modules()) == len(plan.removed)

@@ -126,23 +126,29 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
 @click.option("--sweep", "k_range", default="0.6:1.4:0.2", show_default=True,
               help="k values of the trade-off table and curve (start:stop:step or a list).")
 @round_to_option
+@click.option("--blocks", "blocks_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Also show a blocks plan from `onnxmbs blocks` (repeatable).")
 @clean_errors
 def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, ...], k: float, k_range: str,
-           round_to: int, **data: Any) -> None:
+           round_to: int, blocks_files: tuple[str, ...], **data: Any) -> None:
     """Batch report: one statistics pass per model, plan + k-sweep each, as HTML/Markdown/JSON/CSV.
 
     A model that fails becomes a failure row; the others still run. Exit 1 if any failed.
     """
-    from onnxmbs.reports.report import ReportOptions, build_report, check_outputs, report_text, write_report
+    import dataclasses
+
+    from onnxmbs.blocks.document import read_blocks_plan
     from onnxmbs.planning.sweep import parse_ks
+    from onnxmbs.reports.report import ReportOptions, build_report, check_outputs, report_text, write_report
 
     if not stats and not has_data(data):
         raise click.UsageError("give calibration data with --data PATH (or --synthetic N), or --stats FILE(s)")
     check_outputs(outputs)
     for path in outputs:
-        refuse_overwrite(path, *models, *stats, data["data"] or "")
+        refuse_overwrite(path, *models, *stats, *blocks_files, data["data"] or "")
     options = ReportOptions(k=k, ks=parse_ks(k_range), round_to=round_to, input_shape=data.pop("input_shape"))
-    result = build_report(list(models), options=options, stats=stats, **data)
+    blocks = tuple(read_blocks_plan(path) for path in blocks_files)
+    result = dataclasses.replace(build_report(list(models), options=options, stats=stats, **data), blocks=blocks)
     for path in outputs:
         write_report(result, path)
     click.echo(report_text(result))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 
 from onnxmbs.blocks.document import BlocksPlan
+from onnxmbs.reports.plots import accuracy_curves
 from onnxmbs.reports.text import short, table
 from onnxmbs.units import human
 
@@ -40,14 +41,29 @@ def blocks_text(plan: BlocksPlan) -> str:
     return "\n".join(lines)
 
 
-def blocks_html(plan: BlocksPlan, plot_svg: str = "") -> str:
-    """An HTML section: the summary, the removal order with the drop per block, and the curve."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ROW_HEADERS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
-                   for row in removal_rows(plan))
+def blocks_curve(plan: BlocksPlan) -> str:
+    """The SVG of top-1 accuracy after each removal (0 removed: the baseline)."""
+    points = [(0, plan.baseline_accuracy)] + [(r.round, r.accuracy) for r in plan.rounds]
+    return accuracy_curves({"top-1 (no fine-tuning)": points}, title="Top-1 accuracy vs blocks removed")
+
+
+def blocks_markdown(plan: BlocksPlan, md_table) -> str:
+    """A Markdown section; ``md_table(headers, rows)`` renders the table."""
+    rows = removal_rows(plan) or [("-",) * len(ROW_HEADERS)]
+    return "\n".join([f"## Block pruning: {plan.model.path}", "", _summary_line(plan), "",
+                      md_table(ROW_HEADERS, rows)])
+
+
+def blocks_html(plan: BlocksPlan, table_html) -> str:
+    """An HTML section: the summary, the removal order with the drop per block, and the curve.
+
+    ``table_html(headers, rows)`` renders a table in the report's style."""
     kept = [b for b in plan.blocks if not b.removable]
     notes = "".join(f"<li>{html.escape(b.id)} ({html.escape(b.join)}): {html.escape(b.reason)}</li>" for b in kept)
-    return (f"<section><h2>Block pruning: {html.escape(plan.model.path)}</h2>"
-            f"<p>{html.escape(_summary_line(plan))}</p>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{plot_svg}"
-            + (f"<p>Blocks that cannot be removed:</p><ul>{notes}</ul>" if notes else "") + "</section>")
+    return (f'<section><h2>Block pruning: {html.escape(plan.model.path)}</h2>'
+            f'<p class="meta">{html.escape(_summary_line(plan))}; {len(plan.blocks)} residual joins, '
+            f'rescore {html.escape(str(plan.settings.get("rescore", "?")))}, '
+            f'{html.escape(str(plan.settings.get("images", "?")))} labelled images</p>'
+            f'<div class="charts">{blocks_curve(plan)}</div>'
+            f"<h3>Removal order</h3>{table_html(ROW_HEADERS, removal_rows(plan))}"
+            + (f"<h3>Blocks that cannot be removed</h3><ul>{notes}</ul>" if notes else "") + "</section>")
