@@ -74,14 +74,14 @@ def exported(tmp_path_factory):
 def test_widths_and_params_follow_the_plan(exported, name, k):
     model, path = exported[name]
     plan = plan_model(path, synthetic=8, preprocess="raw", k=k).document
-    assert plan["summary"]["params_compact"] < plan["summary"]["params"]
+    assert plan.summary.params_compact < plan.summary.params
     before = [w.copy() for w in model.get_weights()]
     compact = apply_plan(model, plan)
-    assert folded_params(model) == plan["summary"]["params"]
-    assert folded_params(compact) == plan["summary"]["params_compact"]
+    assert folded_params(model) == plan.summary.params
+    assert folded_params(compact) == plan.summary.params_compact
     convs = [layer for layer in compact.layers if type(layer).__name__ in ("Conv2D", "DepthwiseConv2D")]
     widths = sorted(int(layer.output.shape[-1]) for layer in convs)
-    assert widths == sorted(e["compact_out_channels"] for e in plan["layers"])
+    assert widths == sorted(e.compact_out_channels for e in plan.layers)
     assert compact(X, training=False).shape == (1, 10)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # the user's model is untouched
     assert type(compact) is type(model) and compact is not model

@@ -4,7 +4,7 @@ Parameter convention: the plan counts parameters in the exported ONNX graph, whe
 exporter has folded every BatchNorm that directly follows a conv into that conv (its 2·C
 scale + shift become C bias values) and left every other BatchNorm as a node (2·C).
 ``folded_params`` counts a torch module the same way, so ``folded_params(compact) ==
-plan["summary"]["params_compact"]`` is an exact check. BatchNorm statistics are randomised
+plan.summary.params_compact`` is an exact check. BatchNorm statistics are randomised
 before export, as in a trained model: a freshly initialised BatchNorm is an identity that
 the exporter may fold away together with zero biases, which would change the count.
 
@@ -151,13 +151,13 @@ def test_widths_and_params_follow_the_plan(case):
     model, plan, _ = case
     before = _state(model)
     compact = apply_plan(model, plan, X)
-    assert plan["summary"]["params_compact"] < plan["summary"]["params"]  # the plan does reduce something
+    assert plan.summary.params_compact < plan.summary.params  # the plan does reduce something
     modules = dict(compact.named_modules())
     for layer, name in layer_map(model, plan, X).items():
-        spec = next(entry for entry in plan["layers"] if entry["name"] == layer)
-        assert modules[name].out_channels == spec["compact_out_channels"], name
-    assert folded_params(model, X) == plan["summary"]["params"]
-    assert folded_params(compact, X) == plan["summary"]["params_compact"]
+        spec = plan.layer(layer)
+        assert modules[name].out_channels == spec.compact_out_channels, name
+    assert folded_params(model, X) == plan.summary.params
+    assert folded_params(compact, X) == plan.summary.params_compact
     assert compact(X).shape == (1, 10)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the user's model is untouched
@@ -165,7 +165,7 @@ def test_widths_and_params_follow_the_plan(case):
 
 def test_inherit_with_full_widths_reproduces_outputs(case):
     model, _, full = case
-    assert all(entry["compact_out_channels"] == entry["out_channels"] for entry in full["layers"])
+    assert all(entry.compact_out_channels == entry.out_channels for entry in full.layers)
     same = apply_plan(model, full, X, init="inherit")
     assert same is not model
     with torch.no_grad():
@@ -203,13 +203,13 @@ def test_dynamo_export_matched_by_initializer_names():
     weights = {"node_Conv_324": "stages.1.0.shortcut.0", "node_Conv_306": "stem.0"}
     assert {k: mapping[k] for k in weights} == weights
     compact = apply_plan(model, plan, X)
-    assert folded_params(compact, X) == plan["summary"]["params_compact"]
+    assert folded_params(compact, X) == plan.summary.params_compact
 
 
 def test_unsupported_layer_gives_a_clear_error(tmp_path):
     model = _randomise(PReLUNet())
     plan = plan_model(_export(model, tmp_path / "prelu.onnx"), synthetic=4, preprocess="raw", k=0.2).document
-    assert any(e["compact_out_channels"] < e["out_channels"] for e in plan["layers"] if e["name"].startswith("/d/"))
+    assert any(e.compact_out_channels < e.out_channels for e in plan.layers if e.name.startswith("/d/"))
     with pytest.raises(MBSError, match=r"channels of 'd' \(16 -> \d+\): 'prelu' in module 'act' .* — "):
         apply_plan(model, plan, X)
 

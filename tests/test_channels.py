@@ -117,7 +117,7 @@ def test_tap_passes_concat_with_the_convs_own_slice():
     full = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         ["r1_out"], {"input": x})[0]
     expected = (full[:, 4:6] != 0).mean()
-    facts = {l["name"]: l for l in plan_from_statistics(a, stats).document["layers"]}
+    facts = {l["name"]: l for l in plan_from_statistics(a, stats).document.to_json()["layers"]}
     assert facts["dense1"]["p_nonzero"] == pytest.approx(expected)
     assert len(facts["dense1"]["channel_p_nonzero"]) == 2
 
@@ -138,7 +138,7 @@ def test_add_of_conv_to_concat_splits_the_conv_group():
     assert all(not groups(a)[p].frozen for p in parts)
     assert a.channels.conv_input_groups["mix"] == parts
     from onnxmbs.planning.pipeline import plan_from_statistics
-    layers = {l["name"]: l for l in plan_from_statistics(a, None).document["layers"]}
+    layers = {l["name"]: l for l in plan_from_statistics(a, None).document.to_json()["layers"]}
     assert layers["expand"]["output_groups"] == list(parts) and layers["expand"]["compact_out_channels"] == 12
     from onnxmbs.planning.scaling import param_specs
     spec = {s.name: s for s in param_specs(a)}

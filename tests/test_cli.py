@@ -120,7 +120,7 @@ def test_macroblock_override(tmp_path):
 
 def test_outputs_get_normal_permissions(tmp_path):
     import os
-    from onnxmbs.planning.document import write_atomic
+    from onnxmbs.files import write_atomic
     path = write_atomic(tmp_path / "x.json", "{}")
     umask = os.umask(0)
     os.umask(umask)

@@ -87,7 +87,7 @@ def shrink(doc: dict, analysis, *, factor: float = 0.5) -> dict:
 
 def identity_plan(model) -> tuple[dict, object]:
     analysis = analyze(model)
-    return plan_from_statistics(analysis, None, z=1e6).document, analysis
+    return plan_from_statistics(analysis, None, z=1e6).document.to_json(), analysis
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def dead_graph(*, dead: dict[int, list[int]], shuffled: bool = False) -> onnx.Mo
 
 def live_plan(model, analysis, live: dict[int, int]) -> dict:
     """A measured plan whose groups of the given conv indices keep the given widths."""
-    doc = plan_model(model, synthetic=4, preprocess="raw", z=1e6).document
+    doc = plan_model(model, synthetic=4, preprocess="raw", z=1e6).document.to_json()
     widths = {g["id"]: g["compact_channels"] for g in doc["groups"]}
     for index, width in live.items():
         gid = analysis.channels.conv_group[analysis.layers[index].name]
@@ -292,7 +292,7 @@ def test_embedded_model_keeps_its_most_active_channels():
     root = Path(__file__).resolve().parents[1] / "models"
     model = str(root / "resnet20_digits.onnx")
     data = np.load(root / "digits_calib.npz")["x"][:32]
-    plan = plan_model(model, data=data, preprocess=None, progress=False).document
+    plan = plan_model(model, data=data, preprocess=None, progress=False).document.to_json()
     result = compact_model(model, plan)
     assert result.params_compact == plan["summary"]["params_compact"] < plan["summary"]["params"]
     rates = {}

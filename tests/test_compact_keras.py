@@ -104,14 +104,14 @@ def outputs(model_or_path, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_keras_family_compacts_to_the_predicted_count(family, tmp_path):
     path = str(export_keras(randomize(FAMILIES[family]()), tmp_path / f"{family}.onnx"))
-    plan = plan_model(path, synthetic=4, preprocess="raw", z=4).document
+    plan = plan_model(path, synthetic=4, preprocess="raw", z=4).document.to_json()
     assert plan["model"]["layout"] == "NHWC"
     result = compact_model(path, plan)
     assert result.params_compact == plan["summary"]["params_compact"] < plan["summary"]["params"]
     assert result.copies == ()
     x = np.random.default_rng(0).standard_normal((3, 32, 32, 3)).astype(np.float32)
     assert outputs(result.model, x).shape == (3, 10)
-    identity = compact_model(path, plan_model(path, synthetic=2, preprocess="raw", z=1e6).document)
+    identity = compact_model(path, plan_model(path, synthetic=2, preprocess="raw", z=1e6).document.to_json())
     np.testing.assert_array_equal(outputs(identity.model, x), outputs(path, x))
 
 
@@ -123,7 +123,7 @@ def test_keras_zoo_compact_equals_zoo_at_the_planned_configuration(name, tmp_pat
         return keras_models.mobilenet_v1(widths=config, num_classes=10, input_size=32)
 
     path = str(export_keras(randomize(build()), tmp_path / "full.onnx"))
-    plan = plan_model(path, synthetic=4, preprocess="raw").document
+    plan = plan_model(path, synthetic=4, preprocess="raw").document.to_json()
     result = compact_model(path, plan)
     rebuilt = str(export_keras(randomize(build(configuration_from_plan(name, plan))), tmp_path / "configured.onnx"))
     assert result.params_compact == plan["summary"]["params_compact"] == analyze(rebuilt).shapes.params

@@ -143,12 +143,12 @@ def outputs(path_or_model, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_compacts_to_the_predicted_count(family, tmp_path):
     path = export(randomize(FAMILIES[family]()), tmp_path / f"{family}.onnx")
-    plan = plan_model(path, synthetic=4, preprocess="raw", z=4).document
+    plan = plan_model(path, synthetic=4, preprocess="raw", z=4).document.to_json()
     result = compact_model(path, plan)
     assert result.params_compact == plan["summary"]["params_compact"] < plan["summary"]["params"]
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
     assert outputs(result.model, x).shape == (3, 10)
-    identity = compact_model(path, plan_model(path, synthetic=2, preprocess="raw", z=1e6).document)
+    identity = compact_model(path, plan_model(path, synthetic=2, preprocess="raw", z=1e6).document.to_json())
     np.testing.assert_array_equal(outputs(identity.model, x), outputs(path, x))
 
 
@@ -176,7 +176,7 @@ def test_planted_dead_channels_are_the_ones_removed(tmp_path):
             conv.bias[channels] = -1.0
     path = export(model, tmp_path / "plain.onnx")
     analysis = analyze(path)
-    plan = plan_model(path, synthetic=4, preprocess="raw", z=1e6).document
+    plan = plan_model(path, synthetic=4, preprocess="raw", z=1e6).document.to_json()
     widths = {g["id"]: g["compact_channels"] for g in plan["groups"]}
     convs = [c.name for c in analysis.layers]
     for index, channels in ((0, dead["c1"]), (1, dead["c2"])):
@@ -203,7 +203,7 @@ ZOO = {
                                   pytest.param("mobilenet_v2", marks=pytest.mark.slow)])
 def test_compact_zoo_model_equals_zoo_model_at_the_planned_configuration(name, tmp_path):
     path = export(randomize(ZOO[name]()), tmp_path / "full.onnx")
-    plan = plan_model(path, synthetic=4, preprocess="raw").document
+    plan = plan_model(path, synthetic=4, preprocess="raw").document.to_json()
     result = compact_model(path, plan)
     config = configuration_from_plan(name, plan)
     rebuilt = export(randomize(ZOO[name](config)), tmp_path / "configured.onnx")
@@ -216,7 +216,7 @@ def test_dynamo_exported_shufflenet(tmp_path):
     from onnxmbs.zoo.export import export_torch
 
     path = str(export_torch(randomize(MiniShuffle()), INPUT, tmp_path / "shuffle.onnx"))
-    plan = plan_model(path, synthetic=4, preprocess="raw", z=6).document
+    plan = plan_model(path, synthetic=4, preprocess="raw", z=6).document.to_json()
     result = compact_model(path, plan)
     assert result.params_compact == plan["summary"]["params_compact"] < plan["summary"]["params"]
 
@@ -226,7 +226,7 @@ def test_weights_shared_through_identity_nodes(tmp_path):
     path = export(FAMILIES["resnet"]().eval(), tmp_path / "shared.onnx")
     analysis = analyze(path)
     assert any(n.op_type == "Identity" for n in analysis.loaded.graph.node)
-    plan = plan_model(path, synthetic=2, preprocess="raw", z=4).document
+    plan = plan_model(path, synthetic=2, preprocess="raw", z=4).document.to_json()
     assert plan["summary"]["params"] == analysis.shapes.params
     result = compact_model(path, plan)
     assert result.params_compact == plan["summary"]["params_compact"] < analysis.shapes.params

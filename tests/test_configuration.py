@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from onnxmbs.errors import MBSError
+from onnxmbs.planning.document import MacroblockRecord, PlanDocument, read_plan
 from onnxmbs.zoo import build
 from onnxmbs.zoo.configuration import configuration_from_plan, scaled
 from onnxmbs.zoo.torch_resnet import count_params
@@ -15,12 +17,13 @@ from onnxmbs.zoo.torch_resnet import count_params
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def plan(L: int, betas: dict[int, float]) -> dict:  # noqa: N803
-    """A minimal onnxmbs.plan/1 document: one macroblock per resolution (out_hw) with its β."""
-    blocks = [{"index": i, "level": i, "out_hw": [hw, hw], "layers": [], "e_total": 1.0, "e_base": 1.0,
-               "redundancy": 0.0, "beta": beta} for i, (hw, beta) in enumerate(sorted(betas.items(), reverse=True))]
-    return {"schema": "onnxmbs.plan/1", "model": {"path": "m.onnx", "L": L, "layout": "NCHW"},
-            "settings": {}, "layers": [], "macroblocks": blocks, "groups": [], "summary": {}}
+def plan(L: int, betas: dict[int, float]) -> PlanDocument:  # noqa: N803
+    """A plan whose macroblocks are one per resolution (out_hw) with the given β (the rest from a fixture)."""
+    base = read_plan(ROOT / "tests" / "fixtures" / "plan_v1_resnet20.json")
+    blocks = tuple(MacroblockRecord(index=i, level=i, out_hw=(hw, hw), layers=(), e_total=1.0, e_base=1.0,
+                                    redundancy=0.0, beta=beta)
+                   for i, (hw, beta) in enumerate(sorted(betas.items(), reverse=True)))
+    return replace(base, model=replace(base.model, L=L), macroblocks=blocks)
 
 
 def test_mobilenet_v1_at_224() -> None:
@@ -61,13 +64,14 @@ def test_shufflenet_rounds_to_group_constraints() -> None:
 
 def test_several_macroblocks_at_one_level_take_the_largest_beta() -> None:
     doc = plan(299, {149: 0.9, 73: 1.0, 35: 1.0, 17: 1.0, 8: 0.8})
-    doc["macroblocks"].insert(1, {**doc["macroblocks"][0], "out_hw": [147, 147], "beta": 0.95})
+    extra = replace(doc.macroblocks[0], out_hw=(147, 147), beta=0.95)
+    doc = replace(doc, macroblocks=(doc.macroblocks[0], extra, *doc.macroblocks[1:]))
     assert configuration_from_plan("mobilenet_v1", doc)[:2] == [math.ceil(0.95 * 32), math.ceil(0.95 * 64)]
 
 
 @pytest.mark.parametrize(("name", "doc", "message"), [
     ("vgg16", plan(224, {112: 1.0}), "unknown zoo model"),
-    ("resnet18", {**plan(224, {112: 1.0}), "schema": "other/1"}, "schema"),
+    ("resnet18", {**plan(224, {112: 1.0}).to_json(), "schema": "other/1"}, "schema"),
     ("resnet18", plan(224, {112: 1.0, 56: 1.0}), "no macroblock at 28px, 14px, 7px"),
     ("resnet18", {"schema": "onnxmbs.plan/1", "model": {}}, "malformed"),
 ])
@@ -84,7 +88,7 @@ def test_real_plan_of_the_digits_model_gives_the_planned_widths(tmp_path: Path) 
 
     data = np.load(ROOT / "models" / "digits_calib.npz")["x"][:64]
     doc = pipeline.plan_model(ROOT / "models" / "resnet20_digits.onnx", data=data, preprocess=None,
-                              progress=False).document
+                              progress=False).document.to_json()
     widths = configuration_from_plan("resnet20", doc)
     betas = {tuple(mb["out_hw"]): mb["beta"] for mb in doc["macroblocks"]}
     assert widths == [math.ceil(betas[(32, 32)] * 16), math.ceil(betas[(16, 16)] * 32), math.ceil(betas[(8, 8)] * 64)]

@@ -38,6 +38,7 @@ def _text(output: str, tmp: str) -> str:
     out = re.sub(r"counted in [0-9.]+s", "counted in <t>s", out)
     out = re.sub(r"(?m)^latency .*$", "latency <volatile>", out)
     out = re.sub(r"(?m)^file size .*$", "file size <volatile>", out)
+    out = re.sub(r"(?m)^hint .*\n", "", out)  # shown only when the measured latency got worse
     return out
 
 

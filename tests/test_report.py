@@ -7,14 +7,17 @@ import json
 import shutil
 import subprocess
 import warnings
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from onnxmbs.planning.document import MacroblockRecord, read_plan
 from onnxmbs.reports import plots
 from onnxmbs.cli import main
 from onnxmbs.reports.report import CSV_COLUMNS, SCHEMA
@@ -129,16 +132,19 @@ def test_html_is_self_contained(batch):
 
 def test_plots_unit():
     assert plots.nice_ticks(0, 1, 5) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    layers = [{"name": f"c{i}", "macroblock": i // 2, "out_hw": [8, 8], "rf": 3 + 2 * i, "p_nonzero": 0.5,
-               "measured": i != 3, "base": i < 3} for i in range(6)]
+    fixture = read_plan(Path(__file__).parent / "fixtures" / "plan_v1_resnet20.json").layers[0]
+    layers = [replace(fixture, name=f"c{i}", macroblock=i // 2, out_hw=(8, 8), rf=3 + 2 * i, p_nonzero=0.5,
+                      measured=i != 3, base=i < 3) for i in range(6)]
     svg = plots.depth_profile(layers, rf_boundary=7, z=6)
     assert svg.startswith("<svg") and svg.endswith("</svg>") and 'class="rf-boundary"' in svg
     assert svg.count("<circle") >= 6 and "not measured" in svg and "RF boundary 7px (z=6)" in svg
-    bars = plots.beta_bars([{"index": 0, "out_hw": [8, 8], "beta": 1.0, "redundancy": 0.0},
-                            {"index": 1, "out_hw": [4, 4], "beta": 0.75, "redundancy": 1 / 3}])
+    bars = plots.beta_bars([MacroblockRecord(index=0, level=0, out_hw=(8, 8), layers=(), e_total=1.0, e_base=1.0,
+                                             redundancy=0.0, beta=1.0),
+                            MacroblockRecord(index=1, level=1, out_hw=(4, 4), layers=(), e_total=1.0, e_base=0.5,
+                                             redundancy=1 / 3, beta=0.75)])
     assert bars.count('class="bar"') == 2 and "0.750" in bars
-    curve = [{"k": 0.5, "param_reduction": 0.4, "flop_reduction": 0.2}, {"k": 1.0, "param_reduction": 0.1,
-                                                                          "flop_reduction": 0.05}]
+    curve = [SimpleNamespace(k=0.5, param_reduction=0.4, flop_reduction=0.2),
+             SimpleNamespace(k=1.0, param_reduction=0.1, flop_reduction=0.05)]
     svg = plots.tradeoff_curve(curve, marks=curve, chosen_k=1.0)
     assert svg.count('class="curve"') == 2 and "plan k=1" in svg
     assert "<script" not in svg and "&lt;" not in plots.beta_bars([])

@@ -12,8 +12,7 @@ from click.testing import CliRunner
 from onnxmbs.graph.analysis import analyze
 from onnxmbs.cli import main
 from onnxmbs.errors import MBSError
-from onnxmbs.stats.measure import measure
-from onnxmbs.stats.measure import load_stats, measure_or_load
+from onnxmbs.stats.measure import CalibrationOptions, load_stats, measure, measure_or_load
 from onnxmbs.stats.statsfile import SCHEMA, save_stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +59,7 @@ def test_profile_writes_counts_with_the_model_hash(stats_file):
 
 def test_saved_counts_round_trip_exactly(tmp_path):
     analysis = analyze(MODEL)
-    stats, info = measure(analysis, data=str(NPZ), max_images=32)
+    stats, info = measure(analysis, CalibrationOptions(data=str(NPZ), max_images=32))
     path = save_stats(tmp_path / "s.json", analysis, stats, info=info)
     loaded = load_stats(path, analysis).statistics
     assert loaded.images == stats.images == 32
@@ -100,7 +99,7 @@ def test_stats_at_another_input_shape_are_refused(stats_file, tmp_path):
 
 def test_several_stats_files_are_matched_by_hash(stats_file, other_model, tmp_path):
     analysis = analyze(other_model)
-    measured = measure_or_load(analysis, stats=[stats_file], data=str(NPZ), max_images=16)
+    measured = measure_or_load(analysis, stats=[stats_file], options=CalibrationOptions(data=str(NPZ), max_images=16))
     assert measured.statistics.images == 16  # the file is not this model's: measured instead
     with pytest.raises(MBSError, match="no --stats file"):
         measure_or_load(analysis, stats=[stats_file, stats_file])

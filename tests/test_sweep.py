@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from onnxmbs.graph.analysis import analyze
 from onnxmbs.cli import main
 from onnxmbs.errors import MBSError
-from onnxmbs.stats.measure import measure
+from onnxmbs.stats.measure import CalibrationOptions, measure
 from onnxmbs.planning.sweep import Target, curve, make_sweeper, parse_ks, solve, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def run(*args):
 @pytest.fixture(scope="module")
 def sweeper():
     analysis = analyze(MODEL)
-    stats, _ = measure(analysis, data=str(NPZ), max_images=96)
+    stats, _ = measure(analysis, CalibrationOptions(data=str(NPZ), max_images=96))
     return make_sweeper(analysis, stats)
 
 

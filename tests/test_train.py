@@ -140,7 +140,7 @@ def test_keras_mixed_precision_trains_a_float16_clone_and_writes_back():
 def test_retrain_command_on_a_users_model_file(tmp_path):
     from onnxmbs.cli import main
     from onnxmbs.planning.pipeline import plan_model
-    from onnxmbs.planning.document import write_json
+    from onnxmbs.files import write_json
 
     (tmp_path / "net.py").write_text(textwrap.dedent("""
         from torch import nn
@@ -159,7 +159,7 @@ def test_retrain_command_on_a_users_model_file(tmp_path):
         warnings.simplefilter("ignore")
         torch.onnx.export(net.build().eval(), (torch.rand(1, 3, 8, 8),), str(tmp_path / "net.onnx"), dynamo=False,
                           input_names=["input"], dynamic_axes={"input": {0: "b"}})
-    plan = plan_model(tmp_path / "net.onnx", synthetic=4, preprocess="raw", k=0.5).document
+    plan = plan_model(tmp_path / "net.onnx", synthetic=4, preprocess="raw", k=0.5).document.to_json()
     write_json(tmp_path / "plan.json", plan)
     x, y = _bright_dark(40)
     np.savez(tmp_path / "train.npz", x=x, y=y)

@@ -32,7 +32,7 @@ def measure(name: str, workdir: Path, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     model = export(name, workdir / f"{name}.onnx", input_size=size, dynamo=False)
     plan = plan_model(model, synthetic=args.images, preprocess="raw", k=args.k, round_to=args.round_to,
-                      batch_size=args.images, progress=False).document
+                      batch_size=args.images, progress=False).document.to_json()
     result = write_compact(model, plan, workdir / f"{name}.compact.onnx", latency_repeats=args.repeats,
                            threads=args.threads)
     lat = result.latency

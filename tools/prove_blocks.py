@@ -21,11 +21,12 @@ for the figures reported.
 
 Prints Markdown tables; writes results.json and blocks_accuracy.svg under ``--out``.
 
-Usage:  python tools/prove_blocks.py [--epochs 6] [--ft-epochs 2] [--removed 2,4] [--seeds 3] [--threads 2]
+Usage:  python tools/prove_blocks.py [--epochs 5] [--ft-epochs 1] [--removed 2,4] [--seeds 3] [--threads 2]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import statistics
@@ -92,16 +93,16 @@ def output_norm_order(loaded, blocks, x: np.ndarray) -> list[str]:
 def plan_for(base: BlocksPlan, order: list[str], count: int) -> BlocksPlan:
     """``base`` with its rounds replaced: the first ``count`` blocks of ``order`` removed."""
     rounds = tuple(RoundRecord(i + 1, {}, b, float("nan")) for i, b in enumerate(order[:count]))
-    return BlocksPlan(base.model, base.baseline_accuracy, base.blocks, rounds, base.summary, base.settings)
+    return dataclasses.replace(base, rounds=rounds, removed=tuple(order[:count]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--ft-epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--ft-epochs", type=int, default=1)
     ap.add_argument("--removed", type=lambda s: [int(v) for v in s.split(",")], default=[2, 4])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("artifacts/prove_blocks"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

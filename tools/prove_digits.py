@@ -188,7 +188,7 @@ def prove(fw: Framework, split, args: argparse.Namespace, out: Path) -> list[Run
     path = fw.export(original, out / f"{fw.name}_original.onnx")
     analysis = onnxmbs.analyze(path)
     for k in args.ks:
-        plan = plan_model(path, data=x_tr, preprocess="raw", k=k).document
+        plan = plan_model(path, data=x_tr, preprocess="raw", k=k).document.to_json()
         (out / f"{fw.name}_plan_k{k}.json").write_text(json.dumps(plan, indent=1))
         seeds = range(args.seeds) if k == args.fig5_k else range(1)
         for seed in seeds:

@@ -306,9 +306,9 @@ def _inherit(model: Any, new: Any, w: Walk, res: Resolution) -> None:
 def verify(new: Any, view: PlanView, mapping: Mapping[str, str], expected: tuple) -> None:
     for layer, name in mapping.items():
         spec, got = view.layer(layer), int(new.get_layer(name).output.shape[-1])
-        if got != spec.compact_out:
+        if got != spec.compact_out_channels:
             raise MBSError(f"Keras layer '{name}' (plan layer '{layer}') has {got} channels after rebuilding, the "
-                           f"plan says {spec.compact_out} — the plan does not fit this model")
+                           f"plan says {spec.compact_out_channels} — the plan does not fit this model")
     x = np.zeros((1, *new.inputs[0].shape[1:]), np.float32)
     out = new(x, training=False)
     got = tuple(out.shape[1:])

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from onnxmbs.errors import MBSError
-from onnxmbs.planning.document import SCHEMA, read_plan
+from onnxmbs.planning.document import LayerRecord, PlanDocument, as_plan
 
 logger = logging.getLogger(__name__)
 
@@ -26,35 +26,14 @@ INITS = ("scratch", "inherit")
 
 
 @dataclass(frozen=True)
-class LayerSpec:
-    """One conv layer of the plan (an ONNX Conv node)."""
-
-    name: str
-    in_channels: int
-    out_channels: int
-    groups: int
-    kernel: tuple[int, ...]
-    stride: tuple[int, ...]
-    out_hw: tuple[int, ...]
-    group: int
-    compact_out: int
-    rates: tuple[float, ...] | None
-    output_groups: tuple[int, ...] = ()  # several when the planner split this conv's channels (concat)
-
-    @property
-    def depthwise(self) -> bool:
-        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
-
-
-@dataclass(frozen=True)
 class PlanView:
-    layers: tuple[LayerSpec, ...]
+    layers: tuple[LayerRecord, ...]
     channels: Mapping[int, int]  # group id -> original width
     widths: Mapping[int, int]  # group id -> compact width
     model_path: str | None
     input_hw: tuple[int, int] | None
 
-    def layer(self, name: str) -> LayerSpec:
+    def layer(self, name: str) -> LayerRecord:
         return next(spec for spec in self.layers if spec.name == name)
 
 
@@ -65,36 +44,11 @@ def check_init(init: str) -> str:
     return init
 
 
-def load_plan(plan: Mapping[str, Any] | str | Path) -> PlanView:
-    """Validate a plan document (or read it from a path) into a :class:`PlanView`."""
-    doc = read_plan(plan) if isinstance(plan, (str, Path)) else plan
-    if not isinstance(doc, Mapping) or doc.get("schema") != SCHEMA:
-        raise MBSError(f"not an onnxmbs plan (schema {SCHEMA!r} expected) — pass the JSON written by "
-                       "`onnxmbs plan` or PlanResult.document")
-    try:
-        layers = tuple(_layer(entry) for entry in doc["layers"])
-        channels = {int(g["id"]): int(g["channels"]) for g in doc["groups"]}
-        widths = {int(g["id"]): int(g["compact_channels"]) for g in doc["groups"]}
-        model = doc.get("model", {})
-        shape, layout = model.get("shape"), model.get("layout")
-        hw = None
-        if shape and len(shape) == 4:
-            hw = (int(shape[2]), int(shape[3])) if layout == "NCHW" else (int(shape[1]), int(shape[2]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MBSError(f"the plan is malformed ({type(exc).__name__}: {exc}) — pass the JSON written by "
-                       "`onnxmbs plan`") from None
-    return PlanView(layers=layers, channels=channels, widths=widths, model_path=model.get("path"), input_hw=hw)
-
-
-def _layer(entry: Mapping[str, Any]) -> LayerSpec:
-    rates = entry.get("channel_p_nonzero")
-    return LayerSpec(
-        name=str(entry["name"]), in_channels=int(entry["in_channels"]), out_channels=int(entry["out_channels"]),
-        groups=int(entry["groups"]), kernel=tuple(int(k) for k in entry["kernel"]),
-        stride=tuple(int(s) for s in entry["stride"]), out_hw=tuple(int(v) for v in entry["out_hw"]),
-        group=int(entry["group"]), compact_out=int(entry["compact_out_channels"]),
-        rates=tuple(float(r) for r in rates) if rates else None,
-        output_groups=tuple(int(g) for g in entry.get("output_groups") or (entry["group"],)))
+def load_plan(plan: PlanDocument | Mapping[str, Any] | str | Path) -> PlanView:
+    """Validate a plan (the record, its JSON dict, or a path) into a :class:`PlanView`."""
+    doc = as_plan(plan)
+    return PlanView(layers=doc.layers, channels={g.id: g.channels for g in doc.groups}, widths=doc.group_widths(),
+                    model_path=doc.model.path, input_hw=doc.model.input_hw)
 
 
 # ---------------------------------------------------------------- channel layouts
@@ -177,7 +131,7 @@ def check_supported(unsupported: Mapping[Hashable, Sequence[str]], res: Resoluti
                            "(β = 1) or replace the layer by a supported one")
 
 
-def plan_groups(specs: Sequence[LayerSpec], view: PlanView, where: str) -> set[int]:
+def plan_groups(specs: Sequence[LayerRecord], view: PlanView, where: str) -> set[int]:
     """The plan groups a set of tied conv outputs belongs to; split outputs are refused when resized."""
     for spec in specs:
         split = spec.output_groups
@@ -194,10 +148,12 @@ def keep_top(scores: np.ndarray, count: int) -> np.ndarray:
     return np.sort(order).astype(np.int64)
 
 
-def channel_scores(specs: Sequence[LayerSpec], width: int, l1: Callable[[LayerSpec], np.ndarray | None]) -> np.ndarray:
+def channel_scores(specs: Sequence[LayerRecord], width: int,
+                   l1: Callable[[LayerRecord], np.ndarray | None]) -> np.ndarray:
     """Per-channel importance of a group: the producers' measured non-zero rates (mean), else the
     L1 norm of their filters (sum), else channel order."""
-    rates = [np.asarray(s.rates, np.float64) for s in specs if s.rates is not None and len(s.rates) == width]
+    rates = [np.asarray(s.channel_p_nonzero, np.float64) for s in specs
+             if s.channel_p_nonzero is not None and len(s.channel_p_nonzero) == width]
     if rates:
         return np.mean(rates, axis=0)
     norms = [n for n in (l1(s) for s in specs) if n is not None and len(n) == width]
@@ -219,7 +175,7 @@ class Candidate:
     stride: tuple[int, ...]
     out_hw: tuple[int, ...] | None
 
-    def fits(self, spec: LayerSpec) -> bool:
+    def fits(self, spec: LayerRecord) -> bool:
         return ((self.in_channels, self.out_channels, self.groups, self.kernel, self.stride)
                 == (spec.in_channels, spec.out_channels, spec.groups, spec.kernel, spec.stride)
                 and (self.out_hw is None or self.out_hw == spec.out_hw))

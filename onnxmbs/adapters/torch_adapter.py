@@ -233,9 +233,9 @@ def verify(model: nn.Module, view: PlanView, mapping: Mapping[str, str], example
     modules = dict(model.named_modules())
     for layer, name in mapping.items():
         spec, conv = view.layer(layer), modules[name]
-        if conv.out_channels != spec.compact_out:
+        if conv.out_channels != spec.compact_out_channels:
             raise MBSError(f"conv '{name}' (plan layer '{layer}') has {conv.out_channels} output channels after "
-                           f"resizing, the plan says {spec.compact_out} — the plan does not fit this model")
+                           f"resizing, the plan says {spec.compact_out_channels} — the plan does not fit this model")
     try:
         got = [tuple(t.shape) for t in run_model(model, example_inputs)]
     except RuntimeError as exc:

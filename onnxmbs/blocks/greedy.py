@@ -22,7 +22,7 @@ from pathlib import Path
 import onnx
 
 from onnxmbs.blocks.discover import Block, find_blocks
-from onnxmbs.blocks.document import BlockRecord, BlocksPlan, ModelRecord, RoundRecord, Summary
+from onnxmbs.blocks.document import BlockRecord, BlocksPlan, RoundRecord, Summary
 from onnxmbs.blocks.remove import remove_blocks
 from onnxmbs.blocks.scoring import score_blocks
 from onnxmbs.errors import MBSError
@@ -186,7 +186,8 @@ def _result(loaded: LoadedModel, source, blocks: list[Block], state: _State, bas
     params_after, macs_after = _costs(after)
     doc_settings = {"rescore": rescore, **stop.to_json(), "images": len(data), "data": data.source,
                     "provider": provider, **(settings or {})}
-    plan = BlocksPlan(ModelRecord.of(loaded), baseline, tuple(BlockRecord.of(b) for b in blocks),
-                      tuple(state.rounds), Summary(params, params_after, macs, macs_after, accuracy_after),
-                      doc_settings)
+    plan = BlocksPlan.create(model=loaded.record(), baseline_accuracy=baseline,
+                             blocks=tuple(BlockRecord.of(b) for b in blocks), rounds=tuple(state.rounds),
+                             summary=Summary(params, params_after, macs, macs_after, accuracy_after),
+                             settings=doc_settings)
     return BlocksResult(plan, shallow, tuple(state.times))

@@ -13,11 +13,15 @@ from typing import Any
 
 import click
 
-from onnxmbs.cli.options import (Count, clean_errors, data_options, has_data, macroblocks_option, many_stats_option,
+from onnxmbs.cli.options import (Count, clean_errors, data_options, macroblocks_option, many_stats_option,
                                  one_source,
                                  refuse_overwrite, round_to_option, stats_option)
 
 logger = logging.getLogger(__name__)
+
+
+def _path(data: Any) -> str:
+    return data if isinstance(data, str) else ""
 
 
 # ------------------------------------------------------------ profile
@@ -26,17 +30,17 @@ logger = logging.getLogger(__name__)
 @data_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Write the counts here (JSON).")
 @clean_errors
-def profile(model: str, output: str, **data: Any) -> None:
+def profile(model: str, output: str, input_shape, calibration) -> None:
     """Run the statistics pass once and save the counts for `plan/sweep/report/check --stats`."""
     from onnxmbs.graph.analysis import analyze
-    from onnxmbs.stats.measure import DATA_KEYS, measure
+    from onnxmbs.stats.measure import measure
     from onnxmbs.stats.statsfile import save_stats
 
-    one_source(data, None)
-    refuse_overwrite(output, model, data["data"] or "")
-    analysis = analyze(model, input_shape=data["input_shape"])
-    stats, info = measure(analysis, **{k: v for k, v in data.items() if k in DATA_KEYS})
-    save_stats(output, analysis, stats, info=info, preprocess=data["preprocess"])
+    one_source(calibration, None)
+    refuse_overwrite(output, model, _path(calibration.data))
+    analysis = analyze(model, input_shape=input_shape)
+    stats, info = measure(analysis, calibration)
+    save_stats(output, analysis, stats, info=info, preprocess=calibration.preprocess)
     click.echo(f"{model}: {stats.images} images, {len(stats.taps)} activations counted in {stats.seconds:.1f}s"
                f"{' (SYNTHETIC noise)' if info.synthetic else ''}; counts written to {output}")
 
@@ -72,7 +76,7 @@ def _target(**options: float | None):
 @clean_errors
 def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: str | None, as_json: bool,
           target_param_reduction, target_flop_reduction, target_params, target_flops, macroblock_map: str | None,
-          **data: Any) -> None:
+          input_shape, calibration) -> None:
     """One statistics pass, a plan for every k: β, configuration, params and MACs per k; or solve for a target."""
     from onnxmbs.graph.analysis import analyze
     from onnxmbs.planning.pipeline import read_macroblock_map
@@ -87,17 +91,17 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
     if output and target is None:
         raise click.UsageError("-o writes the plan solved for a target: add --target-param-reduction, "
                                "--target-flop-reduction, --target-params or --target-flops")
-    one_source(data, stats)
-    refuse_overwrite(output, model, stats or "", data["data"] or "")
+    one_source(calibration, stats)
+    refuse_overwrite(output, model, stats or "", _path(calibration.data))
     ks = parse_ks(k_range)
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
-    analysis = analyze(model, input_shape=data["input_shape"], macroblock_override=override)
-    measured = measure_or_load(analysis, stats=stats, **data)
+    analysis = analyze(model, input_shape=input_shape, macroblock_override=override)
+    measured = measure_or_load(analysis, stats=stats, options=calibration)
     sweeper = make_sweeper(analysis, measured.statistics, round_to=round_to)
     points = run_sweep(sweeper, ks)
     solution = solve(sweeper, target) if target is not None else None
     if output and solution is not None:
-        write_json(output, sweeper.document(solution.k, settings=measured.settings).document)
+        write_json(output, sweeper.document(solution.k, source=measured.source).document)
     if as_json:
         doc: dict[str, Any] = {"model": model, "images": measured.statistics.images,
                                "sweep": [p.as_dict() for p in points]}
@@ -130,7 +134,7 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
               help="Also show a blocks plan from `onnxmbs blocks` (repeatable).")
 @clean_errors
 def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, ...], k: float, k_range: str,
-           round_to: int, blocks_files: tuple[str, ...], **data: Any) -> None:
+           round_to: int, blocks_files: tuple[str, ...], input_shape, calibration) -> None:
     """Batch report: one statistics pass per model, plan + k-sweep each, as HTML/Markdown/JSON/CSV.
 
     A model that fails becomes a failure row; the others still run. Exit 1 if any failed.
@@ -141,14 +145,15 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
     from onnxmbs.planning.sweep import parse_ks
     from onnxmbs.reports.report import ReportOptions, build_report, check_outputs, report_text, write_report
 
-    if not stats and not has_data(data):
+    if not stats and not calibration.has_data:
         raise click.UsageError("give calibration data with --data PATH (or --synthetic N), or --stats FILE(s)")
     check_outputs(outputs)
     for path in outputs:
-        refuse_overwrite(path, *models, *stats, *blocks_files, data["data"] or "")
-    options = ReportOptions(k=k, ks=parse_ks(k_range), round_to=round_to, input_shape=data.pop("input_shape"))
+        refuse_overwrite(path, *models, *stats, *blocks_files, _path(calibration.data))
+    options = ReportOptions(k=k, ks=parse_ks(k_range), round_to=round_to, input_shape=input_shape)
     blocks = tuple(read_blocks_plan(path) for path in blocks_files)
-    result = dataclasses.replace(build_report(list(models), options=options, stats=stats, **data), blocks=blocks)
+    result = dataclasses.replace(build_report(list(models), options=options, stats=stats, calibration=calibration),
+                                 blocks=blocks)
     for path in outputs:
         write_report(result, path)
     click.echo(report_text(result))
@@ -179,7 +184,8 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
               help="Write JUnit XML here (one testcase per model per check).")
 @clean_errors
 def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops, max_redundancy,
-          baselines: tuple[str, ...], tolerance, k, round_to: int, junit: str | None, **data: Any) -> None:
+          baselines: tuple[str, ...], tolerance, k, round_to: int, junit: str | None, input_shape, calibration
+          ) -> None:
     """CI gate: static limits need no data; --max-redundancy and --baseline need statistics.
 
     Exit 0 when every check passes, 1 when one fails, 2 on usage errors. With
@@ -192,12 +198,12 @@ def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops
         raise click.UsageError("--tolerance applies to --baseline: add --baseline plan.json")
     limits = GateLimits(max_params=max_params, max_flops=max_flops, max_redundancy=max_redundancy,
                         baselines=baselines, tolerance=0.02 if tolerance is None else tolerance, k=k,
-                        round_to=round_to, input_shape=data.pop("input_shape"))
-    if limits.needs_statistics and not stats and not has_data(data):
+                        round_to=round_to, input_shape=input_shape)
+    if limits.needs_statistics and not stats and not calibration.has_data:
         raise click.UsageError("--max-redundancy and --baseline need statistics: give --data PATH, "
                                "--synthetic N or --stats FILE")
     refuse_overwrite(junit, *models, *stats, *baselines)
-    results = run_gate(list(models), limits, stats=stats, **data)
+    results = run_gate(list(models), limits, stats=stats, calibration=calibration)
     click.echo(results_text(results))
     if junit:
         write_atomic(junit, junit_xml(results))

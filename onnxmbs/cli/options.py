@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -84,6 +84,8 @@ def refuse_overwrite(output: str | None, *inputs: str) -> None:
 
 
 def data_options(fn: Callable) -> Callable:
+    """The calibration-data options; the command receives them as one ``calibration`` record
+    (:class:`onnxmbs.stats.measure.CalibrationOptions`) plus ``input_shape``."""
     options = [
         click.option("--data", type=click.Path(), default=None,
                      help="Calibration images: a folder (recursive jpg/png/bmp/webp) or a .npy/.npz array."),
@@ -100,9 +102,20 @@ def data_options(fn: Callable) -> Callable:
         click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."),
         input_shape_option,
     ]
+
+    @functools.wraps(fn)
+    def wrapper(*args, data, synthetic, preprocess, mean, std, max_images, batch_size, provider, progress,
+                **kwargs):
+        from onnxmbs.stats.measure import CalibrationOptions
+
+        calibration = CalibrationOptions(data=data, synthetic=synthetic, preprocess=preprocess, mean=mean, std=std,
+                                         max_images=max_images, batch_size=batch_size, provider=provider,
+                                         progress=progress)
+        return fn(*args, calibration=calibration, **kwargs)
+
     for option in reversed(options):
-        fn = option(fn)
-    return fn
+        wrapper = option(wrapper)
+    return wrapper
 
 
 class Count(click.ParamType):
@@ -120,14 +133,11 @@ class Count(click.ParamType):
         return number
 
 
-def has_data(data: dict[str, Any]) -> bool:
-    return data.get("data") is not None or data.get("synthetic") is not None
-
-
-def one_source(data: dict[str, Any], stats: str | None) -> None:
-    if stats and has_data(data):
+def one_source(calibration: Any, stats: str | Sequence[str] | None) -> None:
+    """Exactly one source of statistics: calibration data or saved counts."""
+    if stats and calibration.has_data:
         raise click.UsageError("give either --stats FILE or calibration data (--data/--synthetic), not both")
-    if not stats and not has_data(data):
+    if not stats and not calibration.has_data:
         raise click.UsageError("give calibration data with --data PATH (or --synthetic N), "
                                "or saved counts with --stats FILE from `onnxmbs profile`")
 

@@ -5,7 +5,8 @@ import json
 
 import click
 
-from onnxmbs.cli.options import clean_errors, data_options, input_shape_option, macroblocks_option, refuse_overwrite
+from onnxmbs.cli.options import (clean_errors, data_options, input_shape_option, macroblocks_option, one_source,
+                                 refuse_overwrite)
 
 
 @click.command()
@@ -23,7 +24,7 @@ def analyze(model: str, input_shape, macroblock_map, as_json: bool) -> None:
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
     result = run_analyze(model, input_shape=input_shape, macroblock_override=override)
     if as_json:
-        click.echo(json.dumps(plan_from_statistics(result, None).document, indent=1))
+        click.echo(json.dumps(plan_from_statistics(result, None).document.to_json(), indent=1))
     else:
         click.echo(analysis_text(result))
 
@@ -42,29 +43,25 @@ def analyze(model: str, input_shape, macroblock_map, as_json: bool) -> None:
 @macroblocks_option
 @clean_errors
 def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: str | None, macroblock_map,
-         **data) -> None:
+         input_shape, calibration) -> None:
     """Statistics pass + Algorithm 1: per-macroblock width multipliers and the compact widths."""
-    from onnxmbs.planning.pipeline import plan_model, read_macroblock_map
     from onnxmbs.files import write_json
+    from onnxmbs.planning.pipeline import plan_measured, plan_with_stats, read_macroblock_map
     from onnxmbs.reports.text import plan_text
 
-    has_data = data["data"] is not None or data["synthetic"] is not None
-    if stats and has_data:
-        raise click.UsageError("give either --stats FILE or calibration data (--data/--synthetic), not both")
-    if not stats and not has_data:
-        raise click.UsageError("give calibration data with --data PATH, or --synthetic N for random noise")
+    one_source(calibration, stats)
     refuse_overwrite(output, model, *([stats] if stats else []))
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
     if stats:
-        from onnxmbs.planning.pipeline import plan_with_stats
-        result = plan_with_stats(model, stats, input_shape=data["input_shape"], k=k, z=z, round_to=round_to,
+        result = plan_with_stats(model, stats, input_shape=input_shape, k=k, z=z, round_to=round_to,
                                  macroblocks=override)
     else:
-        result = plan_model(model, k=k, z=z, round_to=round_to, macroblocks=override, **data)
+        result = plan_measured(model, calibration, input_shape=input_shape, k=k, z=z, round_to=round_to,
+                               macroblocks=override)
     if output:
         write_json(output, result.document)
     if as_json:
-        click.echo(json.dumps(result.document, indent=1))
+        click.echo(json.dumps(result.document.to_json(), indent=1))
     else:
         click.echo(plan_text(result.document))
         if output:

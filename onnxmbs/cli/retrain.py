@@ -18,12 +18,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from onnxmbs.cli.options import clean_errors
 from onnxmbs.errors import MBSError
+
+if TYPE_CHECKING:
+    from onnxmbs.planning.document import PlanDocument
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +90,9 @@ def _zoo_model(name: str, framework: str | None, num_classes: int, size: int) ->
     return build(name, num_classes=num_classes, input_size=size, framework=framework)
 
 
-def _input(plan: dict[str, Any]) -> tuple[int, int, int]:
+def _input(plan: PlanDocument) -> tuple[int, int, int]:
     """(channels, height, width) of the planned model's input."""
-    return _record_input(plan["model"]["shape"], plan["model"]["layout"])
+    return _record_input(plan.model.shape, plan.model.layout)
 
 
 def _data(data: str, val: str | None, val_split: float, *, layout: str, preprocess: str,
@@ -105,7 +108,7 @@ def _data(data: str, val: str | None, val_split: float, *, layout: str, preproce
     return train.split(val_split, seed=seed)
 
 
-def _adapt(model: Any, framework: str, plan: dict[str, Any], chw: tuple[int, int, int], init: str) -> Any:
+def _adapt(model: Any, framework: str, plan: PlanDocument, chw: tuple[int, int, int], init: str) -> Any:
     from onnxmbs.adapters import apply_plan
 
     if framework == "torch":
@@ -205,15 +208,15 @@ def retrain(plan_path: str | None, blocks_path: str | None, zoo_name: str | None
     chw = _input(plan) if plan is not None else _record_input(blocks.model.shape, blocks.model.layout)
     user = load_user_model(model_spec) if model_spec else None
     fw = _framework_of(user) if user is not None else (framework or _zoo_framework(zoo_name))
-    settings = plan.get("settings", {}) if plan is not None else blocks.settings
-    preprocess = preprocess or settings.get("preprocess") or "raw"
+    planned = plan.settings.preprocess if plan is not None else blocks.settings.get("preprocess")
+    preprocess = preprocess or planned or "raw"
     train, held = _data(data, val, val_split, layout="NCHW" if fw == "torch" else "NHWC", preprocess=preprocess,
                         chw=chw, seed=config.seed)
     model = user if user is not None else _zoo_model(zoo_name, fw, train.num_classes, chw[1])
     shallow = _remove_blocks(model, fw, blocks, chw) if blocks is not None else model
     compact = _adapt(shallow, fw, plan, chw, init) if plan is not None else shallow
     before, after = _params(model, fw, chw), _params(compact, fw, chw)
-    predicted = plan["summary"]["params_compact"] if plan is not None else blocks.summary.params_after
+    predicted = plan.summary.params_compact if plan is not None else blocks.summary.params_after
     what = "compact" if plan is not None else "shallow"
     click.echo(f"{what} model: {before:,} -> {after:,} parameters (plan predicts {predicted:,})")
     result = _train(compact, fw, train, held, config)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from onnxmbs.graph.analysis import Analysis
+from onnxmbs.planning.document import LayerRecord, PlanDocument
 from onnxmbs.compact.index import Layout, group_offsets
 from onnxmbs.graph.shapes import attr, node_names
 
@@ -46,14 +47,14 @@ def _global(analysis: Analysis) -> tuple[int, dict[int, slice]]:
     return total, {g.id: slice(offsets[g.id], offsets[g.id] + g.channels) for g in analysis.channels.groups}
 
 
-def _rates(analysis: Analysis, layers: Sequence[Mapping[str, Any]], ids: Mapping[str, Layout]) -> dict[int, np.ndarray]:
+def _rates(analysis: Analysis, layers: Sequence[LayerRecord], ids: Mapping[str, Layout]) -> dict[int, np.ndarray]:
     """Mean measured non-zero rate per channel of each group (groups without measurements absent)."""
     total, where = _global(analysis)
     outputs = {c.name: c.output for c in analysis.layers}
     sums, counts = np.zeros(total), np.zeros(total)
     for layer in layers:
-        rates = layer.get("channel_p_nonzero")
-        lay = ids.get(outputs.get(layer.get("name"), ""))
+        rates = layer.channel_p_nonzero
+        lay = ids.get(outputs.get(layer.name, ""))
         if rates is not None and lay is not None and len(rates) == len(lay.ids):
             np.add.at(sums, lay.ids, np.asarray(rates, dtype=np.float64))
             np.add.at(counts, lay.ids, 1)
@@ -126,10 +127,10 @@ def _shuffles(analysis: Analysis) -> dict[int, int]:
     return {c.segs[0]: c.split for c in analysis.channels.tensor_chan.values() if c.split and len(c.segs) == 1}
 
 
-def select_channels(analysis: Analysis, plan: Mapping[str, Any], widths: Mapping[int, int],
+def select_channels(analysis: Analysis, plan: PlanDocument, widths: Mapping[int, int],
                     ids: Mapping[str, Layout], *, select: str = "nonzero") -> Selection:
     """Kept channels of every group for the compact widths ``widths``."""
-    rates = _rates(analysis, plan.get("layers", ()), ids) if select == "nonzero" else {}
+    rates = _rates(analysis, plan.layers, ids) if select == "nonzero" else {}
     l1 = _l1(analysis, ids)
     shuffles = _shuffles(analysis)
     keep, source = {}, {}

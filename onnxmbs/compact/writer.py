@@ -30,7 +30,7 @@ from onnxmbs.compact.surgery import SURGERY_RULES, Ctx, Edits, reinitialise
 from onnxmbs.graph.costs import param_tensors
 from onnxmbs.errors import MBSError
 from onnxmbs.files import write_atomic, write_json
-from onnxmbs.planning.document import SCHEMA, read_plan
+from onnxmbs.planning.document import PlanDocument, as_plan
 from onnxmbs.graph.shapes import node_names
 
 logger = logging.getLogger(__name__)
@@ -75,15 +75,6 @@ class CompactResult:
         }
 
 
-def _plan_dict(plan: str | Path | Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(plan, Mapping):
-        if plan.get("schema") != SCHEMA:
-            raise MBSError(f"the plan is not an onnxmbs plan (schema {SCHEMA!r} expected) — pass a plan from "
-                           "`onnxmbs plan`")
-        return plan
-    return read_plan(plan)
-
-
 def _source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, int]:
     """The proto, its bytes with all weights inside (for onnxruntime), and the file's size."""
     if isinstance(model, onnx.ModelProto):
@@ -96,30 +87,26 @@ def _source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes
     return proto, proto.SerializeToString(), path.stat().st_size
 
 
-def _input_shape(plan: Mapping[str, Any], given: tuple[int, ...] | None) -> tuple[int, ...] | None:
+def _input_shape(plan: PlanDocument, given: tuple[int, ...] | None) -> tuple[int, ...] | None:
     if given is not None:
         return tuple(given)
-    shape = plan.get("model", {}).get("shape")
-    return tuple(int(d) for d in shape[1:]) if isinstance(shape, list) and len(shape) == 4 else None
+    shape = plan.model.shape
+    return tuple(int(d) for d in shape[1:]) if len(shape) == 4 else None
 
 
-def check_plan(plan: Mapping[str, Any], analysis: Analysis, *, force: bool = False) -> dict[int, int]:
+def check_plan(plan: PlanDocument, analysis: Analysis, *, force: bool = False) -> dict[int, int]:
     """The compact width of every group, after checking the plan belongs to this model."""
-    digest = plan.get("model", {}).get("sha256")
+    digest = plan.model.sha256
     if digest != analysis.loaded.sha256 and not force:
         raise MBSError(f"the plan was made for another model file (sha256 {str(digest)[:12]}…, this model "
                        f"{analysis.loaded.sha256[:12]}…) — re-run `onnxmbs plan` on this model, or pass --force")
-    try:
-        entries = {int(g["id"]): g for g in plan["groups"]}
-        if len(entries) != len(analysis.channels.groups):
-            raise ValueError(f"{len(entries)} groups in the plan, {len(analysis.channels.groups)} in the model")
-        widths = {gid: int(entries[gid]["compact_channels"]) for gid in (g.id for g in analysis.channels.groups)}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MBSError(f"the plan's groups do not match this model ({type(exc).__name__}: {exc}) — "
-                       "re-run `onnxmbs plan` on this model") from None
+    entries = {g.id: g for g in plan.groups}
+    if set(entries) != {g.id for g in analysis.channels.groups}:
+        raise MBSError(f"the plan's groups do not match this model ({len(entries)} groups in the plan, "
+                       f"{len(analysis.channels.groups)} in the model) — re-run `onnxmbs plan` on this model")
     for g in analysis.channels.groups:
-        _check_group(g, int(entries[g.id].get("channels", -1)), widths[g.id])
-    return widths
+        _check_group(g, entries[g.id].channels, entries[g.id].compact_channels)
+    return {g.id: entries[g.id].compact_channels for g in analysis.channels.groups}
 
 
 def _check_group(g, planned: int, width: int) -> None:
@@ -163,7 +150,7 @@ def _options(weights: str, select: str) -> None:
         raise MBSError(f"select={select!r} is not one of {', '.join(SELECT)} — use nonzero or l1")
 
 
-def _build(analysis: Analysis, proto: onnx.ModelProto, plan: Mapping[str, Any], widths: Mapping[int, int], *,
+def _build(analysis: Analysis, proto: onnx.ModelProto, plan: PlanDocument, widths: Mapping[int, int], *,
            weights: str, select: str, seed: int) -> tuple[Rebuilt, Selection, list[str], dict]:
     ids = identity_layouts(analysis)
     chosen = select_channels(analysis, plan, widths, ids, select=select)
@@ -176,12 +163,12 @@ def _build(analysis: Analysis, proto: onnx.ModelProto, plan: Mapping[str, Any], 
     return rebuild(proto, edits, ctx.consts, fwd, params), chosen, sorted(set(edits.inexact)), expected
 
 
-def compact_model(model: str | Path | onnx.ModelProto, plan: str | Path | Mapping[str, Any], *,
+def compact_model(model: str | Path | onnx.ModelProto, plan: PlanDocument | str | Path | Mapping[str, Any], *,
                   weights: str = "inherit", select: str = "nonzero", input_shape: tuple[int, ...] | None = None,
                   force: bool = False, seed: int = 0, latency_repeats: int = 0, threads: int = 1) -> CompactResult:
     """The compact model of ``model`` under ``plan``, verified; ``model`` itself is never modified."""
     _options(weights, select)
-    doc = _plan_dict(plan)
+    doc = as_plan(plan)
     proto, data, size = _source(model)
     shape = _input_shape(doc, input_shape)
     analysis = analyze(model, input_shape=shape)
@@ -194,8 +181,7 @@ def compact_model(model: str | Path | onnx.ModelProto, plan: str | Path | Mappin
     batch = 2 if loaded.batch_dynamic else loaded.input.shape[0]
     costs = verify(built.model, data, loaded.input, batch=batch, input_shape=loaded.input.shape,
                    expected=expected)
-    summary = doc.get("summary", {})
-    predicted = int(summary.get("params_compact", costs.params))
+    predicted = doc.summary.params_compact
     if costs.params != predicted + built.extra_params:
         raise MBSError(f"the compact model has {costs.params:,} parameters, the plan predicted {predicted:,}"
                        f"{f' + {built.extra_params:,} in copied shared tensors' if built.extra_params else ''} — "
@@ -204,7 +190,7 @@ def compact_model(model: str | Path | onnx.ModelProto, plan: str | Path | Mappin
     latency = (measure_latency(data, compact_bytes, loaded.input, batch=loaded.input.shape[0],
                                repeats=latency_repeats, threads=threads) if latency_repeats > 0 else None)
     return CompactResult(
-        model=built.model, params=int(summary.get("params", analysis.shapes.params)), params_predicted=predicted,
+        model=built.model, params=doc.summary.params, params_predicted=predicted,
         params_compact=costs.params, flops=analysis.shapes.flops, flops_compact=costs.flops,
         bytes_original=size, bytes_compact=len(compact_bytes),
         widths={g.id: (g.channels, widths[g.id]) for g in analysis.channels.groups},
@@ -218,7 +204,8 @@ def sidecar_path(output: str | Path) -> Path:
     return output.with_name(output.name + ".json")
 
 
-def write_compact(model: str | Path | onnx.ModelProto, plan: str | Path | Mapping[str, Any], output: str | Path, *,
+def write_compact(model: str | Path | onnx.ModelProto, plan: PlanDocument | str | Path | Mapping[str, Any],
+                  output: str | Path, *,
                   weights: str = "inherit", select: str = "nonzero", input_shape: tuple[int, ...] | None = None,
                   force: bool = False, seed: int = 0, latency_repeats: int = 5, threads: int = 1,
                   sidecar: bool = True) -> CompactResult:

@@ -16,6 +16,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from onnxmbs.errors import MBSError
+from onnxmbs.graph.record import ModelRecord
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,11 @@ class LoadedModel:
     @property
     def graph(self) -> onnx.GraphProto:
         return self.model.graph
+
+    def record(self) -> ModelRecord:
+        """What a plan, stats file or blocks plan says about the model it was made from."""
+        return ModelRecord(path=self.path, sha256=self.sha256, input=self.input.name, shape=tuple(self.input.shape),
+                           layout=self.input.layout, L=self.input.L)
 
 
 def load_model(source: str | Path | onnx.ModelProto, *, input_shape: tuple[int, ...] | None = None) -> LoadedModel:

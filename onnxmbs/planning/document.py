@@ -1,71 +1,222 @@
-"""Stage 6a — the plan as JSON (schema ``onnxmbs.plan/1``), written atomically.
+"""Stage 6a — the plan document (schema ``onnxmbs.plan/1``) as typed, frozen records.
 
-Other tools and CI parse this file: the keys of the issue's schema are always present;
-extra keys (per-channel statistics, freeze reasons, counts) are additions.
+Every stage after planning (text, reports, the gate, compact, the adapters, the zoo,
+retrain) takes a :class:`PlanDocument`, never a dict. ``from_json``/``to_json`` are the
+one place the JSON is read and written: key for key what ``onnxmbs.plan/1`` always was,
+so plans written before these records existed still load. Keys a newer onnxmbs adds are
+kept in ``extra`` and written back unchanged.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from onnxmbs.graph.analysis import Analysis
 from onnxmbs.errors import MBSError
-from onnxmbs.files import read_document, write_atomic, write_json
-from onnxmbs.planning.facts import LayerFacts
-from onnxmbs.planning.planner import Plan
+from onnxmbs.files import read_document
+from onnxmbs.graph.record import ModelRecord
+from onnxmbs.records import Record, ints, optional, strs
+from onnxmbs.stats.source import DataSource
 
 SCHEMA = "onnxmbs.plan/1"
+HOW = "pass the JSON written by `onnxmbs plan`"
 
 
-def read_plan(path: str | Path) -> dict[str, Any]:
-    return read_document(path, schema=SCHEMA, what="onnxmbs plan",
-                         how=f"create one with `onnxmbs plan MODEL --data ... -o {path}`")
+_SOURCE_KEYS = ("data", "skipped", "preprocess", "seconds", "stats_file")
 
 
-def _layer_entry(conv, facts: LayerFacts, analysis: Analysis, plan: Plan, rates) -> dict[str, Any]:
-    tap = analysis.taps[conv.name]
-    widths = plan.widths()
-    entry = {
-        "name": conv.name, "macroblock": facts.macroblock, "out_hw": list(conv.out_hw),
-        "in_channels": conv.in_channels, "out_channels": conv.out_channels, "groups": conv.groups,
-        "kernel": list(conv.kernel), "stride": list(conv.stride), "dilation": list(conv.dilation),
-        "rf": conv.rf, "flops": conv.flops, "params": conv.params,
-        "activation": tap.node if tap else None, "p_nonzero": facts.p_nonzero, "measured": tap is not None,
-        "base": plan.base[conv.name], "group": facts.group,
-        "compact_out_channels": sum(widths[g] for g in facts.output_groups or (facts.group,)),
-        "output_groups": list(facts.output_groups or (facts.group,)),
-        "input_groups": list(analysis.channels.conv_input_groups.get(conv.name, ())),
-    }
-    if rates is not None:
-        entry["channel_p_nonzero"] = [round(float(r), 6) for r in rates]
-    return entry
+@dataclass(frozen=True)
+class Settings(Record):
+    """How the plan was made: threshold, statistics and their source."""
+    k: float | None
+    z: float
+    rf_boundary: int | None
+    images: int
+    synthetic: bool
+    provider: str | None
+    round_to: int
+    source: DataSource | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Settings:
+        base = {k: v for k, v in data.items() if k not in _SOURCE_KEYS}
+        source = (DataSource.from_json({"synthetic": data.get("synthetic", False), **{
+            k: data[k] for k in _SOURCE_KEYS if k in data}}) if "data" in data else None)
+        return replace(super().from_json({**base, "source": None}), source=source)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("source", "extra")}
+        if self.source is not None:
+            out.update({k: v for k, v in self.source.to_json().items() if k != "synthetic"})
+        out.update(self.extra)
+        return out
+
+    @property
+    def preprocess(self) -> str | None:
+        return self.source.preprocess if self.source else None
 
 
-def plan_document(analysis: Analysis, facts: list[LayerFacts], plan: Plan, *, settings: Mapping[str, Any],
-                  channel_rates: Mapping[str, Any]) -> dict[str, Any]:
-    """The plan JSON: model, settings, layers, macroblocks, groups, summary."""
-    loaded = analysis.loaded
-    layers = [_layer_entry(c, f, analysis, plan, channel_rates.get(c.name)) for c, f in zip(analysis.layers, facts)]
-    blocks = [{"index": mb.index, "level": mb.level, "out_hw": list(mb.out_hw), "layers": list(mb.layers),
-               "e_total": p.e_total, "e_base": p.e_base, "redundancy": p.redundancy, "beta": p.beta}
-              for mb, p in zip(analysis.macroblocks, plan.macroblocks)]
-    info = {g.id: g for g in analysis.channels.groups}
-    groups = [{"id": g.id, "channels": g.channels, "compact_channels": g.compact_channels, "beta": g.beta,
-               "frozen": g.frozen, "producers": list(info[g.id].producers), "followers": list(info[g.id].followers),
-               "multiple_of": info[g.id].multiple_of} for g in plan.groups]
-    s = plan.summary
-    return {
-        "schema": SCHEMA,
-        "model": {"path": loaded.path, "sha256": loaded.sha256, "input": loaded.input.name,
-                  "shape": list(loaded.input.shape), "layout": loaded.input.layout, "L": loaded.input.L},
-        "settings": {"k": plan.k, "z": plan.z, "rf_boundary": plan.rf_boundary, **settings},
-        "layers": layers, "macroblocks": blocks, "groups": groups,
-        "summary": {"params": s.params, "params_compact": s.params_compact, "param_reduction": s.param_reduction,
-                    "flops": s.flops, "flops_compact": s.flops_compact, "flop_reduction": s.flop_reduction,
-                    "model_params": analysis.shapes.params, "model_flops": analysis.shapes.flops,
-                    "unknown_ops": dict(analysis.shapes.unknown_ops)},
-    }
+@dataclass(frozen=True)
+class LayerRecord(Record):
+    """One conv layer: geometry, costs, statistics and its compact width."""
+    name: str
+    macroblock: int | None
+    out_hw: tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    groups: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    rf: int | None
+    flops: int
+    params: int
+    activation: str | None
+    p_nonzero: float
+    measured: bool
+    base: bool
+    group: int
+    compact_out_channels: int
+    output_groups: tuple[int, ...]
+    input_groups: tuple[int, ...]
+    channel_p_nonzero: tuple[float, ...] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    CONVERT: ClassVar = {"out_hw": ints, "kernel": ints, "stride": ints, "dilation": ints,
+                         "output_groups": ints, "input_groups": ints, "in_channels": int, "out_channels": int,
+                         "groups": int, "group": int, "compact_out_channels": int,
+                         "channel_p_nonzero": optional(lambda v: tuple(float(r) for r in v))}
+    OMIT_NONE: ClassVar = frozenset({"channel_p_nonzero"})
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+
+@dataclass(frozen=True)
+class MacroblockRecord(Record):
+    index: int
+    level: int
+    out_hw: tuple[int, ...]
+    layers: tuple[str, ...]
+    e_total: float
+    e_base: float
+    redundancy: float
+    beta: float
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    CONVERT: ClassVar = {"out_hw": ints, "layers": strs, "beta": float, "redundancy": float}
+
+
+@dataclass(frozen=True)
+class GroupRecord(Record):
+    """A channel group: channels tied together, and its compact width."""
+    id: int
+    channels: int
+    compact_channels: int
+    beta: float
+    frozen: str | None
+    producers: tuple[str, ...]
+    followers: tuple[str, ...]
+    multiple_of: int
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    CONVERT: ClassVar = {"id": int, "channels": int, "compact_channels": int, "producers": strs,
+                         "followers": strs}
+
+
+@dataclass(frozen=True)
+class Summary(Record):
+    params: int
+    params_compact: int
+    param_reduction: float
+    flops: int
+    flops_compact: int
+    flop_reduction: float
+    model_params: int
+    model_flops: int
+    unknown_ops: Mapping[str, int]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    CONVERT: ClassVar = {"params": int, "params_compact": int, "unknown_ops": dict}
+
+
+@dataclass(frozen=True)
+class MacroblockWidths:
+    """The distinct (before, after) output widths of one macroblock's convs, in layer order."""
+    index: int
+    pairs: tuple[tuple[int, int], ...]
+
+    @property
+    def before(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(a for a, _ in self.pairs))
+
+    @property
+    def after(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(b for _, b in self.pairs))
+
+
+def macroblock_widths(entries: Iterable[tuple[int | None, int, int]], count: int) -> tuple[MacroblockWidths, ...]:
+    """Widths before -> after per macroblock from ``(macroblock, out_channels, compact_out)`` per layer."""
+    pairs: list[dict[tuple[int, int], None]] = [{} for _ in range(count)]
+    for mb, before, after in entries:
+        if mb is not None:
+            pairs[mb][(before, after)] = None
+    return tuple(MacroblockWidths(index=i, pairs=tuple(p)) for i, p in enumerate(pairs))
+
+
+@dataclass(frozen=True)
+class PlanDocument(Record):
+    """The plan: ``plan.summary.params_compact``, ``plan.macroblocks[0].beta``, ``plan.layers[i]...``."""
+    schema: str
+    model: ModelRecord
+    settings: Settings
+    layers: tuple[LayerRecord, ...]
+    macroblocks: tuple[MacroblockRecord, ...]
+    groups: tuple[GroupRecord, ...]
+    summary: Summary
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    CONVERT: ClassVar = {
+        "model": ModelRecord.from_json, "settings": Settings.from_json, "summary": Summary.from_json,
+        "layers": lambda v: tuple(LayerRecord.from_json(x) for x in v),
+        "macroblocks": lambda v: tuple(MacroblockRecord.from_json(x) for x in v),
+        "groups": lambda v: tuple(GroupRecord.from_json(x) for x in v)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PlanDocument:
+        """The one schema check: a plan/1 document, or MBSError saying what is wrong."""
+        if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
+            raise MBSError(f"not an onnxmbs plan (schema {SCHEMA!r} expected) — {HOW}")
+        try:
+            return super().from_json(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MBSError(f"the plan is malformed ({type(exc).__name__}: {exc}) — {HOW}") from None
+
+    def layer(self, name: str) -> LayerRecord:
+        return next(l for l in self.layers if l.name == name)
+
+    def widths(self) -> tuple[MacroblockWidths, ...]:
+        """Widths before -> after per macroblock (what every table and the gate show)."""
+        return macroblock_widths(((l.macroblock, l.out_channels, l.compact_out_channels) for l in self.layers),
+                                 len(self.macroblocks))
+
+    def group_widths(self) -> dict[int, int]:
+        return {g.id: g.compact_channels for g in self.groups}
+
+    def slim(self) -> PlanDocument:
+        """The same plan without per-channel statistics (for reports)."""
+        return replace(self, layers=tuple(replace(l, channel_p_nonzero=None) for l in self.layers))
+
+
+def as_plan(plan: PlanDocument | Mapping[str, Any] | str | Path) -> PlanDocument:
+    """A plan given as the record, its JSON dict, or the path of a plan file."""
+    if isinstance(plan, PlanDocument):
+        return plan
+    if isinstance(plan, (str, Path)):
+        return read_plan(plan)
+    return PlanDocument.from_json(plan)
+
+
+def read_plan(path: str | Path) -> PlanDocument:
+    """Read and check a plan file written by ``onnxmbs plan``."""
+    doc = read_document(path, schema=SCHEMA, what="onnxmbs plan",
+                        how=f"create one with `onnxmbs plan MODEL --data ... -o {path}`")
+    return PlanDocument.from_json(doc)

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,12 @@ import onnx
 from onnxmbs.graph.analysis import Analysis, analyze
 from onnxmbs.errors import MBSError
 from onnxmbs.planning.facts import GroupFacts, LayerFacts
-from onnxmbs.planning.document import plan_document
+from onnxmbs.planning.document import (SCHEMA, GroupRecord, LayerRecord, MacroblockRecord, PlanDocument, Settings,
+                                       Summary)
 from onnxmbs.planning.planner import Plan, plan
 from onnxmbs.planning.scaling import param_specs
 from onnxmbs.stats.counting import Statistics
-from onnxmbs.stats.measure import load_stats, measure
+from onnxmbs.stats.measure import CalibrationOptions, DataSource, load_stats, measure_source
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class PlanResult:
     analysis: Analysis = field(repr=False)
     statistics: Statistics | None = field(repr=False)
     plan: Plan
-    document: dict[str, Any] = field(repr=False)
+    document: PlanDocument = field(repr=False)
 
 
 def layer_facts(analysis: Analysis, stats: Statistics | None) -> list[LayerFacts]:
@@ -58,17 +59,54 @@ def _channel_rates(analysis: Analysis, stats: Statistics | None) -> dict[str, np
             if (t := analysis.taps[c.name]) is not None and t.tensor in stats.taps}
 
 
+def _layer_record(conv, facts: LayerFacts, analysis: Analysis, result: Plan, widths: Mapping[int, int],
+                  rates: np.ndarray | None) -> LayerRecord:
+    tap = analysis.taps[conv.name]
+    groups = tuple(facts.output_groups or (facts.group,))
+    return LayerRecord(
+        name=conv.name, macroblock=facts.macroblock, out_hw=tuple(conv.out_hw), in_channels=conv.in_channels,
+        out_channels=conv.out_channels, groups=conv.groups, kernel=tuple(conv.kernel), stride=tuple(conv.stride),
+        dilation=tuple(conv.dilation), rf=conv.rf, flops=conv.flops, params=conv.params,
+        activation=tap.node if tap else None, p_nonzero=facts.p_nonzero, measured=tap is not None,
+        base=result.base[conv.name], group=facts.group, compact_out_channels=sum(widths[g] for g in groups),
+        output_groups=groups, input_groups=tuple(analysis.channels.conv_input_groups.get(conv.name, ())),
+        channel_p_nonzero=None if rates is None else tuple(round(float(r), 6) for r in rates))
+
+
+def plan_document(analysis: Analysis, facts: Sequence[LayerFacts], result: Plan, *, settings: Settings,
+                  channel_rates: Mapping[str, np.ndarray]) -> PlanDocument:
+    """The plan document: model, settings, layers, macroblocks, groups, summary."""
+    widths = result.widths()
+    info = {g.id: g for g in analysis.channels.groups}
+    s = result.summary
+    return PlanDocument(
+        schema=SCHEMA, model=analysis.loaded.record(), settings=settings,
+        layers=tuple(_layer_record(c, f, analysis, result, widths, channel_rates.get(c.name))
+                     for c, f in zip(analysis.layers, facts)),
+        macroblocks=tuple(MacroblockRecord(index=mb.index, level=mb.level, out_hw=tuple(mb.out_hw),
+                                           layers=tuple(mb.layers), e_total=p.e_total, e_base=p.e_base,
+                                           redundancy=p.redundancy, beta=p.beta)
+                          for mb, p in zip(analysis.macroblocks, result.macroblocks)),
+        groups=tuple(GroupRecord(id=g.id, channels=g.channels, compact_channels=g.compact_channels, beta=g.beta,
+                                 frozen=g.frozen, producers=tuple(info[g.id].producers),
+                                 followers=tuple(info[g.id].followers), multiple_of=info[g.id].multiple_of)
+                     for g in result.groups),
+        summary=Summary(params=s.params, params_compact=s.params_compact, param_reduction=s.param_reduction,
+                        flops=s.flops, flops_compact=s.flops_compact, flop_reduction=s.flop_reduction,
+                        model_params=analysis.shapes.params, model_flops=analysis.shapes.flops,
+                        unknown_ops=dict(analysis.shapes.unknown_ops)))
+
+
 def plan_from_statistics(analysis: Analysis, stats: Statistics | None, *, k: float | None = None,
-                         z: float | None = None, round_to: int = 1,
-                         settings: Mapping[str, Any] | None = None) -> PlanResult:
+                         z: float | None = None, round_to: int = 1, source: DataSource | None = None) -> PlanResult:
     """Algorithm 1 on measured statistics (or p = 1 everywhere when ``stats`` is None)."""
     facts = layer_facts(analysis, stats)
     result = plan(facts, group_facts(analysis), param_specs(analysis), L=analysis.L,
                   macroblocks=len(analysis.macroblocks), k=k, z=z, round_to=round_to)
-    base_settings = {"images": stats.images if stats else 0, "synthetic": False,
-                     "provider": stats.provider if stats else None, "round_to": round_to}
-    doc = plan_document(analysis, facts, result, settings={**base_settings, **(settings or {})},
-                        channel_rates=_channel_rates(analysis, stats))
+    settings = Settings(k=result.k, z=result.z, rf_boundary=result.rf_boundary, images=stats.images if stats else 0,
+                        synthetic=bool(source and source.synthetic), provider=stats.provider if stats else None,
+                        round_to=round_to, source=source)
+    doc = plan_document(analysis, facts, result, settings=settings, channel_rates=_channel_rates(analysis, stats))
     return PlanResult(analysis=analysis, statistics=stats, plan=result, document=doc)
 
 
@@ -94,20 +132,26 @@ def plan_model(model: str | Path | onnx.ModelProto, *, data: Any = None, synthet
                std: Sequence[float] | None = None, max_images: int | None = None, batch_size: int = 32,
                provider: str = "auto", progress: bool | None = None, seed: int = 0) -> PlanResult:
     """Analyse ``model``, measure its ReLU statistics on ``data`` and plan MBS widths."""
+    options = CalibrationOptions(data=data, synthetic=synthetic, preprocess=preprocess, mean=mean, std=std,
+                                 max_images=max_images, batch_size=batch_size, provider=provider,
+                                 progress=progress, seed=seed)
+    return plan_measured(model, options, input_shape=input_shape, macroblocks=macroblocks, k=k, z=z,
+                         round_to=round_to)
+
+
+def plan_measured(model: str | Path | onnx.ModelProto, options: CalibrationOptions, *,
+                  input_shape: tuple[int, ...] | None = None, macroblocks: Mapping[str, int] | None = None,
+                  k: float | None = None, z: float | None = None, round_to: int = 1) -> PlanResult:
+    """:func:`plan_model` with typed calibration options (what the CLI calls)."""
     analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks)
-    stats, info = measure(analysis, data=data, synthetic=synthetic, preprocess=preprocess, mean=mean, std=std,
-                          max_images=max_images, batch_size=batch_size, provider=provider, progress=progress,
-                          seed=seed)
-    settings = {"synthetic": info.synthetic, "data": info.source, "skipped": info.skipped,
-                "preprocess": preprocess, "seconds": round(stats.seconds, 3)}
-    return plan_from_statistics(analysis, stats, k=k, z=z, round_to=round_to, settings=settings)
+    measured = measure_source(analysis, options)
+    return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to, source=measured.source)
 
 
 def plan_with_stats(model: str | Path, stats: str | Path, *, input_shape: tuple[int, ...] | None = None,
                     k: float | None = None, z: float | None = None, round_to: int = 1,
-                    macroblocks: dict[str, int] | None = None):
+                    macroblocks: Mapping[str, int] | None = None) -> PlanResult:
     """``onnxmbs plan --stats``: analyse, load the saved counts (same model checked), plan."""
     analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks)
     measured = load_stats(stats, analysis)
-    return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to,
-                                settings=measured.settings)
+    return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to, source=measured.source)

@@ -17,10 +17,12 @@ from typing import Any
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.errors import MBSError
 from onnxmbs.planning.facts import GroupFacts, LayerFacts, ParamSpec
+from onnxmbs.planning.document import macroblock_widths
 from onnxmbs.planning.pipeline import PlanResult, group_facts, layer_facts, plan_from_statistics
 from onnxmbs.planning.planner import Plan, Summary, plan
 from onnxmbs.planning.scaling import param_specs
 from onnxmbs.stats.counting import Statistics
+from onnxmbs.stats.measure import DataSource
 from onnxmbs.units import human
 
 logger = logging.getLogger(__name__)
@@ -71,9 +73,9 @@ class Sweeper:
                           configuration=config, params=s.params, params_compact=s.params_compact,
                           flops=s.flops, flops_compact=s.flops_compact)
 
-    def document(self, k: float, settings: Mapping[str, Any] | None = None) -> PlanResult:
-        """The full plan (JSON document included) at ``k``."""
-        return plan_from_statistics(self.analysis, self.statistics, k=k, round_to=self.round_to, settings=settings)
+    def document(self, k: float, source: DataSource | None = None) -> PlanResult:
+        """The full plan (document included) at ``k``."""
+        return plan_from_statistics(self.analysis, self.statistics, k=k, round_to=self.round_to, source=source)
 
     def boundaries(self) -> tuple[int, ...]:
         """The distinct finite conv RFs: the values ``⌈z⌉_RF`` can take."""
@@ -92,15 +94,9 @@ def make_sweeper(analysis: Analysis, stats: Statistics | None, *, round_to: int 
 def _configuration(analysis: Analysis, layers: Sequence[LayerFacts],
                    widths: Mapping[int, int]) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
     """Per macroblock: the distinct output widths of its convs, before and after scaling."""
-    count = len(analysis.macroblocks)
-    pairs: list[dict[tuple[int, int], None]] = [{} for _ in range(count)]
-    for conv, facts in zip(analysis.layers, layers):
-        if facts.macroblock is not None:  # the same compact width as the plan JSON's compact_out_channels
-            groups = getattr(facts, "output_groups", ()) or (facts.group,)
-            pairs[facts.macroblock][(conv.out_channels, sum(widths[g] for g in groups))] = None
-    before = tuple(tuple(dict.fromkeys(a for a, _ in p)) for p in pairs)
-    after = tuple(tuple(dict.fromkeys(b for _, b in p)) for p in pairs)
-    return before, after
+    per_mb = macroblock_widths(((f.macroblock, conv.out_channels, sum(widths[g] for g in f.output_groups or (f.group,)))
+                                for conv, f in zip(analysis.layers, layers)), len(analysis.macroblocks))
+    return tuple(m.before for m in per_mb), tuple(m.after for m in per_mb)
 
 
 def sweep(sweeper: Sweeper, ks: Sequence[float]) -> tuple[SweepPoint, ...]:

@@ -14,15 +14,13 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from onnxmbs.graph.analysis import Analysis, analyze
 from onnxmbs.errors import MBSError
 from onnxmbs.planning.pipeline import plan_from_statistics
-from onnxmbs.planning.document import read_plan
-from onnxmbs.stats.measure import measure_or_load
-from onnxmbs.stats.measure import Measured
-from onnxmbs.reports.text import table
+from onnxmbs.planning.document import PlanDocument, read_plan
+from onnxmbs.stats.measure import CalibrationOptions, Measured, measure_or_load
+from onnxmbs.reports.text import table, widths_text
 from onnxmbs.units import human
 
 logger = logging.getLogger(__name__)
@@ -75,56 +73,57 @@ def _count_check(model: str, check: str, what: str, value: int, limit: int | Non
                                             f"({100 * over / limit:.1f}%)", value, limit)
 
 
+def _replan(analysis: Analysis, measured: Measured, *, k: float | None, z: float | None = None,
+            round_to: int) -> PlanDocument:
+    return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to,
+                                source=measured.source).document
+
+
 def _redundancy_check(model: str, analysis: Analysis, measured: Measured, limits: GateLimits) -> CheckResult:
-    doc = plan_from_statistics(analysis, measured.statistics, k=limits.k, round_to=limits.round_to,
-                               settings=measured.settings).document
+    doc = _replan(analysis, measured, k=limits.k, round_to=limits.round_to)
     limit = float(limits.max_redundancy)
-    blocks = doc["macroblocks"]
-    worst = max(blocks, key=lambda b: b["redundancy"], default=None)
-    value = worst["redundancy"] if worst else 0.0
-    over = [b for b in blocks if b["redundancy"] > limit + 1e-12]
+    worst = max(doc.macroblocks, key=lambda b: b.redundancy, default=None)
+    value = worst.redundancy if worst else 0.0
+    over = [b for b in doc.macroblocks if b.redundancy > limit + 1e-12]
     if not over:
         return CheckResult(model, "max-redundancy", True, f"max redundancy r = {value:.4f} <= {limit:g} "
-                           f"(k = {doc['settings']['k']}, RF boundary {doc['settings']['rf_boundary']})", value, limit)
-    widths = {l["macroblock"]: (l["out_channels"], l["compact_out_channels"]) for l in doc["layers"]}
-    parts = [f"m{b['index']} ({b['out_hw'][0]}x{b['out_hw'][1]}) r = {b['redundancy']:.4f}, β = {b['beta']:.4f}"
-             + (f", MBS width {widths[b['index']][0]} -> {widths[b['index']][1]}" if b["index"] in widths else "")
-             for b in over]
+                           f"(k = {doc.settings.k}, RF boundary {doc.settings.rf_boundary})", value, limit)
+    widths = doc.widths()
+    parts = [f"m{b.index} ({b.out_hw[0]}x{b.out_hw[1]}) r = {b.redundancy:.4f}, β = {b.beta:.4f}, "
+             f"MBS widths {widths_text(widths[b.index])}" for b in over]
     message = (f"redundancy above --max-redundancy {limit:g}: " + "; ".join(parts)
                + " — these stages are wider than their receptive field needs")
     return CheckResult(model, "max-redundancy", False, message, value, limit)
 
 
-def _baseline_for(model: str, baselines: Mapping[str, Mapping[str, Any]]) -> tuple[str, Mapping[str, Any]]:
+def _baseline_for(model: str, baselines: Mapping[str, PlanDocument]) -> tuple[str, PlanDocument]:
     if len(baselines) == 1:
         return next(iter(baselines.items()))
     name = Path(model).name
     for path, doc in baselines.items():
-        if Path(str(doc["model"].get("path", ""))).name == name:
+        if Path(str(doc.model.path or "")).name == name:
             return path, doc
     raise MBSError(f"none of the --baseline plans is for {name} — give one plan per model (matched by file name)")
 
 
 def _baseline_check(model: str, analysis: Analysis, measured: Measured, limits: GateLimits,
-                    baselines: Mapping[str, Mapping[str, Any]]) -> CheckResult:
+                    baselines: Mapping[str, PlanDocument]) -> CheckResult:
     path, base = _baseline_for(model, baselines)
-    st = base["settings"]
-    k, z = (st.get("k"), None) if st.get("k") is not None else (None, st.get("z"))
-    doc = plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=int(st.get("round_to") or 1),
-                               settings=measured.settings).document
+    st = base.settings
+    k, z = (st.k, None) if st.k is not None else (None, st.z)
+    doc = _replan(analysis, measured, k=k, z=z, round_to=st.round_to or 1)
     tol = limits.tolerance
-    old, new = base["macroblocks"], doc["macroblocks"]
+    old, new = base.macroblocks, doc.macroblocks
     if len(old) != len(new):
         return CheckResult(model, "baseline", False, f"macroblock count changed: {len(new)} now, {len(old)} in "
                            f"{path} — the architecture changed; write a new baseline with `onnxmbs plan`", None, tol)
-    deltas = [abs(a["beta"] - b["beta"]) for a, b in zip(new, old)]
-    d_red = abs(doc["summary"]["param_reduction"] - base["summary"]["param_reduction"])
+    deltas = [abs(a.beta - b.beta) for a, b in zip(new, old)]
+    d_red = abs(doc.summary.param_reduction - base.summary.param_reduction)
     worst = max(deltas, default=0.0)
-    bad = [f"m{i}: β {a['beta']:.4f} vs {b['beta']:.4f}"
-           for i, (a, b, d) in enumerate(zip(new, old, deltas)) if d > tol]
+    bad = [f"m{i}: β {a.beta:.4f} vs {b.beta:.4f}" for i, (a, b, d) in enumerate(zip(new, old, deltas)) if d > tol]
     if d_red > tol:
-        bad.append(f"param reduction {100 * doc['summary']['param_reduction']:.2f}% vs "
-                   f"{100 * base['summary']['param_reduction']:.2f}%")
+        bad.append(f"param reduction {100 * doc.summary.param_reduction:.2f}% vs "
+                   f"{100 * base.summary.param_reduction:.2f}%")
     value = max(worst, d_red)
     if not bad:
         return CheckResult(model, "baseline", True, f"β and param reduction within ±{tol:g} of {path} "
@@ -137,13 +136,12 @@ def _error_results(model: str, checks: Sequence[str], reason: str) -> list[Check
     return [CheckResult(model, c, False, f"not checked: {reason}", error=True) for c in checks]
 
 
-def _statistics_checks(model: str, analysis: Analysis, limits: GateLimits,
-                       baselines: Mapping[str, Mapping[str, Any]], stats: Sequence[str], data: Mapping[str, Any]
-                       ) -> list[CheckResult]:
+def _statistics_checks(model: str, analysis: Analysis, limits: GateLimits, baselines: Mapping[str, PlanDocument],
+                       stats: Sequence[str], calibration: CalibrationOptions) -> list[CheckResult]:
     wanted = [c for c in ("max-redundancy", "baseline") if c in limits.checks()]
     start = time.perf_counter()
     try:
-        measured = measure_or_load(analysis, stats=stats, **data)
+        measured = measure_or_load(analysis, stats=stats, options=calibration)
         results = []
         if limits.max_redundancy is not None:
             results.append(_redundancy_check(model, analysis, measured, limits))
@@ -155,8 +153,9 @@ def _statistics_checks(model: str, analysis: Analysis, limits: GateLimits,
     return [replace(r, seconds=seconds) for r in results]
 
 
-def check_model(model: str, limits: GateLimits, *, baselines: Mapping[str, Mapping[str, Any]] | None = None,
-                stats: Sequence[str] = (), **data: Any) -> list[CheckResult]:
+def check_model(model: str, limits: GateLimits, *, baselines: Mapping[str, PlanDocument] | None = None,
+                stats: Sequence[str] = (), calibration: CalibrationOptions = CalibrationOptions()
+                ) -> list[CheckResult]:
     """Every requested check for one model; a broken model gives error results, never an exception."""
     start = time.perf_counter()
     try:
@@ -172,16 +171,16 @@ def check_model(model: str, limits: GateLimits, *, baselines: Mapping[str, Mappi
     results += [r for r in (_count_check(model, "max-params", "params", p, limits.max_params),
                             _count_check(model, "max-flops", "MACs", f, limits.max_flops)) if r is not None]
     if limits.needs_statistics:
-        results += _statistics_checks(model, analysis, limits, baselines or {}, stats, data)
+        results += _statistics_checks(model, analysis, limits, baselines or {}, stats, calibration)
     return results
 
 
 def run_gate(models: Sequence[str], limits: GateLimits, *, stats: Sequence[str] = (),
-             **data: Any) -> tuple[CheckResult, ...]:
+             calibration: CalibrationOptions = CalibrationOptions()) -> tuple[CheckResult, ...]:
     baselines = {str(p): read_plan(p) for p in limits.baselines}
     results: list[CheckResult] = []
     for model in models:
-        results += check_model(model, limits, baselines=baselines, stats=stats, **data)
+        results += check_model(model, limits, baselines=baselines, stats=stats, calibration=calibration)
         logger.info("%s: %s", model, ", ".join(f"{r.check} {r.status}" for r in results if r.model == model))
     return tuple(results)
 

@@ -7,10 +7,13 @@ tooltips on the marks.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Any
+
+from onnxmbs.planning.document import LayerRecord, MacroblockRecord
+from onnxmbs.planning.sweep import SweepPoint
 
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif"
 BLUE, ORANGE, GREY, RED, INK, GRID = "#2b6cb0", "#dd6b20", "#a0aec0", "#c53030", "#2d3748", "#e2e8f0"
@@ -106,28 +109,28 @@ def _legend(frame: Frame, items: Sequence[tuple[str, str, str]]) -> list[str]:
 
 
 # ------------------------------------------------------------ p along depth
-def _layer_mark(frame: Frame, i: int, layer: Mapping[str, Any]) -> str:
-    x, y = frame.x(i), frame.y(float(layer["p_nonzero"]))
-    tip = escape(f"{layer['name']}: p={float(layer['p_nonzero']):.3f}, RF {layer['rf'] or 'inf'}, "
-                 f"macroblock {layer['macroblock'] if layer['macroblock'] is not None else '-'}, "
-                 f"{'base' if layer['base'] else 'enhancement'}{'' if layer['measured'] else ', not measured'}")
-    if not layer["measured"]:
+def _layer_mark(frame: Frame, i: int, layer: LayerRecord) -> str:
+    x, y = frame.x(i), frame.y(float(layer.p_nonzero))
+    tip = escape(f"{layer.name}: p={float(layer.p_nonzero):.3f}, RF {layer.rf or 'inf'}, "
+                 f"macroblock {layer.macroblock if layer.macroblock is not None else '-'}, "
+                 f"{'base' if layer.base else 'enhancement'}{'' if layer.measured else ', not measured'}")
+    if not layer.measured:
         return (f'<circle cx="{x}" cy="{y}" r="3.5" fill="#fff" stroke="{GREY}" stroke-width="1.5">'
                 f"<title>{tip}</title></circle>")
-    colour = BLUE if layer["base"] else ORANGE
+    colour = BLUE if layer.base else ORANGE
     return f'<circle cx="{x}" cy="{y}" r="3.5" fill="{colour}"><title>{tip}</title></circle>'
 
 
-def _macroblock_bands(frame: Frame, layers: Sequence[Mapping[str, Any]]) -> list[str]:
+def _macroblock_bands(frame: Frame, layers: Sequence[LayerRecord]) -> list[str]:
     """A shaded column per macroblock run along depth, labelled with its index and resolution."""
     out, start = [], 0
     for i in range(1, len(layers) + 1):
-        mb = layers[start]["macroblock"]
-        if i < len(layers) and layers[i]["macroblock"] == mb:
+        mb = layers[start].macroblock
+        if i < len(layers) and layers[i].macroblock == mb:
             continue
         if mb is not None:
             x0, x1 = frame.x(start + 0.5), frame.x(i + 0.5)
-            hw = layers[start]["out_hw"]
+            hw = layers[start].out_hw
             out.append(f'<rect x="{x0}" y="{frame.plot_top}" width="{round(x1 - x0, 2)}" '
                        f'height="{frame.plot_bottom - frame.plot_top}" fill="{SHADES[mb % len(SHADES)]}"/>')
             label = next((t for t in (f"m{mb} {hw[0]}×{hw[1]}", f"m{mb}") if 6 * len(t) + 4 <= x1 - x0), None)
@@ -137,7 +140,7 @@ def _macroblock_bands(frame: Frame, layers: Sequence[Mapping[str, Any]]) -> list
     return out
 
 
-def depth_profile(layers: Sequence[Mapping[str, Any]], *, rf_boundary: int | None, z: float | None = None,
+def depth_profile(layers: Sequence[LayerRecord], *, rf_boundary: int | None, z: float | None = None,
                   width: int = 980, height: int = 260) -> str:
     """Non-zero probability p of every conv's activation along depth, macroblocks shaded,
     base (blue) vs enhancement (orange) layers, the RF boundary as a red dashed line."""
@@ -148,7 +151,7 @@ def depth_profile(layers: Sequence[Mapping[str, Any]], *, rf_boundary: int | Non
     step = max(1, math.ceil(n / 20))
     out += _axes(frame, [(i, str(i)) for i in range(1, n + 1, step)],
                  [(v, f"{v:g}") for v in nice_ticks(0, 1, 5)], "conv layer (depth order)", "p non-zero")
-    first_enh = next((i for i, l in enumerate(layers, 1) if not l["base"]), None)
+    first_enh = next((i for i, l in enumerate(layers, 1) if not l.base), None)
     if rf_boundary is not None and first_enh is not None:
         x = frame.x(first_enh - 0.5)
         label = f"RF boundary {rf_boundary}px" + (f" (z={z:g})" if z is not None else "")
@@ -157,8 +160,8 @@ def depth_profile(layers: Sequence[Mapping[str, Any]], *, rf_boundary: int | Non
         right = x + 7 * len(label) < frame.width - frame.right  # room for the label right of the line?
         out.append(_text(x + 4 if right else x - 4, frame.plot_top + 26, label, anchor="start" if right else "end",
                          fill=RED))
-    measured = [(i, l) for i, l in enumerate(layers, 1) if l["measured"]]
-    path = " ".join(f"{'L' if j else 'M'}{frame.x(i)},{frame.y(float(l['p_nonzero']))}"
+    measured = [(i, l) for i, l in enumerate(layers, 1) if l.measured]
+    path = " ".join(f"{'L' if j else 'M'}{frame.x(i)},{frame.y(l.p_nonzero)}"
                     for j, (i, l) in enumerate(measured))
     if measured:
         out.append(f'<path d="{path}" fill="none" stroke="{GREY}" stroke-width="1"/>')
@@ -169,19 +172,19 @@ def depth_profile(layers: Sequence[Mapping[str, Any]], *, rf_boundary: int | Non
 
 
 # ------------------------------------------------------------ beta per macroblock
-def beta_bars(macroblocks: Sequence[Mapping[str, Any]], *, width: int = 480, height: int = 250) -> str:
+def beta_bars(macroblocks: Sequence[MacroblockRecord], *, width: int = 480, height: int = 250) -> str:
     """β per macroblock as bars on [0, 1] with the value on top (β = 1: kept, lower: scaled)."""
     n = len(macroblocks)
     frame = Frame(width, height, -0.5, n - 0.5, 0.0, 1.1)
     out = _open(frame, "Width multiplier β per macroblock", f"beta for {n} macroblocks")
-    out += _axes(frame, [(i, f"m{m['index']} {m['out_hw'][0]}×{m['out_hw'][1]}") for i, m in enumerate(macroblocks)],
+    out += _axes(frame, [(i, f"m{m.index} {m.out_hw[0]}×{m.out_hw[1]}") for i, m in enumerate(macroblocks)],
                  [(v, f"{v:g}") for v in nice_ticks(0, 1, 5)], "macroblock (resolution)", "β")
     bar = min(60.0, (frame.x(1) - frame.x(0)) * 0.6) if n > 1 else 60.0
     for i, m in enumerate(macroblocks):
-        beta = float(m["beta"])
+        beta = float(m.beta)
         x, y = frame.x(i) - bar / 2, frame.y(beta)
         colour = BLUE if beta >= 1 - 1e-12 else ORANGE
-        tip = escape(f"m{m['index']}: beta={beta:.4f}, r={float(m['redundancy']):.4f}")
+        tip = escape(f"m{m.index}: beta={beta:.4f}, r={float(m.redundancy):.4f}")
         out.append(f'<rect class="bar" x="{round(x, 2)}" y="{y}" width="{round(bar, 2)}" '
                    f'height="{round(frame.plot_bottom - y, 2)}" fill="{colour}"><title>{tip}</title></rect>')
         out.append(_text(frame.x(i), y - 4, f"{beta:.3f}", size=10))
@@ -190,24 +193,24 @@ def beta_bars(macroblocks: Sequence[Mapping[str, Any]], *, width: int = 480, hei
 
 
 # ------------------------------------------------------------ the k trade-off
-def _step_path(frame: Frame, points: Sequence[Mapping[str, Any]], key: str, x_end: float) -> str:
+def _step_path(frame: Frame, points: Sequence[SweepPoint], key: str, x_end: float) -> str:
     parts = []
     for i, p in enumerate(points):
-        y = frame.y(100 * float(p[key]))
-        parts.append(f"M{frame.x(float(p['k']))},{y}" if i == 0 else f"V{y}")
-        nxt = float(points[i + 1]["k"]) if i + 1 < len(points) else x_end
+        y = frame.y(100 * float(getattr(p, key)))
+        parts.append(f"M{frame.x(float(p.k))},{y}" if i == 0 else f"V{y}")
+        nxt = float(points[i + 1].k) if i + 1 < len(points) else x_end
         parts.append(f"H{frame.x(nxt)}")
     return " ".join(parts)
 
 
-def tradeoff_curve(curve: Sequence[Mapping[str, Any]], *, marks: Sequence[Mapping[str, Any]] = (),
+def tradeoff_curve(curve: Sequence[SweepPoint], *, marks: Sequence[SweepPoint] = (),
                    chosen_k: float | None = None, width: int = 480, height: int = 250) -> str:
     """Param and MAC reduction (%) versus k: exact steps from ``curve`` (sorted by k), dots at ``marks``."""
-    points = sorted(curve, key=lambda p: float(p["k"]))
+    points = sorted(curve, key=lambda p: float(p.k))
     if not points:
         return ""
-    k0, k1 = float(points[0]["k"]), float(points[-1]["k"])
-    top = max(max(float(p["param_reduction"]), float(p["flop_reduction"])) for p in points) * 100
+    k0, k1 = float(points[0].k), float(points[-1].k)
+    top = max(max(float(p.param_reduction), float(p.flop_reduction)) for p in points) * 100
     top = max(10.0, math.ceil(top / 10) * 10)
     frame = Frame(width, height, k0, k1 if k1 > k0 else k0 + 1, 0.0, top * 1.05)
     out = _open(frame, "Trade-off: reduction vs k (z = k·L)", "parameter and MAC reduction versus k")
@@ -222,8 +225,8 @@ def tradeoff_curve(curve: Sequence[Mapping[str, Any]], *, marks: Sequence[Mappin
         out.append(f'<path class="curve" d="{_step_path(frame, points, key, frame.x1)}" fill="none" '
                    f'stroke="{colour}" stroke-width="2.5"/>')
         for m in marks:
-            tip = escape(f"k={float(m['k']):g}: {100 * float(m[key]):.2f}%")
-            out.append(f'<circle cx="{frame.x(float(m["k"]))}" cy="{frame.y(100 * float(m[key]))}" r="3.5" '
+            tip = escape(f"k={float(m.k):g}: {100 * float(getattr(m, key)):.2f}%")
+            out.append(f'<circle cx="{frame.x(float(m.k))}" cy="{frame.y(100 * float(getattr(m, key)))}" r="3.5" '
                        f'fill="{colour}" stroke="#fff"><title>{tip}</title></circle>')
     out += _legend(frame, [("line", BLUE, "params"), ("line", ORANGE, "MACs")])
     return "\n".join(out + ["</svg>"])

@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
@@ -26,9 +26,10 @@ from onnxmbs.graph.analysis import analyze
 from onnxmbs.errors import MBSError
 from onnxmbs.progress import progress_bar
 from onnxmbs.files import write_atomic
-from onnxmbs.stats.measure import measure_or_load
-from onnxmbs.planning.sweep import curve, make_sweeper, sweep
-from onnxmbs.reports.text import table
+from onnxmbs.planning.document import PlanDocument
+from onnxmbs.stats.measure import CalibrationOptions, measure_or_load
+from onnxmbs.planning.sweep import SweepPoint, curve, make_sweeper, sweep
+from onnxmbs.reports.text import macroblock_rows, table
 from onnxmbs.units import human
 
 logger = logging.getLogger(__name__)
@@ -53,10 +54,10 @@ class ModelReport:
     error: str | None = None
     sha256: str | None = None
     seconds: float = 0.0
-    plan: Mapping[str, Any] | None = field(default=None, repr=False)
-    sweep: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)
-    curve: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)
-    point: Mapping[str, Any] | None = field(default=None, repr=False)  # the sweep point at the plan's k
+    plan: PlanDocument | None = field(default=None, repr=False)  # without per-channel rates (reports stay small)
+    sweep: tuple[SweepPoint, ...] = field(default=(), repr=False)
+    curve: tuple[SweepPoint, ...] = field(default=(), repr=False)
+    point: SweepPoint | None = field(default=None, repr=False)  # the sweep point at the plan's k
 
     @property
     def ok(self) -> bool:
@@ -74,27 +75,22 @@ class Report:
         return tuple(m for m in self.models if not m.ok)
 
 
-def _slim(document: Mapping[str, Any]) -> dict[str, Any]:
-    """The plan document without per-channel rates (they make batch reports huge)."""
-    layers = [{k: v for k, v in l.items() if k != "channel_p_nonzero"} for l in document["layers"]]
-    return {**document, "layers": layers}
-
-
-def report_model(path: str, *, options: ReportOptions, stats: Sequence[str] = (), **data: Any) -> ModelReport:
+def report_model(path: str, *, options: ReportOptions, stats: Sequence[str] = (),
+                 calibration: CalibrationOptions = CalibrationOptions()) -> ModelReport:
     """Analyse, measure (or load --stats), plan at ``options.k`` and sweep; a failure becomes an error row."""
     start = time.perf_counter()
     sha = None
     try:
         analysis = analyze(path, input_shape=options.input_shape)
         sha = analysis.loaded.sha256
-        measured = measure_or_load(analysis, stats=stats, **data)
+        measured = measure_or_load(analysis, stats=stats, options=calibration)
         sweeper = make_sweeper(analysis, measured.statistics, round_to=options.round_to)
         k = 1.0 if options.k is None else options.k
-        plan = sweeper.document(k, settings=measured.settings)
+        plan = sweeper.document(k, source=measured.source)
         lo, hi = min(options.ks), max(options.ks)
         return ModelReport(path=str(path), sha256=sha, seconds=time.perf_counter() - start,
-                           plan=_slim(plan.document), sweep=tuple(p.as_dict() for p in sweep(sweeper, options.ks)),
-                           curve=tuple(p.as_dict() for p in curve(sweeper, lo, hi)), point=sweeper.at(k).as_dict())
+                           plan=plan.document.slim(), sweep=sweep(sweeper, options.ks), curve=curve(sweeper, lo, hi),
+                           point=sweeper.at(k))
     except MBSError as exc:
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - one broken model must not stop the batch
@@ -109,20 +105,21 @@ def _bar(models: Sequence[str], progress: bool | None):
 
 
 def build_report(models: Sequence[str], *, options: ReportOptions = ReportOptions(), stats: Sequence[str] = (),
-                 progress: bool | None = None, **data: Any) -> Report:
+                 calibration: CalibrationOptions = CalibrationOptions()) -> Report:
     """One :class:`ModelReport` per model (a progress bar over models on a terminal)."""
-    bar, results = _bar(models, progress), []
+    bar, results = _bar(models, calibration.progress), []
+    quiet = replace(calibration, progress=False)
     for path in models:
         if bar is not None:
             bar.set_postfix_str(Path(path).name)
-        results.append(report_model(path, options=options, stats=stats, progress=False, **data))
+        results.append(report_model(path, options=options, stats=stats, calibration=quiet))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     settings = {"k": options.k if options.k is not None else 1.0, "sweep_k": list(options.ks),
-                "round_to": options.round_to, "data": None if data.get("data") is None else str(data["data"]),
-                "synthetic": data.get("synthetic"), "stats": [str(s) for s in stats],
+                "round_to": options.round_to,
+                "data": None if calibration.data is None else str(calibration.data), "synthetic": calibration.synthetic, "stats": [str(s) for s in stats],
                 "onnxmbs": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return Report(models=tuple(results), settings=settings)
 
@@ -140,37 +137,25 @@ def summary_row(m: ModelReport) -> dict[str, Any]:
     if not m.ok:
         return row
     doc, point = m.plan, m.point
-    s, st = doc["summary"], doc["settings"]
-    row.update(L=doc["model"]["L"], images=st.get("images"), synthetic=bool(st.get("synthetic")), k=st.get("k"),
-               z=st.get("z"), rf_boundary=st.get("rf_boundary"), macroblocks=len(doc["macroblocks"]),
-               beta=";".join(f"{mb['beta']:.4f}" for mb in doc["macroblocks"]),
-               widths=_config(point["widths"]) if point else "",
-               configuration=_config(point["configuration"]) if point else "",
-               max_redundancy=round(max((mb["redundancy"] for mb in doc["macroblocks"]), default=0.0), 6),
-               params=s["params"], params_compact=s["params_compact"], param_reduction=round(s["param_reduction"], 6),
-               flops=s["flops"], flops_compact=s["flops_compact"], flop_reduction=round(s["flop_reduction"], 6))
+    s, st = doc.summary, doc.settings
+    row.update(L=doc.model.L, images=st.images, synthetic=st.synthetic, k=st.k, z=st.z, rf_boundary=st.rf_boundary,
+               macroblocks=len(doc.macroblocks), beta=";".join(f"{mb.beta:.4f}" for mb in doc.macroblocks),
+               widths=_config(point.widths) if point else "",
+               configuration=_config(point.configuration) if point else "",
+               max_redundancy=round(max((mb.redundancy for mb in doc.macroblocks), default=0.0), 6),
+               params=s.params, params_compact=s.params_compact, param_reduction=round(s.param_reduction, 6),
+               flops=s.flops, flops_compact=s.flops_compact, flop_reduction=round(s.flop_reduction, 6))
     return row
-
-
-def _mb_rows(doc: Mapping[str, Any]) -> list[tuple]:
-    rows = []
-    for mb in doc["macroblocks"]:
-        pairs = dict.fromkeys((l["out_channels"], l["compact_out_channels"]) for l in doc["layers"]
-                              if l["macroblock"] == mb["index"])
-        rows.append((mb["index"], f"{mb['out_hw'][0]}x{mb['out_hw'][1]}", len(mb["layers"]), human(mb["e_total"]),
-                     human(mb["e_base"]), f"{mb['redundancy']:.4f}", f"{mb['beta']:.4f}",
-                     ",".join(str(a) for a, _ in pairs) + " → " + ",".join(str(b) for _, b in pairs)))
-    return rows
 
 
 MB_HEADERS = ("mb", "resolution", "layers", "E_total", "E_base", "r", "β", "widths")
 SWEEP_HEADERS = ("k", "RF boundary", "β per macroblock", "configuration", "params", "param red.", "MACs", "MAC red.")
 
 
-def _sweep_rows(points: Sequence[Mapping[str, Any]]) -> list[tuple]:
-    return [(f"{p['k']:g}", p["rf_boundary"] if p["rf_boundary"] is not None else "-",
-             " ".join(f"{b:.3f}" for b in p["beta"]), _config(p["configuration"]), f"{p['params_compact']:,}",
-             f"{100 * p['param_reduction']:.2f}%", human(p["flops_compact"]), f"{100 * p['flop_reduction']:.2f}%")
+def _sweep_rows(points: Sequence[SweepPoint]) -> list[tuple]:
+    return [(f"{p.k:g}", p.rf_boundary if p.rf_boundary is not None else "-",
+             " ".join(f"{b:.3f}" for b in p.beta), _config(p.configuration), f"{p.params_compact:,}",
+             f"{100 * p.param_reduction:.2f}%", human(p.flops_compact), f"{100 * p.flop_reduction:.2f}%")
             for p in points]
 
 
@@ -186,17 +171,17 @@ def _summary_cells(m: ModelReport) -> tuple:
 SUMMARY_HEADERS = ("model", "status", "images", "β per macroblock", "configuration", "params", "MACs")
 
 
-def _notes(doc: Mapping[str, Any]) -> list[str]:
+def _notes(doc: PlanDocument) -> list[str]:
     notes = []
-    if doc["settings"].get("synthetic"):
+    if doc.settings.synthetic:
         notes.append("statistics from SYNTHETIC noise, not real data: β is only indicative")
-    unmeasured = sum(1 for l in doc["layers"] if not l["measured"])
+    unmeasured = sum(1 for l in doc.layers if not l.measured)
     if unmeasured:
         notes.append(f"{unmeasured} conv layer(s) have no ReLU-family activation: p = 1, not measured")
     routine = ("model input", "reaches graph output")  # every CNN has these two
-    frozen = [g for g in doc["groups"] if g.get("frozen") and not str(g["frozen"]).startswith(routine)]
+    frozen = [g for g in doc.groups if g.frozen and not g.frozen.startswith(routine)]
     if frozen:
-        shown = "; ".join(f"group {g['id']}: {g['frozen']}" for g in frozen[:3])
+        shown = "; ".join(f"group {g.id}: {g.frozen}" for g in frozen[:3])
         notes.append(f"{len(frozen)} channel group(s) kept at full width (frozen): {shown}"
                      + ("; …" if len(frozen) > 3 else ""))
     return notes
@@ -206,8 +191,9 @@ def _notes(doc: Mapping[str, Any]) -> list[str]:
 def to_json(report: Report) -> str:
     import json
     models = [{"path": m.path, "status": "ok" if m.ok else "failed", "error": m.error, "sha256": m.sha256,
-               "seconds": round(m.seconds, 3), "summary": summary_row(m), "plan": m.plan, "sweep": list(m.sweep),
-               "curve": list(m.curve)} for m in report.models]
+               "seconds": round(m.seconds, 3), "summary": summary_row(m), "plan": m.plan.to_json() if m.plan else None,
+               "sweep": [p.as_dict() for p in m.sweep], "curve": [p.as_dict() for p in m.curve]}
+              for m in report.models]
     doc = {"schema": SCHEMA, "settings": dict(report.settings), "models": models,
            "totals": {"models": len(report.models), "failed": len(report.failed)}}
     if report.blocks:
@@ -245,9 +231,9 @@ def to_markdown(report: Report) -> str:
             parts.append(f"**FAILED**: {m.error}")
             continue
         doc = m.plan
-        parts += [f"RF boundary {doc['settings']['rf_boundary']} (z = {doc['settings']['z']:g} px, "
-                  f"L = {doc['model']['L']}), {doc['settings'].get('images')} images, sha256 `{m.sha256[:16]}`", "",
-                  md_table(MB_HEADERS, _mb_rows(doc)), "", "k sweep:", "",
+        parts += [f"RF boundary {doc.settings.rf_boundary} (z = {doc.settings.z:g} px, "
+                  f"L = {doc.model.L}), {doc.settings.images} images, sha256 `{m.sha256[:16]}`", "",
+                  md_table(MB_HEADERS, macroblock_rows(doc, arrow="→")), "", "k sweep:", "",
                   md_table(SWEEP_HEADERS, _sweep_rows(m.sweep))]
         notes = _notes(doc)
         parts += ([""] + [f"- note: {n}" for n in notes]) if notes else []
@@ -290,18 +276,18 @@ def _html_model(i: int, m: ModelReport) -> str:
     head = f'<section id="model-{i}"><h2>{escape(m.path)}</h2>'
     if not m.ok:
         return head + f'<p class="error">FAILED: {escape(m.error or "")}</p></section>'
-    doc, st = m.plan, m.plan["settings"]
-    meta = (f"input {escape(str(doc['model']['shape']))} {doc['model']['layout']}, L = {doc['model']['L']}; "
-            f"{st.get('images')} images from {escape(str(st.get('data') or st.get('stats_file') or '-'))}; "
-            f"k = {st['k']:g}, z = {st['z']:g} px, RF boundary "
-            f"{st['rf_boundary'] if st['rf_boundary'] is not None else 'none (every conv is base: β = 1)'}; "
+    doc, st = m.plan, m.plan.settings
+    source = (st.source.data or st.source.stats_file) if st.source else None
+    meta = (f"input {escape(str(list(doc.model.shape)))} {doc.model.layout}, L = {doc.model.L}; "
+            f"{st.images} images from {escape(str(source or '-'))}; "
+            f"k = {st.k:g}, z = {st.z:g} px, RF boundary "
+            f"{st.rf_boundary if st.rf_boundary is not None else 'none (every conv is base: β = 1)'}; "
             f"sha256 {m.sha256[:16]}…")
-    charts = [plots.depth_profile(doc["layers"], rf_boundary=st["rf_boundary"], z=st["z"]),
-              plots.beta_bars(doc["macroblocks"]),
-              plots.tradeoff_curve(m.curve, marks=m.sweep, chosen_k=st.get("k"))]
+    charts = [plots.depth_profile(doc.layers, rf_boundary=st.rf_boundary, z=st.z), plots.beta_bars(doc.macroblocks),
+              plots.tradeoff_curve(m.curve, marks=m.sweep, chosen_k=st.k)]
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in _notes(doc))
     return (head + f'<p class="meta">{meta}</p>{notes}<div class="charts">{"".join(charts)}</div>'
-            f"<h3>Macroblocks</h3>{_html_table(MB_HEADERS, _mb_rows(doc))}"
+            f"<h3>Macroblocks</h3>{_html_table(MB_HEADERS, macroblock_rows(doc, arrow='→'))}"
             f"<h3>k sweep</h3>{_html_table(SWEEP_HEADERS, _sweep_rows(m.sweep))}</section>")
 
 

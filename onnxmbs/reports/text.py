@@ -7,6 +7,7 @@ from typing import Any
 import math
 
 from onnxmbs.graph.analysis import Analysis
+from onnxmbs.planning.document import MacroblockWidths, PlanDocument
 from onnxmbs.planning.sweep import Solution, SweepPoint
 from onnxmbs.units import human
 
@@ -55,27 +56,28 @@ def analysis_text(analysis: Analysis) -> str:
     return "\n".join(parts)
 
 
-def _widths(doc: Mapping[str, Any], index: int) -> str:
-    pairs = dict.fromkeys((l["out_channels"], l["compact_out_channels"]) for l in doc["layers"]
-                          if l["macroblock"] == index)
-    before = ",".join(str(a) for a, _ in pairs)
-    after = ",".join(str(b) for _, b in pairs)
-    return f"{before} -> {after}"
+def widths_text(widths: MacroblockWidths, arrow: str = "->") -> str:
+    """``32,64 -> 30,47``: the distinct widths of a macroblock's convs before and after."""
+    return (",".join(str(a) for a, _ in widths.pairs) + f" {arrow} " + ",".join(str(b) for _, b in widths.pairs))
 
 
-def plan_text(doc: Mapping[str, Any]) -> str:
-    s, st = doc["summary"], doc["settings"]
-    rows = [(m["index"], f"{m['out_hw'][0]}x{m['out_hw'][1]}", len(m["layers"]), human(m["e_total"]),
-             human(m["e_base"]), f"{m['redundancy']:.4f}", f"{m['beta']:.4f}", _widths(doc, m["index"]))
-            for m in doc["macroblocks"]]
-    k = f"k={st['k']:g} " if st.get("k") is not None else ""
-    head = (f"{doc['model']['path']}: {st['images']} images{' (SYNTHETIC noise)' if st.get('synthetic') else ''}, "
-            f"{k}z={st['z']:g}px, RF boundary {st['rf_boundary']}, provider {st.get('provider')}")
-    unmeasured = sum(1 for l in doc["layers"] if not l["measured"])
+def macroblock_rows(plan: PlanDocument, *, arrow: str = "->") -> list[tuple]:
+    """One row per macroblock: index, resolution, layers, E_total, E_base, r, β, widths (tables and reports)."""
+    return [(m.index, f"{m.out_hw[0]}x{m.out_hw[1]}", len(m.layers), human(m.e_total), human(m.e_base),
+             f"{m.redundancy:.4f}", f"{m.beta:.4f}", widths_text(w, arrow))
+            for m, w in zip(plan.macroblocks, plan.widths())]
+
+
+def plan_text(plan: PlanDocument) -> str:
+    s, st = plan.summary, plan.settings
+    k = f"k={st.k:g} " if st.k is not None else ""
+    head = (f"{plan.model.path}: {st.images} images{' (SYNTHETIC noise)' if st.synthetic else ''}, "
+            f"{k}z={st.z:g}px, RF boundary {st.rf_boundary}, provider {st.provider}")
+    unmeasured = sum(1 for l in plan.layers if not l.measured)
     lines = [head, table(["mb", "resolution", "layers", "E_total", "E_base", "r", "beta", "widths before -> after"],
-                         rows),
-             f"params {s['params']:,} -> {s['params_compact']:,} ({100 * s['param_reduction']:.2f}% fewer); "
-             f"MACs {human(s['flops'])} -> {human(s['flops_compact'])} ({100 * s['flop_reduction']:.2f}% fewer)"]
+                         macroblock_rows(plan)),
+             f"params {s.params:,} -> {s.params_compact:,} ({100 * s.param_reduction:.2f}% fewer); "
+             f"MACs {human(s.flops)} -> {human(s.flops_compact)} ({100 * s.flop_reduction:.2f}% fewer)"]
     if unmeasured:
         lines.append(f"note: {unmeasured} conv layer(s) have no ReLU-family activation: p = 1, not measured")
     return "\n".join(lines)

@@ -6,29 +6,46 @@ from a stats file of the same model instead when there is one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis
+from onnxmbs.stats.source import DataSource
 from onnxmbs.stats.calibration import CalibrationInfo, make_preprocess, open_calibration
 from onnxmbs.stats.counting import Statistics, collect_statistics
 from onnxmbs.stats.statsfile import check_model, read_stats, stats_sha256, tap_counts
 
 logger = logging.getLogger(__name__)
 
-DATA_KEYS = ("data", "synthetic", "preprocess", "mean", "std", "max_images", "batch_size", "provider", "progress")
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """How to run the statistics pass: the data, its preprocessing, and the onnxruntime settings."""
+    data: Any = None  # image folder, .npy/.npz path, or an iterable of NCHW/NHWC batches
+    synthetic: int | None = None  # N images of random noise instead of data (the plan says so)
+    preprocess: str | None = "imagenet"
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    max_images: int | None = None
+    batch_size: int = 32
+    provider: str = "auto"
+    progress: bool | None = None
+    seed: int = 0
+
+    @property
+    def has_data(self) -> bool:
+        return self.data is not None or self.synthetic is not None
 
 
 @dataclass(frozen=True)
 class Measured:
-    """Statistics for one model and the plan settings that say where they came from."""
+    """Statistics for one model and where they came from."""
     statistics: Statistics = field(repr=False)
-    settings: Mapping[str, Any]
+    source: DataSource
 
 
 def _fixed_batches(batches: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -41,19 +58,27 @@ def _fixed_batches(batches: Iterator[np.ndarray], size: int) -> Iterator[np.ndar
                            size, batch.shape[0])
 
 
-def measure(analysis: Analysis, *, data: Any = None, synthetic: int | None = None, preprocess: str | None = "imagenet",
-            mean: Sequence[float] | None = None, std: Sequence[float] | None = None, max_images: int | None = None,
-            batch_size: int = 32, provider: str = "auto", progress: bool | None = None,
-            seed: int = 0) -> tuple[Statistics, CalibrationInfo]:
+def measure(analysis: Analysis, options: CalibrationOptions = CalibrationOptions()) -> tuple[Statistics,
+                                                                                          CalibrationInfo]:
     """The statistics pass over calibration data (folder, .npy/.npz, iterable, or synthetic noise)."""
     loaded = analysis.loaded
     fixed = None if loaded.batch_dynamic else loaded.input.shape[0]
-    calib = open_calibration(data, shape=loaded.input.shape, layout=loaded.input.layout,
-                             preprocess=make_preprocess(preprocess, mean=mean, std=std), synthetic=synthetic,
-                             max_images=max_images, batch_size=fixed or batch_size, seed=seed)
+    calib = open_calibration(options.data, shape=loaded.input.shape, layout=loaded.input.layout,
+                             preprocess=make_preprocess(options.preprocess, mean=options.mean, std=options.std),
+                             synthetic=options.synthetic, max_images=options.max_images,
+                             batch_size=fixed or options.batch_size, seed=options.seed)
     batches = calib.batches() if fixed is None else _fixed_batches(calib.batches(), fixed)
-    stats = collect_statistics(analysis, batches, provider=provider, progress=progress, total=calib.total)
+    stats = collect_statistics(analysis, batches, provider=options.provider, progress=options.progress,
+                               total=calib.total)
     return stats, calib.info
+
+
+def measure_source(analysis: Analysis, options: CalibrationOptions) -> Measured:
+    """:func:`measure`, with the record of where the counts came from."""
+    stats, info = measure(analysis, options)
+    return Measured(statistics=stats, source=DataSource(synthetic=info.synthetic, data=info.source,
+                                                        skipped=info.skipped, preprocess=options.preprocess,
+                                                        seconds=round(stats.seconds, 3)))
 
 
 def load_stats(path: str | Path, analysis: Analysis) -> Measured:
@@ -65,31 +90,27 @@ def load_stats(path: str | Path, analysis: Analysis) -> Measured:
     stats = Statistics(images=int(doc["images"]), provider=str(doc.get("provider")), taps=taps,
                        seconds=float(doc.get("seconds", 0.0)))
     data = doc.get("data", {})
-    settings = {"synthetic": bool(data.get("synthetic")), "data": data.get("source"),
-                "skipped": data.get("skipped", 0), "preprocess": data.get("preprocess"), "stats_file": str(path)}
-    return Measured(statistics=stats, settings=settings)
+    return Measured(statistics=stats, source=DataSource(
+        synthetic=bool(data.get("synthetic")), data=data.get("source"), skipped=data.get("skipped", 0),
+        preprocess=data.get("preprocess"), stats_file=str(path)))
 
 
 def measure_or_load(analysis: Analysis, *, stats: str | Path | Sequence[str | Path] | None = None,
-                    seed: int = 0, **data: Any) -> Measured:
+                    options: CalibrationOptions = CalibrationOptions()) -> Measured:
     """Statistics for ``analysis``: from the ``stats`` file(s) made from this model, else measured on ``data``.
 
     With one stats file it must match the model. With several, the one whose sha256
     matches is used; if none does, the model is measured on ``data`` when given.
     """
     paths = [stats] if isinstance(stats, (str, Path)) else list(stats or ())
-    has_data = data.get("data") is not None or data.get("synthetic") is not None
-    if len(paths) == 1 and not has_data:
+    if len(paths) == 1 and not options.has_data:
         return load_stats(paths[0], analysis)
     match = next((p for p in paths if stats_sha256(p) == analysis.loaded.sha256), None)
     if match is not None:
         return load_stats(match, analysis)
-    if not has_data:
+    if not options.has_data:
         raise MBSError(f"no --stats file was made from {analysis.loaded.path} — add one from "
                        "`onnxmbs profile` for this model, or give --data")
-    measured, info = measure(analysis, seed=seed, **{k: v for k, v in data.items() if k in DATA_KEYS})
-    settings = {"synthetic": info.synthetic, "data": info.source, "skipped": info.skipped,
-                "preprocess": data.get("preprocess"), "seconds": round(measured.seconds, 3)}
-    return Measured(statistics=measured, settings=settings)
+    return measure_source(analysis, options)
 
 

@@ -15,11 +15,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from onnxmbs.errors import MBSError
 
-PLAN_SCHEMA = "onnxmbs.plan/1"
+if TYPE_CHECKING:
+    from onnxmbs.planning.document import PlanDocument
+
+
 
 
 @dataclass(frozen=True)
@@ -82,9 +86,10 @@ def check_betas(betas: Sequence[float] | None, n: int, what: str, *, allow_short
 
 
 def scaled(beta: float, channels: int, *, multiple_of: int = 1) -> int:
-    """The paper's compact width ``ceil(β·C)``, rounded up to ``multiple_of`` (float noise guarded)."""
-    width = max(1, math.ceil(round(beta * channels, 9)))
-    return -(-width // multiple_of) * multiple_of
+    """The paper's compact width ``ceil(β·C)``, rounded up to ``multiple_of`` — the planner's own rule."""
+    from onnxmbs.planning.planner import compact_width
+
+    return compact_width(channels, beta, multiple_of=multiple_of)
 
 
 @dataclass(frozen=True)
@@ -126,29 +131,24 @@ def mobilenet_v2_widths(betas: Sequence[float]) -> MobileNetV2Widths:
     return MobileNetV2Widths(stem, tuple(blocks), scaled(betas[level], V2_LAST))
 
 
-def _macroblock_betas(plan: Mapping[str, Any]) -> tuple[dict[int, float], int]:
-    """β per resolution level from a plan dict; raises MBSError on a malformed plan."""
-    try:
-        if plan.get("schema") != PLAN_SCHEMA:
-            raise MBSError(f"plan schema is {plan.get('schema')!r}, expected {PLAN_SCHEMA!r} — "
-                           "pass a plan written by `onnxmbs plan`")
-        L = int(plan["model"]["L"])  # noqa: N806
-        betas: dict[int, float] = {}
-        for mb in plan["macroblocks"]:
-            level = round(math.log2(L / min(int(v) for v in mb["out_hw"])))
-            betas[level] = max(betas.get(level, 0.0), float(mb["beta"]))
-    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as exc:
-        raise MBSError(f"the plan is malformed ({type(exc).__name__}: {exc}) — "
-                       "pass the JSON written by `onnxmbs plan`") from exc
+def _macroblock_betas(plan: PlanDocument) -> tuple[dict[int, float], int]:
+    """β per resolution level (the largest where several macroblocks share one)."""
+    L = plan.model.L  # noqa: N806
+    betas: dict[int, float] = {}
+    for mb in plan.macroblocks:
+        level = round(math.log2(L / min(mb.out_hw)))
+        betas[level] = max(betas.get(level, 0.0), mb.beta)
     return betas, L
 
 
-def configuration_from_plan(name: str, plan: Mapping[str, Any]) -> list[int] | list[float]:
+def configuration_from_plan(name: str, plan: PlanDocument | Mapping[str, Any] | str | Path) -> list[int] | list[float]:
     """The zoo model ``name``'s configuration with each stage scaled by its macroblock's β."""
     if name not in CONFIGS:
         raise MBSError(f"unknown zoo model {name!r} — choose one of {', '.join(sorted(CONFIGS))}")
     spec = CONFIGS[name]
-    betas, L = _macroblock_betas(plan)  # noqa: N806
+    from onnxmbs.planning.document import as_plan
+
+    betas, L = _macroblock_betas(as_plan(plan))  # noqa: N806
     missing = sorted({lv for lv in spec.levels if lv not in betas})
     if missing:
         sizes = ", ".join(f"{L // 2**lv}px" for lv in missing)
