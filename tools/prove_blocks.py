@@ -44,7 +44,7 @@ from onnxmbs.blocks.apply import shallow_model  # noqa: E402
 from onnxmbs.blocks.discover import find_blocks  # noqa: E402
 from onnxmbs.blocks.document import BlocksPlan, RoundRecord  # noqa: E402
 from onnxmbs.blocks.greedy import Stop, prune_blocks  # noqa: E402
-from onnxmbs.blocks.scoring import with_outputs  # noqa: E402
+from onnxmbs.graph.edit import expose  # noqa: E402
 from onnxmbs.graph.load import load_model  # noqa: E402
 from onnxmbs.reports.plots import accuracy_curves  # noqa: E402
 from onnxmbs.stats.accuracy import evaluate  # noqa: E402
@@ -79,7 +79,7 @@ def output_norm_order(loaded, blocks, x: np.ndarray) -> list[str]:
     import onnxruntime as ort
 
     names = [t for b in blocks for t in (b.branch, b.shortcut)]
-    model = with_outputs(loaded.model, names, {})
+    model = expose(loaded.model, names)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     ratios = {b.id: [] for b in blocks}
     for i in range(len(x)):  # the loaded copy has batch 1
