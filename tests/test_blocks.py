@@ -211,3 +211,24 @@ def test_report_shows_the_blocks_plan(tmp_path):
     assert page.index(f"<td>{plan.removed[0]}</td>") < page.index(f"<td>{plan.removed[1]}</td>")  # removal order
     assert "accuracy versus blocks removed" in page and "p_add" in page  # the curve; the projection join listed
     assert json.loads((tmp_path / "r.json").read_text())["blocks"][0]["removed"] == list(plan.removed)
+
+
+def test_inverted_residual_without_activation_after_the_join():
+    """MobileNetV2-style: expand, depthwise, linear projection, Add (nothing after it but the next conv)."""
+    g = GraphBuilder((1, 3, 8, 8), seed=5)
+    x = g.conv("input", 3, C, name="stem")
+    lo, hi = g.const(np.float32(0)), g.const(np.float32(6))
+    h = g.op("Clip", [g.conv(x, C, 4 * C, 1, name="expand"), lo, hi], name="expand_relu6")
+    h = g.op("Clip", [g.conv(h, 4 * C, 4 * C, 3, group=4 * C, name="dw"), lo, hi], name="dw_relu6")
+    h = g.conv(h, 4 * C, C, 1, name="project")
+    y = g.op("Sum", [x, h], name="join")
+    model = dynamic(g.build([classifier(g, g.conv(y, C, C, name="after"), C, classes=5)]))
+    loaded = load_model(model)
+    (block,) = find_blocks(loaded)
+    assert block.removable and block.nodes == ("expand", "expand_relu6", "dw", "dw_relu6", "project")
+    assert block.params == conv_params(C, 4 * C, 1) + (4 * C * 9 + 4 * C) + conv_params(4 * C, C, 1)
+    shallow = remove_blocks(model, [block])
+    after = next(n for n in shallow.graph.node if n.name == "after")
+    assert after.input[0] == "stem_out" and len(shallow.graph.node) == len(model.graph.node) - 6
+    x_in, y_in = data_for(model, n=8)
+    assert top1(shallow, x_in, y_in) == top1(bypass(model, block.nodes, "join", "stem_out"), x_in, y_in)

@@ -78,7 +78,8 @@ class BlocksResult:
 
     plan: BlocksPlan
     model: onnx.ModelProto = field(repr=False)
-    seconds_per_round: tuple[float, ...] = ()
+    seconds_per_round: tuple[float, ...] = ()  # wall time of each round
+    cpu_seconds_per_round: tuple[float, ...] = ()  # this process's CPU time of each round
 
 
 @dataclass
@@ -88,7 +89,7 @@ class _State:
     loaded: LoadedModel
     removed: list[Block] = field(default_factory=list)
     rounds: list[RoundRecord] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
+    times: list[tuple[float, float]] = field(default_factory=list)  # (wall, CPU) seconds per round
 
 
 def _costs(loaded: LoadedModel) -> tuple[int, int]:
@@ -123,7 +124,7 @@ def prune_blocks(source: str | Path | onnx.ModelProto | LoadedModel, data: Label
     state = _State(loaded)
     baseline, ranking = None, []
     while not stop.reached(len(state.removed), (params, _costs(state.loaded)[0]), (macs, _costs(state.loaded)[1])):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         current = find_blocks(state.loaded, ids=ids)
         candidates = {b.id: b for b in current if b.removable}
         if not candidates:
@@ -144,7 +145,7 @@ def prune_blocks(source: str | Path | onnx.ModelProto | LoadedModel, data: Label
             break
         if not _remove(state, candidates[pick], scores, round_no, baseline, stop, data, batch_size, provider):
             break
-        state.times.append(time.perf_counter() - start)
+        state.times.append((time.perf_counter() - start, time.process_time() - cpu))
     return _result(loaded, source, blocks, state, baseline, data, batch_size, provider, rescore, stop, settings)
 
 
@@ -190,4 +191,4 @@ def _result(loaded: LoadedModel, source, blocks: list[Block], state: _State, bas
                              blocks=tuple(BlockRecord.of(b) for b in blocks), rounds=tuple(state.rounds),
                              summary=Summary(params, params_after, macs, macs_after, accuracy_after),
                              settings=doc_settings)
-    return BlocksResult(plan, shallow, tuple(state.times))
+    return BlocksResult(plan, shallow, tuple(w for w, _ in state.times), tuple(c for _, c in state.times))
