@@ -22,22 +22,9 @@ from onnxmbs.graph.load import load_model  # noqa: E402
 from onnxmbs.stats.labelled import open_labelled  # noqa: E402
 from onnxmbs.zoo import build  # noqa: E402
 from onnxmbs.zoo.export import export_keras  # noqa: E402
+from test_adapter_keras import _randomise as trained_like  # noqa: E402  (BN statistics, biases as after training)
 
 X = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
-
-
-def trained_like(model):
-    """Random BatchNorm statistics and affine values, as after training (tf2onnx keeps every bias)."""
-    rng = np.random.default_rng(1)
-    for layer in model.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([rng.uniform(.5, 1.5, gamma.shape), rng.uniform(-.2, .2, beta.shape),
-                               rng.uniform(-.1, .1, mean.shape), rng.uniform(.5, 1.5, var.shape)])
-        elif isinstance(layer, layers.Dense):
-            kernel, bias = layer.get_weights()
-            layer.set_weights([kernel, rng.uniform(-.1, .1, bias.shape)])
-    return model
 
 
 @pytest.fixture(scope="module")
