@@ -30,7 +30,7 @@ from onnxmbs.graph.costs import count_costs
 from onnxmbs.graph.load import LoadedModel, load_model
 from onnxmbs.stats.accuracy import num_classes, open_predictor, predictions, runnable
 from onnxmbs.stats.counting import choose_provider
-from onnxmbs.stats.labelled import LabelledData
+from onnxmbs.stats.labelled import LabelledData, open_labelled
 
 logger = logging.getLogger(__name__)
 
@@ -107,14 +107,19 @@ def _best(scores: Mapping[str, float], blocks: Mapping[str, Block], order: list[
                key=lambda b: (scores[b], blocks[b].macs, -order.index(b)))
 
 
-def prune_blocks(source: str | Path | onnx.ModelProto | LoadedModel, data: LabelledData, *, stop: Stop,
+def prune_blocks(source: str | Path | onnx.ModelProto | LoadedModel, data: LabelledData | object, *, stop: Stop,
                  rescore: str = "every", batch_size: int = 64, provider: str = "cpu", threads: int | None = None,
                  progress: bool | None = None, input_shape: tuple[int, ...] | None = None,
                  settings: Mapping[str, object] | None = None) -> BlocksResult:
-    """Remove residual blocks from ``source`` greedily by measured accuracy on ``data``."""
+    """Remove residual blocks from ``source`` greedily by measured accuracy on ``data``.
+
+    ``data``: :class:`LabelledData`, or anything :func:`open_labelled` reads (a ``.npz`` path, a folder
+    of class folders, ``(x, y)`` arrays or batches; images already preprocessed when float).
+    """
     if rescore not in RESCORE:
         raise MBSError(f"rescore must be one of {RESCORE}, got {rescore!r}")
     loaded = source if isinstance(source, LoadedModel) else load_model(source, input_shape=input_shape)
+    data = open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout)
     data.check_classes(num_classes(loaded))
     provider = choose_provider(provider)
     fixed = None if loaded.batch_dynamic else loaded.input.shape[0]
