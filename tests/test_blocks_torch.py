@@ -123,3 +123,16 @@ def test_retrain_with_blocks(resnet20, tmp_path):
     assert f"shallow model: {folded_params(model, X[:1]):,} -> {plan.summary.params_after:,} parameters" in res.output
     saved = torch.load(tmp_path / "shallow.pt", weights_only=False)
     assert sum(isinstance(m, RemovedBlock) for m in saved.modules()) == len(plan.removed)
+
+
+def test_blocks_then_mbs_widths_planned_on_the_shallow_model(resnet20, tmp_path):
+    import onnx
+
+    from onnxmbs.adapters import apply_plan
+    from onnxmbs.planning.pipeline import plan_model
+
+    model, path, plan = resnet20
+    onnx.save(shallow_model(path, plan), tmp_path / "shallow.onnx")
+    widths = plan_model(tmp_path / "shallow.onnx", synthetic=4, preprocess="raw").document
+    compact = apply_plan(remove_blocks_from(model, plan, X[:1], onnx_path=path), widths, X[:1])
+    assert folded_params(compact, X[:1]) == widths.summary.params_compact < plan.summary.params_after
