@@ -3,8 +3,10 @@
 Each round scores the current model's removable blocks (:func:`~onnxmbs.blocks.scoring.score_blocks`)
 and removes the one whose removal keeps the highest top-1 accuracy (ties: the block with more
 MACs, then the earlier one). ``rescore="once"`` ranks the blocks of the original model once and
-removes them in that order. After each removal the model's accuracy is measured with a plain
-run of the new model. Stop rules, any combination (the first one met stops):
+removes them in that order. The accuracy after each removal is measured on the new model itself:
+by the next round's prefix pass (which runs the whole current model), by a final plain run after
+the last round, and with ``rescore="once"`` by a plain run each round. Stop rules, any
+combination (the first one met stops):
 
 * ``remove=N``: N blocks removed;
 * ``max_accuracy_drop=A``: a removal that would leave accuracy below ``baseline - A`` is not made;
@@ -13,6 +15,7 @@ run of the new model. Stop rules, any combination (the first one met stops):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -24,7 +27,7 @@ import onnx
 from onnxmbs.blocks.discover import Block, find_blocks
 from onnxmbs.blocks.document import BlockRecord, BlocksPlan, RoundRecord, Summary
 from onnxmbs.blocks.remove import remove_blocks
-from onnxmbs.blocks.scoring import score_blocks
+from onnxmbs.blocks.scoring import RoundScores, score_blocks
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.costs import count_costs
 from onnxmbs.graph.load import LoadedModel, load_model
@@ -82,6 +85,33 @@ class BlocksResult:
     cpu_seconds_per_round: tuple[float, ...] = ()  # this process's CPU time of each round
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What stays the same for every round of one :func:`prune_blocks` call."""
+
+    loaded: LoadedModel  # the original model
+    data: LabelledData
+    stop: Stop
+    rescore: str
+    ids: Mapping[str, str]  # join name -> block id on the original model
+    batch_size: int
+    provider: str
+    threads: int | None
+    progress: bool | None
+
+    def top1(self, loaded: LoadedModel) -> float:
+        """Top-1 of a model with a plain run (what the written model scores)."""
+        predictor = open_predictor(loaded, provider=self.provider, threads=self.threads)
+        scores = predictions(predictor, self.data, batch_size=self.batch_size)
+        return float((scores.argmax(axis=1) == self.data.y).mean())
+
+    def score(self, loaded: LoadedModel, candidates: list[Block], round_no: int) -> RoundScores:
+        fixed = None if loaded.batch_dynamic else loaded.input.shape[0]
+        return score_blocks(runnable(loaded), loaded.input.name, candidates, self.data, batch_size=self.batch_size,
+                            fixed_batch=fixed, provider=self.provider, threads=self.threads, progress=self.progress,
+                            desc=f"round {round_no}")
+
+
 @dataclass
 class _State:
     """The model as it loses blocks (mutable inside :func:`prune_blocks` only)."""
@@ -90,21 +120,20 @@ class _State:
     removed: list[Block] = field(default_factory=list)
     rounds: list[RoundRecord] = field(default_factory=list)
     times: list[tuple[float, float]] = field(default_factory=list)  # (wall, CPU) seconds per round
+    baseline: float | None = None
+    ranking: list[str] = field(default_factory=list)
+    confirmed: bool = True  # the last round's accuracy comes from a plain run of the model after it
+
+    def confirm(self, accuracy: float) -> None:
+        """The accuracy of the current model, measured by a plain run: the last round's accuracy."""
+        if self.rounds and not self.confirmed:
+            self.rounds[-1] = dataclasses.replace(self.rounds[-1], accuracy=accuracy)
+        self.confirmed = True
 
 
 def _costs(loaded: LoadedModel) -> tuple[int, int]:
     costs = count_costs(loaded.graph, loaded.shapes, loaded.constants, batch=loaded.input.shape[0])
     return costs.params, costs.flops
-
-
-def _top1(model: onnx.ModelProto, loaded: LoadedModel, data: LabelledData, *, batch_size: int, provider: str) -> float:
-    scores = predictions(open_predictor(loaded, provider=provider, model=model), data, batch_size=batch_size)
-    return float((scores.argmax(axis=1) == data.y).mean())
-
-
-def _best(scores: Mapping[str, float], blocks: Mapping[str, Block], order: list[str]) -> str:
-    return max((b for b in order if b in scores),
-               key=lambda b: (scores[b], blocks[b].macs, -order.index(b)))
 
 
 def prune_blocks(source: str | Path | onnx.ModelProto | LoadedModel, data: LabelledData | object, *, stop: Stop,
@@ -121,51 +150,59 @@ def prune_blocks(source: str | Path | onnx.ModelProto | LoadedModel, data: Label
     loaded = source if isinstance(source, LoadedModel) else load_model(source, input_shape=input_shape)
     data = open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout)
     data.check_classes(num_classes(loaded))
-    provider = choose_provider(provider)
-    fixed = None if loaded.batch_dynamic else loaded.input.shape[0]
     blocks = find_blocks(loaded)
-    ids = {b.join: b.id for b in blocks}
-    params, macs = _costs(loaded)
+    run = _Run(loaded, data, stop, rescore, {b.join: b.id for b in blocks}, batch_size, choose_provider(provider),
+               threads, progress)
     state = _State(loaded)
-    baseline, ranking = None, []
-    while not stop.reached(len(state.removed), (params, _costs(state.loaded)[0]), (macs, _costs(state.loaded)[1])):
+    while not stop.reached(len(state.removed), *zip(_costs(loaded), _costs(state.loaded))):
         start, cpu = time.perf_counter(), time.process_time()
-        current = find_blocks(state.loaded, ids=ids)
-        candidates = {b.id: b for b in current if b.removable}
-        if not candidates:
-            logger.info("no removable block left after %d removals", len(state.removed))
-            break
-        round_no = len(state.removed) + 1
-        scores: Mapping[str, float] = {}
-        if rescore == "every" or baseline is None:
-            measured = score_blocks(runnable(state.loaded), loaded.input.name, list(candidates.values()), data,
-                                    batch_size=batch_size, fixed_batch=fixed, provider=provider, threads=threads,
-                                    progress=progress, desc=f"round {round_no}")
-            baseline = measured.accuracy if baseline is None else baseline
-            scores = measured.scores
-            order = [b.id for b in current if b.id in scores]
-            ranking = sorted(scores, key=lambda b: (-scores[b], -candidates[b].macs, order.index(b)))
-        pick = next((b for b in ranking if b in candidates), None)
-        if pick is None:
-            break
-        if not _remove(state, candidates[pick], scores, round_no, baseline, stop, data, batch_size, provider):
+        if not _round(run, state):
             break
         state.times.append((time.perf_counter() - start, time.process_time() - cpu))
-    return _result(loaded, source, blocks, state, baseline, data, batch_size, provider, rescore, stop, settings)
+    if state.baseline is None:
+        state.baseline = run.top1(loaded)
+    if not state.confirmed:
+        state.confirm(run.top1(state.loaded))
+    return _result(run, source, blocks, state, settings)
 
 
-def _remove(state: _State, block: Block, scores: Mapping[str, float], round_no: int, baseline: float, stop: Stop,
-            data: LabelledData, batch_size: int, provider: str) -> bool:
-    """Remove ``block`` from the current model unless that breaks the accuracy budget."""
+def _round(run: _Run, state: _State) -> bool:
+    """One round: score (unless ranked once already), remove the best block; False when nothing was removed."""
+    current = find_blocks(state.loaded, ids=run.ids)
+    candidates = {b.id: b for b in current if b.removable}
+    if not candidates:
+        logger.info("no removable block left after %d removals", len(state.removed))
+        return False
+    round_no = len(state.removed) + 1
+    scores: Mapping[str, float] = {}
+    if run.rescore == "every" or state.baseline is None:
+        measured = run.score(state.loaded, list(candidates.values()), round_no)
+        state.confirm(measured.accuracy)  # the prefix pass is a plain run of the current model
+        state.baseline = measured.accuracy if state.baseline is None else state.baseline
+        scores = measured.scores
+        order = [b.id for b in current if b.id in scores]
+        state.ranking = sorted(scores, key=lambda b: (-scores[b], -candidates[b].macs, order.index(b)))
+    pick = next((b for b in state.ranking if b in candidates), None)
+    return pick is not None and _remove(run, state, candidates[pick], scores, round_no)
+
+
+def _remove(run: _Run, state: _State, block: Block, scores: Mapping[str, float], round_no: int) -> bool:
+    """Remove ``block`` from the current model unless that breaks the accuracy budget.
+
+    With scores, the block's score is the accuracy after its removal (confirmed by the next round's
+    prefix pass or a final plain run); without (``rescore="once"``), a plain run measures it."""
     model = remove_blocks(runnable(state.loaded), [block], check=False)
     loaded = load_model(model, input_shape=state.loaded.input.shape)
-    accuracy = _top1(runnable(loaded), loaded, data, batch_size=batch_size, provider=provider)
-    if stop.max_accuracy_drop is not None and baseline - accuracy > stop.max_accuracy_drop + 1e-12:
-        logger.info("removing %s would drop accuracy to %.4f (baseline %.4f): stopping", block.id, accuracy, baseline)
+    accuracy = scores[block.id] if scores else run.top1(loaded)
+    drop = run.stop.max_accuracy_drop
+    if drop is not None and state.baseline - accuracy > drop + 1e-12:
+        logger.info("removing %s would drop accuracy to %.4f (baseline %.4f): stopping", block.id, accuracy,
+                    state.baseline)
         return False
     state.loaded = loaded
     state.removed.append(block)
     state.rounds.append(RoundRecord(round_no, dict(scores), block.id, accuracy))
+    state.confirmed = not scores
     return True
 
 
@@ -177,22 +214,19 @@ def _original_proto(source: str | Path | onnx.ModelProto | LoadedModel, loaded: 
     return onnx.load(str(source))
 
 
-def _result(loaded: LoadedModel, source, blocks: list[Block], state: _State, baseline: float | None,
-            data: LabelledData, batch_size: int, provider: str, rescore: str, stop: Stop,
+def _result(run: _Run, source, blocks: list[Block], state: _State,
             settings: Mapping[str, object] | None) -> BlocksResult:
-    shallow = _original_proto(source, loaded)
+    shallow = _original_proto(source, run.loaded)
     for block in state.removed:
         shallow = remove_blocks(shallow, [block], check=False)
     shallow = remove_blocks(shallow, [], check=True)
-    after = load_model(shallow, input_shape=loaded.input.shape)
-    if baseline is None:
-        baseline = _top1(runnable(loaded), loaded, data, batch_size=batch_size, provider=provider)
-    accuracy_after = state.rounds[-1].accuracy if state.rounds else baseline
-    params, macs = _costs(loaded)
+    after = load_model(shallow, input_shape=run.loaded.input.shape)
+    accuracy_after = state.rounds[-1].accuracy if state.rounds else state.baseline
+    params, macs = _costs(run.loaded)
     params_after, macs_after = _costs(after)
-    doc_settings = {"rescore": rescore, **stop.to_json(), "images": len(data), "data": data.source,
-                    "provider": provider, **(settings or {})}
-    plan = BlocksPlan.create(model=loaded.record(), baseline_accuracy=baseline,
+    doc_settings = {"rescore": run.rescore, **run.stop.to_json(), "images": len(run.data), "data": run.data.source,
+                    "provider": run.provider, **(settings or {})}
+    plan = BlocksPlan.create(model=run.loaded.record(), baseline_accuracy=state.baseline,
                              blocks=tuple(BlockRecord.of(b) for b in blocks), rounds=tuple(state.rounds),
                              summary=Summary(params, params_after, macs, macs_after, accuracy_after),
                              settings=doc_settings)
