@@ -169,6 +169,12 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values):.2%} ± {statistics.stdev(values):.2%}" if len(values) > 1 else f"{values[0]:.2%}"
 
 
+def picture(curves) -> str:
+    """Held-out top-1 vs blocks removed (no fine-tuning), one line per method."""
+    return accuracy_curves({m: curves[m] for m in METHODS}, title="ResNet-20, digits: held-out top-1, no fine-tuning",
+                           width=640)
+
+
 def report(args, base_acc, orders, curves, tuned, params, began) -> None:
     lines = [f"ResNet-20 trained on digits: held-out top-1 {base_acc:.2%}, {params:,} parameters", "",
              "Held-out top-1 of the shallow model, no fine-tuning:", "",
@@ -181,9 +187,7 @@ def report(args, base_acc, orders, curves, tuned, params, began) -> None:
         lines.append(f"| {n} | {method} | {', '.join(orders[method][:n])} | {p:,} | {_ms(accs)} |")
     text = "\n".join(lines)
     print(text)
-    series = {f"{m} (no fine-tuning)": curves[m] for m in METHODS}
-    svg = accuracy_curves(series, title="ResNet-20 on digits: held-out top-1 vs blocks removed")
-    (args.out / "blocks_accuracy.svg").write_text(svg)
+    (args.out / "blocks_accuracy.svg").write_text(picture(curves))
     (args.out / "results.json").write_text(json.dumps(
         {"baseline": base_acc, "orders": orders, "curves": curves,
          "fine_tuned": [{"removed": n, "method": m, "params": p, "accuracy": a} for (n, m), (p, a) in tuned.items()]},
