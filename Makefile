@@ -13,7 +13,7 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	# torch first, pinned to the local CPU wheel, so nothing later pulls a CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[cpu,torch,keras,dev]" tensorflow-cpu
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[cpu,torch,keras,ray,dev]" tensorflow-cpu
 	touch $(STAMP)
 
 demo: setup

@@ -12,6 +12,7 @@ from onnxmbs.cli.compact import compact
 from onnxmbs.cli.evaluate import evaluate
 from onnxmbs.cli.plan import analyze, plan
 from onnxmbs.cli.retrain import retrain
+from onnxmbs.cli.stats import stats
 from onnxmbs.cli.zoo import zoo
 
 
@@ -26,7 +27,7 @@ def main(verbose: int) -> None:
 
 
 
-for _command in (analyze, plan, profile, sweep, report, check, compact, evaluate, blocks, retrain, zoo):
+for _command in (analyze, plan, profile, sweep, report, check, compact, evaluate, blocks, retrain, stats, zoo):
     main.add_command(_command)
 
 __all__ = ["main"]

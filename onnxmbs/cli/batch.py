@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from onnxmbs.cli.options import (Count, clean_errors, data_options, macroblocks_option, many_stats_option,
-                                 one_source,
-                                 refuse_overwrite, round_to_option, stats_option)
+from onnxmbs.cli.options import (Count, check_workers, clean_errors, converge_options, data_options,
+                                 macroblocks_option, many_stats_option, one_source, refuse_overwrite, round_to_option,
+                                 stats_option)
 
 logger = logging.getLogger(__name__)
 
@@ -25,24 +25,55 @@ def _path(data: Any) -> str:
 
 
 # ------------------------------------------------------------ profile
+class Shard(click.ParamType):
+    """``i/n``: shard i (0-based) of n."""
+    name = "i/n"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
+        if not match or not int(match[1]) < int(match[2]):
+            self.fail(f"{value!r} is not a shard like 0/4 (shard i of n, 0 <= i < n)", param, ctx)
+        return int(match[1]), int(match[2])
+
+
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options
+@converge_options()
+@click.option("--shard", type=Shard(), default=None,
+              help="Count only shard i of n (0-based, e.g. 3/8; cut between whole batches); "
+                   "add the shards up with `onnxmbs stats merge`.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Write the counts here (JSON).")
 @clean_errors
-def profile(model: str, output: str, input_shape, calibration) -> None:
+def profile(model: str, output: str, shard: tuple[int, int] | None, input_shape, calibration, converge) -> None:
     """Run the statistics pass once and save the counts for `plan/sweep/report/check --stats`."""
+    from dataclasses import replace
+
     from onnxmbs.graph.analysis import analyze
+    from onnxmbs.planning.convergence import monitor_for
+    from onnxmbs.reports.text import convergence_text
     from onnxmbs.stats.measure import measure
     from onnxmbs.stats.statsfile import save_stats
 
     one_source(calibration, None)
     refuse_overwrite(output, model, _path(calibration.data))
+    if shard is not None and (converge is not None or calibration.workers or calibration.ray_address):
+        raise click.UsageError("--shard counts one fixed part of the data: leave out --until-converged/--workers")
+    check_workers(calibration)
     analysis = analyze(model, input_shape=input_shape)
-    stats, info = measure(analysis, calibration)
-    save_stats(output, analysis, stats, info=info, preprocess=calibration.preprocess)
-    click.echo(f"{model}: {stats.images} images, {len(stats.taps)} activations counted in {stats.seconds:.1f}s"
+    monitor = monitor_for(converge, analysis)
+    stats, info = measure(analysis, replace(calibration, shard=shard), monitor=monitor,
+                          task_images=getattr(monitor, "checkpoint", None))
+    convergence = monitor.result() if monitor is not None else None
+    save_stats(output, analysis, stats, info=info, preprocess=calibration.preprocess, shard=shard,
+               convergence=convergence)
+    part = f" (shard {shard[0]}/{shard[1]})" if shard else ""
+    click.echo(f"{model}: {stats.images} images{part}, {len(stats.taps)} activations counted in {stats.seconds:.1f}s"
                f"{' (SYNTHETIC noise)' if info.synthetic else ''}; counts written to {output}")
+    if convergence is not None:
+        click.echo(convergence_text(convergence))
 
 
 # ------------------------------------------------------------ sweep
@@ -73,17 +104,19 @@ def _target(**options: float | None):
               help="Write the solved plan JSON here (needs a --target-*).")
 @click.option("--json", "as_json", is_flag=True, help="Print the sweep (and solution) as JSON.")
 @macroblocks_option
+@converge_options()
 @clean_errors
 def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: str | None, as_json: bool,
           target_param_reduction, target_flop_reduction, target_params, target_flops, macroblock_map: str | None,
-          input_shape, calibration) -> None:
+          input_shape, calibration, converge) -> None:
     """One statistics pass, a plan for every k: β, configuration, params and MACs per k; or solve for a target."""
     from onnxmbs.graph.analysis import analyze
     from onnxmbs.planning.pipeline import read_macroblock_map
     from onnxmbs.files import write_json
     from onnxmbs.stats.measure import measure_or_load
     from onnxmbs.planning.sweep import make_sweeper, parse_ks, solve
-    from onnxmbs.reports.text import solution_text, sweep_text
+    from onnxmbs.planning.convergence import monitor_for
+    from onnxmbs.reports.text import convergence_text, solution_text, sweep_text
     from onnxmbs.planning.sweep import sweep as run_sweep
 
     target = _target(param_reduction=target_param_reduction, flop_reduction=target_flop_reduction,
@@ -93,29 +126,39 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
                                "--target-flop-reduction, --target-params or --target-flops")
     one_source(calibration, stats)
     refuse_overwrite(output, model, stats or "", _path(calibration.data))
+    check_workers(calibration)
     ks = parse_ks(k_range)
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
     analysis = analyze(model, input_shape=input_shape, macroblock_override=override)
-    measured = measure_or_load(analysis, stats=stats, options=calibration)
+    monitor = monitor_for(converge, analysis, ks=ks, round_to=round_to)
+    measured = measure_or_load(analysis, stats=stats, options=calibration, monitor=monitor)
     sweeper = make_sweeper(analysis, measured.statistics, round_to=round_to)
     points = run_sweep(sweeper, ks)
     solution = solve(sweeper, target) if target is not None else None
     if output and solution is not None:
-        write_json(output, sweeper.document(solution.k, source=measured.source).document)
+        write_json(output, sweeper.document(solution.k, source=measured.source,
+                                            convergence=measured.convergence).document)
     if as_json:
-        doc: dict[str, Any] = {"model": model, "images": measured.statistics.images,
-                               "sweep": [p.as_dict() for p in points]}
-        if solution is not None:
-            doc["solution"] = {"metric": target.metric, "target": target.value, "k": solution.k,
-                               "k_low": solution.k_low, "k_high": solution.k_high if solution.k_high != float("inf")
-                               else None, "achieved": target.achieved(solution.point), **solution.point.as_dict()}
-        click.echo(json.dumps(doc, indent=1))
+        click.echo(json.dumps(_sweep_json(model, measured, points, target, solution), indent=1))
         return
     click.echo(sweep_text(points, model=model, images=measured.statistics.images))
+    if measured.convergence is not None:
+        click.echo(convergence_text(measured.convergence))
     if solution is not None:
         click.echo(solution_text(solution))
     if output:
         click.echo(f"plan written to {output}")
+
+
+def _sweep_json(model: str, measured: Any, points: Any, target: Any, solution: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"model": model, "images": measured.statistics.images, "sweep": [p.as_dict() for p in points]}
+    if solution is not None:
+        doc["solution"] = {"metric": target.metric, "target": target.value, "k": solution.k,
+                           "k_low": solution.k_low, "k_high": solution.k_high if solution.k_high != float("inf")
+                           else None, "achieved": target.achieved(solution.point), **solution.point.as_dict()}
+    if measured.convergence is not None:
+        doc["convergence"] = measured.convergence.to_json()
+    return doc
 
 
 # ------------------------------------------------------------ report
@@ -132,9 +175,10 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
 @round_to_option
 @click.option("--blocks", "blocks_files", multiple=True, type=click.Path(dir_okay=False),
               help="Also show a blocks plan from `onnxmbs blocks` (repeatable).")
+@converge_options()
 @clean_errors
 def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, ...], k: float, k_range: str,
-           round_to: int, blocks_files: tuple[str, ...], input_shape, calibration) -> None:
+           round_to: int, blocks_files: tuple[str, ...], input_shape, calibration, converge) -> None:
     """Batch report: one statistics pass per model, plan + k-sweep each, as HTML/Markdown/JSON/CSV.
 
     A model that fails becomes a failure row; the others still run. Exit 1 if any failed.
@@ -150,7 +194,9 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
     check_outputs(outputs)
     for path in outputs:
         refuse_overwrite(path, *models, *stats, *blocks_files, _path(calibration.data))
-    options = ReportOptions(k=k, ks=parse_ks(k_range), round_to=round_to, input_shape=input_shape)
+    check_workers(calibration)
+    options = ReportOptions(k=k, ks=parse_ks(k_range), round_to=round_to, input_shape=input_shape,
+                            converge=converge)
     blocks = tuple(read_blocks_plan(path) for path in blocks_files)
     result = dataclasses.replace(build_report(list(models), options=options, stats=stats, calibration=calibration),
                                  blocks=blocks)
@@ -182,10 +228,11 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
 @round_to_option
 @click.option("--junit", type=click.Path(dir_okay=False), default=None,
               help="Write JUnit XML here (one testcase per model per check).")
+@converge_options("--converge-tolerance")
 @clean_errors
 def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops, max_redundancy,
-          baselines: tuple[str, ...], tolerance, k, round_to: int, junit: str | None, input_shape, calibration
-          ) -> None:
+          baselines: tuple[str, ...], tolerance, k, round_to: int, junit: str | None, input_shape, calibration,
+          converge) -> None:
     """CI gate: static limits need no data; --max-redundancy and --baseline need statistics.
 
     Exit 0 when every check passes, 1 when one fails, 2 on usage errors. With
@@ -196,9 +243,10 @@ def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops
 
     if tolerance is not None and not baselines:
         raise click.UsageError("--tolerance applies to --baseline: add --baseline plan.json")
+    check_workers(calibration)
     limits = GateLimits(max_params=max_params, max_flops=max_flops, max_redundancy=max_redundancy,
                         baselines=baselines, tolerance=0.02 if tolerance is None else tolerance, k=k,
-                        round_to=round_to, input_shape=input_shape)
+                        round_to=round_to, input_shape=input_shape, converge=converge)
     if limits.needs_statistics and not stats and not calibration.has_data:
         raise click.UsageError("--max-redundancy and --baseline need statistics: give --data PATH, "
                                "--synthetic N or --stats FILE")

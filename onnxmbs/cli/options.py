@@ -100,17 +100,21 @@ def data_options(fn: Callable) -> Callable:
         click.option("--provider", default="auto", show_default=True,
                      help="onnxruntime provider: auto (CUDA when it really works), cpu, cuda."),
         click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Split the statistics pass over N Ray workers (exact; needs pip install 'onnxmbs[ray]')."),
+        click.option("--ray-address", default=None,
+                     help="Join this Ray cluster (auto = the one started with `ray start`) instead of a local Ray."),
         input_shape_option,
     ]
 
     @functools.wraps(fn)
     def wrapper(*args, data, synthetic, preprocess, mean, std, max_images, batch_size, provider, progress,
-                **kwargs):
+                workers, ray_address, **kwargs):
         from onnxmbs.stats.measure import CalibrationOptions
 
         calibration = CalibrationOptions(data=data, synthetic=synthetic, preprocess=preprocess, mean=mean, std=std,
                                          max_images=max_images, batch_size=batch_size, provider=provider,
-                                         progress=progress)
+                                         progress=progress, workers=workers, ray_address=ray_address)
         return fn(*args, calibration=calibration, **kwargs)
 
     for option in reversed(options):
@@ -181,3 +185,50 @@ def open_labelled_data(loaded: Any, *, data: str, classes: str | None, preproces
 
     return open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout, classes=classes,
                          preprocess=make_preprocess(preprocess, mean=mean, std=std), max_images=max_images)
+
+
+def converge_options(tolerance: str = "--tolerance") -> Callable[[Callable], Callable]:
+    """``--until-converged [TOLERANCE T] [--checkpoint N]`` as one ``converge`` argument (a
+    ConvergeOptions, or None without the flag); ``check`` names its tolerance differently.
+    Goes below ``data_options`` (it reads the ``calibration`` record)."""
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, until_converged, converge_tolerance, checkpoint, **kwargs):
+            kwargs["converge"] = _converge(until_converged, converge_tolerance, checkpoint, kwargs.get("calibration"),
+                                           tolerance)
+            return fn(*args, **kwargs)
+
+        options = [
+            click.option("--until-converged", is_flag=True,
+                         help="Stop the statistics pass once the plan has converged (every macroblock's beta bound "
+                              "< tolerance and the widths stable); --max-images stays the cap."),
+            click.option(tolerance, "converge_tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
+                         help="beta bound for --until-converged  [default: 0.5 / widest scaled channel count]"),
+            click.option("--checkpoint", type=click.IntRange(min=1), default=None,
+                         help="Images between the re-plans of --until-converged  [default: 256]"),
+        ]
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+    return decorate
+
+
+def _converge(until: bool, value: float | None, checkpoint: int | None, calibration: Any, tolerance: str) -> Any:
+    if not until:
+        if value is not None or checkpoint is not None:
+            raise click.UsageError(f"{tolerance if value is not None else '--checkpoint'} applies to "
+                                   "--until-converged: add it")
+        return None
+    if calibration is not None and not calibration.has_data:
+        raise click.UsageError("--until-converged stops a statistics pass: give --data PATH (or --synthetic N)")
+    from onnxmbs.planning.convergence import CHECKPOINT, ConvergeOptions
+
+    return ConvergeOptions(tolerance=value, checkpoint=checkpoint or CHECKPOINT)
+
+
+def check_workers(calibration: Any) -> None:
+    """--workers/--ray-address need Ray (a clean exit-1 line naming the extra when it is missing)."""
+    if calibration.workers is not None or calibration.ray_address is not None:
+        from onnxmbs.cluster import require_ray
+
+        require_ray("--workers" if calibration.workers is not None else "--ray-address")

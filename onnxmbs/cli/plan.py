@@ -5,8 +5,8 @@ import json
 
 import click
 
-from onnxmbs.cli.options import (clean_errors, data_options, input_shape_option, macroblocks_option, one_source,
-                                 refuse_overwrite)
+from onnxmbs.cli.options import (check_workers, clean_errors, converge_options, data_options, input_shape_option,
+                                 macroblocks_option, one_source, refuse_overwrite)
 
 
 @click.command()
@@ -41,9 +41,10 @@ def analyze(model: str, input_shape, macroblock_map, as_json: bool) -> None:
 @click.option("--stats", type=click.Path(dir_okay=False), default=None,
               help="Reuse counts saved by `onnxmbs profile` instead of --data.")
 @macroblocks_option
+@converge_options()
 @clean_errors
 def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: str | None, macroblock_map,
-         input_shape, calibration) -> None:
+         input_shape, calibration, converge) -> None:
     """Statistics pass + Algorithm 1: per-macroblock width multipliers and the compact widths."""
     from onnxmbs.files import write_json
     from onnxmbs.planning.pipeline import plan_measured, plan_with_stats, read_macroblock_map
@@ -51,13 +52,14 @@ def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: s
 
     one_source(calibration, stats)
     refuse_overwrite(output, model, *([stats] if stats else []))
+    check_workers(calibration)
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
     if stats:
         result = plan_with_stats(model, stats, input_shape=input_shape, k=k, z=z, round_to=round_to,
                                  macroblocks=override)
     else:
         result = plan_measured(model, calibration, input_shape=input_shape, k=k, z=z, round_to=round_to,
-                               macroblocks=override)
+                               macroblocks=override, converge=converge)
     if output:
         write_json(output, result.document)
     if as_json:

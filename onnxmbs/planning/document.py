@@ -18,6 +18,7 @@ from onnxmbs.files import read_document
 from onnxmbs.graph.record import ModelRecord
 from onnxmbs.records import Record, ints, optional, strs
 from onnxmbs.stats.source import DataSource
+from onnxmbs.stats.stopping import Convergence
 
 SCHEMA = "onnxmbs.plan/1"
 HOW = "pass the JSON written by `onnxmbs plan`"
@@ -173,8 +174,11 @@ class PlanDocument(Record):
     macroblocks: tuple[MacroblockRecord, ...]
     groups: tuple[GroupRecord, ...]
     summary: Summary
+    convergence: Convergence | None = None  # only with --until-converged: how the statistics pass ended
     extra: Mapping[str, Any] = field(default_factory=dict)
+    OMIT_NONE: ClassVar = frozenset({"convergence"})
     CONVERT: ClassVar = {
+        "convergence": optional(Convergence.from_json),
         "model": ModelRecord.from_json, "settings": Settings.from_json, "summary": Summary.from_json,
         "layers": lambda v: tuple(LayerRecord.from_json(x) for x in v),
         "macroblocks": lambda v: tuple(MacroblockRecord.from_json(x) for x in v),

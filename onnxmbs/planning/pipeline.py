@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,10 @@ from onnxmbs.planning.planner import Plan, plan
 from onnxmbs.planning.scaling import param_specs
 from onnxmbs.stats.counting import Statistics
 from onnxmbs.stats.measure import CalibrationOptions, DataSource, load_stats, measure_source
+from onnxmbs.stats.stopping import Convergence
+
+if TYPE_CHECKING:
+    from onnxmbs.planning.convergence import ConvergeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +103,8 @@ def plan_document(analysis: Analysis, facts: Sequence[LayerFacts], result: Plan,
 
 
 def plan_from_statistics(analysis: Analysis, stats: Statistics | None, *, k: float | None = None,
-                         z: float | None = None, round_to: int = 1, source: DataSource | None = None) -> PlanResult:
+                         z: float | None = None, round_to: int = 1, source: DataSource | None = None,
+                         convergence: Convergence | None = None) -> PlanResult:
     """Algorithm 1 on measured statistics (or p = 1 everywhere when ``stats`` is None)."""
     facts = layer_facts(analysis, stats)
     result = plan(facts, group_facts(analysis), param_specs(analysis), L=analysis.L,
@@ -107,6 +113,8 @@ def plan_from_statistics(analysis: Analysis, stats: Statistics | None, *, k: flo
                         synthetic=bool(source and source.synthetic), provider=stats.provider if stats else None,
                         round_to=round_to, source=source)
     doc = plan_document(analysis, facts, result, settings=settings, channel_rates=_channel_rates(analysis, stats))
+    if convergence is not None:  # --until-converged: β ± bound at this plan's threshold
+        doc = replace(doc, convergence=convergence.for_plan(result.z))
     return PlanResult(analysis=analysis, statistics=stats, plan=result, document=doc)
 
 
@@ -130,22 +138,32 @@ def plan_model(model: str | Path | onnx.ModelProto, *, data: Any = None, synthet
                k: float | None = None, z: float | None = None,
                round_to: int = 1, preprocess: str | None = "imagenet", mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, max_images: int | None = None, batch_size: int = 32,
-               provider: str = "auto", progress: bool | None = None, seed: int = 0) -> PlanResult:
-    """Analyse ``model``, measure its ReLU statistics on ``data`` and plan MBS widths."""
+               provider: str = "auto", progress: bool | None = None, seed: int = 0, workers: int | None = None,
+               ray_address: str | None = None, converge: ConvergeOptions | None = None) -> PlanResult:
+    """Analyse ``model``, measure its ReLU statistics on ``data`` and plan MBS widths.
+
+    ``converge`` stops the pass once the plan has converged (``--until-converged``);
+    ``workers``/``ray_address`` split the pass over Ray (exact).
+    """
     options = CalibrationOptions(data=data, synthetic=synthetic, preprocess=preprocess, mean=mean, std=std,
                                  max_images=max_images, batch_size=batch_size, provider=provider,
-                                 progress=progress, seed=seed)
+                                 progress=progress, seed=seed, workers=workers, ray_address=ray_address)
     return plan_measured(model, options, input_shape=input_shape, macroblocks=macroblocks, k=k, z=z,
-                         round_to=round_to)
+                         round_to=round_to, converge=converge)
 
 
 def plan_measured(model: str | Path | onnx.ModelProto, options: CalibrationOptions, *,
                   input_shape: tuple[int, ...] | None = None, macroblocks: Mapping[str, int] | None = None,
-                  k: float | None = None, z: float | None = None, round_to: int = 1) -> PlanResult:
+                  k: float | None = None, z: float | None = None, round_to: int = 1,
+                  converge: ConvergeOptions | None = None) -> PlanResult:
     """:func:`plan_model` with typed calibration options (what the CLI calls)."""
+    from onnxmbs.planning.convergence import monitor_for
+
     analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks)
-    measured = measure_source(analysis, options)
-    return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to, source=measured.source)
+    measured = measure_source(analysis, options, monitor=monitor_for(converge, analysis, ks=(k,), z=z,
+                                                                      round_to=round_to))
+    return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to, source=measured.source,
+                                convergence=measured.convergence)
 
 
 def plan_with_stats(model: str | Path, stats: str | Path, *, input_shape: tuple[int, ...] | None = None,
@@ -154,4 +172,5 @@ def plan_with_stats(model: str | Path, stats: str | Path, *, input_shape: tuple[
     """``onnxmbs plan --stats``: analyse, load the saved counts (same model checked), plan."""
     analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks)
     measured = load_stats(stats, analysis)
-    return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to, source=measured.source)
+    return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to, source=measured.source,
+                                convergence=measured.convergence)

@@ -23,6 +23,7 @@ from onnxmbs.planning.planner import Plan, Summary, plan
 from onnxmbs.planning.scaling import param_specs
 from onnxmbs.stats.counting import Statistics
 from onnxmbs.stats.measure import DataSource
+from onnxmbs.stats.stopping import Convergence
 from onnxmbs.units import human
 
 logger = logging.getLogger(__name__)
@@ -73,9 +74,10 @@ class Sweeper:
                           configuration=config, params=s.params, params_compact=s.params_compact,
                           flops=s.flops, flops_compact=s.flops_compact)
 
-    def document(self, k: float, source: DataSource | None = None) -> PlanResult:
-        """The full plan (document included) at ``k``."""
-        return plan_from_statistics(self.analysis, self.statistics, k=k, round_to=self.round_to, source=source)
+    def document(self, k: float, source: DataSource | None = None, convergence: Convergence | None = None) -> PlanResult:
+        """The full plan (document included) at ``k`` (``convergence``: from ``--until-converged``)."""
+        return plan_from_statistics(self.analysis, self.statistics, k=k, round_to=self.round_to, source=source,
+                                    convergence=convergence)
 
     def boundaries(self) -> tuple[int, ...]:
         """The distinct finite conv RFs: the values ``⌈z⌉_RF`` can take."""

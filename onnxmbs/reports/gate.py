@@ -19,6 +19,7 @@ from onnxmbs.graph.analysis import Analysis, analyze
 from onnxmbs.errors import MBSError
 from onnxmbs.planning.pipeline import plan_from_statistics
 from onnxmbs.planning.document import PlanDocument, read_plan
+from onnxmbs.planning.convergence import ConvergeOptions, monitor_for
 from onnxmbs.stats.measure import CalibrationOptions, Measured, measure_or_load
 from onnxmbs.reports.text import table, widths_text
 from onnxmbs.units import human
@@ -52,6 +53,7 @@ class GateLimits:
     k: float | None = None
     round_to: int = 1
     input_shape: tuple[int, ...] | None = None
+    converge: ConvergeOptions | None = None  # --until-converged (monitored at k)
 
     @property
     def needs_statistics(self) -> bool:
@@ -141,7 +143,8 @@ def _statistics_checks(model: str, analysis: Analysis, limits: GateLimits, basel
     wanted = [c for c in ("max-redundancy", "baseline") if c in limits.checks()]
     start = time.perf_counter()
     try:
-        measured = measure_or_load(analysis, stats=stats, options=calibration)
+        monitor = monitor_for(limits.converge, analysis, ks=(limits.k or 1.0,), round_to=limits.round_to)
+        measured = measure_or_load(analysis, stats=stats, options=calibration, monitor=monitor)
         results = []
         if limits.max_redundancy is not None:
             results.append(_redundancy_check(model, analysis, measured, limits))

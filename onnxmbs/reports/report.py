@@ -26,10 +26,11 @@ from onnxmbs.graph.analysis import analyze
 from onnxmbs.errors import MBSError
 from onnxmbs.progress import progress_bar
 from onnxmbs.files import write_atomic
+from onnxmbs.planning.convergence import ConvergeOptions, monitor_for
 from onnxmbs.planning.document import PlanDocument
 from onnxmbs.stats.measure import CalibrationOptions, measure_or_load
 from onnxmbs.planning.sweep import SweepPoint, curve, make_sweeper, sweep
-from onnxmbs.reports.text import macroblock_rows, table
+from onnxmbs.reports.text import convergence_text, macroblock_rows, table
 from onnxmbs.units import human
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class ReportOptions:
     ks: tuple[float, ...] = (0.6, 0.8, 1.0, 1.2, 1.4)
     round_to: int = 1
     input_shape: tuple[int, ...] | None = None
+    converge: ConvergeOptions | None = None  # --until-converged
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,11 @@ def report_model(path: str, *, options: ReportOptions, stats: Sequence[str] = ()
     try:
         analysis = analyze(path, input_shape=options.input_shape)
         sha = analysis.loaded.sha256
-        measured = measure_or_load(analysis, stats=stats, options=calibration)
-        sweeper = make_sweeper(analysis, measured.statistics, round_to=options.round_to)
         k = 1.0 if options.k is None else options.k
-        plan = sweeper.document(k, source=measured.source)
+        monitor = monitor_for(options.converge, analysis, ks=(k, *options.ks), round_to=options.round_to)
+        measured = measure_or_load(analysis, stats=stats, options=calibration, monitor=monitor)
+        sweeper = make_sweeper(analysis, measured.statistics, round_to=options.round_to)
+        plan = sweeper.document(k, source=measured.source, convergence=measured.convergence)
         lo, hi = min(options.ks), max(options.ks)
         return ModelReport(path=str(path), sha256=sha, seconds=time.perf_counter() - start,
                            plan=plan.document.slim(), sweep=sweep(sweeper, options.ks), curve=curve(sweeper, lo, hi),
@@ -178,6 +181,8 @@ def _notes(doc: PlanDocument) -> list[str]:
     unmeasured = sum(1 for l in doc.layers if not l.measured)
     if unmeasured:
         notes.append(f"{unmeasured} conv layer(s) have no ReLU-family activation: p = 1, not measured")
+    if doc.convergence is not None:
+        notes.append(convergence_text(doc.convergence))
     routine = ("model input", "reaches graph output")  # every CNN has these two
     frozen = [g for g in doc.groups if g.frozen and not g.frozen.startswith(routine)]
     if frozen:

@@ -9,6 +9,7 @@ import math
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.planning.document import MacroblockWidths, PlanDocument
 from onnxmbs.planning.sweep import Solution, SweepPoint
+from onnxmbs.stats.stopping import Convergence
 from onnxmbs.units import human
 
 
@@ -74,13 +75,28 @@ def plan_text(plan: PlanDocument) -> str:
     head = (f"{plan.model.path}: {st.images} images{' (SYNTHETIC noise)' if st.synthetic else ''}, "
             f"{k}z={st.z:g}px, RF boundary {st.rf_boundary}, provider {st.provider}")
     unmeasured = sum(1 for l in plan.layers if not l.measured)
-    lines = [head, table(["mb", "resolution", "layers", "E_total", "E_base", "r", "beta", "widths before -> after"],
-                         macroblock_rows(plan)),
+    headers, rows = ["mb", "resolution", "layers", "E_total", "E_base", "r", "beta", "widths before -> after"], \
+        macroblock_rows(plan)
+    entry = plan.convergence.entries[0] if plan.convergence and plan.convergence.entries else None
+    if entry is not None:  # --until-converged: β ± its bound
+        bounds = {b.index: f"{b.bound:.4f}" for b in entry.macroblocks}
+        headers.insert(7, "+/- bound")
+        rows = [(*row[:7], bounds.get(row[0], "-"), row[7]) for row in rows]
+    lines = [head, table(headers, rows),
              f"params {s.params:,} -> {s.params_compact:,} ({100 * s.param_reduction:.2f}% fewer); "
              f"MACs {human(s.flops)} -> {human(s.flops_compact)} ({100 * s.flop_reduction:.2f}% fewer)"]
+    if plan.convergence is not None:
+        lines.append(convergence_text(plan.convergence))
     if unmeasured:
         lines.append(f"note: {unmeasured} conv layer(s) have no ReLU-family activation: p = 1, not measured")
     return "\n".join(lines)
+
+
+def convergence_text(conv: Convergence) -> str:
+    """One line: how a --until-converged pass ended."""
+    state = "converged" if conv.converged else "NOT converged"
+    return (f"{state} after {conv.images} images ({conv.checkpoints} checkpoints of {conv.checkpoint}; "
+            f"beta bound < tolerance {conv.tolerance:.5f} and widths stable{'' if conv.converged else ': no'})")
 
 
 def _config_text(config: Sequence[Sequence[int]]) -> str:

@@ -4,9 +4,9 @@ read one at a time, .npy is memory-mapped and .npz members are read row chunk by
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
-import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +16,12 @@ from PIL import Image
 
 from onnxmbs.errors import MBSError
 from onnxmbs.stats.preprocess import PRESETS, Preprocess, make_preprocess
+from onnxmbs.stats.sources import (ArraySource, NpzSource, Order, Source, Target, inspect_array, load_npy,
+                                   warn_if_raw_floats)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRESETS", "Calibration", "CalibrationInfo", "Preprocess", "make_preprocess", "open_calibration"]
+__all__ = ["PRESETS", "Calibration", "CalibrationInfo", "Order", "Preprocess", "make_preprocess", "open_calibration"]
 
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
 LAYOUTS = ("NCHW", "NHWC")
@@ -36,51 +38,10 @@ class CalibrationInfo:
     synthetic: bool
 
 
-@dataclass(frozen=True)
-class _Target:
-    """The model input one image must become, and how pixels get there."""
-    layout: str
-    channels: int
-    height: int
-    width: int
-    preprocess: Preprocess
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.channels, self.height, self.width
-        return (c, h, w) if self.layout == "NCHW" else (h, w, c)
-
-    def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """(n, H, W, C) 0..255 RGB pixels -> preprocessed float32 batch in model layout."""
-        x = self.preprocess.apply(pixels)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if self.layout == "NCHW" else x)
-
-    def from_array(self, arr: np.ndarray, src: str) -> np.ndarray:
-        """A batch in layout ``src`` (NCHW/NHWC/NHW) -> float32 batch in model layout."""
-        if src == "NHW":
-            arr, src = arr[..., None], "NHWC"
-        if arr.dtype == np.uint8:
-            return self.from_pixels(arr if src == "NHWC" else arr.transpose(0, 2, 3, 1))
-        if src != self.layout:
-            arr = arr.transpose(0, 3, 1, 2) if src == "NHWC" else arr.transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-class _Source:
-    """Base of the data sources: a label, a known size or None, and a skip counter."""
-    label = "calibration data"
-    total: int | None = None
-    skipped = 0
-    first_error = ""
-
-    def chunks(self, target: _Target, batch_size: int) -> Iterator[np.ndarray]:
-        raise NotImplementedError
-
-
 class Calibration:
     """Calibration data opened for a model input; iterate `batches()` (or the object)."""
 
-    def __init__(self, source: _Source, target: _Target, *, batch_size: int,
+    def __init__(self, source: Source, target: Target, *, batch_size: int,
                  max_images: int | None, synthetic: bool) -> None:
         self._source, self._target = source, target
         self._batch_size, self._max_images = batch_size, max_images
@@ -159,13 +120,16 @@ def _rebatch(chunks: Iterator[np.ndarray], batch_size: int, limit: int | None) -
         yield np.concatenate(buf) if len(buf) > 1 else buf[0]
 
 
-class _ImageFiles(_Source):
+class _ImageFiles(Source):
     """Image files, read one at a time: resize the shorter side, centre crop, preprocess."""
 
     def __init__(self, files: list[Path], label: str) -> None:
         self.files, self.label, self.total = files, label, len(files)
 
-    def chunks(self, target: _Target, batch_size: int) -> Iterator[np.ndarray]:
+    def select(self, indices: np.ndarray) -> Source:
+        return _ImageFiles([self.files[i] for i in indices], self.label)
+
+    def chunks(self, target: Target, batch_size: int) -> Iterator[np.ndarray]:
         self.skipped, self.first_error = 0, ""
         for path in self.files:
             try:
@@ -177,7 +141,7 @@ class _ImageFiles(_Source):
             yield target.from_pixels(pixels[None])
 
 
-def _load_image(path: Path, target: _Target) -> np.ndarray:
+def _load_image(path: Path, target: Target) -> np.ndarray:
     """One image file -> (H, W, C) uint8, shorter side resized to fit, centre-cropped."""
     height, width = target.height, target.width
     with Image.open(path) as img:
@@ -192,152 +156,48 @@ def _load_image(path: Path, target: _Target) -> np.ndarray:
     return pixels.reshape(height, width, target.channels)
 
 
-def _array_layout(shape: tuple[int, ...], target: _Target, what: str) -> tuple[str, bool]:
-    """Which layout an array has (NCHW, NHWC or NHW for 1-channel) and whether it is a batch."""
-    c, h, w = target.channels, target.height, target.width
-    if len(shape) not in (3, 4):
-        raise MBSError(f"{what} has rank {len(shape)} (shape {tuple(shape)}); expected one image (CHW/HWC) "
-                       "or a batch (NCHW/NHWC) — add or remove axes to match")
-    item = tuple(shape[1:]) if len(shape) == 4 else tuple(shape)
-    matches = [lay for lay, s in (("NCHW", (c, h, w)), ("NHWC", (h, w, c))) if item == s]
-    if not matches and len(shape) == 3 and c == 1 and tuple(shape[1:]) == (h, w):
-        return "NHW", True
-    if not matches:
-        raise MBSError(f"model expects {target.image_shape} {target.layout}, got {what} of shape {tuple(shape)} "
-                       f"— resize to {h}x{w} with {c} channel(s), or pass an image folder to have it resized")
-    return (target.layout if target.layout in matches else matches[0]), len(shape) == 4
-
-
-def _inspect(shape: tuple[int, ...], dtype: np.dtype, what: str, target: _Target) -> tuple[str, tuple]:
-    """Check an array's dtype and shape; return its layout and its shape as a batch."""
-    if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
-        raise MBSError(f"{what} has dtype {dtype}; expected uint8 pixels (0..255, preprocessed here) or "
-                       "float (already preprocessed) — convert with .astype()")
-    layout, batched = _array_layout(shape, target, what)
-    shape = tuple(shape) if batched else (1, *shape)
-    if shape[0] == 0:
-        raise MBSError(f"{what} holds 0 images — give it at least one image")
-    return layout, shape
-
-
-def _warn_if_raw_floats(chunk: np.ndarray, what: str) -> None:
-    if np.issubdtype(chunk.dtype, np.floating) and chunk.size and chunk.min() >= 0 and chunk.max() > 2:
-        logger.warning("%s holds float values up to %.0f that look like raw 0..255 pixels; float arrays "
-                       "are used as-is — save uint8 pixels to have them preprocessed", what, float(chunk.max()))
-
-
-class _Arrays(_Source):
-    """A numpy array (possibly memory-mapped) of one image or a batch, sliced into chunks."""
-
-    def __init__(self, arr: np.ndarray, label: str, target: _Target) -> None:
-        self.layout, shape = _inspect(arr.shape, arr.dtype, label, target)
-        self.arr, self.total = arr.reshape(shape), shape[0]
-        self.label = f"{label} ({self.total} images, {self.layout})"
-
-    def chunks(self, target: _Target, batch_size: int) -> Iterator[np.ndarray]:
-        for start in range(0, self.total, batch_size):
-            chunk = np.asarray(self.arr[start:start + batch_size])
-            if start == 0:
-                _warn_if_raw_floats(chunk, self.label)
-            yield target.from_array(chunk, self.layout)
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as exc:
-        raise MBSError(f"cannot read {path} as a numeric .npy array ({exc}) — save it with "
-                       "np.save(path, images) from a uint8 or float array") from exc
-
-
-class _NpzMember(_Source):
-    """One array of a .npz file, read row chunk by row chunk straight from the zip member."""
-
-    def __init__(self, path: Path, target: _Target) -> None:
-        self.path = path
-        try:
-            with zipfile.ZipFile(path) as zf:
-                keys = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
-                self.key = _pick_key(keys, path)
-                with zf.open(self.key + ".npy") as f:
-                    shape, self.fortran, self.dtype = _read_npy_header(f)
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise MBSError(f"cannot read {path} as a .npz file ({exc}) — save it with np.savez(path, x=images)") \
-                from exc
-        what = f"npz file {path} [{self.key!r}]"
-        self.layout, self.shape = _inspect(shape, self.dtype, what, target)
-        self.total = self.shape[0]
-        self.label = f"{what} ({self.total} images, {self.layout})"
-
-    def chunks(self, target: _Target, batch_size: int) -> Iterator[np.ndarray]:
-        if self.fortran:  # rare: Fortran-ordered members cannot be read row by row
-            yield from _Arrays(np.load(self.path)[self.key], self.label, target).chunks(target, batch_size)
-            return
-        row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
-        with zipfile.ZipFile(self.path) as zf, zf.open(self.key + ".npy") as f:
-            _read_npy_header(f)
-            for start in range(0, self.total, batch_size):
-                rows = min(batch_size, self.total - start)
-                data = np.frombuffer(f.read(rows * row_bytes), dtype=self.dtype)
-                chunk = data.reshape((rows, *self.shape[1:]))
-                if start == 0:
-                    _warn_if_raw_floats(chunk, self.label)
-                yield target.from_array(chunk, self.layout)
-
-
-def _pick_key(keys: list[str], path: Path) -> str:
-    for key in ("x", "images"):
-        if key in keys:
-            return key
-    if len(keys) == 1:
-        return keys[0]
-    raise MBSError(f"{path} holds arrays {sorted(keys)} and none is named 'x' or 'images' — save the "
-                   "images under the key 'x' (np.savez(path, x=images))")
-
-
-def _read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(f)
-    return np.lib.format.read_array_header_2_0(f)
-
-
-class _IterableArrays(_Source):
+class _IterableArrays(Source):
     """A Python iterable of arrays, each one image or a batch; (x, label) pairs use x."""
     label = "python iterable"
+    random_access = False
 
     def __init__(self, data: Iterable) -> None:
         self.data = data
 
-    def chunks(self, target: _Target, batch_size: int) -> Iterator[np.ndarray]:
+    def chunks(self, target: Target, batch_size: int) -> Iterator[np.ndarray]:
         for i, item in enumerate(self.data):
             if isinstance(item, (tuple, list)) and item:
                 item = item[0]
             arr = np.asarray(item)
             what = f"item {i} of the calibration iterable"
-            layout, shape = _inspect(arr.shape, arr.dtype, what, target)
+            layout, shape = inspect_array(arr.shape, arr.dtype, what, target)
             if i == 0:
-                _warn_if_raw_floats(arr, what)
+                warn_if_raw_floats(arr, what)
             yield target.from_array(arr.reshape(shape), layout)
 
 
-class _Noise(_Source):
+class _Noise(Source):
     """Uniform random 0..255 pixels put through the preprocess; image i is seeded by (seed, i)."""
 
     def __init__(self, count: int, seed: int) -> None:
         self.count, self.seed, self.total = count, seed, count
         self.label = f"synthetic noise ({count} images, seed {seed})"
+        self.rows = np.arange(count)
 
-    def chunks(self, target: _Target, batch_size: int) -> Iterator[np.ndarray]:
+    def select(self, indices: np.ndarray) -> Source:
+        chosen = copy.copy(self)
+        chosen.rows, chosen.total = self.rows[indices], len(indices)
+        return chosen
+
+    def chunks(self, target: Target, batch_size: int) -> Iterator[np.ndarray]:
         hwc = (target.height, target.width, target.channels)
-        for start in range(0, self.count, batch_size):
-            stop = min(start + batch_size, self.count)
-            pixels = np.stack([np.random.default_rng([self.seed, i]).integers(0, 256, hwc, dtype=np.uint8)
-                               for i in range(start, stop)])
+        for start in range(0, self.total, batch_size):
+            pixels = np.stack([np.random.default_rng([self.seed, int(i)]).integers(0, 256, hwc, dtype=np.uint8)
+                               for i in self.rows[start:start + batch_size]])
             yield target.from_pixels(pixels)
 
 
-def _make_target(shape: Sequence[int], layout: str, preprocess: Preprocess | None) -> _Target:
+def _make_target(shape: Sequence[int], layout: str, preprocess: Preprocess | None) -> Target:
     lay = str(layout).upper()
     if lay not in LAYOUTS:
         raise MBSError(f"unknown input layout {layout!r} — use 'NCHW' or 'NHWC'")
@@ -353,7 +213,7 @@ def _make_target(shape: Sequence[int], layout: str, preprocess: Preprocess | Non
     pre.vectors(int(c))  # fails early if the mean/std do not fit the channel count
     if int(c) == 1 and max(len(pre.mean), len(pre.std)) > 1:
         logger.info("1-channel model: using the average of the %r mean/std values", pre.name)
-    return _Target(lay, int(c), int(h), int(w), pre)
+    return Target(lay, int(c), int(h), int(w), pre)
 
 
 def _check_counts(batch_size: int, max_images: int | None, synthetic: int | None, seed: int) -> None:
@@ -364,14 +224,14 @@ def _check_counts(batch_size: int, max_images: int | None, synthetic: int | None
         raise MBSError(f"seed must be a whole number >= 0, got {seed!r} — pass e.g. seed=0")
 
 
-def _open_path(path: Path, target: _Target) -> _Source:
+def _open_path(path: Path, target: Target) -> Source:
     if not path.exists():
         raise MBSError(f"calibration data not found: {path} — check the path (image folder, image, .npy or .npz)")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return _Arrays(_load_npy(path), f"npy file {path}", target)
+        return ArraySource(load_npy(path), f"npy file {path}", target)
     if suffix == ".npz":
-        return _NpzMember(path, target)
+        return NpzSource(path, target)
     if path.is_file() and suffix not in IMAGE_EXTENSIONS:
         raise MBSError(f"unsupported calibration file {path.name} — pass an image folder, an image "
                        f"({_EXT_TEXT}), a .npy or a .npz file")
@@ -395,7 +255,7 @@ def _find_images(root: Path) -> list[Path]:
 
 def open_calibration(data, *, shape: Sequence[int], layout: str, preprocess: Preprocess | None = None,
                      synthetic: int | None = None, max_images: int | None = None,
-                     batch_size: int = 32, seed: int = 0) -> Calibration:
+                     batch_size: int = 32, seed: int = 0, order: Order | None = None) -> Calibration:
     """Open calibration data for a model input of ``shape`` (batch first) in ``layout``.
 
     ``data``: an image folder or file, a .npy/.npz file, a numpy array, or an iterable of
@@ -411,16 +271,32 @@ def open_calibration(data, *, shape: Sequence[int], layout: str, preprocess: Pre
         raise MBSError("no calibration data: pass --data PATH (image folder, .npy/.npz) or --synthetic N "
                        "for random noise")
     if data is None:
-        source: _Source = _Noise(int(synthetic), int(seed))
+        source: Source = _Noise(int(synthetic), int(seed))
     elif isinstance(data, (str, os.PathLike)):
         source = _open_path(Path(data), target)
     elif isinstance(data, np.ndarray):
-        source = _Arrays(data, "numpy array", target)
+        source = ArraySource(data, "numpy array", target)
     elif isinstance(data, Iterable):
         source = _IterableArrays(data)
     else:
         raise MBSError(f"cannot use a {type(data).__name__} as calibration data — pass a path,"
                        " a numpy array or an iterable of arrays")
     logger.debug("calibration: %s -> %s %s", source.label, target.layout, target.image_shape)
+    if order is not None and order != Order():
+        source, max_images = _ordered(source, order, max_images, int(batch_size))
     return Calibration(source, target, batch_size=int(batch_size), max_images=max_images,
                        synthetic=data is None)
+
+
+def _ordered(source: Source, order: Order, max_images: int | None, batch_size: int) -> tuple[Source, int | None]:
+    """``source`` restricted and reordered by ``order``; a stream source keeps its file order."""
+    if order.shuffle is not None and not source.random_access:
+        logger.warning("%s is read as a stream, in file order (not shuffled): make sure its order is random",
+                       source.label)
+        order = Order(rows=order.rows, shard=order.shard)
+    if order == Order():
+        return source, max_images
+    if source.total is None:
+        raise MBSError(f"{source.label} has no known size and cannot be split into shards — pass a path "
+                       "(image folder, .npy, .npz) or a numpy array")
+    return source.select(order.indices(source.total, max_images, batch_size)), None

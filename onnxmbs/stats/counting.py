@@ -24,10 +24,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -143,6 +143,9 @@ class Instrumented:
     method: str
     slices: Mapping[str, slice]  # tap tensor -> its channels within the output
     per_image: np.ndarray = field(repr=False)  # positions per image of each output channel (int64)
+    input: str = ""  # the model input's name
+    image_shape: tuple[int, ...] = ()  # one image, model layout
+    fixed_batch: int | None = None  # the batch size of a model exported with a fixed one
 
     def counts(self, result: np.ndarray) -> np.ndarray:
         """Exact int64 counts per output channel, summed over the batch, from one run's output."""
@@ -153,6 +156,22 @@ class Instrumented:
             return np.rint(result).astype(np.int64)
         means = result.reshape(result.shape[0], -1).astype(np.float64)  # (batch, C): fraction of positions
         return np.rint(means * self.per_image).astype(np.int64).sum(axis=0)
+
+    def statistics(self, counts: np.ndarray, *, images: int, provider: str, seconds: float = 0.0) -> Statistics:
+        """Per-tap :class:`Statistics` from the summed counts vector (this copy's output order)."""
+        if images == 0:
+            raise MBSError("the calibration data yielded no images — check --data")
+        taps = {name: TapCounts(name, counts[cut].copy(), int(self.per_image[cut.start]))
+                for name, cut in self.slices.items()}
+        return Statistics(images=images, provider=provider, taps=taps, seconds=seconds)
+
+    def check_batch(self, batch: np.ndarray) -> np.ndarray:
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(self.image_shape):
+            raise MBSError(f"calibration batch has shape {tuple(batch.shape)}, the model expects (N, "
+                           f"{', '.join(map(str, self.image_shape))}) — check the data's layout and size")
+        if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
+            raise MBSError(f"the model's batch size is fixed at {self.fixed_batch}; use --batch-size {self.fixed_batch}")
+        return np.ascontiguousarray(batch, dtype=np.float32)
 
 
 OUTPUT = "onnxmbs_counts"
@@ -188,7 +207,9 @@ def instrument(analysis: Analysis, *, method: str = "nchwc") -> Instrumented:
     dims = [offset] if method == "naive" else ["N" if loaded.batch_dynamic else loaded.input.shape[0], offset, 1, 1]
     graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, dims))
     return Instrumented(model=model, output=OUTPUT, method=method, slices=slices,
-                        per_image=np.asarray(per_image, np.int64))
+                        per_image=np.asarray(per_image, np.int64), input=loaded.input.name,
+                        image_shape=tuple(loaded.input.shape[1:]),
+                        fixed_batch=None if loaded.batch_dynamic else loaded.input.shape[0])
 
 
 def _place_after_producers(graph: onnx.GraphProto, after: Mapping[str, list]) -> None:
@@ -224,40 +245,57 @@ def make_session(model: onnx.ModelProto, provider: str, *, threads: int | None =
                        "check it runs with onnxruntime before planning") from None
 
 
+class Counter:
+    """One onnxruntime session over a counting copy: :meth:`run` gives one batch's exact counts."""
+
+    def __init__(self, counting: Instrumented, provider: str, *, threads: int | None = None) -> None:
+        self.counting = counting
+        self.session = make_session(counting.model, provider, threads=threads, flush_denormals=True)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = self.counting.check_batch(batch)
+        (result,) = self.session.run([self.counting.output], {self.counting.input: batch})
+        return self.counting.counts(result)
+
+
+class Monitor(Protocol):
+    """Watches a pass batch by batch (e.g. for convergence); returning True stops the pass."""
+
+    stopped: bool  # True once it has asked to stop
+
+    def start(self, counting: Instrumented) -> None: ...
+
+    def __call__(self, counts: np.ndarray, images: int) -> bool: ...
+
+    def result(self) -> object: ...  # what it concluded (a stats.measure.Convergence)
+
+
 def collect_statistics(analysis: Analysis, batches: Iterable[np.ndarray], *, provider: str = "auto",
-                       method: str = "nchwc", progress: bool | None = None, total: int | None = None) -> Statistics:
-    """Run ``batches`` through the instrumented model and count non-zeros per channel of every tap."""
+                       method: str = "nchwc", progress: bool | None = None, total: int | None = None,
+                       monitor: Monitor | None = None) -> Statistics:
+    """Run ``batches`` through the instrumented model and count non-zeros per channel of every tap.
+
+    ``monitor`` sees each batch's counts in order and may stop the pass early.
+    """
     provider = choose_provider(provider)
     counting = instrument(analysis, method=method)
-    sess = make_session(counting.model, provider, flush_denormals=True)
+    counter = Counter(counting, provider)
+    if monitor is not None:
+        monitor.start(counting)
     total_counts = np.zeros(len(counting.per_image), np.int64)
     images, start = 0, time.perf_counter()
     bar = _progress(progress, total)
     for batch in batches:
-        batch = _check_batch(batch, analysis)
-        (result,) = sess.run([counting.output], {analysis.loaded.input.name: batch})
-        total_counts += counting.counts(result)
+        counts = counter.run(batch)
+        total_counts += counts
         images += batch.shape[0]
         if bar is not None:
             bar.update(batch.shape[0])
+        if monitor is not None and monitor(counts, batch.shape[0]):
+            break
     if bar is not None:
         bar.close()
-    if images == 0:
-        raise MBSError("the calibration data yielded no images — check --data")
-    taps = {name: TapCounts(name, total_counts[cut].copy(), int(counting.per_image[cut.start]))
-            for name, cut in counting.slices.items()}
-    return Statistics(images=images, provider=provider, taps=taps, seconds=time.perf_counter() - start)
-
-
-def _check_batch(batch: np.ndarray, analysis: Analysis) -> np.ndarray:
-    expected = analysis.loaded.input.shape[1:]
-    if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(expected):
-        raise MBSError(f"calibration batch has shape {tuple(batch.shape)}, the model expects (N, "
-                       f"{', '.join(map(str, expected))}) — check the data's layout and size")
-    if not analysis.loaded.batch_dynamic and batch.shape[0] != analysis.loaded.input.shape[0]:
-        raise MBSError(f"the model's batch size is fixed at {analysis.loaded.input.shape[0]}; "
-                       f"use --batch-size {analysis.loaded.input.shape[0]}")
-    return np.ascontiguousarray(batch, dtype=np.float32)
+    return counting.statistics(total_counts, images=images, provider=provider, seconds=time.perf_counter() - start)
 
 
 def _progress(enabled: bool | None, total: int | None):

@@ -16,8 +16,10 @@ import numpy as np
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.stats.source import DataSource
-from onnxmbs.stats.calibration import CalibrationInfo, make_preprocess, open_calibration
-from onnxmbs.stats.counting import Statistics, collect_statistics
+from onnxmbs.stats.calibration import CalibrationInfo, make_preprocess
+from onnxmbs.stats.counting import Monitor, Statistics, collect_statistics
+from onnxmbs.stats.sharding import DataSpec, collect_sharded
+from onnxmbs.stats.stopping import Convergence
 from onnxmbs.stats.statsfile import check_model, read_stats, stats_sha256, tap_counts
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,9 @@ class CalibrationOptions:
     provider: str = "auto"
     progress: bool | None = None
     seed: int = 0
+    workers: int | None = None  # split the pass over Ray workers (exact)
+    ray_address: str | None = None  # join this Ray cluster ("auto": the one `ray start` made here)
+    shard: tuple[int, int] | None = None  # count only shard i of n
 
     @property
     def has_data(self) -> bool:
@@ -46,6 +51,7 @@ class Measured:
     """Statistics for one model and where they came from."""
     statistics: Statistics = field(repr=False)
     source: DataSource
+    convergence: Convergence | None = None  # how a --until-converged pass ended
 
 
 def _fixed_batches(batches: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -58,27 +64,45 @@ def _fixed_batches(batches: Iterator[np.ndarray], size: int) -> Iterator[np.ndar
                            size, batch.shape[0])
 
 
-def measure(analysis: Analysis, options: CalibrationOptions = CalibrationOptions()) -> tuple[Statistics,
-                                                                                          CalibrationInfo]:
-    """The statistics pass over calibration data (folder, .npy/.npz, iterable, or synthetic noise)."""
+def measure(analysis: Analysis, options: CalibrationOptions = CalibrationOptions(), *,
+            monitor: Monitor | None = None, task_images: int | None = None) -> tuple[Statistics, CalibrationInfo]:
+    """The statistics pass over calibration data (folder, .npy/.npz, iterable, or synthetic noise).
+
+    ``options.workers``/``ray_address``: split over Ray tasks (exact); ``options.shard=(i, n)``:
+    count only shard i of n; ``monitor``: may stop the pass early, and the data is then read in a
+    fixed pseudo-random order (seeded by ``options.seed``).
+    """
     loaded = analysis.loaded
     fixed = None if loaded.batch_dynamic else loaded.input.shape[0]
-    calib = open_calibration(options.data, shape=loaded.input.shape, layout=loaded.input.layout,
-                             preprocess=make_preprocess(options.preprocess, mean=options.mean, std=options.std),
-                             synthetic=options.synthetic, max_images=options.max_images,
-                             batch_size=fixed or options.batch_size, seed=options.seed)
+    spec = DataSpec(data=options.data, synthetic=options.synthetic,
+                    preprocess=make_preprocess(options.preprocess, mean=options.mean, std=options.std),
+                    shape=tuple(loaded.input.shape), layout=loaded.input.layout, max_images=options.max_images,
+                    batch_size=fixed or options.batch_size, seed=options.seed,
+                    shuffle=options.seed if monitor is not None else None)
+    shard = options.shard
+    if options.workers is not None or options.ray_address is not None:
+        if shard is not None:
+            raise MBSError("--shard runs one shard here; --workers runs all shards on Ray — choose one")
+        return collect_sharded(analysis, spec, workers=options.workers, address=options.ray_address,
+                               provider=options.provider, monitor=monitor, task_images=task_images,
+                               progress=options.progress)
+    calib = spec.open(shard=shard)
+    if shard is not None and calib.total == 0:
+        raise MBSError(f"shard {shard[0]}/{shard[1]} holds no images (shards are cut between batches of "
+                       f"{spec.batch_size}) — use fewer shards or a smaller --batch-size")
     batches = calib.batches() if fixed is None else _fixed_batches(calib.batches(), fixed)
     stats = collect_statistics(analysis, batches, provider=options.provider, progress=options.progress,
-                               total=calib.total)
+                               total=calib.total, monitor=monitor)
     return stats, calib.info
 
 
-def measure_source(analysis: Analysis, options: CalibrationOptions) -> Measured:
-    """:func:`measure`, with the record of where the counts came from."""
-    stats, info = measure(analysis, options)
+def measure_source(analysis: Analysis, options: CalibrationOptions, *, monitor: Monitor | None = None) -> Measured:
+    """:func:`measure`, with the record of where the counts came from (and how a monitored pass ended)."""
+    stats, info = measure(analysis, options, monitor=monitor, task_images=getattr(monitor, "checkpoint", None))
     return Measured(statistics=stats, source=DataSource(synthetic=info.synthetic, data=info.source,
                                                         skipped=info.skipped, preprocess=options.preprocess,
-                                                        seconds=round(stats.seconds, 3)))
+                                                        seconds=round(stats.seconds, 3)),
+                    convergence=monitor.result() if monitor is not None else None)
 
 
 def load_stats(path: str | Path, analysis: Analysis) -> Measured:
@@ -90,13 +114,14 @@ def load_stats(path: str | Path, analysis: Analysis) -> Measured:
     stats = Statistics(images=int(doc["images"]), provider=str(doc.get("provider")), taps=taps,
                        seconds=float(doc.get("seconds", 0.0)))
     data = doc.get("data", {})
+    convergence = Convergence.from_json(doc["convergence"]) if doc.get("convergence") else None
     return Measured(statistics=stats, source=DataSource(
         synthetic=bool(data.get("synthetic")), data=data.get("source"), skipped=data.get("skipped", 0),
-        preprocess=data.get("preprocess"), stats_file=str(path)))
+        preprocess=data.get("preprocess"), stats_file=str(path)), convergence=convergence)
 
 
 def measure_or_load(analysis: Analysis, *, stats: str | Path | Sequence[str | Path] | None = None,
-                    options: CalibrationOptions = CalibrationOptions()) -> Measured:
+                    options: CalibrationOptions = CalibrationOptions(), monitor: Monitor | None = None) -> Measured:
     """Statistics for ``analysis``: from the ``stats`` file(s) made from this model, else measured on ``data``.
 
     With one stats file it must match the model. With several, the one whose sha256
@@ -111,6 +136,6 @@ def measure_or_load(analysis: Analysis, *, stats: str | Path | Sequence[str | Pa
     if not options.has_data:
         raise MBSError(f"no --stats file was made from {analysis.loaded.path} — add one from "
                        "`onnxmbs profile` for this model, or give --data")
-    return measure_source(analysis, options)
+    return measure_source(analysis, options, monitor=monitor)
 
 

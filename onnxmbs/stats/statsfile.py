@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,10 @@ SCHEMA = "onnxmbs.stats/1"
 
 
 def stats_document(analysis: Analysis, stats: Statistics, *, info: CalibrationInfo | None = None,
-                   preprocess: str | None = None) -> dict[str, Any]:
+                   preprocess: str | None = None, shard: tuple[int, int] | None = None,
+                   convergence: Any = None) -> dict[str, Any]:
     loaded = analysis.loaded
-    return {
+    doc = {
         "schema": SCHEMA,
         "model": {"path": loaded.path, "sha256": loaded.sha256, "input": loaded.input.name,
                   "shape": list(loaded.input.shape), "layout": loaded.input.layout},
@@ -39,12 +39,18 @@ def stats_document(analysis: Analysis, stats: Statistics, *, info: CalibrationIn
         "taps": [{"tensor": t.tensor, "channels": len(t.nonzero), "per_image": t.per_image,
                   "nonzero": [int(v) for v in t.nonzero]} for t in stats.taps.values()],
     }
+    if shard is not None:  # additions: which shard of the data (`profile --shard i/n`), how the pass ended
+        doc["data"]["shard"] = list(shard)
+    if convergence is not None:
+        doc["convergence"] = convergence.to_json()
+    return doc
 
 
 def save_stats(path: str | Path, analysis: Analysis, stats: Statistics, *, info: CalibrationInfo | None = None,
-               preprocess: str | None = None) -> Path:
+               preprocess: str | None = None, shard: tuple[int, int] | None = None, convergence: Any = None) -> Path:
     """Write the counts of ``stats`` (measured on ``analysis``'s model) to ``path`` as JSON, atomically."""
-    return write_json(path, stats_document(analysis, stats, info=info, preprocess=preprocess))
+    return write_json(path, stats_document(analysis, stats, info=info, preprocess=preprocess, shard=shard,
+                                           convergence=convergence))
 
 
 def read_stats(path: str | Path) -> dict[str, Any]:
@@ -86,3 +92,39 @@ def stats_sha256(path: str | Path) -> str | None:
         return read_stats(path).get("model", {}).get("sha256")
     except MBSError:
         return None
+
+
+def _same(docs: Sequence[tuple[Path, Mapping[str, Any]]], what: str, get) -> None:
+    (first_path, first), *rest = docs
+    for path, doc in rest:
+        if get(doc) != get(first):
+            raise MBSError(f"cannot merge {path} with {first_path}: different {what} ({get(doc)!r} vs "
+                           f"{get(first)!r}) — merge only shards of one `onnxmbs profile` setting")
+
+
+def merge_stats(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """One stats document whose counts are the sum of ``paths`` (same model, input shape, preprocessing
+    and activations; e.g. the shards of ``profile --shard i/n``)."""
+    docs = [(Path(p), read_stats(p)) for p in paths]
+    _same(docs, "models (sha256)", lambda d: d.get("model", {}).get("sha256"))
+    _same(docs, "input shapes", lambda d: list(d.get("model", {}).get("shape", []))[1:])
+    _same(docs, "preprocessing", lambda d: d.get("data", {}).get("preprocess"))
+    _same(docs, "activations", lambda d: [(t.get("tensor"), t.get("channels"), t.get("per_image"))
+                                          for t in d.get("taps", [])])
+    _same(docs, "data (synthetic vs real)", lambda d: bool(d.get("data", {}).get("synthetic")))
+    shards = [tuple(d["data"]["shard"]) for _, d in docs if d.get("data", {}).get("shard")]
+    twice = sorted({s for s in shards if shards.count(s) > 1})
+    if twice:
+        raise MBSError(f"shard {twice[0][0]}/{twice[0][1]} is given twice — merge each shard once")
+    first = docs[0][1]
+    taps = [{**t, "nonzero": [int(v) for v in np.sum([np.asarray(d["taps"][i]["nonzero"], np.int64)
+                                                        for _, d in docs], axis=0)]}
+            for i, t in enumerate(first["taps"])]
+    data = {**first["data"], "source": "; ".join(str(d["data"].get("source")) for _, d in docs),
+            "skipped": sum(int(d["data"].get("skipped", 0)) for _, d in docs)}
+    data.pop("shard", None)
+    providers = sorted({str(d.get("provider")) for _, d in docs})
+    return {**{k: v for k, v in first.items() if k != "convergence"}, "images": sum(int(d["images"]) for _, d in docs),
+            "provider": providers[0] if len(providers) == 1 else ", ".join(providers),
+            "seconds": round(sum(float(d.get("seconds", 0.0)) for _, d in docs), 3), "data": data, "taps": taps,
+            "merged": [str(p) for p, _ in docs]}

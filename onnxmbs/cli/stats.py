@@ -1,0 +1,27 @@
+"""``onnxmbs stats merge``: add up stats files (shards made by ``profile --shard i/n`` or any scheduler)."""
+from __future__ import annotations
+
+import click
+
+from onnxmbs.cli.options import clean_errors, refuse_overwrite
+
+
+@click.group()
+def stats() -> None:
+    """Work with stats files written by `onnxmbs profile`."""
+
+
+@stats.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Write the summed counts here.")
+@clean_errors
+def merge(files: tuple[str, ...], output: str) -> None:
+    """Add the counts of FILES (same model sha256, input shape, preprocessing) into one stats file."""
+    from onnxmbs.files import write_json
+    from onnxmbs.stats.statsfile import merge_stats
+
+    refuse_overwrite(output, *files)
+    doc = merge_stats(files)
+    write_json(output, doc)
+    click.echo(f"{len(files)} stats files, {doc['images']} images, {len(doc['taps'])} activations; "
+               f"merged counts written to {output}")

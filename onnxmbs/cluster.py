@@ -1,0 +1,111 @@
+"""Ray, when installed (``pip install 'onnxmbs[ray]'``): start or join a cluster, run many tasks with
+retries, and get their results back in submission order under one progress bar.
+
+Nothing here knows what a task does: the statistics pass (:mod:`onnxmbs.stats.sharding`) runs one
+shard of the calibration data per task, and any later stage can run its own tasks the same way::
+
+    with connect(address, workers=4):
+        for result in run_ordered(fn, calls, shared=big_object, window=8):
+            ...  # fn(shared, *calls[0]), fn(shared, *calls[1]), ... in that order
+
+A task whose worker process dies is re-run by Ray (``retries`` times); each call's result is
+yielded exactly once, so adding results up never counts a re-run twice. Closing the generator
+early (``break``) cancels the tasks not yet finished.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from onnxmbs.errors import MBSError
+from onnxmbs.progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+EXTRA = "pip install 'onnxmbs[ray]'"
+
+
+def require_ray(what: str = "--workers") -> Any:
+    """The ``ray`` module, or a clean error naming the extra to install."""
+    try:
+        import ray
+    except ImportError:
+        raise MBSError(f"{what} needs Ray, which is not installed — install it with {EXTRA}") from None
+    return ray
+
+
+@contextlib.contextmanager
+def connect(address: str | None = None, *, workers: int | None = None) -> Iterator[Any]:
+    """Ray, initialised: join ``address`` (``auto`` = the cluster started on this machine with
+    ``ray start``, or ``HOST:PORT`` of its head), else start a local Ray with ``workers`` CPUs.
+    Shuts down only a Ray it started; an already initialised Ray is used as it is."""
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    try:
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(num_cpus=workers, **options)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = f"at {address!r}" if address else "locally"
+        raise MBSError(f"cannot start or join Ray {where} ({str(exc).splitlines()[0][:160]}) — start the "
+                       "cluster with `ray start --head` first, or leave out --ray-address for a local Ray") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def run_ordered(fn: Callable[..., Any], calls: Sequence[tuple], *, shared: Any = None, window: int = 4,
+                retries: int = 3, weights: Sequence[int] | None = None, progress: bool | None = None,
+                desc: str = "tasks", unit: str = "task", num_cpus: float = 1) -> Iterator[Any]:
+    """Run ``fn(shared, *call)`` for every call as Ray tasks (at most ``window`` submitted and not yet
+    yielded) and yield the results in call order. ``shared`` is put in the object store once.
+    The progress bar advances by ``weights[i]`` (default 1) as task i finishes, in any order."""
+    ray = require_ray()
+    remote = ray.remote(max_retries=retries, num_cpus=num_cpus)(fn)
+    shared_ref = ray.put(shared)
+    weights = list(weights) if weights is not None else [1] * len(calls)
+    bar = progress_bar(progress, total=sum(weights), unit=unit, desc=desc)
+    pending: dict[Any, int] = {}
+    ready: dict[int, Any] = {}
+    submitted = 0
+    try:
+        for index in range(len(calls)):
+            while index not in ready:
+                while submitted < len(calls) and len(pending) + len(ready) < max(window, 1):
+                    pending[remote.remote(shared_ref, *calls[submitted])] = submitted
+                    submitted += 1
+                done, _ = ray.wait(list(pending), num_returns=1)
+                finished = pending.pop(done[0])
+                ready[finished] = _result(ray, done[0], retries)
+                if bar is not None:
+                    bar.update(weights[finished])
+            yield ready.pop(index)
+    finally:
+        for ref in pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)
+        if bar is not None:
+            bar.close()
+
+
+def _result(ray: Any, ref: Any, retries: int) -> Any:
+    """A finished task's value; its failure as one MBSError line (the task's own MBSError kept)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, MBSError):
+            raise MBSError(str(cause)) from None
+        text = str(cause).splitlines()[0][:200] if cause is not None else ""
+        raise MBSError(f"a Ray task failed: {type(cause).__name__}: {text} — check the data and model "
+                       "on the worker's machine (same paths as here)") from None
+    except ray.exceptions.RayError as exc:
+        raise MBSError(f"a Ray task failed after {retries} retries ({type(exc).__name__}) — check the "
+                       "workers' logs with `ray logs`") from None
