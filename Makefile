@@ -1,12 +1,26 @@
 # Everything sets itself up: `make demo` and `make test` work on a fresh machine.
-PY      ?= python3
-VENV    ?= .venv
-BIN     := $(VENV)/bin
-STAMP   := $(VENV)/.installed-$(shell cat setup.cfg constraints.txt | cksum | cut -d' ' -f1)
+# `make demo` installs only what the demo runs (onnx, onnxruntime, the package) into its own light
+# virtualenv; `make test` installs the full set (PyTorch, TensorFlow, tf2onnx) into .venv.
+PY        ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+PINS      := $(shell cat setup.cfg constraints.txt | cksum | cut -d' ' -f1)
+STAMP     := $(VENV)/.installed-$(PINS)
+DEMO_VENV ?= .venv-demo
+DEMO_BIN  := $(DEMO_VENV)/bin
+DEMO_STAMP := $(DEMO_VENV)/.installed-$(PINS)
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup setup-demo demo test test-all bench clean
 
 setup: $(STAMP)
+
+setup-demo: $(DEMO_STAMP)
+
+$(DEMO_STAMP): setup.cfg constraints.txt pyproject.toml
+	test -x $(DEMO_BIN)/python || $(PY) -m venv $(DEMO_VENV)
+	$(DEMO_BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(DEMO_BIN)/python -m pip install -q -c constraints.txt -e ".[cpu]"
+	touch $(DEMO_STAMP)
 
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,9 +30,9 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[cpu,torch,keras,ray,dev]" tensorflow-cpu
 	touch $(STAMP)
 
-demo: setup
-	$(BIN)/onnxmbs analyze models/resnet20_digits.onnx
-	$(BIN)/onnxmbs plan models/resnet20_digits.onnx --data models/digits_calib --preprocess raw -o out/plan.json
+demo: setup-demo
+	$(DEMO_BIN)/onnxmbs analyze models/resnet20_digits.onnx
+	$(DEMO_BIN)/onnxmbs plan models/resnet20_digits.onnx --data models/digits_calib -o out/plan.json
 
 test: setup
 	$(BIN)/python -m pytest
@@ -30,4 +44,4 @@ bench: setup
 	$(BIN)/python tools/bench_statistics.py --bound
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) $(DEMO_VENV) out build *.egg-info

@@ -217,7 +217,9 @@ def test_shared_constant_needing_two_cuts_is_copied_and_reported():
     plan["summary"]["params_compact"] = summarize(param_specs(analysis), widths).params_compact
     result = compact_model(model, plan)
     assert result.copies == (scale,)
-    assert result.params_compact == plan["summary"]["params_compact"] + 4  # the plan counts the shared tensor once
+    assert result.params_compact == plan["summary"]["params_compact"]  # the plan counts both cuts of the shared tensor
+    old = dict(plan, summary=dict(plan["summary"], params_compact=plan["summary"]["params_compact"] - 4))
+    assert compact_model(model, old).params_compact == old["summary"]["params_compact"] + 4  # older plans still work
 
 
 def test_plan_for_another_model_is_refused(pattern, tmp_path):

@@ -180,3 +180,14 @@ def test_spec_inception_valid_padding_levels():
                          rf=3, flops=1, params=1)
     levels = {h: level_of(conv(h), 299) for h in (149, 147, 73, 71, 35, 17, 8)}
     assert levels == {149: 1, 147: 1, 73: 2, 71: 2, 35: 3, 17: 4, 8: 5}
+
+
+def test_a_channels_last_linear_keeps_the_receptive_field():
+    """ConvNeXt's pointwise Linear layers are MatMuls on (N, H, W, C): per position, not global pooling."""
+    g = GraphBuilder(("N", 3, 16, 16))
+    x = g.conv(g.input.name, 3, 8, name="c1")
+    last = g.op("Transpose", [x], perm=[0, 2, 3, 1])
+    mixed = g.op("MatMul", [last, g.const(np.ones((8, 8), np.float32))])
+    y = g.conv(g.op("Transpose", [mixed], perm=[0, 3, 1, 2]), 8, 8, name="c2")
+    a = analyze(g.build([y]))
+    assert [c.rf for c in a.layers] == [3, 5]

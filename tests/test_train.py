@@ -166,9 +166,13 @@ def test_retrain_command_on_a_users_model_file(tmp_path):
     result = CliRunner().invoke(main, [
         "retrain", "--model", f"{tmp_path / 'net.py'}:build", "--plan", str(tmp_path / "plan.json"),
         "--data", str(tmp_path / "train.npz"), "--epochs", "2", "--batch-size", "8", "--no-flip", "--crop-pad", "1",
-        "--save", str(tmp_path / "compact.pt")])
+        "--save", str(tmp_path / "compact.pt"), "--progress"])
     assert result.exit_code == 0, result.output
-    assert f"parameters (plan predicts {plan['summary']['params_compact']:,})" in result.output
+    assert f"(ONNX, BatchNorm folded; the plan predicts {plan['summary']['params_compact']:,})" in result.output
+    own = sum(p.numel() for p in net.build().parameters())  # the framework's count, BatchNorm unfolded
+    assert f"{own:,} -> " in result.output and "as PyTorch parameters()" in result.output
+    assert "epoch 1/2" in result.output and "epoch 2/2" in result.output and "loss " in result.output
+    assert "held-out acc " in result.output  # the bar's last word on each epoch
     assert "held-out accuracy" in result.output and (tmp_path / "compact.pt").is_file()
     bad = CliRunner().invoke(main, ["retrain", "--zoo", "resnet20", "--init", "inherit", "--plan",
                                     str(tmp_path / "plan.json"), "--data", str(tmp_path / "train.npz")])

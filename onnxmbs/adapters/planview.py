@@ -86,10 +86,15 @@ class Layout:
 
 
 class KeySets:
-    """Union-find over layout keys: element-wise ops tie the channels of their inputs."""
+    """Union-find over layout keys: element-wise ops tie the channels of their inputs.
+
+    A key may be *split* into consecutive parts (GhostNet: a 16-channel conv added to a concat
+    of 8 + 8): every key tied to it is split the same way, each part tied to its counterpart.
+    """
 
     def __init__(self) -> None:
         self.parent: dict[Hashable, Hashable] = {}
+        self.parts: dict[Hashable, tuple[Hashable, ...]] = {}  # split key -> its parts, in channel order
 
     def find(self, key: Hashable) -> Hashable:
         self.parent.setdefault(key, key)
@@ -108,6 +113,64 @@ class KeySets:
         for key in list(self.parent):
             out.setdefault(self.find(key), []).append(key)
         return out
+
+    def expand(self, segs: Sequence[Hashable]) -> tuple[Hashable, ...]:
+        """``segs`` with every split key replaced by its parts (recursively)."""
+        return tuple(p for s in segs for p in (self.expand(self.parts[s]) if s in self.parts else (s,)))
+
+    def split(self, key: Hashable, sizes: Sequence[int], widths: dict[Hashable, int]) -> tuple[Hashable, ...]:
+        """Split ``key`` and every key tied to it into parts of ``sizes`` channels; the parts of ``key``."""
+        tied = self.members()[self.find(key)]
+        for member in tied:
+            self.parts[member] = tuple(("part", member, i) for i in range(len(sizes)))
+            for part, size in zip(self.parts[member], sizes):
+                widths[part] = int(size)
+                self.find(part)
+        for member in tied[1:]:
+            for a, b in zip(self.parts[tied[0]], self.parts[member]):
+                self.union(a, b)
+        return self.parts[key]
+
+    def tie(self, a: Layout, b: Layout, widths: dict[Hashable, int]) -> bool:
+        """Tie the channels of two layouts joined element-wise; False when they cannot be lined up."""
+        if (a.inner, a.outer) != (b.inner, b.outer):
+            return False
+        sa, sb = self.expand(a.segs), self.expand(b.segs)
+        if len(sa) != len(sb):
+            total = [sum(widths[s] for s in segs) for segs in (sa, sb)]
+            if total[0] != total[1] or 1 not in (len(sa), len(sb)):
+                return False
+            if len(sa) == 1:
+                sa = self.split(sa[0], [widths[s] for s in sb], widths)
+            else:
+                sb = self.split(sb[0], [widths[s] for s in sa], widths)
+        for x, y in zip(sa, sb):
+            self.union(x, y)
+        return True
+
+
+def whole_key(key: Hashable) -> Hashable:
+    """The key a part was split from (the key itself when it is no part)."""
+    while isinstance(key, tuple) and len(key) == 3 and key[0] == "part":
+        key = key[1]
+    return key
+
+
+def resolve_splits(sets: KeySets, channels: dict, widths: dict, keep: dict) -> None:
+    """Width and kept channels of every split key, from its parts (the parts must be resolved)."""
+    def fill(key: Hashable) -> None:
+        if key in widths:
+            return
+        parts = sets.parts[key]
+        for part in parts:
+            fill(part)
+        offsets = np.cumsum([0] + [channels[p] for p in parts[:-1]])
+        channels[key] = sum(channels[p] for p in parts)
+        widths[key] = sum(widths[p] for p in parts)
+        keep[key] = np.concatenate([keep[p] + o for p, o in zip(parts, offsets)])
+
+    for key in sets.parts:
+        fill(key)
 
 
 @dataclass(frozen=True)

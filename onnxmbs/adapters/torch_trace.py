@@ -240,14 +240,9 @@ class _Recorder:
     def join(self, tagged: list, why: str) -> None:
         first = tagged[0][1]
         for _, other in tagged[1:]:
-            same = (len(other.layout.segs) == len(first.layout.segs) and other.layout.inner == first.layout.inner
-                    and other.layout.outer == first.layout.outer)
-            if not same:
+            if not self.trace.sets.tie(first.layout, other.layout, self.trace.widths):
                 self.trace.mark(first.layout, f"{why} joins differently laid-out channels")
                 self.trace.mark(other.layout, f"{why} joins differently laid-out channels")
-                continue
-            for a, b in zip(first.layout.segs, other.layout.segs):
-                self.trace.sets.union(a, b)
 
     @staticmethod
     def derive(name: str, args: tuple, kwargs: dict, ref: torch.Tensor, tag: Tag, o: torch.Tensor) -> Tag | None:

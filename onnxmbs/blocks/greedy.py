@@ -34,6 +34,7 @@ from onnxmbs.graph.load import LoadedModel, load_model
 from onnxmbs.stats.accuracy import num_classes, open_predictor, predictions, runnable
 from onnxmbs.stats.counting import choose_provider
 from onnxmbs.stats.labelled import LabelledData, open_labelled
+from onnxmbs.stats.preprocess import preprocess_for
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,8 @@ def prune_blocks(source: str | Path | onnx.ModelProto | LoadedModel, data: Label
     if rescore not in RESCORE:
         raise MBSError(f"rescore must be one of {RESCORE}, got {rescore!r}")
     loaded = source if isinstance(source, LoadedModel) else load_model(source, input_shape=input_shape)
-    data = open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout)
+    data = open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout,
+                         preprocess=preprocess_for(loaded.metadata, where=loaded.path))
     data.check_classes(num_classes(loaded))
     blocks = find_blocks(loaded)
     run = _Run(loaded, data, stop, rescore, {b.join: b.id for b in blocks}, batch_size, choose_provider(provider),

@@ -71,7 +71,9 @@ def load_user_model(spec: str) -> Any:
                            "torch.save(model, path), or pass FILE.py:FUNCTION that builds it and loads the state dict")
         return model
     if path.suffix.lower() in KERAS_SUFFIXES:
-        import keras
+        from onnxmbs.adapters import import_keras
+
+        keras = import_keras()
 
         if not path.is_file():
             raise MBSError(f"model file not found: {path} — check the path")
@@ -93,6 +95,10 @@ def _zoo_model(name: str, framework: str | None, num_classes: int, size: int) ->
 def _input(plan: PlanDocument) -> tuple[int, int, int]:
     """(channels, height, width) of the planned model's input."""
     return _record_input(plan.model.shape, plan.model.layout)
+
+
+def _record_input(shape, layout: str) -> tuple[int, int, int]:
+    return (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
 
 
 def _data(data: str, val: str | None, val_split: float, *, layout: str, preprocess: str,
@@ -118,14 +124,31 @@ def _adapt(model: Any, framework: str, plan: PlanDocument, chw: tuple[int, int, 
     return apply_plan(model, plan, init=init)
 
 
-def _train(model: Any, framework: str, train, val, config) -> Any:
+def _train(model: Any, framework: str, train, val, config, progress: bool | None) -> Any:
     if framework == "torch":
         from onnxmbs.train.torch_trainer import train_torch
 
-        return train_torch(model, train, config=config, val=val)
+        return train_torch(model, train, config=config, val=val, progress=progress)
     from onnxmbs.train.keras_trainer import train_keras
 
-    return train_keras(model, train, config=config, val=val)
+    return train_keras(model, train, config=config, val=val, progress=progress)
+
+
+def _framework_params(model: Any, framework: str) -> tuple[int, str]:
+    """The framework's own parameter count and what it includes."""
+    if framework == "torch":
+        return sum(p.numel() for p in model.parameters()), "PyTorch parameters(), BatchNorm unfolded"
+    return int(model.count_params()), "Keras count_params(), BatchNorm moving statistics included"
+
+
+def params_text(model: Any, compact: Any, fw: str, chw: tuple[int, int, int], predicted: int, *,
+                kind: str = "compact") -> str:
+    """Counts as the plan counts them (ONNX, BatchNorm folded into the conv), then the framework's own."""
+    before, after = _params(model, fw, chw), _params(compact, fw, chw)
+    (own_before, what), (own_after, _) = _framework_params(model, fw), _framework_params(compact, fw)
+    return (f"{kind} model: {before:,} -> {after:,} parameters counted as the plan counts them (ONNX, BatchNorm "
+            f"folded; the plan predicts {predicted:,})\n"
+            f"{' ' * len(kind)}        {own_before:,} -> {own_after:,} as {what}")
 
 
 def _params(model: Any, framework: str, chw: tuple[int, int, int]) -> int:
@@ -144,7 +167,9 @@ def _export(model: Any, framework: str, chw: tuple[int, int, int], path: str) ->
     if framework == "torch":
         export_torch(model.cpu(), chw, path)
     else:
-        import keras
+        from onnxmbs.adapters import import_keras
+
+        keras = import_keras()
 
         export_keras(keras.Model(model.inputs, model.outputs, name=model.name), path)
 
@@ -189,10 +214,12 @@ def _save(model: Any, framework: str, path: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the compact model as ONNX.")
 @click.option("--save", type=click.Path(dir_okay=False), default=None, help="Save the trained model (.pt or .keras).")
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar per epoch with loss and accuracy (default: on a terminal).")
 @clean_errors
 def retrain(plan_path: str | None, blocks_path: str | None, zoo_name: str | None, framework: str | None,
             model_spec: str | None, data: str, val: str | None, val_split: float, preprocess: str | None, init: str,
-            output: str | None, save: str | None, **train_options) -> None:
+            output: str | None, save: str | None, progress: bool | None, **train_options) -> None:
     """Remove a blocks plan's blocks and/or apply a PLAN's widths, retrain, report accuracy and size, export."""
     from onnxmbs.train import TrainConfig
 
@@ -209,17 +236,14 @@ def retrain(plan_path: str | None, blocks_path: str | None, zoo_name: str | None
     user = load_user_model(model_spec) if model_spec else None
     fw = _framework_of(user) if user is not None else (framework or _zoo_framework(zoo_name))
     planned = plan.settings.preprocess if plan is not None else blocks.settings.get("preprocess")
-    preprocess = preprocess or planned or "raw"
-    train, held = _data(data, val, val_split, layout="NCHW" if fw == "torch" else "NHWC", preprocess=preprocess,
-                        chw=chw, seed=config.seed)
+    train, held = _data(data, val, val_split, layout="NCHW" if fw == "torch" else "NHWC",
+                        preprocess=preprocess or planned or "raw", chw=chw, seed=config.seed)
     model = user if user is not None else _zoo_model(zoo_name, fw, train.num_classes, chw[1])
     shallow = _remove_blocks(model, fw, blocks, chw) if blocks is not None else model
     compact = _adapt(shallow, fw, plan, chw, init) if plan is not None else shallow
-    before, after = _params(model, fw, chw), _params(compact, fw, chw)
     predicted = plan.summary.params_compact if plan is not None else blocks.summary.params_after
-    what = "compact" if plan is not None else "shallow"
-    click.echo(f"{what} model: {before:,} -> {after:,} parameters (plan predicts {predicted:,})")
-    result = _train(compact, fw, train, held, config)
+    click.echo(params_text(model, compact, fw, chw, predicted, kind="compact" if plan is not None else "shallow"))
+    result = _train(compact, fw, train, held, config, progress)
     _finish(compact, fw, chw, result, 0 if held is None else len(held), save=save, output=output)
 
 
@@ -235,10 +259,6 @@ def _plans(plan_path: str | None, blocks_path: str | None) -> tuple[Any, Any]:
 
         blocks = read_blocks_plan(blocks_path)
     return plan, blocks
-
-
-def _record_input(shape, layout: str) -> tuple[int, int, int]:
-    return (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
 
 
 def _remove_blocks(model: Any, framework: str, blocks: Any, chw: tuple[int, int, int]) -> Any:

@@ -122,12 +122,24 @@ def group_plans(groups: Sequence[GroupFacts], layers: Sequence[LayerFacts], beta
     return tuple(plans)
 
 
+def compact_params(params: Sequence[ParamSpec], widths: Mapping[int, int]) -> int:
+    """Parameters of the compact file: a tensor shared by uses that need different cuts is stored once per cut."""
+    stored: dict[str, set] = {}
+    total = 0
+    for p in params:
+        key = p.cut_key(widths)
+        if p.is_param and key not in stored.setdefault(p.name, set()):
+            stored[p.name].add(key)
+            total += p.compact_size(widths)
+    return total
+
+
 def summarize(params: Sequence[ParamSpec], widths: Mapping[int, int]) -> Summary:
-    counted = [p for p in params if p.is_param]
+    counted = [p for p in params if p.is_param and not p.copy]
     terms = [p for p in params if p.macs_per_element]
     return Summary(
         params=sum(p.size for p in counted),
-        params_compact=sum(p.compact_size(widths) for p in counted),
+        params_compact=compact_params(params, widths),
         flops=sum(p.size * p.macs_per_element for p in terms),
         flops_compact=sum(p.compact_size(widths) * p.macs_per_element for p in terms))
 

@@ -28,7 +28,7 @@ from onnxmbs.progress import progress_bar
 from onnxmbs.files import write_atomic
 from onnxmbs.planning.convergence import ConvergeOptions, monitor_for
 from onnxmbs.planning.document import PlanDocument
-from onnxmbs.stats.measure import CalibrationOptions, measure_or_load
+from onnxmbs.stats.measure import CalibrationOptions, input_shape_for, measure_or_load
 from onnxmbs.planning.sweep import SweepPoint, curve, make_sweeper, sweep
 from onnxmbs.reports.text import convergence_text, macroblock_rows, table
 from onnxmbs.units import human
@@ -48,6 +48,7 @@ class ReportOptions:
     round_to: int = 1
     input_shape: tuple[int, ...] | None = None
     converge: ConvergeOptions | None = None  # --until-converged
+    statistic: str = "extended"
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ def report_model(path: str, *, options: ReportOptions, stats: Sequence[str] = ()
     start = time.perf_counter()
     sha = None
     try:
-        analysis = analyze(path, input_shape=options.input_shape)
+        analysis = analyze(path, input_shape=input_shape_for(path, options.input_shape, calibration.data),
+                           statistic=options.statistic)
         sha = analysis.loaded.sha256
         k = 1.0 if options.k is None else options.k
         monitor = monitor_for(options.converge, analysis, ks=(k, *options.ks), round_to=options.round_to)
@@ -180,7 +182,7 @@ def _notes(doc: PlanDocument) -> list[str]:
         notes.append("statistics from SYNTHETIC noise, not real data: β is only indicative")
     unmeasured = sum(1 for l in doc.layers if not l.measured)
     if unmeasured:
-        notes.append(f"{unmeasured} conv layer(s) have no ReLU-family activation: p = 1, not measured")
+        notes.append(f"{unmeasured} conv layer(s) have no activation that is counted: p = 1, not measured")
     if doc.convergence is not None:
         notes.append(convergence_text(doc.convergence))
     routine = ("model input", "reaches graph output")  # every CNN has these two

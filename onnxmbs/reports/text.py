@@ -30,13 +30,20 @@ def short(name: str, width: int = 48) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
+def _tap_text(tap) -> str:
+    """The activation a conv's statistic is read from; "(>0)" marks the count beyond the paper."""
+    if tap is None:
+        return "(none)"
+    return short(tap.node, 28) + (" (>0)" if tap.statistic == "positive" else "")
+
+
 def analysis_text(analysis: Analysis) -> str:
     where = analysis.macroblock_of()
     groups = analysis.channels.conv_group
     rows = [(short(c.name), f"{c.out_hw[0]}x{c.out_hw[1]}", c.in_channels, c.out_channels, c.groups,
              f"{c.kernel[0]}x{c.kernel[1]}", c.stride[0], "inf" if c.rf is None else c.rf, human(c.flops),
              human(c.params), where.get(c.name, "-"), groups.get(c.name, "-"),
-             short(analysis.taps[c.name].node, 28) if analysis.taps[c.name] else "(none)")
+             _tap_text(analysis.taps[c.name]))
             for c in analysis.layers]
     inp = analysis.loaded.input
     parts = [f"model: {analysis.loaded.path}  input {inp.name} {list(inp.shape)} {inp.layout}  L={inp.L}",
@@ -87,8 +94,13 @@ def plan_text(plan: PlanDocument) -> str:
              f"MACs {human(s.flops)} -> {human(s.flops_compact)} ({100 * s.flop_reduction:.2f}% fewer)"]
     if plan.convergence is not None:
         lines.append(convergence_text(plan.convergence))
+    positive = sum(1 for l in plan.layers if l.statistic == "positive")
     if unmeasured:
-        lines.append(f"note: {unmeasured} conv layer(s) have no ReLU-family activation: p = 1, not measured")
+        lines.append(f"note: {unmeasured} conv layer(s) have no {'ReLU-family ' if st.statistic == 'paper' else ''}"
+                     "activation that is counted: p = 1, not measured")
+    if positive:
+        lines.append(f"note: {positive} conv layer(s) are followed by a non-ReLU activation (SiLU, GELU, HardSwish, ...): "
+                     "p counts their outputs > 0 (beyond the paper; --statistic paper gives them p = 1)")
     return "\n".join(lines)
 
 

@@ -150,17 +150,23 @@ def build(name: str, *, widths: Sequence[int] | None = None, betas: Sequence[flo
 
 def export(name: str, path: str | os.PathLike[str], *, widths: Sequence[int] | None = None,
            betas: Sequence[float] | None = None, num_classes: int | None = None, input_size: int | None = None,
-           framework: str | None = None, dynamo: bool = True) -> Path:
+           framework: str | None = None, dynamo: bool = True, preprocess: str = "imagenet",
+           mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Path:
     """Build ``name`` and write it as a verified ONNX file (dynamic batch) at ``path``.
 
-    ``dynamo`` picks the torch exporter (see :func:`onnxmbs.zoo.export.export_torch`).
+    ``dynamo`` picks the torch exporter (see :func:`onnxmbs.zoo.export.export_torch`). The preprocessing
+    the model is meant for (``preprocess`` preset, optional ``mean``/``std``) is recorded in the file's
+    metadata, so ``onnxmbs plan`` uses it without ``--preprocess``.
     """
+    from onnxmbs.stats.preprocess import preprocess_metadata
     from onnxmbs.zoo.export import export_keras, export_torch
+
+    metadata = preprocess_metadata(preprocess, mean=mean, std=std)
 
     entry = _entry(name)
     fw = framework or entry.framework
     size = _input_size(entry, input_size)
     model = build(name, widths=widths, betas=betas, num_classes=num_classes, input_size=size, framework=fw)
     if fw == "keras":
-        return export_keras(model, path)
-    return export_torch(model, (3, size, size), path, dynamo=dynamo)
+        return export_keras(model, path, metadata=metadata)
+    return export_torch(model, (3, size, size), path, dynamo=dynamo, metadata=metadata)
