@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from onnxmbs.adapters.planview import (
-    Candidate, KeySets, Layout, PlanView, Resolution, channel_scores, check_init, check_supported, keep_top, load_plan, match_layers,
+    Candidate, ChannelBook, Layout, PlanView, Resolution, channel_scores, check_init, check_supported, keep_top, load_plan, match_layers,
     onnx_weight_names, plan_groups, resolve_splits, whole_key,
 )
 from onnxmbs.errors import MBSError
@@ -50,20 +50,8 @@ class Use:
 
 
 @dataclass
-class Walk:
+class Walk(ChannelBook):
     uses: list[Use] = field(default_factory=list)
-    sets: KeySets = field(default_factory=KeySets)
-    widths: dict[Hashable, int] = field(default_factory=dict)
-    unsupported: dict[Hashable, list[str]] = field(default_factory=dict)
-
-    def mark(self, layout: Layout | None, reason: str) -> None:
-        for key in layout.segs if layout else ():
-            self.unsupported.setdefault(key, []).append(reason)
-
-    def fresh(self, key: Hashable, width: int) -> Layout:
-        self.widths[key] = int(width)
-        self.sets.find(key)
-        return Layout((key,))
 
 
 def _keras():

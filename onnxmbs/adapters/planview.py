@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from onnxmbs.errors import MBSError
+from onnxmbs.graph.disjoint import DisjointSets
 from onnxmbs.planning.document import LayerRecord, PlanDocument, as_plan
 
 logger = logging.getLogger(__name__)
@@ -85,51 +86,23 @@ class Layout:
         return (np.arange(self.outer)[:, None] * total * self.inner + per_outer[None, :]).reshape(-1)
 
 
-class KeySets:
+class KeySets(DisjointSets):
     """Union-find over layout keys: element-wise ops tie the channels of their inputs.
 
     A key may be *split* into consecutive parts (GhostNet: a 16-channel conv added to a concat
     of 8 + 8): every key tied to it is split the same way, each part tied to its counterpart.
     """
 
-    def __init__(self) -> None:
-        self.parent: dict[Hashable, Hashable] = {}
-        self.parts: dict[Hashable, tuple[Hashable, ...]] = {}  # split key -> its parts, in channel order
-
-    def find(self, key: Hashable) -> Hashable:
-        self.parent.setdefault(key, key)
-        while self.parent[key] != key:
-            self.parent[key] = self.parent[self.parent[key]]
-            key = self.parent[key]
-        return key
-
-    def union(self, a: Hashable, b: Hashable) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
-
-    def members(self) -> dict[Hashable, list[Hashable]]:
-        out: dict[Hashable, list[Hashable]] = {}
-        for key in list(self.parent):
-            out.setdefault(self.find(key), []).append(key)
-        return out
-
-    def expand(self, segs: Sequence[Hashable]) -> tuple[Hashable, ...]:
-        """``segs`` with every split key replaced by its parts (recursively)."""
-        return tuple(p for s in segs for p in (self.expand(self.parts[s]) if s in self.parts else (s,)))
-
-    def split(self, key: Hashable, sizes: Sequence[int], widths: dict[Hashable, int]) -> tuple[Hashable, ...]:
+    def split_sizes(self, key: Hashable, sizes: Sequence[int], widths: dict[Hashable, int]) -> tuple[Hashable, ...]:
         """Split ``key`` and every key tied to it into parts of ``sizes`` channels; the parts of ``key``."""
-        tied = self.members()[self.find(key)]
-        for member in tied:
-            self.parts[member] = tuple(("part", member, i) for i in range(len(sizes)))
-            for part, size in zip(self.parts[member], sizes):
+        def parts(member: Hashable) -> tuple[Hashable, ...]:
+            made = tuple(("part", member, i) for i in range(len(sizes)))
+            for part, size in zip(made, sizes):
                 widths[part] = int(size)
                 self.find(part)
-        for member in tied[1:]:
-            for a, b in zip(self.parts[tied[0]], self.parts[member]):
-                self.union(a, b)
-        return self.parts[key]
+            return made
+
+        return self.split(key, parts)
 
     def tie(self, a: Layout, b: Layout, widths: dict[Hashable, int]) -> bool:
         """Tie the channels of two layouts joined element-wise; False when they cannot be lined up."""
@@ -141,12 +114,31 @@ class KeySets:
             if total[0] != total[1] or 1 not in (len(sa), len(sb)):
                 return False
             if len(sa) == 1:
-                sa = self.split(sa[0], [widths[s] for s in sb], widths)
+                sa = self.split_sizes(sa[0], [widths[s] for s in sb], widths)
             else:
-                sb = self.split(sb[0], [widths[s] for s in sa], widths)
+                sb = self.split_sizes(sb[0], [widths[s] for s in sa], widths)
         for x, y in zip(sa, sb):
             self.union(x, y)
         return True
+
+
+@dataclass
+class ChannelBook:
+    """What an adapter's walk over a framework model learns about channels (PyTorch trace, Keras walk)."""
+    sets: KeySets = field(default_factory=KeySets)
+    widths: dict[Hashable, int] = field(default_factory=dict)
+    unsupported: dict[Hashable, list[str]] = field(default_factory=dict)
+
+    def mark(self, layout: Layout | None, reason: str) -> None:
+        """These channels pass something the adapter cannot resize: their groups must stay whole."""
+        for key in layout.segs if layout else ():
+            self.unsupported.setdefault(key, []).append(reason)
+
+    def fresh(self, key: Hashable, width: int) -> Layout:
+        """A new channel set of ``width`` channels (a conv's or a fixed tensor's output)."""
+        self.widths[key] = int(width)
+        self.sets.find(key)
+        return Layout((key,))
 
 
 def whole_key(key: Hashable) -> Hashable:

@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image
 
 from onnxmbs.errors import MBSError
-from onnxmbs.stats.calibration import _PIL_ERRORS, _find_images, _load_npy, _pick_key, _read_npy_header
+from onnxmbs.stats.calibration import _PIL_ERRORS, _find_images
+from onnxmbs.stats.sources import _pick_key, _read_npy_header, load_npy
 
 
 def _item_hw(shape: Sequence[int], layout: str, channels: int | None) -> tuple[int, int] | None:
@@ -36,7 +37,7 @@ def data_hw(data, *, layout: str, channels: int | None = None) -> tuple[int, int
     path = Path(data)
     try:
         if path.suffix.lower() == ".npy":
-            return _item_hw(_load_npy(path).shape, layout, channels)
+            return _item_hw(load_npy(path).shape, layout, channels)
         if path.suffix.lower() == ".npz":
             with zipfile.ZipFile(path) as zf:
                 key = _pick_key([n[:-4] for n in zf.namelist() if n.endswith(".npy")], path)
