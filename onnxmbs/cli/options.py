@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from onnxmbs.errors import MBSError
+from onnxmbs.stats.preprocess import PRESETS
 from onnxmbs.units import parse_count
 
 logger = logging.getLogger("onnxmbs")
@@ -129,7 +130,7 @@ def data_options(fn: Callable) -> Callable:
                      help="Calibration images: a folder (recursive jpg/png/bmp/webp) or a .npy/.npz array."),
         click.option("--synthetic", type=click.IntRange(min=1), default=None,
                      help="Use N images of random noise instead of data (the plan says so)."),
-        click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default=None,
+        click.option("--preprocess", type=click.Choice(list(PRESETS)), default=None,
                      help="Normalisation of images/uint8 arrays  [default: from the model's metadata "
                           "(onnxmbs.preprocess), else imagenet]"),
         click.option("--mean", type=Floats(low=0.0, high=1.0), default=None,
@@ -203,7 +204,7 @@ def labelled_options(fn: Callable) -> Callable:
                      help="Labelled images: a .npz (images + labels) or a folder with one sub-folder per class."),
         click.option("--classes", type=click.Path(dir_okay=False), default=None,
                      help="Class folder names, one a line, in class-index order (default: sorted folder names)."),
-        click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default=None,
+        click.option("--preprocess", type=click.Choice(list(PRESETS)), default=None,
                      help="Normalisation of images/uint8 arrays [default: the model's metadata "
                           "(onnxmbs.preprocess), else imagenet]."),
         click.option("--mean", type=Floats(), default=None, help="Explicit per-channel mean in [0,1] units."),

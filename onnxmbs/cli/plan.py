@@ -6,7 +6,8 @@ import json
 import click
 
 from onnxmbs.cli.options import (check_workers, clean_errors, converge_options, data_options, input_shape_option,
-                                 macroblocks_option, one_source, positive_float, refuse_overwrite, statistic_option)
+                                 macroblocks_option, one_source, positive_float, refuse_overwrite, round_to_option,
+                                 statistic_option, stats_option)
 
 
 @click.command()
@@ -35,12 +36,10 @@ def analyze(model: str, input_shape, macroblock_map, statistic: str, as_json: bo
 @data_options
 @click.option("--k", type=positive_float, default=None, help="Threshold z = k·L (default 1.0).")
 @click.option("--z", type=positive_float, default=None, help="Threshold z in pixels (instead of --k).")
-@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Round compact widths up to a multiple of N.")
+@round_to_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON to stdout instead of the table.")
-@click.option("--stats", type=click.Path(dir_okay=False), default=None,
-              help="Reuse counts saved by `onnxmbs profile` instead of --data.")
+@stats_option
 @macroblocks_option
 @converge_options()
 @clean_errors

@@ -16,6 +16,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from onnxmbs.errors import MBSError
+from onnxmbs.runtime import open_session
 from onnxmbs.graph.record import ModelRecord
 
 logger = logging.getLogger(__name__)
@@ -250,7 +251,7 @@ def _infer_shapes(model: onnx.ModelProto, input_name: str, dims: Shape) -> dict[
 def _runtime_shapes(model: onnx.ModelProto, input_name: str, dims: Shape, names: list[str]) -> dict[str, Shape]:
     """Shapes that static inference left open, read off one onnxruntime run on zeros."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         logger.warning("%d tensor shapes unknown and onnxruntime is not installed", len(names))
         return {}
@@ -262,7 +263,7 @@ def _runtime_shapes(model: onnx.ModelProto, input_name: str, dims: Shape, names:
     elem = model.graph.input[0].type.tensor_type.elem_type
     dtype = onnx.helper.tensor_dtype_to_np_dtype(elem) if elem else np.float32
     try:
-        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = open_session(probe)
         outs = sess.run(names, {input_name: np.zeros(dims, dtype=dtype)})
     except Exception as exc:
         raise MBSError(f"cannot infer tensor shapes: onnx shape inference left {len(names)} open and onnxruntime "

@@ -39,6 +39,7 @@ from onnxmbs.graph.activations import Tap
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.errors import MBSError
 from onnxmbs.progress import progress_bar
+from onnxmbs.runtime import open_session
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +90,10 @@ def _cuda_works() -> bool:
     probe = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x],
                                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
                               opset_imports=[helper.make_opsetid("", 13)])
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4
     try:
         with warnings.catch_warnings():  # onnxruntime's own "cannot create the CUDA provider" warning
             warnings.simplefilter("ignore")
-            sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CUDAExecutionProvider"])
+            sess = open_session(probe, providers=["CUDAExecutionProvider"])
         sess.run(None, {"x": np.ones(1, np.float32)})
         return "CUDAExecutionProvider" in sess.get_providers()
     except Exception:  # missing libcudart / no device
@@ -247,23 +246,10 @@ def _unique_taps(analysis: Analysis) -> list[Tap]:
 
 
 # ------------------------------------------------------------ the pass
-def _session_options(threads: int | None, flush_denormals: bool):
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if flush_denormals:
-        opts.add_session_config_entry("session.set_denormal_as_zero", "1")
-    if threads:
-        opts.intra_op_num_threads = threads
-    return opts
-
-
 def _open_session(model: onnx.ModelProto, provider: str, *, threads: int | None = None,
                   flush_denormals: bool = False):
-    import onnxruntime as ort
     providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-    return ort.InferenceSession(model.SerializeToString(), _session_options(threads, flush_denormals),
-                                providers=providers)
+    return open_session(model, providers=providers, threads=threads, flush_denormals=flush_denormals)
 
 
 def _first_line(exc: Exception) -> str:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+import math
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from onnxmbs.errors import MBSError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ class Preprocess:
         if not mean or not std or (len(mean) != len(std) and 1 not in (len(mean), len(std))):
             raise MBSError(f"preprocess {self.name} has {len(mean)} mean and {len(std)} std values — "
                            "give one value per channel (or a single value) for both")
-        if not np.all(np.isfinite(mean)) or min(std) <= 0 or not self.scale > 0:
+        if not all(map(math.isfinite, mean)) or min(std) <= 0 or not self.scale > 0:
             raise MBSError(f"preprocess {self.name} needs finite means and positive std/scale, got "
                            f"mean={mean} std={std} scale={self.scale} — fix the values")
 
@@ -49,6 +52,8 @@ class Preprocess:
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
         """Channel-last pixels ``(..., C)`` in RGB order, 0..255 -> float32 model values."""
+        import numpy as np
+
         x = np.asarray(pixels, dtype=np.float32)
         if self.bgr and x.shape[-1] == 3:
             x = x[..., ::-1]
@@ -57,6 +62,8 @@ class Preprocess:
 
 
 def _per_channel(values: tuple[float, ...], channels: int, what: str, pre: Preprocess) -> np.ndarray:
+    import numpy as np
+
     if len(values) == channels or len(values) == 1:
         return np.broadcast_to(np.asarray(values, np.float32), (channels,))
     if channels == 1:  # grayscale model, RGB statistics: use their average

@@ -11,6 +11,7 @@ the epochs) or cosine, random-crop and horizontal-flip augmentation, mixed preci
 from __future__ import annotations
 
 import math
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,6 +104,12 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[np
     """Index batches over ``n`` samples, shuffled when ``rng`` is given (the last may be short)."""
     order = rng.permutation(n) if rng is not None else np.arange(n)
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def data_arrays(data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of a dataset (``.x``/``.y``) or an ``(x, y)`` pair, checked."""
+    x, y = (data.x, data.y) if hasattr(data, "x") else data
+    return check_arrays(x, y, what)
 
 
 def check_arrays(x: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:

@@ -17,14 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from onnxmbs.train import EpochBar, EpochLog, TrainConfig, TrainResult, augment, batches, check_arrays, lr_at
+from onnxmbs.train import EpochBar, EpochLog, TrainConfig, TrainResult, augment, batches, data_arrays, lr_at
 
 logger = logging.getLogger(__name__)
-
-
-def _arrays(data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    x, y = (data.x, data.y) if hasattr(data, "x") else data
-    return check_arrays(x, y, what)
 
 
 def _from_logits(model: Any) -> bool:
@@ -106,8 +101,8 @@ def train_keras(model: Any, train: Any, *, config: TrainConfig = TrainConfig(), 
 
     keras = import_keras()
 
-    x, y = _arrays(train, "training data")
-    xv, yv = _arrays(val, "validation data") if val is not None else (None, None)
+    x, y = data_arrays(train, "training data")
+    xv, yv = data_arrays(val, "validation data") if val is not None else (None, None)
     keras.utils.set_random_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     amp = config.mixed_precision if config.mixed_precision is not None else _gpu_visible()

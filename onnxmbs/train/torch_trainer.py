@@ -15,14 +15,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from onnxmbs.train import EpochBar, EpochLog, TrainConfig, TrainResult, augment, batches, check_arrays, lr_at
+from onnxmbs.train import EpochBar, EpochLog, TrainConfig, TrainResult, augment, batches, data_arrays, lr_at
 
 logger = logging.getLogger(__name__)
-
-
-def _arrays(data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    x, y = (data.x, data.y) if hasattr(data, "x") else data
-    return check_arrays(x, y, what)
 
 
 def pick_device(config: TrainConfig) -> torch.device:
@@ -87,8 +82,8 @@ def train_torch(model: nn.Module, train: Any, *, config: TrainConfig = TrainConf
     """Train ``model`` in place on ``train`` ((x, y) NCHW arrays or a Dataset); report ``val`` accuracy.
 
     ``progress``: a bar per epoch with loss and accuracy (None: on a terminal)."""
-    x, y = _arrays(train, "training data")
-    xv, yv = _arrays(val, "validation data") if val is not None else (None, None)
+    x, y = data_arrays(train, "training data")
+    xv, yv = data_arrays(val, "validation data") if val is not None else (None, None)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = pick_device(config)

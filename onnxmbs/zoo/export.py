@@ -15,11 +15,13 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from onnxmbs.errors import MBSError
 from onnxmbs.files import atomic_path
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ _NOISY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch
 
 def _sample(shape: Sequence[int]) -> np.ndarray:
     """A deterministic batch of 2 in [0, 1) with the given per-sample shape."""
+    import numpy as np
+
     rng = np.random.default_rng(CHECK_SEED)
     return rng.random((2, *shape), dtype=np.float32)
 
@@ -53,6 +57,8 @@ def _quiet() -> Iterator[None]:
 
 
 def _check_finite_reference(expected: np.ndarray, what: str) -> None:
+    import numpy as np
+
     if not np.all(np.isfinite(expected)):
         raise MBSError(f"{what} gives a non-finite output (NaN/inf) in the framework itself on a random batch — "
                        "initialise it so it is finite (e.g. zero-init the last BatchNorm γ of each residual "
@@ -61,10 +67,12 @@ def _check_finite_reference(expected: np.ndarray, what: str) -> None:
 
 def check_onnx(path: Path, x: np.ndarray, expected: np.ndarray, *, what: str) -> None:
     """Run ``path`` in onnxruntime on ``x`` and compare with ``expected``; raise on mismatch."""
-    import onnxruntime as ort
+    import numpy as np
+
+    from onnxmbs.runtime import open_session
 
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = open_session(path)
         got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     except Exception as exc:  # onnxruntime raises many types; all mean a broken export
         raise MBSError(f"the exported ONNX of {what} does not run in onnxruntime ({exc}) — "
@@ -148,6 +156,8 @@ def _name_batch_dim(proto) -> None:
 def export_keras(model, path: str | os.PathLike[str], *, opset: int = 17,
                  metadata: Mapping[str, str] | None = None) -> Path:
     """Export a Keras 3 model with input signature ``(None, H, W, C)`` named ``input``; verify it."""
+    import numpy as np
+
     import onnx
 
     from onnxmbs.adapters import import_keras
