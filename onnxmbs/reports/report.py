@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from onnxmbs import __version__
+from onnxmbs.blocks.document import BlocksPlan
 from onnxmbs.reports import plots
+from onnxmbs.reports.blocks import blocks_html, blocks_markdown, blocks_text
 from onnxmbs.graph.analysis import analyze
 from onnxmbs.errors import MBSError
 from onnxmbs.progress import progress_bar
@@ -69,6 +71,7 @@ class ModelReport:
 class Report:
     models: tuple[ModelReport, ...]
     settings: Mapping[str, Any]
+    blocks: tuple[BlocksPlan, ...] = ()  # block-pruning plans shown after the models
 
     @property
     def failed(self) -> tuple[ModelReport, ...]:
@@ -200,6 +203,8 @@ def to_json(report: Report) -> str:
               for m in report.models]
     doc = {"schema": SCHEMA, "settings": dict(report.settings), "models": models,
            "totals": {"models": len(report.models), "failed": len(report.failed)}}
+    if report.blocks:
+        doc["blocks"] = [plan.to_json() for plan in report.blocks]
     return json.dumps(doc, indent=1) + "\n"
 
 
@@ -239,6 +244,7 @@ def to_markdown(report: Report) -> str:
                   md_table(SWEEP_HEADERS, _sweep_rows(m.sweep))]
         notes = _notes(doc)
         parts += ([""] + [f"- note: {n}" for n in notes]) if notes else []
+    parts += [part for plan in report.blocks for part in ("", blocks_markdown(plan, md_table))]
     return "\n".join(parts) + "\n"
 
 
@@ -312,7 +318,8 @@ def to_html(report: Report) -> str:
             f"<title>onnxmbs report</title><style>{CSS}</style></head><body>"
             f"<h1>onnxmbs report</h1><p class=\"meta\">{len(report.models)} model(s), {len(report.failed)} failed; "
             f"plan at k = {st['k']:g}; onnxmbs {escape(st['onnxmbs'])}; {escape(st['created'])}</p>{summary}"
-            + "".join(_html_model(i, m) for i, m in enumerate(report.models)) + "</body></html>\n")
+            + "".join(_html_model(i, m) for i, m in enumerate(report.models))
+            + "".join(blocks_html(plan, _html_table) for plan in report.blocks) + "</body></html>\n")
 
 
 WRITERS: dict[str, Callable[[Report], str]] = {".json": to_json, ".csv": to_csv, ".md": to_markdown,
@@ -336,4 +343,5 @@ def report_text(report: Report) -> str:
     """The terminal summary: one row per model that worked, one line per failure."""
     ok = [m for m in report.models if m.ok]
     lines = [table(SUMMARY_HEADERS, [_summary_cells(m) for m in ok])] if ok else []
-    return "\n".join(lines + [f"FAILED {m.path}: {m.error}" for m in report.failed])
+    lines += [f"FAILED {m.path}: {m.error}" for m in report.failed]
+    return "\n\n".join(["\n".join(lines), *(blocks_text(plan) for plan in report.blocks)])
