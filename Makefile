@@ -10,7 +10,12 @@ DEMO_VENV ?= .venv-demo
 DEMO_BIN  := $(DEMO_VENV)/bin
 DEMO_STAMP := $(DEMO_VENV)/.installed-$(PINS)
 
-.PHONY: setup setup-demo demo test test-all bench clean
+# A second light venv with the base + cpu + dev extras (no torch, no TensorFlow): the suite must pass there.
+LIGHT   ?= .venv-light
+LIGHT_STAMP := $(LIGHT)/.installed-$(PINS)
+FRAMEWORKS := torch tensorflow keras tf2onnx onnxscript
+
+.PHONY: setup setup-demo demo test test-light test-all bench clean
 
 setup: $(STAMP)
 
@@ -37,6 +42,18 @@ demo: setup-demo
 test: setup
 	$(BIN)/python -m pytest
 
+$(LIGHT_STAMP): setup.cfg constraints.txt pyproject.toml
+	test -x $(LIGHT)/bin/python || $(PY) -m venv $(LIGHT)
+	$(LIGHT)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(LIGHT)/bin/python -m pip install -q -c constraints.txt -e ".[cpu,dev]"
+	touch $(LIGHT_STAMP)
+
+# The suite must collect and pass without torch/TensorFlow: their tests skip.
+test-light: $(LIGHT_STAMP)
+	$(LIGHT)/bin/python -c "import importlib.util as u, sys; found = [m for m in sys.argv[1:] if u.find_spec(m)]; \
+	sys.exit(f'{found} installed in $(LIGHT): test-light is for the base + cpu extras only' if found else 0)" $(FRAMEWORKS)
+	$(LIGHT)/bin/python -m pytest
+
 test-all: setup
 	$(BIN)/python -m pytest -m "slow or not slow"
 
@@ -44,4 +61,4 @@ bench: setup
 	$(BIN)/python tools/bench_statistics.py --bound
 
 clean:
-	rm -rf $(VENV) $(DEMO_VENV) out build *.egg-info
+	rm -rf $(VENV) $(DEMO_VENV) $(LIGHT) out build *.egg-info

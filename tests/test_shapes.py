@@ -142,7 +142,7 @@ def test_external_data_is_loaded(tmp_path):
 
 
 def test_spec_check_value_mobilenet_v1_rf_315():
-    """SPEC: Keras/TF-slim MobileNetV1 at 224 — last conv RF = 315 (widths do not matter for RF)."""
+    """docs/algorithm.md §3: Keras/TF-slim MobileNetV1 at 224 — last conv RF = 315 (widths do not matter for RF)."""
     g = GraphBuilder((1, 3, 224, 224))
     x = g.relu(g.conv(g.input.name, 3, 4, stride=2))
     strides = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
@@ -163,7 +163,7 @@ def test_spec_check_value_vgg16_rf_212():
         last_conv = x
         x = g.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
     a = analyze(g.build([x]))
-    # SPEC's "VGG-16: 212" is the field after pool5; conv5_3 itself has 196 = 212 - (2-1)*16
+    # the often-quoted "VGG-16: 212" is the field after pool5; conv5_3 itself has 196 = 212 - (2-1)*16
     assert a.shapes.fields[x].rf == 212
     assert a.layers[-1].rf == 196 and a.layers[-1].output == g.nodes[-3].output[0]
     assert last_conv

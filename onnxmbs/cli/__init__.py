@@ -7,6 +7,7 @@ import sys
 import click
 
 from onnxmbs.cli.batch import check, profile, report, sweep
+from onnxmbs.cli.blocks import blocks
 from onnxmbs.cli.compact import compact
 from onnxmbs.cli.evaluate import evaluate
 from onnxmbs.cli.handbook import handbook
@@ -27,7 +28,8 @@ def main(verbose: int) -> None:
 
 
 
-for _command in (analyze, plan, profile, sweep, report, check, compact, evaluate, retrain, handbook, stats, zoo):
+for _command in (analyze, plan, profile, sweep, report, check, compact, evaluate, blocks, retrain, handbook, stats,
+                 zoo):
     main.add_command(_command)
 
 __all__ = ["main"]

@@ -204,8 +204,9 @@ def labelled_options(fn: Callable) -> Callable:
                      help="Labelled images: a .npz (images + labels) or a folder with one sub-folder per class."),
         click.option("--classes", type=click.Path(dir_okay=False), default=None,
                      help="Class folder names, one a line, in class-index order (default: sorted folder names)."),
-        click.option("--preprocess", type=click.Choice(list(PRESETS)), default="imagenet",
-                     show_default=True, help="Normalisation of images/uint8 arrays."),
+        click.option("--preprocess", type=click.Choice(list(PRESETS)), default=None,
+                     help="Normalisation of images/uint8 arrays [default: the model's metadata "
+                          "(onnxmbs.preprocess), else imagenet]."),
         click.option("--mean", type=Floats(), default=None, help="Explicit per-channel mean in [0,1] units."),
         click.option("--std", type=Floats(), default=None, help="Explicit per-channel std in [0,1] units."),
         click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images."),
@@ -219,14 +220,15 @@ def labelled_options(fn: Callable) -> Callable:
     return fn
 
 
-def open_labelled_data(loaded: Any, *, data: str, classes: str | None, preprocess: str, mean, std,
+def open_labelled_data(loaded: Any, *, data: str, classes: str | None, preprocess: str | None, mean, std,
                        max_images: int | None) -> Any:
     """The labelled data of ``labelled_options`` for a loaded model's input."""
     from onnxmbs.stats.labelled import open_labelled
-    from onnxmbs.stats.preprocess import make_preprocess
+    from onnxmbs.stats.preprocess import preprocess_for
 
+    pre = preprocess_for(loaded.metadata, preprocess, mean=mean, std=std, where=loaded.path)
     return open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout, classes=classes,
-                         preprocess=make_preprocess(preprocess, mean=mean, std=std), max_images=max_images)
+                         preprocess=pre, max_images=max_images)
 
 
 def converge_options(tolerance: str = "--tolerance") -> Callable[[Callable], Callable]:

@@ -2,6 +2,11 @@
 
     onnxmbs retrain --zoo resnet20 --plan plan.json --data train.npz --epochs 30 -o compact.onnx
     onnxmbs retrain --model my_model.pt --plan plan.json --data images/ --init inherit -o compact.onnx
+    onnxmbs retrain --model my_model.pt --blocks blocks.json --data train.npz --lr 0.01 -o shallow.onnx
+
+``--blocks`` removes a blocks plan's blocks first (the model keeps its other weights: fine-tuning);
+with ``--plan`` too, the MBS plan must have been made on the shallow ONNX model
+(``onnxmbs blocks ... --output-model shallow.onnx`` then ``onnxmbs plan shallow.onnx``).
 
 The model is a zoo architecture (``--zoo``, built at full width then narrowed by the plan;
 weights start from scratch as in the paper) or your own: a pickled ``nn.Module`` (``.pt``/
@@ -11,14 +16,25 @@ weights start from scratch as in the paper) or your own: a pickled ``nn.Module``
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from onnxmbs.cli.options import clean_errors, training_options
 from onnxmbs.errors import MBSError
 
+if TYPE_CHECKING:
+    from onnxmbs.planning.document import PlanDocument
+
 logger = logging.getLogger(__name__)
+
+def _input(plan: PlanDocument) -> tuple[int, int, int]:
+    """(channels, height, width) of the planned model's input."""
+    return _record_input(plan.model.shape, plan.model.layout)
+
+
+def _record_input(shape, layout: str) -> tuple[int, int, int]:
+    return (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
 
 
 def _data(data: str, val: str | None, val_split: float, *, layout: str, preprocess: str,
@@ -41,15 +57,16 @@ def _framework_params(model: Any, framework: str) -> tuple[int, str]:
     return int(model.count_params()), "Keras count_params(), BatchNorm moving statistics included"
 
 
-def params_text(model: Any, compact: Any, fw: str, chw: tuple[int, int, int], predicted: int) -> str:
+def params_text(model: Any, compact: Any, fw: str, chw: tuple[int, int, int], predicted: int, *,
+                kind: str = "compact") -> str:
     """Counts as the plan counts them (ONNX, BatchNorm folded into the conv), then the framework's own."""
     from onnxmbs.train.frameworks import count_params
 
     before, after = count_params(model, fw, chw), count_params(compact, fw, chw)
     (own_before, what), (own_after, _) = _framework_params(model, fw), _framework_params(compact, fw)
-    return (f"compact model: {before:,} -> {after:,} parameters counted as the plan counts them (ONNX, BatchNorm "
+    return (f"{kind} model: {before:,} -> {after:,} parameters counted as the plan counts them (ONNX, BatchNorm "
             f"folded; the plan predicts {predicted:,})\n"
-            f"               {own_before:,} -> {own_after:,} as {what}")
+            f"{' ' * len(kind)}        {own_before:,} -> {own_after:,} as {what}")
 
 
 def _export(model: Any, framework: str, chw: tuple[int, int, int], path: str) -> None:
@@ -61,6 +78,7 @@ def _export(model: Any, framework: str, chw: tuple[int, int, int], path: str) ->
         from onnxmbs.adapters import import_keras
 
         keras = import_keras()
+
         export_keras(keras.Model(model.inputs, model.outputs, name=model.name), path)
 
 
@@ -74,8 +92,10 @@ def _save(model: Any, framework: str, path: str) -> None:
 
 
 @click.command()
-@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False),
-              help="Plan JSON from `onnxmbs plan`.")
+@click.option("--plan", "plan_path", default=None, type=click.Path(dir_okay=False),
+              help="Plan JSON from `onnxmbs plan` (with --blocks: planned on the shallow model).")
+@click.option("--blocks", "blocks_path", default=None, type=click.Path(dir_okay=False),
+              help="Blocks plan JSON from `onnxmbs blocks`: remove its blocks first (then --plan, if given).")
 @click.option("--zoo", "zoo_name", default=None, help="A zoo architecture, e.g. resnet20 (see `onnxmbs zoo list`).")
 @click.option("--framework", type=click.Choice(["torch", "keras"]), default=None,
               help="Zoo builder (default: the model's first).")
@@ -95,35 +115,61 @@ def _save(model: Any, framework: str, path: str) -> None:
 @click.option("--progress/--no-progress", default=None,
               help="A progress bar per epoch with loss and accuracy (default: on a terminal).")
 @clean_errors
-def retrain(plan_path: str, zoo_name: str | None, framework: str | None, model_spec: str | None, data: str,
-            val: str | None, val_split: float, preprocess: str | None, init: str, output: str | None,
-            save: str | None, progress: bool | None, **train_options) -> None:
-    """Apply PLAN's widths to a model, retrain the compact model, report accuracy and size, export."""
-    from onnxmbs.planning.document import read_plan
+def retrain(plan_path: str | None, blocks_path: str | None, zoo_name: str | None, framework: str | None,
+            model_spec: str | None, data: str, val: str | None, val_split: float, preprocess: str | None, init: str,
+            output: str | None, save: str | None, progress: bool | None, **train_options) -> None:
+    """Remove a blocks plan's blocks and/or apply a PLAN's widths, retrain, report accuracy and size, export."""
     from onnxmbs.train import TrainConfig
-    from onnxmbs.train.frameworks import adapt, framework_of, input_chw, load_user_model, train_model
+    from onnxmbs.train.frameworks import adapt, framework_of, load_user_model, train_model
     from onnxmbs.zoo import build, lookup
 
     if (zoo_name is None) == (model_spec is None):
         raise click.UsageError("give exactly one of --zoo NAME or --model FILE")
+    if plan_path is None and blocks_path is None:
+        raise click.UsageError("give --plan PLAN.json (MBS widths), --blocks BLOCKS.json (block pruning), or both")
     if zoo_name is not None and init == "inherit":
         raise MBSError("--init inherit needs trained weights — pass your trained model with --model, "
                        "or use --init scratch")
-    plan = read_plan(plan_path)
+    plan, blocks = _plans(plan_path, blocks_path)
     config = TrainConfig(**train_options)
-    chw = input_chw(plan)
-
+    chw = _input(plan) if plan is not None else _record_input(blocks.model.shape, blocks.model.layout)
     user = load_user_model(model_spec) if model_spec else None
     fw = framework_of(user) if user is not None else (framework or lookup(zoo_name).framework)
-    preprocess = preprocess or plan.settings.preprocess or "raw"
-    train, held = _data(data, val, val_split, layout="NCHW" if fw == "torch" else "NHWC", preprocess=preprocess,
-                        chw=chw, seed=config.seed)
+    planned = plan.settings.preprocess if plan is not None else blocks.settings.get("preprocess")
+    train, held = _data(data, val, val_split, layout="NCHW" if fw == "torch" else "NHWC",
+                        preprocess=preprocess or planned or "raw", chw=chw, seed=config.seed)
     model = user if user is not None else build(lookup(zoo_name).name, num_classes=train.num_classes,
                                                 input_size=chw[1], framework=fw)
-    compact = adapt(model, fw, plan, chw, init)
-    click.echo(params_text(model, compact, fw, chw, plan.summary.params_compact))
+    shallow = _remove_blocks(model, fw, blocks, chw) if blocks is not None else model
+    compact = adapt(shallow, fw, plan, chw, init) if plan is not None else shallow
+    predicted = plan.summary.params_compact if plan is not None else blocks.summary.params_after
+    click.echo(params_text(model, compact, fw, chw, predicted, kind="compact" if plan is not None else "shallow"))
     result = train_model(compact, fw, train, held, config, progress=progress)
     _finish(compact, fw, chw, result, 0 if held is None else len(held), save=save, output=output)
+
+
+def _plans(plan_path: str | None, blocks_path: str | None) -> tuple[Any, Any]:
+    """The MBS plan and the blocks plan, each None when not given."""
+    plan = blocks = None
+    if plan_path is not None:
+        from onnxmbs.planning.document import read_plan
+
+        plan = read_plan(plan_path)
+    if blocks_path is not None:
+        from onnxmbs.blocks.document import read_blocks_plan
+
+        blocks = read_blocks_plan(blocks_path)
+    return plan, blocks
+
+
+def _remove_blocks(model: Any, framework: str, blocks: Any, chw: tuple[int, int, int]) -> Any:
+    from onnxmbs.adapters.blocks import remove_blocks_from
+
+    if framework == "torch":
+        import torch
+
+        return remove_blocks_from(model, blocks, torch.zeros(1, *chw))
+    return remove_blocks_from(model, blocks)
 
 
 def _finish(compact: Any, fw: str, chw: tuple[int, int, int], result: Any, held: int, *, save: str | None,

@@ -1,4 +1,4 @@
-"""Stage 3a — the activation tap of each conv (SPEC "Non-zero probability").
+"""Stage 3a — the activation tap of each conv (docs/algorithm.md §5).
 
 From a conv's output, follow channel-preserving nodes only (BatchNormalization, Identity,
 Add/Sub/Mul/Div with a scalar or per-channel constant, a residual Add of a same-shaped
@@ -13,7 +13,7 @@ its tap counts the outputs **> 0** (``statistic="positive"``). ReLU-family taps 
 (``statistic="nonzero"``); their outputs are never negative, so both are the same number and the
 paper's case is unchanged. ``statistic="paper"`` turns the extension off: such convs get no tap.
 
-Beyond SPEC's list, the walk also passes a ``Concat`` along the channel axis (DenseNet: a dense
+Also beyond the paper, the walk passes a ``Concat`` along the channel axis (DenseNet: a dense
 layer's conv output is concatenated before the next BN -> ReLU); the tap then names the conv's own
 channel slice of that activation, whose values the concat leaves untouched.
 """

@@ -1,4 +1,4 @@
-"""Stage 2 — shapes and receptive fields of every Conv (SPEC "Receptive field").
+"""Stage 2 — shapes and receptive fields of every Conv (docs/algorithm.md §3).
 
 ``(rf, jump)`` is propagated from the input ``(1, 1)`` in topological order with one rule
 per op type (:data:`RF_RULES`). Ops without a rule pass their spatial input through and are

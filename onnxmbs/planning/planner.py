@@ -1,4 +1,4 @@
-"""Stage 5 — the plan: SPEC's Algorithm 1 and the channel-coupling rules, pure numpy.
+"""Stage 5 — the plan: Algorithm 1 and the channel-coupling rules, pure numpy (docs/algorithm.md §6-8).
 
 No onnx, no onnxruntime: the inputs are the records of :mod:`onnxmbs.planning.facts`.
 """
@@ -83,7 +83,7 @@ def rf_boundary(layers: Sequence[LayerFacts], z: float) -> int | None:
 
 
 def macroblock_betas(layers: Sequence[LayerFacts], boundary: int | None, count: int) -> tuple[MacroblockPlan, ...]:
-    """Algorithm 1, lines 8-26, with E_base restricted to m_0..m_i (SPEC)."""
+    """Algorithm 1, lines 8-26, with E_base restricted to m_0..m_i (docs/algorithm.md §6)."""
     e = np.array([l.p_nonzero * l.flops for l in layers], dtype=np.float64)
     mb = np.array([-1 if l.macroblock is None else l.macroblock for l in layers])
     base = np.array([boundary is None or (l.rf is not None and l.rf <= boundary) for l in layers])

@@ -284,3 +284,36 @@ def _error_bar(frame: Frame, params: int, mean: float, std: float, colour: str, 
             f'<circle cx="{x}" cy="{frame.y(100 * mean)}" r="4" fill="{fill}" stroke="{colour}" stroke-width="1.5"/>'
             "</g>")
 
+
+# ------------------------------------------------------------ block pruning
+GREEN, PURPLE = "#2f855a", "#6b46c1"
+SERIES_COLOURS = (BLUE, ORANGE, GREEN, PURPLE, RED, GREY)
+
+
+def accuracy_curves(series: Mapping[str, Sequence[tuple[float, float]]], *, title: str = "Accuracy vs blocks removed",
+                    xlabel: str = "blocks removed", dashed: Sequence[str] = (), width: int = 520,
+                    height: int = 270) -> str:
+    """Top-1 accuracy (fractions, shown in %) against the number of blocks removed, one line per series."""
+    points = [p for s in series.values() for p in s]
+    if not points:
+        return ""
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    lo = min(100 * p[1] for p in points)
+    lo = max(0.0, math.floor(lo / 10) * 10)
+    frame = Frame(width, height, x0, x1 if x1 > x0 else x0 + 1, lo, 100.0)
+    out = _open(frame, title, "top-1 accuracy versus blocks removed")
+    out += _axes(frame, [(v, f"{v:g}") for v in range(int(x0), int(x1) + 1)],
+                 [(v, f"{v:g}%") for v in nice_ticks(lo, 100.0, 5)], xlabel, "top-1 accuracy")
+    legend = []
+    for (name, pts), colour in zip(series.items(), SERIES_COLOURS):
+        pts = sorted(pts)
+        path = " ".join(f"{'M' if i == 0 else 'L'}{frame.x(x)},{frame.y(100 * y)}" for i, (x, y) in enumerate(pts))
+        dash = ' stroke-dasharray="5 4"' if name in dashed else ""
+        out.append(f'<path class="curve" d="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
+        for x, y in pts:
+            tip = escape(f"{name}: {x:g} removed, {100 * y:.2f}%")
+            out.append(f'<circle cx="{frame.x(x)}" cy="{frame.y(100 * y)}" r="3" fill="{colour}" stroke="#fff">'
+                       f"<title>{tip}</title></circle>")
+        legend.append(("dash" if name in dashed else "line", colour, name))
+    out += _legend(frame, legend)
+    return "\n".join(out + ["</svg>"])

@@ -16,14 +16,17 @@ from onnxmbs.units import human
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths)).rstrip()
+    lines = ["  ".join(c.rjust(w) if is_numeric(c) else c.ljust(w) for c, w in zip(r, widths)).rstrip()
              for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def _numeric(cell: str) -> bool:
-    return cell.replace(".", "", 1).replace("-", "", 1).replace("%", "").replace(",", "").isdigit()
+def is_numeric(cell: Any) -> bool:
+    """A cell that reads as a number (``1,234``, ``-0.5``, ``12.5%``): right-aligned in every table."""
+    if isinstance(cell, (int, float)):
+        return True
+    return str(cell).replace(".", "", 1).replace("-", "", 1).replace("%", "").replace(",", "").isdigit()
 
 
 def short(name: str, width: int = 48) -> str:
@@ -111,26 +114,27 @@ def convergence_text(conv: Convergence) -> str:
             f"beta bound < tolerance {conv.tolerance:.5f} and widths stable{'' if conv.converged else ': no'})")
 
 
-def _config_text(config: Sequence[Sequence[int]]) -> str:
+def config_text(config: Sequence[Sequence[int]]) -> str:
+    """``16 | 30 | 47``: widths per macroblock (several widths of one macroblock joined by '/')."""
     return " | ".join("/".join(str(w) for w in widths) or "-" for widths in config)
 
 
-def sweep_rows(points: Sequence[SweepPoint]) -> list[tuple]:
-    return [(f"{p.k:g}", f"{p.z:g}", p.rf_boundary if p.rf_boundary is not None else "-",
-             " ".join(f"{b:.4f}" for b in p.beta), _config_text(p.configuration), f"{p.params_compact:,}",
+def sweep_table(points: Sequence[SweepPoint], *, terminal: bool = True) -> tuple[tuple[str, ...], list[tuple]]:
+    """Headers and rows of a k sweep: the terminal's (with z, β to 4 places) or the reports' (β to 3)."""
+    headers = ("k", "z", "RF bound", "beta per macroblock") if terminal else ("k", "RF boundary", "β per macroblock")
+    digits = 4 if terminal else 3
+    rows = [(f"{p.k:g}", *((f"{p.z:g}",) if terminal else ()), p.rf_boundary if p.rf_boundary is not None else "-",
+             " ".join(f"{b:.{digits}f}" for b in p.beta), config_text(p.configuration), f"{p.params_compact:,}",
              f"{100 * p.param_reduction:.2f}%", human(p.flops_compact), f"{100 * p.flop_reduction:.2f}%")
             for p in points]
-
-
-SWEEP_HEADERS = ("k", "z", "RF bound", "beta per macroblock", "configuration", "params", "param red.",
-                 "MACs", "MAC red.")
+    return (*headers, "configuration", "params", "param red.", "MACs", "MAC red."), rows
 
 
 def sweep_text(points: Sequence[SweepPoint], *, model: str = "", images: int | None = None) -> str:
     first = points[0]
     head = (f"{model}: " if model else "") + (f"{images} images, " if images is not None else "") + \
-        f"original configuration {_config_text(first.widths)}, {first.params:,} params, {human(first.flops)} MACs"
-    return "\n".join([head, table(SWEEP_HEADERS, sweep_rows(points))])
+        f"original configuration {config_text(first.widths)}, {first.params:,} params, {human(first.flops)} MACs"
+    return "\n".join([head, table(*sweep_table(points))])
 
 
 def solution_text(solution: Solution) -> str:
@@ -139,6 +143,6 @@ def solution_text(solution: Solution) -> str:
             else f"every k in [{solution.k_low:.4g}, {solution.k_high:.4g})")
     return (f"target {solution.target.describe()}: largest k = {solution.k:g} ({span} gives this plan, "
             f"RF boundary {p.rf_boundary if p.rf_boundary is not None else 'none'}); achieved "
-            f"{solution.target.describe(solution.target.achieved(p))}, configuration {_config_text(p.configuration)}, "
+            f"{solution.target.describe(solution.target.achieved(p))}, configuration {config_text(p.configuration)}, "
             f"params {p.params_compact:,} ({100 * p.param_reduction:.2f}% fewer), "
             f"MACs {human(p.flops_compact)} ({100 * p.flop_reduction:.2f}% fewer)")

@@ -72,12 +72,6 @@ def load_user_model(spec: str) -> Any:
                    "or FILE.py:FUNCTION")
 
 
-def input_chw(plan: PlanDocument) -> tuple[int, int, int]:
-    """(channels, height, width) of the planned model's input."""
-    shape = plan.model.shape
-    return (shape[1], shape[2], shape[3]) if plan.model.layout == "NCHW" else (shape[3], shape[1], shape[2])
-
-
 def seed_framework(framework: str, seed: int) -> None:
     """Seed the framework's RNG: a scratch model's initial weights depend on it."""
     if framework == "torch":
