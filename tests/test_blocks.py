@@ -8,7 +8,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from onnx import helper
 
 from graphs import GraphBuilder, classifier
 from onnxmbs.blocks.discover import find_blocks

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import onnx
-import pytest
 from click.testing import CliRunner
 
 from graphs import GraphBuilder, classifier

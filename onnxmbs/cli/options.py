@@ -9,7 +9,6 @@ import functools
 import logging
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any

@@ -7,10 +7,9 @@ tooltips on the marks.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
-from typing import Any
 
 from onnxmbs.planning.document import LayerRecord, MacroblockRecord
 from onnxmbs.planning.sweep import SweepPoint

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace

@@ -1,7 +1,7 @@
 """Stage 6b — plain-text tables for the terminal (the CLI prints what these return)."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import math
