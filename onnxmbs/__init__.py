@@ -18,6 +18,9 @@ _API = {
     "write_json": "onnxmbs.files",
     "compact_model": "onnxmbs.compact", "write_compact": "onnxmbs.compact",
     "apply_plan": "onnxmbs.adapters",
+    "open_labelled": "onnxmbs.stats.labelled", "evaluate": "onnxmbs.stats.accuracy",
+    "prune_blocks": "onnxmbs.blocks.greedy", "read_blocks_plan": "onnxmbs.blocks.document",
+    "remove_blocks_from": "onnxmbs.adapters.blocks",
 }
 __all__ = ["MBSError", *_API]
 

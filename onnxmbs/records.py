@@ -7,7 +7,7 @@ Keys a newer onnxmbs adds are kept in the ``extra`` field and written back uncha
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any, ClassVar
 
 
@@ -37,6 +37,7 @@ class Record:
 
     CONVERT: ClassVar[Mapping[str, Any]] = {}  # field -> converter from JSON
     OMIT_NONE: ClassVar[frozenset[str]] = frozenset()  # fields left out of the JSON when None
+    OMIT_DEFAULT: ClassVar[frozenset[str]] = frozenset()  # fields left out when at their default (older files)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]):
@@ -48,8 +49,8 @@ class Record:
             if f.name in data:
                 value = data[f.name]
                 values[f.name] = cls.CONVERT.get(f.name, lambda v: v)(value)
-            elif f.name not in cls.OMIT_NONE:
-                raise KeyError(f"{cls.__name__.lower()} has no {f.name!r}")
+            elif f.name not in cls.OMIT_NONE and f.default is MISSING and f.default_factory is MISSING:
+                raise KeyError(f"{cls.__name__.lower()} has no {f.name!r}")  # a field with a default is optional
         names = {f.name for f in known}
         return cls(**values, extra={k: v for k, v in data.items() if k not in names})
 
@@ -57,10 +58,14 @@ class Record:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "extra" or (value is None and f.name in self.OMIT_NONE):
+            if f.name == "extra" or (value is None and f.name in self.OMIT_NONE) or self.omitted(f, value):
                 continue
             out[f.name] = plain(value)
         out.update(getattr(self, "extra", {}))
         return out
+
+    def omitted(self, f: Any, value: Any) -> bool:
+        """A field a file written before it existed did not have, still at its default: not written."""
+        return f.name in self.OMIT_DEFAULT and f.default is not MISSING and value == f.default
 
 

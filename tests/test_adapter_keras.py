@@ -12,9 +12,12 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("tf2onnx")
+
 from keras import layers  # noqa: E402
 
 import onnxmbs  # noqa: E402

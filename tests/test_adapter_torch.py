@@ -18,8 +18,10 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
 
 import onnxmbs
 from onnxmbs.adapters import apply_plan, folded_params

@@ -57,7 +57,7 @@ def test_presets_numerically(tmp_path, preset, expected):
 def test_explicit_mean_std_override_preset(tmp_path):
     _solid(tmp_path / "a.png")
     pre = make_preprocess("caffe", mean=[0.5, 0.5, 0.5], std=[0.25, 0.5, 1.0])
-    assert pre.name == "custom" and pre.bgr  # channel order of the preset is kept
+    assert pre.name == "caffe with the given mean/std" and pre.bgr  # channel order of the preset is kept
     x = _all(open_calibration(tmp_path, shape=NCHW, layout="NCHW", preprocess=pre))
     np.testing.assert_allclose(x[0, :, 0, 0], [(50 / 255 - .5) / .25, (100 / 255 - .5) / .5,
                                                (200 / 255 - .5) / 1.0], rtol=1e-5)

@@ -1,4 +1,4 @@
-"""Channel groups and activation taps on tiny graphs (SPEC "Channel coupling", "Non-zero probability")."""
+"""Channel groups and activation taps on tiny graphs (docs/algorithm.md §5, §8)."""
 from __future__ import annotations
 
 import numpy as np

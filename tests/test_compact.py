@@ -115,10 +115,16 @@ def test_all_patterns_cut_to_the_predicted_count(pattern):
     assert [g.channels for g in analysis.channels.groups if not g.frozen] != \
         [result.widths[g.id][1] for g in analysis.channels.groups if not g.frozen]
     graph = result.model.graph
+    width = {g["id"]: g["compact_channels"] for g in plan["groups"]}
+    conv_width = {c.name: width[analysis.channels.conv_group[c.name]] for c in analysis.layers}
+    expected = [conv_width[c.name] if c.groups == c.in_channels > 1 else c.groups for c in analysis.layers]
+    assert expected != [c.groups for c in analysis.layers]  # some depthwise conv is cut
     groups = [onnx.helper.get_attribute_value(a) for n in graph.node for a in n.attribute if a.name == "group"]
-    assert groups == [1, 4, 1, 1, 1, 3, 3, 6, 1, 1]  # depthwise convs: the new width; grouped convs: kept
-    shapes = {t.name: numpy_helper.to_array(t).tolist() for t in graph.initializer if t.name.startswith("s")}
-    assert [-1, 3, 2, 8, 8] in shapes.values() and [-1, 6, 8, 8] in shapes.values() and [-1, 6] in shapes.values()
+    assert groups == expected  # depthwise convs: the new width; grouped convs: kept
+    (shuffled,) = {width[c.segs[0]] for c in analysis.channels.tensor_chan.values() if c.split}
+    features = sum(conv_width[c.name] for c in analysis.layers[-2:])  # the two concatenated 1x1 convs
+    shapes = [numpy_helper.to_array(t).tolist() for t in graph.initializer if t.name.startswith("s")]
+    assert [-1, 3, shuffled // 3, 8, 8] in shapes and [-1, shuffled, 8, 8] in shapes and [-1, features] in shapes
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"  # dynamic batch kept
     assert run(result.model, sample(4)).shape == (4, 5)
     assert result.inexact == ()  # grouped convs and the shuffle keep whole, aligned groups
@@ -159,12 +165,13 @@ def live_plan(model, analysis, live: dict[int, int]) -> dict:
 
 @pytest.mark.parametrize("select", ["nonzero", "l1"])
 def test_dead_channels_are_removed_exactly(select):
-    model = dead_graph(dead={0: [1, 4], 1: [0, 5, 7]})
+    dead = {0: [1, 4], 1: [0, 5, 7]}  # conv 0 has 6 channels, conv 1 has 12
+    model = dead_graph(dead=dead)
     analysis = analyze(model)
     plan = live_plan(model, analysis, {0: 4, 1: 9})
     result = compact_model(model, plan, select=select)
     kept = [result.kept[analysis.channels.conv_group[analysis.layers[i].name]] for i in (0, 1)]
-    assert kept == [(0, 2, 3, 5), (1, 2, 3, 4, 6, 8, 9, 10, 11)]
+    assert kept == [tuple(sorted(set(range(analysis.layers[i].out_channels)) - set(dead[i]))) for i in (0, 1)]
     x = sample(3)
     np.testing.assert_allclose(run(result.model, x), run(model, x), rtol=1e-5, atol=1e-5)
     assert result.params_compact == plan["summary"]["params_compact"]
@@ -217,7 +224,9 @@ def test_shared_constant_needing_two_cuts_is_copied_and_reported():
     plan["summary"]["params_compact"] = summarize(param_specs(analysis), widths).params_compact
     result = compact_model(model, plan)
     assert result.copies == (scale,)
-    assert result.params_compact == plan["summary"]["params_compact"] + 4  # the plan counts the shared tensor once
+    assert result.params_compact == plan["summary"]["params_compact"]  # the plan counts both cuts of the shared tensor
+    old = dict(plan, summary=dict(plan["summary"], params_compact=plan["summary"]["params_compact"] - 4))
+    assert compact_model(model, old).params_compact == old["summary"]["params_compact"] + 4  # older plans still work
 
 
 def test_plan_for_another_model_is_refused(pattern, tmp_path):

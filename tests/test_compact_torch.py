@@ -12,8 +12,10 @@ import warnings
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
-from torch import nn
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
 
 from onnxmbs.graph.analysis import analyze
 from onnxmbs.compact.writer import compact_model

@@ -12,7 +12,6 @@ from onnxmbs.errors import MBSError
 from onnxmbs.planning.document import MacroblockRecord, PlanDocument, read_plan
 from onnxmbs.zoo import build
 from onnxmbs.zoo.configuration import configuration_from_plan, scaled
-from onnxmbs.zoo.torch_resnet import count_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +58,14 @@ def test_shufflenet_rounds_to_group_constraints() -> None:
 
     assert got == [up(0.9 * 24, 3), 240, up(0.924 * 480, 12), up(0.8247 * 960, 12)] == [24, 240, 444, 792]
     assert scaled(0.9, 24, multiple_of=3) == 24 and scaled(0.9, 24) == 22
-    assert count_params(build("shufflenet_v1_g3", widths=got)) > 0  # a valid ShuffleNet
+
+
+def test_shufflenet_configuration_builds() -> None:
+    pytest.importorskip("torch")
+    from onnxmbs.zoo.torch_resnet import count_params
+
+    widths = configuration_from_plan("shufflenet_v1_g3", plan(224, {112: 0.9, 56: 1.0, 28: 1.0, 14: 0.924, 7: 0.8247}))
+    assert count_params(build("shufflenet_v1_g3", widths=widths)) > 0  # a valid ShuffleNet
 
 
 def test_several_macroblocks_at_one_level_take_the_largest_beta() -> None:
@@ -82,8 +88,9 @@ def test_errors(name: str, doc: dict, message: str) -> None:
 
 def test_real_plan_of_the_digits_model_gives_the_planned_widths(tmp_path: Path) -> None:
     """End to end: plan the embedded ResNet-20, rebuild it from the configuration, compare conv widths."""
-    pipeline = pytest.importorskip("onnxmbs.planning.pipeline")
+    pytest.importorskip("torch")
     from onnxmbs.graph.analysis import analyze
+    from onnxmbs.planning import pipeline
     from onnxmbs.zoo import export
 
     data = np.load(ROOT / "models" / "digits_calib.npz")["x"][:64]

@@ -9,9 +9,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from click.testing import CliRunner
-from torch import nn
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
 
 from onnxmbs.errors import MBSError
 from onnxmbs.zoo import build, export
@@ -44,6 +46,8 @@ def conv_weight_shapes(path: Path) -> list[tuple[int, ...]]:
 @pytest.fixture(scope="module")
 def mobilenet_v1_pair(tmp_path_factory) -> tuple[Path, Path]:
     """The same MobileNetV1 widths exported from PyTorch (dynamo) and from Keras (tf2onnx)."""
+    pytest.importorskip("keras")
+    pytest.importorskip("tf2onnx")
     out = tmp_path_factory.mktemp("mv1")
     kwargs = {"widths": V1_WIDTHS, "num_classes": 3, "input_size": 32}
     return export("mobilenet_v1", out / "t.onnx", **kwargs), export("mobilenet_v1", out / "k.onnx", framework="keras", **kwargs)
@@ -112,6 +116,8 @@ def test_torch_family_dynamo_export(tmp_path: Path, name: str, config: dict) -> 
     pytest.param("mobilenet_v2", {"betas": [0.25, 0.25, 0.25, 0.25, 0.25]}, marks=pytest.mark.slow),
 ])
 def test_keras_round_trip(tmp_path: Path, name: str, config: dict) -> None:
+    pytest.importorskip("keras")
+    pytest.importorskip("tf2onnx")
     from onnxmbs.zoo.export import export_keras
 
     model = build(name, framework="keras", num_classes=3, input_size=32, **config)
@@ -134,7 +140,7 @@ def test_torch_and_keras_mobilenet_v1_same_conv_shapes(mobilenet_v1_pair: tuple[
 
 
 def test_torch_and_keras_mobilenet_v1_same_analysis(mobilenet_v1_pair: tuple[Path, Path]) -> None:
-    analysis = pytest.importorskip("onnxmbs.graph.analysis")
+    from onnxmbs.graph import analysis
 
     def summary(path: Path) -> list[tuple]:
         result = analysis.analyze(path)

@@ -59,6 +59,8 @@ def summary(analysis):
 
 
 def test_same_macroblocks_rf_and_macs(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("keras")
     pytest.importorskip("tf2onnx")
     export_torch(tmp_path / "t.onnx")
     export_keras(tmp_path / "k.onnx")

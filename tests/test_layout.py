@@ -1,7 +1,7 @@
 """The package layout is the pipeline: a lower stage never imports a higher one.
 
 Stages, in the order data flows (rank): base modules (errors, files, units, progress, cluster) 0,
-graph 1, stats 2, planning 3, compact/blocks 4, adapters 5, train 6, zoo 7, reports 8,
+graph 1, stats 2, planning 3, compact/blocks 4, adapters 5, train 6, zoo/handbook 7, reports 8,
 cli 9. Every import — module-level or lazy inside a function — is checked.
 """
 from __future__ import annotations
@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "onnxmbs"
-RANK = {"errors": 0, "files": 0, "units": 0, "progress": 0, "records": 0, "cluster": 0, "graph": 1, "stats": 2,
+RANK = {"errors": 0, "files": 0, "units": 0, "progress": 0, "records": 0, "runtime": 0, "cluster": 0, "graph": 1, "stats": 2,
         "planning": 3, "compact": 4,
-        "blocks": 4, "adapters": 5, "train": 6, "zoo": 7, "reports": 8, "cli": 9}
+        "blocks": 4, "adapters": 5, "train": 6,
+        "zoo": 7, "handbook": 7,  # handbook: builds zoo models and trains them; reports render it
+        "reports": 8, "cli": 9}
 
 
 def _stage(module: str) -> str:
@@ -79,7 +81,7 @@ def test_import_onnxmbs_is_light():
 def test_cli_help_imports_no_heavy_module():
     res = _fresh("import sys\nfrom click.testing import CliRunner\nfrom onnxmbs.cli import main\n"
                  "r = CliRunner().invoke(main, ['--help'])\nassert r.exit_code == 0, r.output\n"
-                 "print(sorted(m for m in ('onnx', 'onnxruntime', 'PIL', 'torch', 'tensorflow') if m in sys.modules))")
+                 "print(sorted(m for m in ('onnx', 'onnxruntime', 'PIL', 'torch', 'tensorflow', 'numpy') if m in sys.modules))")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
 

@@ -6,7 +6,6 @@ import io
 import json
 import shutil
 import subprocess
-import warnings
 from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from graphs import GraphBuilder, classifier
 from PIL import Image
 
 from onnxmbs.planning.document import MacroblockRecord, read_plan
@@ -25,7 +25,6 @@ from onnxmbs.reports.report import CSV_COLUMNS, SCHEMA
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "resnet20_digits.onnx"
 NPZ = ROOT / "models" / "digits_calib.npz"
-ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -33,29 +32,25 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def _export_tiny_cnn(path: Path) -> Path:
-    """A second real model: a plain 8-conv CNN exported from PyTorch (last conv's RF 45 > L = 32)."""
-    torch = pytest.importorskip("torch")
-    nn = torch.nn
-    torch.manual_seed(0)
-    layers = []
-    for c_in, c_out, stride in ((3, 8, 1), (8, 16, 2), (16, 16, 1), (16, 32, 2), *[(32, 32, 1)] * 4):
-        layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU()]
-    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["input"],
-                          output_names=["output"], dynamic_axes={"input": {0: "batch"}}, dynamo=False)
+def _tiny_cnn(path: Path) -> Path:
+    """A second model: a plain 8-conv CNN (3x3, pad 1) with a dynamic batch, built as a graph here.
+
+    Output sizes 32, 16, 16, 8, 8, 8, 8, 8 give three macroblocks; the last conv's RF is 45 > L = 32."""
+    g = GraphBuilder(("batch", 3, 32, 32))
+    x, c_in = "input", 3
+    for c_out, stride in ((8, 1), (16, 2), (16, 1), (32, 2), *[(32, 1)] * 4):
+        x, c_in = g.relu(g.conv(x, c_in, c_out, stride=stride)), c_out
+    path.write_bytes(g.build([classifier(g, x, c_in)]).SerializeToString())
     return path
 
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
-    """One report over: the embedded model (via --stats), a torch CNN (measured on --data), a broken file."""
+    """One report over: the embedded model (via --stats), a CNN built here (measured on --data), a broken file."""
     tmp = tmp_path_factory.mktemp("report")
     stats = tmp / "stats.json"
     assert run("profile", MODEL, "--data", NPZ, "--max-images", "64", "-o", stats).exit_code == 0
-    tiny = _export_tiny_cnn(tmp / "tiny_cnn.onnx")
+    tiny = _tiny_cnn(tmp / "tiny_cnn.onnx")
     broken = tmp / "broken.onnx"
     broken.write_bytes(b"not an onnx file")
     outs = {ext: tmp / f"report.{ext}" for ext in ("html", "md", "json", "csv")}
@@ -80,6 +75,8 @@ def test_json_report_schema(batch):
     assert broken["error"].startswith("cannot read") and broken["plan"] is None
     assert ok["plan"]["settings"]["stats_file"].endswith("stats.json") and ok["plan"]["settings"]["images"] == 64
     assert tiny["plan"]["settings"]["images"] == 32 and "digits_calib.npz" in tiny["plan"]["settings"]["data"]
+    assert [len(mb["layers"]) for mb in tiny["plan"]["macroblocks"]] == [1, 2, 5]  # convs at 32, 16, 8 px
+    assert max(layer["rf"] for layer in tiny["plan"]["layers"]) == 1 + 2 * (1 + 1 + 2 + 2 + 4 * 4)  # 45
     for m in (ok, tiny):
         assert m["plan"]["schema"] == "onnxmbs.plan/1" and len(m["plan"]["macroblocks"]) == 3
         assert [p["k"] for p in m["sweep"]] == [0.5, 0.75, 1.0, 1.25, 1.5]
@@ -165,11 +162,8 @@ def _colour_pixels(image: Image.Image, hex_colour: str, tol: int = 12) -> int:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium browser here (apt-get install chromium)")
 def test_html_renders_in_a_headless_browser(batch, tmp_path):
-    ARTIFACTS.mkdir(exist_ok=True)
-    html = ARTIFACTS / "report.html"
-    shutil.copyfile(batch[1]["html"], html)
-    shot = ARTIFACTS / "report.png"
-    shot.unlink(missing_ok=True)
+    html = batch[1]["html"]
+    shot = tmp_path / "report.png"
     res = _chromium(f"--screenshot={shot}", "--window-size=1200,2000", html.as_uri(), profile=tmp_path / "a")
     assert shot.is_file(), res.stderr[-2000:]
     console = [l for l in res.stderr.splitlines() if "CONSOLE" in l or "Uncaught" in l]

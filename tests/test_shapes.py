@@ -142,7 +142,7 @@ def test_external_data_is_loaded(tmp_path):
 
 
 def test_spec_check_value_mobilenet_v1_rf_315():
-    """SPEC: Keras/TF-slim MobileNetV1 at 224 — last conv RF = 315 (widths do not matter for RF)."""
+    """docs/algorithm.md §3: Keras/TF-slim MobileNetV1 at 224 — last conv RF = 315 (widths do not matter for RF)."""
     g = GraphBuilder((1, 3, 224, 224))
     x = g.relu(g.conv(g.input.name, 3, 4, stride=2))
     strides = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
@@ -163,7 +163,7 @@ def test_spec_check_value_vgg16_rf_212():
         last_conv = x
         x = g.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
     a = analyze(g.build([x]))
-    # SPEC's "VGG-16: 212" is the field after pool5; conv5_3 itself has 196 = 212 - (2-1)*16
+    # the often-quoted "VGG-16: 212" is the field after pool5; conv5_3 itself has 196 = 212 - (2-1)*16
     assert a.shapes.fields[x].rf == 212
     assert a.layers[-1].rf == 196 and a.layers[-1].output == g.nodes[-3].output[0]
     assert last_conv
@@ -180,3 +180,14 @@ def test_spec_inception_valid_padding_levels():
                          rf=3, flops=1, params=1)
     levels = {h: level_of(conv(h), 299) for h in (149, 147, 73, 71, 35, 17, 8)}
     assert levels == {149: 1, 147: 1, 73: 2, 71: 2, 35: 3, 17: 4, 8: 5}
+
+
+def test_a_channels_last_linear_keeps_the_receptive_field():
+    """ConvNeXt's pointwise Linear layers are MatMuls on (N, H, W, C): per position, not global pooling."""
+    g = GraphBuilder(("N", 3, 16, 16))
+    x = g.conv(g.input.name, 3, 8, name="c1")
+    last = g.op("Transpose", [x], perm=[0, 2, 3, 1])
+    mixed = g.op("MatMul", [last, g.const(np.ones((8, 8), np.float32))])
+    y = g.conv(g.op("Transpose", [mixed], perm=[0, 3, 1, 2]), 8, 8, name="c2")
+    a = analyze(g.build([y]))
+    assert [c.rf for c in a.layers] == [3, 5]

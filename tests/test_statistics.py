@@ -114,3 +114,21 @@ def test_peak_memory_does_not_grow_with_images():
                                 check=True).stdout.split()[-1]) for n in (10, 400)]
     # 400 batches stream 25,600 images (~44 MB of input) through; peak RSS stays within a few MB
     assert peaks[1] - peaks[0] < 8 * 1024, peaks
+
+
+def test_a_listed_but_broken_cuda_warns_once_per_command(monkeypatch, caplog, recwarn):
+    import onnxruntime as ort
+
+    from onnxmbs.stats import counting
+
+    counting._cuda_works.cache_clear()
+    counting._warn_no_cuda.cache_clear()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    try:
+        with caplog.at_level("WARNING", logger="onnxmbs"):
+            assert [choose_provider("auto") for _ in range(3)] == ["CPUExecutionProvider"] * 3
+        assert sum("CUDA provider is listed" in r.getMessage() for r in caplog.records) == 1
+        assert not [w for w in recwarn if "CUDA" in str(w.message)]  # onnxruntime's own warning is swallowed
+    finally:
+        counting._cuda_works.cache_clear()
+        counting._warn_no_cuda.cache_clear()

@@ -7,15 +7,12 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
-from torch import nn
 
 from onnxmbs.errors import MBSError
 from onnxmbs.train import TrainConfig, augment, lr_at
 from onnxmbs.train.data import load_dataset
-from onnxmbs.train.torch_trainer import evaluate_torch, train_torch
 
 
 def _bright_dark(n: int = 64, layout: str = "NCHW", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -81,21 +78,16 @@ def test_load_image_folders(tmp_path):
         load_dataset(tmp_path / "missing")
 
 
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                  nn.Flatten())
-        self.fc = nn.Linear(8, 2)
-
-    def forward(self, x):
-        return self.fc(self.body(x))
-
-
 def test_torch_trainer_learns_a_separable_task():
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from onnxmbs.train.torch_trainer import evaluate_torch, train_torch
+
     torch.manual_seed(0)
     x, y = _bright_dark(64)
-    model = Tiny()
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 2))
     result = train_torch(model, (x, y), config=TrainConfig(epochs=4, batch_size=16, lr=0.05, crop_pad=1), val=(x, y))
     assert len(result.epochs) == 4 and result.epochs[-1].lr == pytest.approx(0.0005)
     assert result.val_accuracy == evaluate_torch(model, x, y) >= 0.9
@@ -103,7 +95,7 @@ def test_torch_trainer_learns_a_separable_task():
 
 def _tiny_keras():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
+    keras = pytest.importorskip("keras")
     keras.utils.set_random_seed(0)  # the initial weights too: an unlucky draw can leave every ReLU dead
     inputs = keras.Input((8, 8, 3))
     h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
@@ -138,6 +130,7 @@ def test_keras_mixed_precision_trains_a_float16_clone_and_writes_back():
 
 
 def test_retrain_command_on_a_users_model_file(tmp_path):
+    torch = pytest.importorskip("torch")
     from onnxmbs.cli import main
     from onnxmbs.planning.pipeline import plan_model
     from onnxmbs.files import write_json
@@ -166,9 +159,13 @@ def test_retrain_command_on_a_users_model_file(tmp_path):
     result = CliRunner().invoke(main, [
         "retrain", "--model", f"{tmp_path / 'net.py'}:build", "--plan", str(tmp_path / "plan.json"),
         "--data", str(tmp_path / "train.npz"), "--epochs", "2", "--batch-size", "8", "--no-flip", "--crop-pad", "1",
-        "--save", str(tmp_path / "compact.pt")])
+        "--save", str(tmp_path / "compact.pt"), "--progress"])
     assert result.exit_code == 0, result.output
-    assert f"parameters (plan predicts {plan['summary']['params_compact']:,})" in result.output
+    assert f"(ONNX, BatchNorm folded; the plan predicts {plan['summary']['params_compact']:,})" in result.output
+    own = sum(p.numel() for p in net.build().parameters())  # the framework's count, BatchNorm unfolded
+    assert f"{own:,} -> " in result.output and "as PyTorch parameters()" in result.output
+    assert "epoch 1/2" in result.output and "epoch 2/2" in result.output and "loss " in result.output
+    assert "held-out acc " in result.output  # the bar's last word on each epoch
     assert "held-out accuracy" in result.output and (tmp_path / "compact.pt").is_file()
     bad = CliRunner().invoke(main, ["retrain", "--zoo", "resnet20", "--init", "inherit", "--plan",
                                     str(tmp_path / "plan.json"), "--data", str(tmp_path / "train.npz")])

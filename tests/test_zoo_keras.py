@@ -8,7 +8,6 @@ keras = pytest.importorskip("keras")
 from onnxmbs.errors import MBSError  # noqa: E402
 from onnxmbs.zoo import build  # noqa: E402
 from onnxmbs.zoo import keras_models as km  # noqa: E402
-from onnxmbs.zoo.torch_resnet import count_params as torch_count  # noqa: E402
 
 
 def bn_channels(model) -> int:
@@ -38,6 +37,9 @@ def test_default_counts_match_keras_applications(ours, application, expected: in
     ("resnet20", {"widths": [16, 30, 47]}),
 ])
 def test_same_trainable_count_as_torch(name: str, config: dict) -> None:
+    pytest.importorskip("torch")
+    from onnxmbs.zoo.torch_resnet import count_params as torch_count
+
     keras_model = build(name, framework="keras", **config)
     torch_model = build(name, framework="torch", **config)
     assert km.count_params(keras_model, trainable_only=True) == torch_count(torch_model)

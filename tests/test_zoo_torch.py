@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
-from torch import nn
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
 
 from onnxmbs.errors import MBSError
 from onnxmbs.zoo import ZOO, build, list_models

@@ -6,7 +6,7 @@ zoo once into artifacts/bench/), three sessions on the same provider, batch and 
 
 * plain   — the model as exported, all outputs;
 * naive   — the first tap we tried: Greater -> Cast -> ReduceSum per activation;
-* onnxmbs — the counting graph onnxmbs uses (see onnxmbs/statistics.py);
+* onnxmbs — the counting graph onnxmbs uses (see onnxmbs/stats/counting.py);
 * read-only (with --bound) — GlobalAveragePool straight on each tapped tensor: not a count, but the
   cheapest pass any tap made of graph ops can be, so the ceiling for the ratio.
 

@@ -1,4 +1,4 @@
-"""Parameter counts of every configuration in the MBS paper (SPEC "Facts from the paper") vs. the zoo.
+"""Parameter counts of every configuration in the MBS paper (docs/algorithm.md §11) vs. the zoo.
 
 Prints a Markdown table: paper params (M), ours (M, to 0.01), the difference,
 and the reduction (paper vs ours).  All counts are for 1000 ImageNet classes

@@ -39,11 +39,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import onnxmbs  # noqa: E402
-from onnxmbs.adapters import apply_plan, folded_params  # noqa: E402
+from onnxmbs.files import write_json  # noqa: E402
 from onnxmbs.planning.pipeline import plan_model  # noqa: E402
-from onnxmbs.planning.planner import compact_width, summarize  # noqa: E402
-from onnxmbs.planning.scaling import param_specs  # noqa: E402
+from onnxmbs.planning.sweep import make_sweeper  # noqa: E402
+from onnxmbs.planning.uniform import match_alpha, uniform_document  # noqa: E402
 from onnxmbs.train import TrainConfig  # noqa: E402
+from onnxmbs.train.frameworks import adapt, count_params, seed_framework, train_model  # noqa: E402
 from train_digits import load_split  # noqa: E402
 
 log = logging.getLogger("prove_digits")
@@ -69,35 +70,16 @@ class Framework:
     layout: str
 
     def seed(self, seed: int) -> None:
-        """Seed the framework's RNG: a scratch model's initial weights depend on it."""
-        if self.name == "torch":
-            import torch
-
-            torch.manual_seed(seed)
-        else:
-            import keras
-
-            keras.utils.set_random_seed(seed)
-
-    def example(self) -> Any:
-        import torch
-
-        return torch.zeros(1, 3, 32, 32)
+        seed_framework(self.name, seed)
 
     def params(self, model: Any) -> int:
-        return folded_params(model, self.example()) if self.name == "torch" else folded_params(model)
+        return count_params(model, self.name, (3, 32, 32))
 
-    def apply(self, model: Any, plan: dict) -> Any:
-        return apply_plan(model, plan, self.example() if self.name == "torch" else None, init="scratch")
+    def apply(self, model: Any, plan: Any) -> Any:
+        return adapt(model, self.name, plan, (3, 32, 32), "scratch")
 
     def train(self, model: Any, data, val, config: TrainConfig) -> float:
-        if self.name == "torch":
-            from onnxmbs.train.torch_trainer import train_torch
-
-            return train_torch(model, data, config=config, val=val).val_accuracy
-        from onnxmbs.train.keras_trainer import train_keras
-
-        return train_keras(model, data, config=config, val=val).val_accuracy
+        return train_model(model, self.name, data, val, config).val_accuracy
 
     def export(self, model: Any, path: Path) -> Path:
         from onnxmbs.zoo.export import export_keras, export_torch
@@ -137,31 +119,6 @@ def build(framework: Framework) -> Any:
     return keras.Model.from_config(config)
 
 
-# ---------------------------------------------------------------- uniform α at MBS's budget
-def uniform_plan(plan: dict, alpha: float) -> dict:
-    """The plan with every scalable group at ``ceil(α·C)`` instead of MBS's widths."""
-    widths = {g["id"]: g["channels"] if g["frozen"] else
-              compact_width(g["channels"], alpha, multiple_of=g["multiple_of"]) for g in plan["groups"]}
-    doc = json.loads(json.dumps(plan))
-    for g in doc["groups"]:
-        g["compact_channels"] = widths[g["id"]]
-    for layer in doc["layers"]:
-        layer["compact_out_channels"] = sum(widths[g] for g in layer.get("output_groups") or [layer["group"]])
-        layer.pop("channel_p_nonzero", None)
-    return doc
-
-
-def matching_alpha(plan: dict, analysis, target: int) -> float:
-    """The α in [0.30, 1.00] (step 0.0025) whose uniform model's parameter count is closest to ``target``."""
-    specs = param_specs(analysis)
-
-    def params(alpha: float) -> int:
-        doc = uniform_plan(plan, alpha)
-        return summarize(specs, {g["id"]: g["compact_channels"] for g in doc["groups"]}).params_compact
-
-    return min((a / 400 for a in range(120, 401)), key=lambda a: (abs(params(a) - target), -a))
-
-
 # ---------------------------------------------------------------- experiments
 def run_one(fw: Framework, make: Any, data, val, config: TrainConfig, **meta: Any) -> tuple[Run, Any]:
     """Seed, build (``make()``), train and evaluate one model."""
@@ -186,20 +143,21 @@ def prove(fw: Framework, split, args: argparse.Namespace, out: Path) -> list[Run
                               variant="original", k=None, alpha=None)
     runs = [first]
     path = fw.export(original, out / f"{fw.name}_original.onnx")
-    analysis = onnxmbs.analyze(path)
+    sweeper = make_sweeper(onnxmbs.analyze(path), None)  # uniform scaling needs no statistics
     for k in args.ks:
-        plan = plan_model(path, data=x_tr, preprocess="raw", k=k).document.to_json()
-        (out / f"{fw.name}_plan_k{k}.json").write_text(json.dumps(plan, indent=1))
+        plan = plan_model(path, data=x_tr, preprocess="raw", k=k).document
+        write_json(out / f"{fw.name}_plan_k{k}.json", plan)
         seeds = range(args.seeds) if k == args.fig5_k else range(1)
         for seed in seeds:
             runs.append(run_one(fw, lambda: fw.apply(original, plan), train, val, TrainConfig(seed=seed, **recipe),
                                 model=name, variant="MBS", k=k, alpha=None)[0])
         if k != args.fig5_k:
             continue
-        alpha = matching_alpha(plan, analysis, plan["summary"]["params_compact"])
+        uniform = match_alpha(sweeper.groups, sweeper.layers, sweeper.specs, plan.summary.params_compact)
         for seed in range(args.seeds):
-            runs.append(run_one(fw, lambda: fw.apply(original, uniform_plan(plan, alpha)), train, val,
-                                TrainConfig(seed=seed, **recipe), model=name, variant="uniform", k=k, alpha=alpha)[0])
+            runs.append(run_one(fw, lambda: fw.apply(original, uniform_document(plan, uniform)), train, val,
+                                TrainConfig(seed=seed, **recipe), model=name, variant="uniform", k=k,
+                                alpha=uniform.alpha)[0])
     return runs
 
 

@@ -53,11 +53,11 @@ class Split:
     test_index: np.ndarray
 
 
-def load_split(*, seed: int = SEED, test_size: float = 0.2) -> Split:
-    """Digits as (N,3,32,32) float32 in [0,1] on the 8-bit grid, stratified split."""
+def load_split(*, seed: int = SEED, test_size: float = 0.2, size: int = SIZE) -> Split:
+    """Digits as (N,3,size,size) float32 in [0,1] on the 8-bit grid, stratified split."""
     digits = load_digits()
     x = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]
-    x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = torch.round(x.clamp(0, 1) * 255) / 255
     x = x.repeat(1, 3, 1, 1).numpy()
     y = digits.target.astype(np.int64)

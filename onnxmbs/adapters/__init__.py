@@ -11,13 +11,47 @@ keeps the surviving channels' weights (``init="inherit"``). Train it with your o
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from onnxmbs.errors import MBSError
 
-__all__ = ["apply_plan", "apply_plan_keras", "apply_plan_torch", "folded_params"]
+__all__ = ["apply_plan", "apply_plan_keras", "apply_plan_torch", "folded_params", "import_keras"]
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Process-level stderr to /dev/null: TensorFlow's C++ start-up lines (oneDNN, absl) bypass Python."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_keras(*, tf2onnx: bool = False) -> Any:
+    """``keras`` (and TensorFlow, and with ``tf2onnx`` that too) imported without TensorFlow's start-up noise.
+
+    ``TF_CPP_MIN_LOG_LEVEL`` is set (unless the user set it) before TensorFlow loads; the lines TensorFlow
+    2.x prints before its logging starts are dropped. Import errors still raise as usual.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    wanted = ["tensorflow", "keras"] + (["tf2onnx"] if tf2onnx else [])
+    if any(name not in sys.modules for name in wanted):
+        import importlib
+
+        with _stderr_silenced():
+            for name in wanted:
+                importlib.import_module(name)
+    return sys.modules["keras"]
 
 
 def _is_torch(model: Any) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from onnxmbs.adapters.planview import (
-    Candidate, KeySets, Layout, PlanView, Resolution, channel_scores, check_init, check_supported, keep_top, load_plan, match_layers,
-    onnx_weight_names, plan_groups,
+    Candidate, ChannelBook, Layout, PlanView, Resolution, channel_scores, check_init, check_supported, keep_top, load_plan, match_layers,
+    onnx_weight_names, plan_groups, resolve_splits, whole_key,
 )
 from onnxmbs.errors import MBSError
 
@@ -50,26 +50,14 @@ class Use:
 
 
 @dataclass
-class Walk:
+class Walk(ChannelBook):
     uses: list[Use] = field(default_factory=list)
-    sets: KeySets = field(default_factory=KeySets)
-    widths: dict[Hashable, int] = field(default_factory=dict)
-    unsupported: dict[Hashable, list[str]] = field(default_factory=dict)
-
-    def mark(self, layout: Layout | None, reason: str) -> None:
-        for key in layout.segs if layout else ():
-            self.unsupported.setdefault(key, []).append(reason)
-
-    def fresh(self, key: Hashable, width: int) -> Layout:
-        self.widths[key] = int(width)
-        self.sets.find(key)
-        return Layout((key,))
 
 
 def _keras():
-    import keras
+    from onnxmbs.adapters import import_keras
 
-    return keras
+    return import_keras()
 
 
 def _history(obj: Any) -> list[str]:
@@ -175,12 +163,9 @@ def _join(w: Walk, name: str, ins: list) -> Layout | None:
     if not known:
         return None
     for t in known[1:]:
-        if len(t.segs) != len(known[0].segs) or (t.inner, t.outer) != (known[0].inner, known[0].outer):
+        if not w.sets.tie(known[0], t, w.widths):
             w.mark(t, f"Keras layer '{name}' joins differently laid-out channels")
             w.mark(known[0], f"Keras layer '{name}' joins differently laid-out channels")
-            continue
-        for a, b in zip(t.segs, known[0].segs):
-            w.sets.union(a, b)
     return known[0]
 
 
@@ -226,6 +211,8 @@ def resolve(model: Any, view: PlanView, w: Walk, mapping: Mapping[str, str]) -> 
     layer_of = {v: k for k, v in mapping.items()}
     channels, widths, keep = {}, {}, {}
     for root, keys in w.sets.members().items():
+        if all(k in w.sets.parts for k in keys):
+            continue  # split into parts: resolved from them below
         specs = [view.layer(layer_of[k[1]]) for k in keys if k[0] == "conv"]
         groups = plan_groups(specs, view, str(keys[0][1]))
         original = w.widths[root]
@@ -234,13 +221,14 @@ def resolve(model: Any, view: PlanView, w: Walk, mapping: Mapping[str, str]) -> 
             raise MBSError(f"the plan's channel groups {sorted(groups)} do not fit the model's layers "
                            f"{', '.join(str(k[1]) for k in keys[:4])} — make the plan from this model's ONNX export")
         width = compact.pop()
-        if width != original and any(k[0] == "fixed" for k in keys):
+        if width != original and any(whole_key(k)[0] == "fixed" for k in keys):
             raise MBSError(f"the plan narrows channels tied to a fixed-width tensor ({keys[0][1]}) — "
                            "make the plan from this model's ONNX export")
         scores = channel_scores(specs, original, lambda s: _l1(model, mapping[s.name]))
         kept = keep_top(scores, width) if width != original else np.arange(original)
         for key in keys:
             channels[key], widths[key], keep[key] = original, width, kept
+    resolve_splits(w.sets, channels, widths, keep)
     return Resolution(channels=channels, widths=widths, keep=keep)
 
 

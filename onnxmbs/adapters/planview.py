@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from onnxmbs.errors import MBSError
+from onnxmbs.graph.disjoint import DisjointSets
 from onnxmbs.planning.document import LayerRecord, PlanDocument, as_plan
 
 logger = logging.getLogger(__name__)
@@ -85,29 +86,83 @@ class Layout:
         return (np.arange(self.outer)[:, None] * total * self.inner + per_outer[None, :]).reshape(-1)
 
 
-class KeySets:
-    """Union-find over layout keys: element-wise ops tie the channels of their inputs."""
+class KeySets(DisjointSets):
+    """Union-find over layout keys: element-wise ops tie the channels of their inputs.
 
-    def __init__(self) -> None:
-        self.parent: dict[Hashable, Hashable] = {}
+    A key may be *split* into consecutive parts (GhostNet: a 16-channel conv added to a concat
+    of 8 + 8): every key tied to it is split the same way, each part tied to its counterpart.
+    """
 
-    def find(self, key: Hashable) -> Hashable:
-        self.parent.setdefault(key, key)
-        while self.parent[key] != key:
-            self.parent[key] = self.parent[self.parent[key]]
-            key = self.parent[key]
-        return key
+    def split_sizes(self, key: Hashable, sizes: Sequence[int], widths: dict[Hashable, int]) -> tuple[Hashable, ...]:
+        """Split ``key`` and every key tied to it into parts of ``sizes`` channels; the parts of ``key``."""
+        def parts(member: Hashable) -> tuple[Hashable, ...]:
+            made = tuple(("part", member, i) for i in range(len(sizes)))
+            for part, size in zip(made, sizes):
+                widths[part] = int(size)
+                self.find(part)
+            return made
 
-    def union(self, a: Hashable, b: Hashable) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
+        return self.split(key, parts)
 
-    def members(self) -> dict[Hashable, list[Hashable]]:
-        out: dict[Hashable, list[Hashable]] = {}
-        for key in list(self.parent):
-            out.setdefault(self.find(key), []).append(key)
-        return out
+    def tie(self, a: Layout, b: Layout, widths: dict[Hashable, int]) -> bool:
+        """Tie the channels of two layouts joined element-wise; False when they cannot be lined up."""
+        if (a.inner, a.outer) != (b.inner, b.outer):
+            return False
+        sa, sb = self.expand(a.segs), self.expand(b.segs)
+        if len(sa) != len(sb):
+            total = [sum(widths[s] for s in segs) for segs in (sa, sb)]
+            if total[0] != total[1] or 1 not in (len(sa), len(sb)):
+                return False
+            if len(sa) == 1:
+                sa = self.split_sizes(sa[0], [widths[s] for s in sb], widths)
+            else:
+                sb = self.split_sizes(sb[0], [widths[s] for s in sa], widths)
+        for x, y in zip(sa, sb):
+            self.union(x, y)
+        return True
+
+
+@dataclass
+class ChannelBook:
+    """What an adapter's walk over a framework model learns about channels (PyTorch trace, Keras walk)."""
+    sets: KeySets = field(default_factory=KeySets)
+    widths: dict[Hashable, int] = field(default_factory=dict)
+    unsupported: dict[Hashable, list[str]] = field(default_factory=dict)
+
+    def mark(self, layout: Layout | None, reason: str) -> None:
+        """These channels pass something the adapter cannot resize: their groups must stay whole."""
+        for key in layout.segs if layout else ():
+            self.unsupported.setdefault(key, []).append(reason)
+
+    def fresh(self, key: Hashable, width: int) -> Layout:
+        """A new channel set of ``width`` channels (a conv's or a fixed tensor's output)."""
+        self.widths[key] = int(width)
+        self.sets.find(key)
+        return Layout((key,))
+
+
+def whole_key(key: Hashable) -> Hashable:
+    """The key a part was split from (the key itself when it is no part)."""
+    while isinstance(key, tuple) and len(key) == 3 and key[0] == "part":
+        key = key[1]
+    return key
+
+
+def resolve_splits(sets: KeySets, channels: dict, widths: dict, keep: dict) -> None:
+    """Width and kept channels of every split key, from its parts (the parts must be resolved)."""
+    def fill(key: Hashable) -> None:
+        if key in widths:
+            return
+        parts = sets.parts[key]
+        for part in parts:
+            fill(part)
+        offsets = np.cumsum([0] + [channels[p] for p in parts[:-1]])
+        channels[key] = sum(channels[p] for p in parts)
+        widths[key] = sum(widths[p] for p in parts)
+        keep[key] = np.concatenate([keep[p] + o for p, o in zip(parts, offsets)])
+
+    for key in sets.parts:
+        fill(key)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from torch import nn
 
 from onnxmbs.adapters.planview import (
     Candidate, Layout, PlanView, Resolution, channel_scores, check_init, check_supported, keep_top, load_plan,
-    match_layers, onnx_weight_names, plan_groups, scope_path,
+    match_layers, onnx_weight_names, plan_groups, resolve_splits, scope_path, whole_key,
 )
 from onnxmbs.adapters.torch_trace import ConvUse, Trace, run_model, trace_model
 from onnxmbs.errors import MBSError
@@ -114,6 +114,8 @@ def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str]) -> Resolut
     sets = trace.sets.members()
     channels, widths, keep = {}, {}, {}
     for root, keys in sets.items():
+        if all(k in trace.sets.parts for k in keys):
+            continue  # split into parts (a join with a concatenation): resolved from them below
         conv_keys = [k for k in keys if isinstance(k, tuple) and k[0] == "conv"]
         specs = [view.layer(layer_of[k[1]]) for k in conv_keys]
         groups = plan_groups(specs, view, _names(keys))
@@ -123,6 +125,7 @@ def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str]) -> Resolut
         kept = keep_top(scores, compact) if compact != original else np.arange(original)
         for key in keys:
             channels[key], widths[key], keep[key] = original, compact, kept
+    resolve_splits(trace.sets, channels, widths, keep)
     return Resolution(channels=channels, widths=widths, keep=keep)
 
 
@@ -136,7 +139,7 @@ def _set_width(view: PlanView, groups: set[int], keys: list[Hashable], original:
     if any(view.channels[g] != original for g in groups):
         raise MBSError(f"plan group(s) {sorted(groups)} have {view.channels[min(groups)]} channels, the model's "
                        f"{_names(keys)} has {original} — the plan belongs to another model")
-    fixed = [k for k in keys if k[0] == "fixed"]
+    fixed = [whole_key(k) for k in keys if whole_key(k)[0] == "fixed"]
     compact = compacts.pop()
     if fixed and compact != original:
         raise MBSError(f"channels of {_names(keys)} are tied to {fixed[0][1]}, whose width cannot change, but the "

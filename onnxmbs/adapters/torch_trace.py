@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from onnxmbs.adapters.planview import KeySets, Layout
+from onnxmbs.adapters.planview import ChannelBook, Layout
 
 logger = logging.getLogger(__name__)
 
@@ -65,21 +65,14 @@ class LinearUse:
 
 
 @dataclass
-class Trace:
+class Trace(ChannelBook):
     """Everything one forward pass revealed (mutable while tracing; read-only afterwards)."""
 
     convs: list[ConvUse] = field(default_factory=list)
     norms: list[NormUse] = field(default_factory=list)
     linears: list[LinearUse] = field(default_factory=list)
-    sets: KeySets = field(default_factory=KeySets)
-    widths: dict[Hashable, int] = field(default_factory=dict)
-    unsupported: dict[Hashable, list[str]] = field(default_factory=dict)
     outputs: list[tuple[int, ...]] = field(default_factory=list)
     readers: dict[str, int] = field(default_factory=dict)  # conv name -> ops reading its output
-
-    def mark(self, layout: Layout | None, reason: str) -> None:
-        for key in layout.segs if layout else ():
-            self.unsupported.setdefault(key, []).append(reason)
 
 
 def _flat(obj: Any) -> Iterator[Any]:
@@ -127,9 +120,7 @@ class _Recorder:
         self.alive.append(t)
 
     def fresh(self, key: Hashable, width: int) -> Layout:
-        self.trace.widths[key] = width
-        self.trace.sets.find(key)
-        return Layout((key,))
+        return self.trace.fresh(key, width)
 
     def tag_input(self, t: torch.Tensor, index: int) -> None:
         if t.dim() >= 2:
@@ -240,14 +231,9 @@ class _Recorder:
     def join(self, tagged: list, why: str) -> None:
         first = tagged[0][1]
         for _, other in tagged[1:]:
-            same = (len(other.layout.segs) == len(first.layout.segs) and other.layout.inner == first.layout.inner
-                    and other.layout.outer == first.layout.outer)
-            if not same:
+            if not self.trace.sets.tie(first.layout, other.layout, self.trace.widths):
                 self.trace.mark(first.layout, f"{why} joins differently laid-out channels")
                 self.trace.mark(other.layout, f"{why} joins differently laid-out channels")
-                continue
-            for a, b in zip(first.layout.segs, other.layout.segs):
-                self.trace.sets.union(a, b)
 
     @staticmethod
     def derive(name: str, args: tuple, kwargs: dict, ref: torch.Tensor, tag: Tag, o: torch.Tensor) -> Tag | None:

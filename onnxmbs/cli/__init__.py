@@ -7,8 +7,10 @@ import sys
 import click
 
 from onnxmbs.cli.batch import check, profile, report, sweep
+from onnxmbs.cli.blocks import blocks
 from onnxmbs.cli.compact import compact
 from onnxmbs.cli.evaluate import evaluate
+from onnxmbs.cli.handbook import handbook
 from onnxmbs.cli.plan import analyze, plan
 from onnxmbs.cli.retrain import retrain
 from onnxmbs.cli.stats import stats
@@ -26,7 +28,8 @@ def main(verbose: int) -> None:
 
 
 
-for _command in (analyze, plan, profile, sweep, report, check, compact, evaluate, retrain, stats, zoo):
+for _command in (analyze, plan, profile, sweep, report, check, compact, evaluate, blocks, retrain, handbook, stats,
+                 zoo):
     main.add_command(_command)
 
 __all__ = ["main"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from onnxmbs.cli.options import (Count, check_workers, clean_errors, converge_options, data_options,
+from onnxmbs.cli.options import (Count, KValues, check_workers, clean_errors, converge_options, data_options,
                                  macroblocks_option, many_stats_option, one_source, refuse_overwrite, round_to_option,
                                  stats_option)
 
@@ -47,14 +47,15 @@ class Shard(click.ParamType):
                    "add the shards up with `onnxmbs stats merge`.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Write the counts here (JSON).")
 @clean_errors
-def profile(model: str, output: str, shard: tuple[int, int] | None, input_shape, calibration, converge) -> None:
+def profile(model: str, output: str, shard: tuple[int, int] | None, input_shape, statistic: str, calibration,
+            converge) -> None:
     """Run the statistics pass once and save the counts for `plan/sweep/report/check --stats`."""
     from dataclasses import replace
 
     from onnxmbs.graph.analysis import analyze
     from onnxmbs.planning.convergence import monitor_for
     from onnxmbs.reports.text import convergence_text
-    from onnxmbs.stats.measure import measure
+    from onnxmbs.stats.measure import input_shape_for, measure
     from onnxmbs.stats.statsfile import save_stats
 
     one_source(calibration, None)
@@ -62,12 +63,12 @@ def profile(model: str, output: str, shard: tuple[int, int] | None, input_shape,
     if shard is not None and (converge is not None or calibration.workers or calibration.ray_address):
         raise click.UsageError("--shard counts one fixed part of the data: leave out --until-converged/--workers")
     check_workers(calibration)
-    analysis = analyze(model, input_shape=input_shape)
+    analysis = analyze(model, input_shape=input_shape_for(model, input_shape, calibration.data), statistic=statistic)
     monitor = monitor_for(converge, analysis)
     stats, info = measure(analysis, replace(calibration, shard=shard), monitor=monitor,
                           task_images=getattr(monitor, "checkpoint", None))
     convergence = monitor.result() if monitor is not None else None
-    save_stats(output, analysis, stats, info=info, preprocess=calibration.preprocess, shard=shard,
+    save_stats(output, analysis, stats, info=info, preprocess=info.preprocess, shard=shard,
                convergence=convergence)
     part = f" (shard {shard[0]}/{shard[1]})" if shard else ""
     click.echo(f"{model}: {stats.images} images{part}, {len(stats.taps)} activations counted in {stats.seconds:.1f}s"
@@ -91,7 +92,7 @@ def _target(**options: float | None):
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options
 @stats_option
-@click.option("--k", "k_range", default="0.6:1.4:0.2", show_default=True,
+@click.option("--k", "k_range", type=KValues(), default="0.6:1.4:0.2", show_default=True,
               help="k values: start:stop:step (stop included) or a list 0.5,1,2.")
 @round_to_option
 @click.option("--target-param-reduction", type=click.FloatRange(0, 1, max_open=True), default=None,
@@ -108,13 +109,13 @@ def _target(**options: float | None):
 @clean_errors
 def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: str | None, as_json: bool,
           target_param_reduction, target_flop_reduction, target_params, target_flops, macroblock_map: str | None,
-          input_shape, calibration, converge) -> None:
+          input_shape, statistic: str, calibration, converge) -> None:
     """One statistics pass, a plan for every k: β, configuration, params and MACs per k; or solve for a target."""
     from onnxmbs.graph.analysis import analyze
     from onnxmbs.planning.pipeline import read_macroblock_map
     from onnxmbs.files import write_json
-    from onnxmbs.stats.measure import measure_or_load
-    from onnxmbs.planning.sweep import make_sweeper, parse_ks, solve
+    from onnxmbs.stats.measure import input_shape_for, measure_or_load
+    from onnxmbs.planning.sweep import make_sweeper, solve
     from onnxmbs.planning.convergence import monitor_for
     from onnxmbs.reports.text import convergence_text, solution_text, sweep_text
     from onnxmbs.planning.sweep import sweep as run_sweep
@@ -127,9 +128,10 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
     one_source(calibration, stats)
     refuse_overwrite(output, model, stats or "", _path(calibration.data))
     check_workers(calibration)
-    ks = parse_ks(k_range)
+    ks = k_range
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
-    analysis = analyze(model, input_shape=input_shape, macroblock_override=override)
+    analysis = analyze(model, input_shape=input_shape_for(model, input_shape, calibration.data),
+                       macroblock_override=override, statistic=statistic)
     monitor = monitor_for(converge, analysis, ks=ks, round_to=round_to)
     measured = measure_or_load(analysis, stats=stats, options=calibration, monitor=monitor)
     sweeper = make_sweeper(analysis, measured.statistics, round_to=round_to)
@@ -170,29 +172,35 @@ def _sweep_json(model: str, measured: Any, points: Any, target: Any, solution: A
               help="Report file; the format follows the suffix: .html .md .json .csv (repeatable).")
 @click.option("--k", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Threshold z = k·L of each model's plan.")
-@click.option("--sweep", "k_range", default="0.6:1.4:0.2", show_default=True,
+@click.option("--sweep", "k_range", type=KValues(), default="0.6:1.4:0.2", show_default=True,
               help="k values of the trade-off table and curve (start:stop:step or a list).")
 @round_to_option
 @converge_options()
+@click.option("--blocks", "blocks_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Also show a blocks plan from `onnxmbs blocks` (repeatable).")
 @clean_errors
 def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, ...], k: float, k_range: str,
-           round_to: int, input_shape, calibration, converge) -> None:
+           round_to: int, blocks_files: tuple[str, ...], input_shape, statistic: str, calibration, converge) -> None:
     """Batch report: one statistics pass per model, plan + k-sweep each, as HTML/Markdown/JSON/CSV.
 
     A model that fails becomes a failure row; the others still run. Exit 1 if any failed.
     """
+    import dataclasses
+
+    from onnxmbs.blocks.document import read_blocks_plan
     from onnxmbs.reports.report import ReportOptions, build_report, check_outputs, report_text, write_report
-    from onnxmbs.planning.sweep import parse_ks
 
     if not stats and not calibration.has_data:
         raise click.UsageError("give calibration data with --data PATH (or --synthetic N), or --stats FILE(s)")
     check_outputs(outputs)
     for path in outputs:
-        refuse_overwrite(path, *models, *stats, _path(calibration.data))
+        refuse_overwrite(path, *models, *stats, *blocks_files, _path(calibration.data))
     check_workers(calibration)
-    options = ReportOptions(k=k, ks=parse_ks(k_range), round_to=round_to, input_shape=input_shape,
+    options = ReportOptions(k=k, ks=k_range, round_to=round_to, input_shape=input_shape, statistic=statistic,
                             converge=converge)
-    result = build_report(list(models), options=options, stats=stats, calibration=calibration)
+    blocks = tuple(read_blocks_plan(path) for path in blocks_files)
+    result = dataclasses.replace(build_report(list(models), options=options, stats=stats, calibration=calibration),
+                                 blocks=blocks)
     for path in outputs:
         write_report(result, path)
     click.echo(report_text(result))
@@ -224,8 +232,8 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
 @converge_options("--converge-tolerance")
 @clean_errors
 def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops, max_redundancy,
-          baselines: tuple[str, ...], tolerance, k, round_to: int, junit: str | None, input_shape, calibration,
-          converge) -> None:
+          baselines: tuple[str, ...], tolerance, k, round_to: int, junit: str | None, input_shape, statistic: str,
+          calibration, converge) -> None:
     """CI gate: static limits need no data; --max-redundancy and --baseline need statistics.
 
     Exit 0 when every check passes, 1 when one fails, 2 on usage errors. With
@@ -234,12 +242,15 @@ def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops
     from onnxmbs.reports.gate import GateLimits, append_step_summary, junit_xml, results_text, run_gate
     from onnxmbs.files import write_atomic
 
+    if stats and calibration.synthetic is not None:
+        raise click.UsageError("give either --stats FILE or --synthetic N, not both: a gate must not pass on "
+                               "noise when the saved counts were meant")
     if tolerance is not None and not baselines:
         raise click.UsageError("--tolerance applies to --baseline: add --baseline plan.json")
     check_workers(calibration)
     limits = GateLimits(max_params=max_params, max_flops=max_flops, max_redundancy=max_redundancy,
                         baselines=baselines, tolerance=0.02 if tolerance is None else tolerance, k=k,
-                        round_to=round_to, input_shape=input_shape, converge=converge)
+                        round_to=round_to, input_shape=input_shape, statistic=statistic, converge=converge)
     if limits.needs_statistics and not stats and not calibration.has_data:
         raise click.UsageError("--max-redundancy and --baseline need statistics: give --data PATH, "
                                "--synthetic N or --stats FILE")

@@ -56,8 +56,9 @@ def compact_text(result: CompactResult, output: str) -> str:
         lines.append(f"note        inherited weights of {len(result.inexact)} grouped conv(s) are approximate "
                      f"(kept channels cross their groups): {', '.join(result.inexact[:3])} — fine-tune")
     if result.copies:
-        lines.append(f"note        {len(result.copies)} shared tensor(s) copied for different cuts "
-                     f"(+{result.params_compact - result.params_predicted:,} parameters)")
+        extra = result.params_compact - result.params_predicted
+        lines.append(f"note        {len(result.copies)} shared tensor(s) stored once per cut their uses need "
+                     + (f"(+{extra:,} parameters beyond this older plan's count)" if extra else "(counted in the plan)"))
     return "\n".join(lines)
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from onnxmbs.errors import MBSError
+from onnxmbs.stats.preprocess import PRESETS
 from onnxmbs.units import parse_count
 
 logger = logging.getLogger("onnxmbs")
@@ -60,19 +61,56 @@ class Shape(click.ParamType):
 
 
 class Floats(click.ParamType):
+    """A comma-separated list of numbers, each within [low, high] (``positive``: > 0)."""
     name = "floats"
+
+    def __init__(self, *, low: float | None = None, high: float | None = None, positive: bool = False) -> None:
+        self.low, self.high, self.positive = low, high, positive
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
         try:
-            return tuple(float(v) for v in value.split(",") if v.strip())
+            values = tuple(float(v) for v in value.split(",") if v.strip())
         except ValueError:
             self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        if not values:
+            self.fail(f"{value!r} holds no numbers", param, ctx)
+        bad = [v for v in values if not math.isfinite(v) or (self.positive and v <= 0)
+               or (self.low is not None and v < self.low) or (self.high is not None and v > self.high)]
+        if bad:
+            self.fail(f"{value!r}: {bad[0]:g} is not {self.describe()}", param, ctx)
+        return values
+
+    def describe(self) -> str:
+        if self.positive:
+            return "a positive number"
+        return f"in [{self.low:g}, {self.high:g}]" if self.low is not None and self.high is not None else "finite"
+
+
+class KValues(click.ParamType):
+    """k values for a sweep: start:stop:step (stop included) or a list 0.5,1,2."""
+    name = "k-range"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        from onnxmbs.planning.sweep import parse_ks
+        try:
+            return parse_ks(value)
+        except MBSError as exc:
+            self.fail(str(exc).replace(f"--k {value!r} ", f"{value!r} "), param, ctx)
+
+
+positive_float = click.FloatRange(min=0, min_open=True)
 
 
 input_shape_option = click.option("--input-shape", type=Shape(), default=None,
                                   help="Fix dynamic input dims, e.g. 1,3,224,224 (NCHW) or 1,224,224,3 (NHWC).")
+statistic_option = click.option(
+    "--statistic", type=click.Choice(["extended", "paper"]), default="extended", show_default=True,
+    help="extended: convs before SiLU/GELU/HardSwish/LeakyReLU/PReLU... count outputs > 0 (beyond the paper; "
+         "ReLU layers count non-zeros, as in the paper); paper: only ReLU-family layers are measured, others p = 1.")
 macroblocks_option = click.option("--macroblocks", "macroblock_map", type=click.Path(dir_okay=False), default=None,
                                   help="JSON {layer: level} to override the grouping by output resolution.")
 
@@ -91,10 +129,12 @@ def data_options(fn: Callable) -> Callable:
                      help="Calibration images: a folder (recursive jpg/png/bmp/webp) or a .npy/.npz array."),
         click.option("--synthetic", type=click.IntRange(min=1), default=None,
                      help="Use N images of random noise instead of data (the plan says so)."),
-        click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default="imagenet",
-                     show_default=True, help="Normalisation of images/uint8 arrays."),
-        click.option("--mean", type=Floats(), default=None, help="Explicit per-channel mean in [0,1] units."),
-        click.option("--std", type=Floats(), default=None, help="Explicit per-channel std in [0,1] units."),
+        click.option("--preprocess", type=click.Choice(list(PRESETS)), default=None,
+                     help="Normalisation of images/uint8 arrays  [default: from the model's metadata "
+                          "(onnxmbs.preprocess), else imagenet]"),
+        click.option("--mean", type=Floats(low=0.0, high=1.0), default=None,
+                     help="Explicit per-channel mean in [0,1] units."),
+        click.option("--std", type=Floats(positive=True), default=None, help="Explicit per-channel std in [0,1] units."),
         click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images."),
         click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
         click.option("--provider", default="auto", show_default=True,
@@ -105,6 +145,7 @@ def data_options(fn: Callable) -> Callable:
         click.option("--ray-address", default=None,
                      help="Join this Ray cluster (auto = the one started with `ray start`) instead of a local Ray."),
         input_shape_option,
+        statistic_option,
     ]
 
     @functools.wraps(fn)
@@ -162,8 +203,9 @@ def labelled_options(fn: Callable) -> Callable:
                      help="Labelled images: a .npz (images + labels) or a folder with one sub-folder per class."),
         click.option("--classes", type=click.Path(dir_okay=False), default=None,
                      help="Class folder names, one a line, in class-index order (default: sorted folder names)."),
-        click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default="imagenet",
-                     show_default=True, help="Normalisation of images/uint8 arrays."),
+        click.option("--preprocess", type=click.Choice(list(PRESETS)), default=None,
+                     help="Normalisation of images/uint8 arrays [default: the model's metadata "
+                          "(onnxmbs.preprocess), else imagenet]."),
         click.option("--mean", type=Floats(), default=None, help="Explicit per-channel mean in [0,1] units."),
         click.option("--std", type=Floats(), default=None, help="Explicit per-channel std in [0,1] units."),
         click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images."),
@@ -177,14 +219,15 @@ def labelled_options(fn: Callable) -> Callable:
     return fn
 
 
-def open_labelled_data(loaded: Any, *, data: str, classes: str | None, preprocess: str, mean, std,
+def open_labelled_data(loaded: Any, *, data: str, classes: str | None, preprocess: str | None, mean, std,
                        max_images: int | None) -> Any:
     """The labelled data of ``labelled_options`` for a loaded model's input."""
     from onnxmbs.stats.labelled import open_labelled
-    from onnxmbs.stats.preprocess import make_preprocess
+    from onnxmbs.stats.preprocess import preprocess_for
 
+    pre = preprocess_for(loaded.metadata, preprocess, mean=mean, std=std, where=loaded.path)
     return open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout, classes=classes,
-                         preprocess=make_preprocess(preprocess, mean=mean, std=std), max_images=max_images)
+                         preprocess=pre, max_images=max_images)
 
 
 def converge_options(tolerance: str = "--tolerance") -> Callable[[Callable], Callable]:
@@ -232,3 +275,23 @@ def check_workers(calibration: Any) -> None:
         from onnxmbs.cluster import require_ray
 
         require_ray("--workers" if calibration.workers is not None else "--ray-address")
+
+
+def training_options(fn: Callable) -> Callable:
+    """The training recipe of ``retrain`` and ``handbook`` (fields of :class:`onnxmbs.train.TrainConfig`)."""
+    options = [
+        click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+        click.option("--lr", type=float, default=0.1, show_default=True),
+        click.option("--momentum", type=float, default=0.9, show_default=True),
+        click.option("--weight-decay", type=float, default=1e-4, show_default=True),
+        click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
+                     help="step: lr ÷ 10 at 50% and 75% (the paper's)."),
+        click.option("--flip/--no-flip", default=True, show_default=True,
+                     help="Random horizontal flips (off for digits/text)."),
+        click.option("--crop-pad", type=click.IntRange(min=0), default=4, show_default=True,
+                     help="Random-crop padding (0: off)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn

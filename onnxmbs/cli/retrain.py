@@ -2,6 +2,11 @@
 
     onnxmbs retrain --zoo resnet20 --plan plan.json --data train.npz --epochs 30 -o compact.onnx
     onnxmbs retrain --model my_model.pt --plan plan.json --data images/ --init inherit -o compact.onnx
+    onnxmbs retrain --model my_model.pt --blocks blocks.json --data train.npz --lr 0.01 -o shallow.onnx
+
+``--blocks`` removes a blocks plan's blocks first (the model keeps its other weights: fine-tuning);
+with ``--plan`` too, the MBS plan must have been made on the shallow ONNX model
+(``onnxmbs blocks ... --output-model shallow.onnx`` then ``onnxmbs plan shallow.onnx``).
 
 The model is a zoo architecture (``--zoo``, built at full width then narrowed by the plan;
 weights start from scratch as in the paper) or your own: a pickled ``nn.Module`` (``.pt``/
@@ -10,14 +15,12 @@ weights start from scratch as in the paper) or your own: a pickled ``nn.Module``
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from onnxmbs.cli.options import clean_errors
+from onnxmbs.cli.options import clean_errors, training_options
 from onnxmbs.errors import MBSError
 
 if TYPE_CHECKING:
@@ -25,70 +28,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-KERAS_SUFFIXES = (".keras", ".h5")
-TORCH_SUFFIXES = (".pt", ".pth")
-
-
-def _framework_of(model: Any) -> str:
-    names = {c.__module__.split(".")[0] for c in type(model).__mro__}
-    if "torch" in names:
-        return "torch"
-    if "keras" in names:
-        return "keras"
-    raise MBSError(f"{type(model).__name__} is neither a torch.nn.Module nor a Keras model — return one of those")
-
-
-def _from_python(spec: str) -> Any:
-    file, _, function = spec.rpartition(":")
-    path = Path(file)
-    if not path.is_file():
-        raise MBSError(f"model file not found: {path} — pass FILE.py:FUNCTION, e.g. models.py:build")
-    module_spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    factory = getattr(module, function, None)
-    if not callable(factory):
-        raise MBSError(f"{path} has no function {function!r} — pass FILE.py:FUNCTION returning your model")
-    return factory()
-
-
-def load_user_model(spec: str) -> Any:
-    """A model from ``.pt``/``.pth`` (pickled module), ``.keras``/``.h5``, or ``file.py:function``."""
-    path = Path(spec)
-    if path.suffix.lower() in TORCH_SUFFIXES:
-        import torch
-
-        if not path.is_file():
-            raise MBSError(f"model file not found: {path} — check the path")
-        model = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(model, torch.nn.Module):
-            raise MBSError(f"{path} holds a {type(model).__name__}, not a whole nn.Module — save it with "
-                           "torch.save(model, path), or pass FILE.py:FUNCTION that builds it and loads the state dict")
-        return model
-    if path.suffix.lower() in KERAS_SUFFIXES:
-        import keras
-
-        if not path.is_file():
-            raise MBSError(f"model file not found: {path} — check the path")
-        return keras.saving.load_model(path, compile=False)
-    if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
-        return _from_python(spec)
-    raise MBSError(f"cannot load a model from {spec!r} — pass a .pt/.pth (torch.save(model)), a .keras file, "
-                   "or FILE.py:FUNCTION")
-
-
-def _zoo_model(name: str, framework: str | None, num_classes: int, size: int) -> Any:
-    from onnxmbs.zoo import ZOO, build
-
-    if name not in ZOO and name.endswith("_cifar") and name.removesuffix("_cifar") in ZOO:
-        name = name.removesuffix("_cifar")
-    return build(name, num_classes=num_classes, input_size=size, framework=framework)
-
-
 def _input(plan: PlanDocument) -> tuple[int, int, int]:
     """(channels, height, width) of the planned model's input."""
-    shape = plan.model.shape
-    return (shape[1], shape[2], shape[3]) if plan.model.layout == "NCHW" else (shape[3], shape[1], shape[2])
+    return _record_input(plan.model.shape, plan.model.layout)
+
+
+def _record_input(shape, layout: str) -> tuple[int, int, int]:
+    return (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
 
 
 def _data(data: str, val: str | None, val_split: float, *, layout: str, preprocess: str,
@@ -104,34 +50,23 @@ def _data(data: str, val: str | None, val_split: float, *, layout: str, preproce
     return train.split(val_split, seed=seed)
 
 
-def _adapt(model: Any, framework: str, plan: PlanDocument, chw: tuple[int, int, int], init: str) -> Any:
-    from onnxmbs.adapters import apply_plan
-
+def _framework_params(model: Any, framework: str) -> tuple[int, str]:
+    """The framework's own parameter count and what it includes."""
     if framework == "torch":
-        import torch
-
-        return apply_plan(model, plan, torch.zeros(1, *chw), init=init)
-    return apply_plan(model, plan, init=init)
+        return sum(p.numel() for p in model.parameters()), "PyTorch parameters(), BatchNorm unfolded"
+    return int(model.count_params()), "Keras count_params(), BatchNorm moving statistics included"
 
 
-def _train(model: Any, framework: str, train, val, config) -> Any:
-    if framework == "torch":
-        from onnxmbs.train.torch_trainer import train_torch
+def params_text(model: Any, compact: Any, fw: str, chw: tuple[int, int, int], predicted: int, *,
+                kind: str = "compact") -> str:
+    """Counts as the plan counts them (ONNX, BatchNorm folded into the conv), then the framework's own."""
+    from onnxmbs.train.frameworks import count_params
 
-        return train_torch(model, train, config=config, val=val)
-    from onnxmbs.train.keras_trainer import train_keras
-
-    return train_keras(model, train, config=config, val=val)
-
-
-def _params(model: Any, framework: str, chw: tuple[int, int, int]) -> int:
-    from onnxmbs.adapters import folded_params
-
-    if framework == "torch":
-        import torch
-
-        return folded_params(model, torch.zeros(1, *chw))
-    return folded_params(model)
+    before, after = count_params(model, fw, chw), count_params(compact, fw, chw)
+    (own_before, what), (own_after, _) = _framework_params(model, fw), _framework_params(compact, fw)
+    return (f"{kind} model: {before:,} -> {after:,} parameters counted as the plan counts them (ONNX, BatchNorm "
+            f"folded; the plan predicts {predicted:,})\n"
+            f"{' ' * len(kind)}        {own_before:,} -> {own_after:,} as {what}")
 
 
 def _export(model: Any, framework: str, chw: tuple[int, int, int], path: str) -> None:
@@ -140,7 +75,9 @@ def _export(model: Any, framework: str, chw: tuple[int, int, int], path: str) ->
     if framework == "torch":
         export_torch(model.cpu(), chw, path)
     else:
-        import keras
+        from onnxmbs.adapters import import_keras
+
+        keras = import_keras()
 
         export_keras(keras.Model(model.inputs, model.outputs, name=model.name), path)
 
@@ -155,8 +92,10 @@ def _save(model: Any, framework: str, path: str) -> None:
 
 
 @click.command()
-@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False),
-              help="Plan JSON from `onnxmbs plan`.")
+@click.option("--plan", "plan_path", default=None, type=click.Path(dir_okay=False),
+              help="Plan JSON from `onnxmbs plan` (with --blocks: planned on the shallow model).")
+@click.option("--blocks", "blocks_path", default=None, type=click.Path(dir_okay=False),
+              help="Blocks plan JSON from `onnxmbs blocks`: remove its blocks first (then --plan, if given).")
 @click.option("--zoo", "zoo_name", default=None, help="A zoo architecture, e.g. resnet20 (see `onnxmbs zoo list`).")
 @click.option("--framework", type=click.Choice(["torch", "keras"]), default=None,
               help="Zoo builder (default: the model's first).")
@@ -169,48 +108,68 @@ def _save(model: Any, framework: str, path: str) -> None:
 @click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default=None,
               help="For images / uint8 arrays (default: the plan's, else raw).")
 @click.option("--init", type=click.Choice(["scratch", "inherit"]), default="scratch", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=float, default=0.1, show_default=True)
-@click.option("--momentum", type=float, default=0.9, show_default=True)
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
-              help="step: lr ÷ 10 at 50% and 75% (the paper's).")
-@click.option("--flip/--no-flip", default=True, show_default=True,
-              help="Random horizontal flips (off for digits/text).")
-@click.option("--crop-pad", type=click.IntRange(min=0), default=4, show_default=True,
-              help="Random-crop padding (0: off).")
+@training_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the compact model as ONNX.")
 @click.option("--save", type=click.Path(dir_okay=False), default=None, help="Save the trained model (.pt or .keras).")
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar per epoch with loss and accuracy (default: on a terminal).")
 @clean_errors
-def retrain(plan_path: str, zoo_name: str | None, framework: str | None, model_spec: str | None, data: str,
-            val: str | None, val_split: float, preprocess: str | None, init: str, output: str | None,
-            save: str | None, **train_options) -> None:
-    """Apply PLAN's widths to a model, retrain the compact model, report accuracy and size, export."""
-    from onnxmbs.planning.document import read_plan
+def retrain(plan_path: str | None, blocks_path: str | None, zoo_name: str | None, framework: str | None,
+            model_spec: str | None, data: str, val: str | None, val_split: float, preprocess: str | None, init: str,
+            output: str | None, save: str | None, progress: bool | None, **train_options) -> None:
+    """Remove a blocks plan's blocks and/or apply a PLAN's widths, retrain, report accuracy and size, export."""
     from onnxmbs.train import TrainConfig
+    from onnxmbs.train.frameworks import adapt, framework_of, load_user_model, train_model
+    from onnxmbs.zoo import build, lookup
 
     if (zoo_name is None) == (model_spec is None):
         raise click.UsageError("give exactly one of --zoo NAME or --model FILE")
+    if plan_path is None and blocks_path is None:
+        raise click.UsageError("give --plan PLAN.json (MBS widths), --blocks BLOCKS.json (block pruning), or both")
     if zoo_name is not None and init == "inherit":
         raise MBSError("--init inherit needs trained weights — pass your trained model with --model, "
                        "or use --init scratch")
-    plan = read_plan(plan_path)
+    plan, blocks = _plans(plan_path, blocks_path)
     config = TrainConfig(**train_options)
-    chw = _input(plan)
+    chw = _input(plan) if plan is not None else _record_input(blocks.model.shape, blocks.model.layout)
     user = load_user_model(model_spec) if model_spec else None
-    fw = _framework_of(user) if user is not None else (framework or _zoo_framework(zoo_name))
-    preprocess = preprocess or plan.settings.preprocess or "raw"
-    train, held = _data(data, val, val_split, layout="NCHW" if fw == "torch" else "NHWC", preprocess=preprocess,
-                        chw=chw, seed=config.seed)
-    model = user if user is not None else _zoo_model(zoo_name, fw, train.num_classes, chw[1])
-    compact = _adapt(model, fw, plan, chw, init)
-    before, after = _params(model, fw, chw), _params(compact, fw, chw)
-    predicted = plan.summary.params_compact
-    click.echo(f"compact model: {before:,} -> {after:,} parameters (plan predicts {predicted:,})")
-    result = _train(compact, fw, train, held, config)
+    fw = framework_of(user) if user is not None else (framework or lookup(zoo_name).framework)
+    planned = plan.settings.preprocess if plan is not None else blocks.settings.get("preprocess")
+    train, held = _data(data, val, val_split, layout="NCHW" if fw == "torch" else "NHWC",
+                        preprocess=preprocess or planned or "raw", chw=chw, seed=config.seed)
+    model = user if user is not None else build(lookup(zoo_name).name, num_classes=train.num_classes,
+                                                input_size=chw[1], framework=fw)
+    shallow = _remove_blocks(model, fw, blocks, chw) if blocks is not None else model
+    compact = adapt(shallow, fw, plan, chw, init) if plan is not None else shallow
+    predicted = plan.summary.params_compact if plan is not None else blocks.summary.params_after
+    click.echo(params_text(model, compact, fw, chw, predicted, kind="compact" if plan is not None else "shallow"))
+    result = train_model(compact, fw, train, held, config, progress=progress)
     _finish(compact, fw, chw, result, 0 if held is None else len(held), save=save, output=output)
+
+
+def _plans(plan_path: str | None, blocks_path: str | None) -> tuple[Any, Any]:
+    """The MBS plan and the blocks plan, each None when not given."""
+    plan = blocks = None
+    if plan_path is not None:
+        from onnxmbs.planning.document import read_plan
+
+        plan = read_plan(plan_path)
+    if blocks_path is not None:
+        from onnxmbs.blocks.document import read_blocks_plan
+
+        blocks = read_blocks_plan(blocks_path)
+    return plan, blocks
+
+
+def _remove_blocks(model: Any, framework: str, blocks: Any, chw: tuple[int, int, int]) -> Any:
+    from onnxmbs.adapters.blocks import remove_blocks_from
+
+    if framework == "torch":
+        import torch
+
+        return remove_blocks_from(model, blocks, torch.zeros(1, *chw))
+    return remove_blocks_from(model, blocks)
 
 
 def _finish(compact: Any, fw: str, chw: tuple[int, int, int], result: Any, held: int, *, save: str | None,
@@ -224,12 +183,3 @@ def _finish(compact: Any, fw: str, chw: tuple[int, int, int], result: Any, held:
     if output:
         _export(compact, fw, chw, output)
         click.echo(f"compact ONNX written to {output}")
-
-
-def _zoo_framework(name: str) -> str:
-    from onnxmbs.zoo import ZOO
-
-    entry = ZOO.get(name) or ZOO.get(name.removesuffix("_cifar"))
-    if entry is None:
-        raise MBSError(f"unknown zoo model {name!r} — choose one of {', '.join(sorted(ZOO))}")
-    return entry.framework

@@ -5,6 +5,7 @@ Bad input raises :class:`MBSError`; the group turns it into one line on stderr
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -39,14 +40,23 @@ def zoo() -> None:
     """The paper's architectures with width configurations, exported to ONNX."""
 
 
+def _natural(name: str) -> tuple:
+    """resnet20 before resnet110: digits compare as numbers."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
 @zoo.command(name="list")
 def list_command() -> None:
     """List the zoo's models, their frameworks and default configurations."""
-    for name in list_models():
+    from onnxmbs.reports.text import table
+
+    rows = []
+    for name in sorted(list_models(), key=_natural):
         entry = ZOO[name]
         config = ",".join(f"{v:g}" for v in entry.default_configuration)
-        click.echo(f"{name:<18} {'/'.join(entry.frameworks):<12} --{entry.config.kind} {config:<26} "
-                   f"{entry.input_size}px {entry.num_classes} classes  {entry.description}")
+        rows.append((name, "/".join(entry.frameworks), f"--{entry.config.kind} {config}", f"{entry.input_size}px",
+                     entry.num_classes, entry.description))
+    click.echo(table(["model", "frameworks", "default configuration", "input", "classes", "description"], rows))
 
 
 @zoo.command(name="export")
@@ -56,12 +66,15 @@ def list_command() -> None:
 @click.option("--num-classes", type=int, help="classifier outputs (default: the model's, 10 or 1000)")
 @click.option("--input-size", type=int, help="square input size in pixels (default: 32 CIFAR, 224 ImageNet)")
 @click.option("--framework", type=click.Choice(["torch", "keras"]), help="builder to use (default: the model's first)")
+@click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default="imagenet",
+              show_default=True, help="the input normalisation the model is meant for, recorded in the file's "
+                                      "metadata (onnxmbs.preprocess) for `onnxmbs plan`")
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="where to write the ONNX file")
 def export_command(name: str, widths: str | None, betas: str | None, num_classes: int | None,
-                   input_size: int | None, framework: str | None, output: Path) -> None:
+                   input_size: int | None, framework: str | None, preprocess: str, output: Path) -> None:
     """Build zoo model NAME and write it as ONNX (dynamic batch), checked in onnxruntime."""
     path = export(name, output, widths=_numbers(widths, kind=int, option="--widths"),
                   betas=_numbers(betas, kind=float, option="--betas"), num_classes=num_classes,
-                  input_size=input_size, framework=framework)
+                  input_size=input_size, framework=framework, preprocess=preprocess)
     click.echo(f"wrote {path}")

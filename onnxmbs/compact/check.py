@@ -22,6 +22,7 @@ import onnx
 
 from onnxmbs.graph.costs import Costs, count_costs
 from onnxmbs.errors import MBSError
+from onnxmbs.runtime import open_session
 from onnxmbs.graph.load import ModelInput, load_model
 
 logger = logging.getLogger(__name__)
@@ -44,13 +45,7 @@ class Latency:
 
 
 def _session(data: bytes, *, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(data, sess_options=options, providers=[PROVIDER])
+    return open_session(data, providers=[PROVIDER], threads=threads, inter_threads=1)
 
 
 def sample(model_input: ModelInput, *, batch: int, seed: int = 0, dtype=np.float32) -> np.ndarray:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ class CompactResult:
     latency: Latency | None = None
     reconstruction: Reconstruction | None = None
     accuracy: AccuracyCheck | None = None
+    external_data: bool = False  # the original keeps its weights in external-data files (so will the output)
 
     def record(self) -> dict[str, Any]:
         """The JSON sidecar: counts, sizes, latency, the kept channels of every cut group (and the reconstruction)."""
@@ -89,16 +90,55 @@ class CompactResult:
         }
 
 
-def _source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, int]:
-    """The proto, its bytes with all weights inside (for onnxruntime), and the file's size."""
+def _external_files(proto: onnx.ModelProto, folder: Path) -> set[Path]:
+    """The external-data files the (not yet loaded) tensors of ``proto`` point to."""
+    tensors = list(proto.graph.initializer) + [a.t for n in proto.graph.node for a in n.attribute if a.HasField("t")]
+    return {folder / e.value for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data if e.key == "location"}
+
+
+def _source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, int, bool]:
+    """The proto, its bytes with all weights inside (for onnxruntime), every byte of the model on disk
+    (the .onnx file and its external-data files) and whether it has external data."""
     if isinstance(model, onnx.ModelProto):
         data = model.SerializeToString()
-        return model, data, len(data)
+        return model, data, len(data), False
     path = Path(model)
     if not path.is_file():
         raise MBSError(f"model file not found: {path} — check the path")
-    proto = onnx.load(str(path), load_external_data=True)
-    return proto, proto.SerializeToString(), path.stat().st_size
+    proto = onnx.load(str(path), load_external_data=False)
+    files = _external_files(proto, path.parent)
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except (OSError, ValueError) as exc:
+        raise MBSError(f"cannot read the external data of {path} ({exc}) — keep its data files next to it") from None
+    size = path.stat().st_size + sum(f.stat().st_size for f in files)
+    return proto, proto.SerializeToString(), size, bool(files)
+
+
+EXTERNAL_OVER = 2**31 - 2**27  # protobuf cannot serialise 2 GiB; from ~1.9 GB weights go to a .data file
+
+
+def save_model(proto: onnx.ModelProto, output: str | Path, *, external: bool = False) -> int:
+    """Write ``proto`` atomically; with ``external`` (or beyond protobuf's limit) its weights go to
+    ``<output>.data`` beside it. Returns every byte written."""
+    output = Path(output)
+    if not external and proto.ByteSize() <= EXTERNAL_OVER:
+        write_atomic(output, proto.SerializeToString())
+        return output.stat().st_size
+    import copy
+    import os
+    import tempfile
+
+    data = output.with_name(output.name + ".data")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
+        staged = Path(tmp) / output.name
+        onnx.save_model(copy.deepcopy(proto), str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        os.replace(staged.with_name(data.name), data)
+        os.replace(staged, output)
+    return output.stat().st_size + data.stat().st_size
 
 
 def _input_shape(plan: PlanDocument, given: tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -204,7 +244,7 @@ def compact_model(model: str | Path | onnx.ModelProto, plan: PlanDocument | str 
     """
     _options(weights, select, reconstruct)
     doc = as_plan(plan)
-    proto, data_bytes, size = _source(model)
+    proto, data_bytes, size, external = _source(model)
     analysis = analyze(model, input_shape=_input_shape(doc, input_shape))
     widths = check_plan(doc, analysis, force=force)
     scores = None
@@ -218,16 +258,15 @@ def compact_model(model: str | Path | onnx.ModelProto, plan: PlanDocument | str 
     if parts.inexact and weights == "inherit" and rebuilt is None:
         logger.warning("inherited weights of %d grouped conv(s) are approximate (kept channels cross their "
                        "groups): %s — retrain or fine-tune", len(parts.inexact), ", ".join(parts.inexact[:5]))
-    costs, predicted = _verified(analysis, built, data_bytes, doc, parts.expected)
+    costs, predicted = _verified(analysis, built, data_bytes, doc, parts.expected, widths)
     loaded = analysis.loaded
-    compact_bytes = built.model.SerializeToString()
     accuracy = check_accuracy(analysis, built.model, evaluation, classes=classes) if evaluation else None
-    latency = (measure_latency(data_bytes, compact_bytes, loaded.input, batch=loaded.input.shape[0],
+    latency = (measure_latency(data_bytes, built.model.SerializeToString(), loaded.input, batch=loaded.input.shape[0],
                                repeats=latency_repeats, threads=threads) if latency_repeats > 0 else None)
     return CompactResult(
         model=built.model, params=doc.summary.params, params_predicted=predicted,
         params_compact=costs.params, flops=analysis.shapes.flops, flops_compact=costs.flops,
-        bytes_original=size, bytes_compact=len(compact_bytes),
+        bytes_original=size, bytes_compact=built.model.ByteSize(), external_data=external,
         widths={g.id: (g.channels, widths[g.id]) for g in analysis.channels.groups},
         kept={g: tuple(int(c) for c in np.asarray(k)) for g, k in parts.chosen.keep.items()},
         selection=dict(parts.chosen.source), inexact=tuple(parts.inexact), copies=built.copies, weights=weights,
@@ -243,17 +282,28 @@ def _selection_data(data: CalibrationOptions | None, reconstruct: ReconstructOpt
 
 
 def _verified(analysis: Analysis, built: Rebuilt, data_bytes: bytes, doc: PlanDocument,
-              expected: Mapping[str, tuple[int, ...]]):
+              expected: Mapping[str, tuple[int, ...]], widths: Mapping[int, int]):
     loaded = analysis.loaded
     batch = 2 if loaded.batch_dynamic else loaded.input.shape[0]
     costs = verify(built.model, data_bytes, loaded.input, batch=batch, input_shape=loaded.input.shape,
                    expected=expected)
     predicted = doc.summary.params_compact
-    if costs.params != predicted + built.extra_params:
+    if costs.params != predicted and not _explained(costs.params, predicted, built.extra_params, analysis, widths):
         raise MBSError(f"the compact model has {costs.params:,} parameters, the plan predicted {predicted:,}"
-                       f"{f' + {built.extra_params:,} in copied shared tensors' if built.extra_params else ''} — "
+                       f"{f' ({built.extra_params:,} in copied shared tensors)' if built.extra_params else ''} — "
                        "nothing was written; re-run `onnxmbs plan` on this model, or report it")
     return costs, predicted
+
+
+def _explained(counted: int, predicted: int, extra: int, analysis: Analysis, widths: Mapping[int, int]) -> bool:
+    """A count off the plan's only through shared tensors: a plan that predates copies (counted them once), or
+    cuts of a shared tensor that came out equal (the plan counted them apart)."""
+    from onnxmbs.planning.planner import compact_params
+    from onnxmbs.planning.scaling import param_specs
+
+    specs = param_specs(analysis)
+    once = sum(p.compact_size(widths) for p in specs if p.is_param and not p.copy)
+    return counted - extra == once and predicted in (once, compact_params(specs, widths))
 
 
 def sidecar_path(output: str | Path) -> Path:
@@ -272,7 +322,7 @@ def write_compact(model: str | Path | onnx.ModelProto, plan: PlanDocument | str 
     result = compact_model(model, plan, weights=weights, select=select, input_shape=input_shape, force=force,
                            seed=seed, latency_repeats=latency_repeats, threads=threads, reconstruct=reconstruct,
                            data=data, evaluation=evaluation, classes=classes)
-    write_atomic(output, result.model.SerializeToString())
+    result = replace(result, bytes_compact=save_model(result.model, output, external=result.external_data))
     if sidecar:
         write_json(sidecar_path(output), result.record())
     logger.info("wrote %s (%d parameters)", output, result.params_compact)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 
-from onnxmbs.graph.activations import Tap, find_taps
+from onnxmbs.graph.activations import EXTENDED, Tap, find_taps
 from onnxmbs.graph.channels import ChannelAnalysis, analyze_channels
 from onnxmbs.graph.load import LoadedModel, load_model
 from onnxmbs.graph.macroblocks import Macroblock, build_macroblocks
@@ -25,6 +25,7 @@ class Analysis:
     taps: Mapping[str, Tap | None]
     macroblocks: tuple[Macroblock, ...]
     channels: ChannelAnalysis = field(repr=False)
+    statistic: str = EXTENDED  # "extended": non-ReLU activations count outputs > 0; "paper": only ReLU family
 
     @property
     def layers(self) -> tuple[ConvLayer, ...]:
@@ -39,11 +40,14 @@ class Analysis:
 
 
 def analyze(source: str | Path | onnx.ModelProto | LoadedModel, *, input_shape: tuple[int, ...] | None = None,
-            macroblock_override: Mapping[str, int] | None = None) -> Analysis:
-    """Static analysis of an ONNX CNN; the model itself is never modified."""
+            macroblock_override: Mapping[str, int] | None = None, statistic: str = EXTENDED) -> Analysis:
+    """Static analysis of an ONNX CNN; the model itself is never modified.
+
+    ``statistic="paper"`` taps ReLU-family activations only (other convs: p = 1, not measured).
+    """
     loaded = source if isinstance(source, LoadedModel) else load_model(source, input_shape=input_shape)
     shapes = analyze_shapes(loaded)
     return Analysis(
-        loaded=loaded, shapes=shapes, taps=find_taps(loaded, shapes.convs),
+        loaded=loaded, shapes=shapes, taps=find_taps(loaded, shapes.convs, statistic=statistic),
         macroblocks=build_macroblocks(shapes.convs, loaded.input.L, override=macroblock_override),
-        channels=analyze_channels(loaded, shapes.convs))
+        channels=analyze_channels(loaded, shapes.convs), statistic=statistic)

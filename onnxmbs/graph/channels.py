@@ -1,4 +1,4 @@
-"""Stage 3b — channel groups: which channels are tied together (SPEC "Channel coupling").
+"""Stage 3b — channel groups: which channels are tied together (docs/algorithm.md §8).
 
 Every tensor that carries channels gets a :class:`Chan`: the axis its channels are on and
 the list of groups laid along it (one for a conv output, several after a Concat). Groups
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from onnxmbs.graph.disjoint import DisjointSets
 from onnxmbs.graph.load import LoadedModel
 from onnxmbs.graph.shapes import ConvLayer, attr, node_names
 
@@ -59,21 +60,22 @@ class _Builder:
 
     def __init__(self, loaded: LoadedModel, convs: Mapping[str, ConvLayer]):
         self.loaded, self.convs = loaded, convs
-        self.parent: list[int] = []
+        self.sets = DisjointSets()
         self.data: list[_Group] = []
         self.chan: dict[str, Chan] = {}
-        self.members: dict[int, list[int]] = {}  # root -> ids in its set
-        self.parts: dict[int, tuple[int, ...]] = {}  # a split id -> the ids that replace it
+
+    @property
+    def parts(self) -> dict[int, tuple[int, ...]]:  # a split id -> the ids that replace it
+        return self.sets.parts
 
     def new(self, channels: int, *, producer: str | None = None, frozen: str | None = None) -> int:
-        gid = len(self.parent)
-        self.parent.append(gid)
+        gid = len(self.data)
         self.data.append(_Group(channels, [producer] if producer else [], [], [frozen] if frozen else []))
-        self.members[gid] = [gid]
+        self.sets.find(gid)
         return gid
 
     def expand(self, g: int) -> tuple[int, ...]:
-        return tuple(x for p in self.parts[g] for x in self.expand(p)) if g in self.parts else (g,)
+        return self.sets.expand((g,))
 
     def resolve(self, chan: Chan | None) -> Chan | None:
         if chan is None:
@@ -82,32 +84,28 @@ class _Builder:
 
     def split(self, g: int, widths: list[int]) -> None:
         """Cut group ``g`` (and every group tied to it) into consecutive parts of ``widths``."""
-        root = self.find(g)
-        d = self.data[root]
-        for m in self.members.pop(root):
-            self.parts[m] = tuple(self.new(w) for w in widths)
-        for k in range(len(widths)):
-            ids = [self.parts[m][k] for m in self.parts if self.find(m) == root]
-            for gid in ids:
-                part = self.data[gid]
-                part.producers, part.followers, part.frozen = list(d.producers), list(d.followers), list(d.frozen)
-                part.multiple_of = d.multiple_of
-            for gid in ids[1:]:
-                self.union(ids[0], gid)
+        d = self.data[self.find(g)]
+        made: list[int] = []
+
+        def parts(_member: int) -> tuple[int, ...]:
+            ids = tuple(self.new(w) for w in widths)
+            made.extend(ids)
+            return ids
+
+        self.sets.split(g, parts)
+        for gid in made:  # every part inherits the group's facts (before the parts' unions merge them)
+            part = self.data[gid]
+            part.producers, part.followers, part.frozen = list(d.producers), list(d.followers), list(d.frozen)
+            part.multiple_of = d.multiple_of
 
     def find(self, g: int) -> int:
-        while self.parent[g] != g:
-            self.parent[g] = self.parent[self.parent[g]]
-            g = self.parent[g]
-        return g
+        return self.sets.find(g)
 
     def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
+        joined = self.sets.union(a, b)
+        if joined is None:
             return
-        keep, gone = (ra, rb) if ra < rb else (rb, ra)
-        self.parent[gone] = keep
-        self.members[keep] += self.members.pop(gone)
+        keep, gone = joined
         d, e = self.data[keep], self.data[gone]
         if d.channels != e.channels:
             d.frozen.append(f"joins groups of {d.channels} and {e.channels} channels")
@@ -337,7 +335,7 @@ def analyze_channels(loaded: LoadedModel, convs: tuple[ConvLayer, ...]) -> Chann
 
 
 def _finish(b: _Builder, convs: tuple[ConvLayer, ...], conv_in: dict[str, tuple[int, ...]]) -> ChannelAnalysis:
-    roots = sorted({b.find(g) for g in range(len(b.parent)) if g not in b.parts})
+    roots = sorted({b.find(g) for g in range(len(b.data)) if g not in b.parts})
     number = {r: i for i, r in enumerate(roots)}
     groups = tuple(ChannelGroup(
         id=number[r], channels=b.data[r].channels, producers=tuple(dict.fromkeys(b.data[r].producers)),

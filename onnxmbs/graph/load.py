@@ -16,6 +16,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from onnxmbs.errors import MBSError
+from onnxmbs.runtime import open_session
 from onnxmbs.graph.record import ModelRecord
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class LoadedModel:
     shapes: dict[str, Shape] = field(repr=False)
     constants: dict[str, np.ndarray] = field(repr=False)
     batch_dynamic: bool = False
+    metadata: dict[str, str] = field(default_factory=dict, repr=False)  # the file's metadata_props
 
     @property
     def graph(self) -> onnx.GraphProto:
@@ -76,14 +78,15 @@ def load_model(source: str | Path | onnx.ModelProto, *, input_shape: tuple[int, 
                        "onnxmbs needs exactly one image input — "
                        "export the model with a single NCHW/NHWC image tensor as input")
     gin = graph_inputs[0]
-    dims, batch_dynamic = _static_input_shape(gin, input_shape)
+    dims, batch_dynamic = _static_input_shape(gin, input_shape, _guess_layout(proto, gin, _declared_dims(gin)))
     model = copy.deepcopy(proto)
     _set_input_dims(model, gin.name, dims)
     constants = _constants(model)
     shapes = _infer_shapes(model, gin.name, dims)
     layout = _detect_layout(model, gin.name, dims, constants)
     return LoadedModel(model=model, path=path, sha256=digest, input=ModelInput(gin.name, dims, layout),
-                       shapes=shapes, constants=constants, batch_dynamic=batch_dynamic)
+                       shapes=shapes, constants=constants, batch_dynamic=batch_dynamic,
+                      metadata={p.key: p.value for p in proto.metadata_props})
 
 
 def _read(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str, str]:
@@ -109,9 +112,67 @@ def _data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
-def _static_input_shape(gin: onnx.ValueInfoProto, input_shape: tuple[int, ...] | None) -> tuple[Shape, bool]:
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+def _declared_dims(gin: onnx.ValueInfoProto) -> list[int | None]:
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
             for d in gin.type.tensor_type.shape.dim]
+
+
+def _guess_layout(model: onnx.ModelProto, gin: onnx.ValueInfoProto, dims: list[int | None]) -> str:
+    """The layout before shapes are known: a Transpose(0,3,1,2) on the input, else where the channels are."""
+    for node in model.graph.node:
+        if gin.name in node.input and node.op_type == "Transpose":
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+            return "NHWC" if perm == [0, 3, 1, 2] else "NCHW"
+    if len(dims) == 4 and dims[1] is None and dims[3] is not None:
+        return "NHWC"
+    return "NCHW"
+
+
+def _example_shape(dims: list[int | None], layout: str) -> str:
+    channels = (dims[1] if layout == "NCHW" else dims[3]) or 3
+    return f"1,{channels},224,224" if layout == "NCHW" else f"1,224,224,{channels}"
+
+
+@dataclass(frozen=True)
+class DeclaredInput:
+    """The image input as the file declares it (None = dynamic), read without loading weights."""
+
+    name: str
+    dims: tuple[int | None, ...]
+    layout: str
+
+    @property
+    def dynamic_hw(self) -> bool:
+        hw = self.dims[2:] if self.layout == "NCHW" else self.dims[1:3]
+        return len(self.dims) == 4 and any(d is None for d in hw)
+
+    @property
+    def channels(self) -> int | None:
+        return self.dims[1] if self.layout == "NCHW" else self.dims[3]
+
+    def with_hw(self, hw: tuple[int, int]) -> Shape:
+        """A full input shape (batch 1 where dynamic) with the fixed dims kept and the dynamic H/W from ``hw``."""
+        c = self.channels or 3
+        shape = (1, c, *hw) if self.layout == "NCHW" else (1, *hw, c)
+        return tuple(d if d is not None else s for d, s in zip(self.dims, shape))
+
+
+def declared_input(source: str | Path | onnx.ModelProto) -> DeclaredInput | None:
+    """The model's declared image input, or None when the file cannot tell (load_model then says why)."""
+    try:
+        proto = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source), load_external_data=False)
+    except Exception:  # noqa: BLE001 - unreadable: load_model reports it properly
+        return None
+    inputs = _data_inputs(proto)
+    if len(inputs) != 1:
+        return None
+    dims = _declared_dims(inputs[0])
+    return DeclaredInput(inputs[0].name, tuple(dims), _guess_layout(proto, inputs[0], dims))
+
+
+def _static_input_shape(gin: onnx.ValueInfoProto, input_shape: tuple[int, ...] | None,
+                        layout: str = "NCHW") -> tuple[Shape, bool]:
+    dims = _declared_dims(gin)
     if len(dims) != 4:
         raise MBSError(f"input '{gin.name}' has rank {len(dims)}; onnxmbs handles CNNs with one 4-D image input "
                        "(NCHW or NHWC) — this does not look like a CNN")
@@ -131,7 +192,8 @@ def _static_input_shape(gin: onnx.ValueInfoProto, input_shape: tuple[int, ...] |
     if any(d is None for d in dims[1:]):
         shown = tuple("?" if d is None else d for d in dims)
         raise MBSError(f"input '{gin.name}' has dynamic size {shown}; give the size to analyse with "
-                       "--input-shape, e.g. --input-shape 1,3,224,224")
+                       f"--input-shape, e.g. --input-shape {_example_shape(dims, layout)} (with --data the "
+                       "size of the data is used)")
     return (1 if dims[0] is None else dims[0], *dims[1:]), batch_dynamic
 
 
@@ -189,7 +251,7 @@ def _infer_shapes(model: onnx.ModelProto, input_name: str, dims: Shape) -> dict[
 def _runtime_shapes(model: onnx.ModelProto, input_name: str, dims: Shape, names: list[str]) -> dict[str, Shape]:
     """Shapes that static inference left open, read off one onnxruntime run on zeros."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         logger.warning("%d tensor shapes unknown and onnxruntime is not installed", len(names))
         return {}
@@ -201,7 +263,7 @@ def _runtime_shapes(model: onnx.ModelProto, input_name: str, dims: Shape, names:
     elem = model.graph.input[0].type.tensor_type.elem_type
     dtype = onnx.helper.tensor_dtype_to_np_dtype(elem) if elem else np.float32
     try:
-        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = open_session(probe)
         outs = sess.run(names, {input_name: np.zeros(dims, dtype=dtype)})
     except Exception as exc:
         raise MBSError(f"cannot infer tensor shapes: onnx shape inference left {len(names)} open and onnxruntime "

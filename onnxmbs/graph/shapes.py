@@ -1,4 +1,4 @@
-"""Stage 2 — shapes and receptive fields of every Conv (SPEC "Receptive field").
+"""Stage 2 — shapes and receptive fields of every Conv (docs/algorithm.md §3).
 
 ``(rf, jump)`` is propagated from the input ``(1, 1)`` in topological order with one rule
 per op type (:data:`RF_RULES`). Ops without a rule pass their spatial input through and are
@@ -119,6 +119,16 @@ def _global_rule(node: onnx.NodeProto, fields: list, ctx: _Ctx) -> Field | None:
     return Field(INF, INF) if any(f is not None for f in fields) else None
 
 
+def _matmul_rule(node: onnx.NodeProto, fields: list, ctx: _Ctx) -> Field | None:
+    """A MatMul on a 4-D tensor by a 2-D weight maps each position's channels (ConvNeXt's channels-last Linear):
+    the field is kept. Otherwise (a classifier on flattened features) it is global."""
+    shape, weight = ctx.shapes.get(node.input[0]), ctx.shapes.get(node.input[1]) if len(node.input) > 1 else None
+    if fields and fields[0] is not None and shape is not None and len(shape) == 4 and weight is not None \
+            and len(weight) == 2 and node.input[1] in ctx.constants:
+        return fields[0]
+    return _global_rule(node, fields, ctx)
+
+
 def _reduce_rule(node: onnx.NodeProto, fields: list, ctx: _Ctx) -> Field | None:
     """Reduce over two or more non-trivial axes (spatial pooling) -> infinite; over one axis -> unchanged."""
     if fields[0] is None:
@@ -156,7 +166,7 @@ RF_RULES: dict[str, Rule] = {
     "GlobalLpPool": _global_rule,
     "Flatten": _global_rule,
     "Gemm": _global_rule,
-    "MatMul": _global_rule,
+    "MatMul": _matmul_rule,
     "ReduceMean": _reduce_rule,
     "ReduceMax": _reduce_rule,
     "ReduceSum": _reduce_rule,

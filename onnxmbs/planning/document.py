@@ -25,6 +25,7 @@ HOW = "pass the JSON written by `onnxmbs plan`"
 
 
 _SOURCE_KEYS = ("data", "skipped", "preprocess", "seconds", "stats_file")
+UNRECORDED = "unrecorded"  # a key a plan written before it existed does not have (not written back)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ class Settings(Record):
     provider: str | None
     round_to: int
     source: DataSource | None = None
+    statistic: str = UNRECORDED  # "extended" | "paper" (--statistic)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    OMIT_DEFAULT: ClassVar = frozenset({"statistic"})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Settings:
@@ -48,7 +51,8 @@ class Settings(Record):
         return replace(super().from_json({**base, "source": None}), source=source)
 
     def to_json(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("source", "extra")}
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("source", "extra") and not self.omitted(f, getattr(self, f.name))}
         if self.source is not None:
             out.update({k: v for k, v in self.source.to_json().items() if k != "synthetic"})
         out.update(self.extra)
@@ -83,12 +87,14 @@ class LayerRecord(Record):
     output_groups: tuple[int, ...]
     input_groups: tuple[int, ...]
     channel_p_nonzero: tuple[float, ...] | None = None
+    statistic: str | None = UNRECORDED  # "nonzero" (ReLU family, the paper) | "positive" (outputs > 0) | None
     extra: Mapping[str, Any] = field(default_factory=dict)
     CONVERT: ClassVar = {"out_hw": ints, "kernel": ints, "stride": ints, "dilation": ints,
                          "output_groups": ints, "input_groups": ints, "in_channels": int, "out_channels": int,
                          "groups": int, "group": int, "compact_out_channels": int,
                          "channel_p_nonzero": optional(lambda v: tuple(float(r) for r in v))}
     OMIT_NONE: ClassVar = frozenset({"channel_p_nonzero"})
+    OMIT_DEFAULT: ClassVar = frozenset({"statistic"})
 
     @property
     def depthwise(self) -> bool:

@@ -52,6 +52,8 @@ class ParamSpec:
     dims: tuple[DimSpec, ...]
     macs_per_element: int = 0  # MACs per image per weight element (H_out*W_out for Conv, 1 for Gemm)
     is_param: bool = True  # False for BatchNorm running statistics (resized but not counted)
+    copy: bool = False  # another use of a shared tensor that follows other groups: a copy when the cuts differ
+    uniform: bool = False  # its values do not change along the cut axes: equal-shaped cuts are equal values
 
     @property
     def size(self) -> int:
@@ -59,3 +61,12 @@ class ParamSpec:
 
     def compact_size(self, widths: Mapping[int, int]) -> int:
         return math.prod(d.compact(widths) for d in self.dims)
+
+    def cut_key(self, widths: Mapping[int, int]) -> tuple | None:
+        """Equal keys, equal values: None when no axis is cut (the original value), else the compact shape
+        (a uniform tensor) or which groups cut it."""
+        if all(d.compact(widths) == d.size for d in self.dims):
+            return None
+        if self.uniform:
+            return tuple(d.compact(widths) for d in self.dims)
+        return tuple(d.groups for d in self.dims)

@@ -22,7 +22,7 @@ from onnxmbs.planning.document import (SCHEMA, GroupRecord, LayerRecord, Macrobl
 from onnxmbs.planning.planner import Plan, plan
 from onnxmbs.planning.scaling import param_specs
 from onnxmbs.stats.counting import Statistics
-from onnxmbs.stats.measure import CalibrationOptions, DataSource, load_stats, measure_source
+from onnxmbs.stats.measure import CalibrationOptions, DataSource, input_shape_for, load_stats, measure_source
 from onnxmbs.stats.stopping import Convergence
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ def _layer_record(conv, facts: LayerFacts, analysis: Analysis, result: Plan, wid
         out_channels=conv.out_channels, groups=conv.groups, kernel=tuple(conv.kernel), stride=tuple(conv.stride),
         dilation=tuple(conv.dilation), rf=conv.rf, flops=conv.flops, params=conv.params,
         activation=tap.node if tap else None, p_nonzero=facts.p_nonzero, measured=tap is not None,
+        statistic=tap.statistic if tap else None,
         base=result.base[conv.name], group=facts.group, compact_out_channels=sum(widths[g] for g in groups),
         output_groups=groups, input_groups=tuple(analysis.channels.conv_input_groups.get(conv.name, ())),
         channel_p_nonzero=None if rates is None else tuple(round(float(r), 6) for r in rates))
@@ -111,7 +112,7 @@ def plan_from_statistics(analysis: Analysis, stats: Statistics | None, *, k: flo
                   macroblocks=len(analysis.macroblocks), k=k, z=z, round_to=round_to)
     settings = Settings(k=result.k, z=result.z, rf_boundary=result.rf_boundary, images=stats.images if stats else 0,
                         synthetic=bool(source and source.synthetic), provider=stats.provider if stats else None,
-                        round_to=round_to, source=source)
+                        round_to=round_to, source=source, statistic=analysis.statistic)
     doc = plan_document(analysis, facts, result, settings=settings, channel_rates=_channel_rates(analysis, stats))
     if convergence is not None:  # --until-converged: β ± bound at this plan's threshold
         doc = replace(doc, convergence=convergence.for_plan(result.z))
@@ -136,12 +137,17 @@ def read_macroblock_map(path: str | Path) -> dict[str, int]:
 def plan_model(model: str | Path | onnx.ModelProto, *, data: Any = None, synthetic: int | None = None,
                input_shape: tuple[int, ...] | None = None, macroblocks: Mapping[str, int] | None = None,
                k: float | None = None, z: float | None = None,
-               round_to: int = 1, preprocess: str | None = "imagenet", mean: Sequence[float] | None = None,
+               round_to: int = 1, preprocess: str | None = None, mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, max_images: int | None = None, batch_size: int = 32,
                provider: str = "auto", progress: bool | None = None, seed: int = 0, workers: int | None = None,
-               ray_address: str | None = None, converge: ConvergeOptions | None = None) -> PlanResult:
-    """Analyse ``model``, measure its ReLU statistics on ``data`` and plan MBS widths.
+               ray_address: str | None = None, converge: ConvergeOptions | None = None,
+               statistic: str = "extended") -> PlanResult:
+    """Analyse ``model``, measure its activation statistics on ``data`` and plan MBS widths.
 
+    ``statistic="paper"`` measures ReLU-family activations only (the paper); the default also counts
+    the outputs > 0 after SiLU/GELU/HardSwish/LeakyReLU/PReLU. ``preprocess``/``mean``/``std`` left None
+    come from the model's metadata (``onnxmbs.preprocess`` ...), else ``imagenet``. A model with a dynamic
+    input size is analysed at the size of the data when ``input_shape`` is not given.
     ``converge`` stops the pass once the plan has converged (``--until-converged``);
     ``workers``/``ray_address`` split the pass over Ray (exact).
     """
@@ -149,17 +155,18 @@ def plan_model(model: str | Path | onnx.ModelProto, *, data: Any = None, synthet
                                  max_images=max_images, batch_size=batch_size, provider=provider,
                                  progress=progress, seed=seed, workers=workers, ray_address=ray_address)
     return plan_measured(model, options, input_shape=input_shape, macroblocks=macroblocks, k=k, z=z,
-                         round_to=round_to, converge=converge)
+                         round_to=round_to, converge=converge, statistic=statistic)
 
 
 def plan_measured(model: str | Path | onnx.ModelProto, options: CalibrationOptions, *,
                   input_shape: tuple[int, ...] | None = None, macroblocks: Mapping[str, int] | None = None,
                   k: float | None = None, z: float | None = None, round_to: int = 1,
-                  converge: ConvergeOptions | None = None) -> PlanResult:
+                  converge: ConvergeOptions | None = None, statistic: str = "extended") -> PlanResult:
     """:func:`plan_model` with typed calibration options (what the CLI calls)."""
     from onnxmbs.planning.convergence import monitor_for
 
-    analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks)
+    analysis = analyze(model, input_shape=input_shape_for(model, input_shape, options.data),
+                       macroblock_override=macroblocks, statistic=statistic)
     measured = measure_source(analysis, options, monitor=monitor_for(converge, analysis, ks=(k,), z=z,
                                                                       round_to=round_to))
     return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to, source=measured.source,
@@ -168,9 +175,9 @@ def plan_measured(model: str | Path | onnx.ModelProto, options: CalibrationOptio
 
 def plan_with_stats(model: str | Path, stats: str | Path, *, input_shape: tuple[int, ...] | None = None,
                     k: float | None = None, z: float | None = None, round_to: int = 1,
-                    macroblocks: Mapping[str, int] | None = None) -> PlanResult:
+                    macroblocks: Mapping[str, int] | None = None, statistic: str = "extended") -> PlanResult:
     """``onnxmbs plan --stats``: analyse, load the saved counts (same model checked), plan."""
-    analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks)
+    analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks, statistic=statistic)
     measured = load_stats(stats, analysis)
     return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to, source=measured.source,
                                 convergence=measured.convergence)

@@ -1,4 +1,4 @@
-"""Stage 5 — the plan: SPEC's Algorithm 1 and the channel-coupling rules, pure numpy.
+"""Stage 5 — the plan: Algorithm 1 and the channel-coupling rules, pure numpy (docs/algorithm.md §6-8).
 
 No onnx, no onnxruntime: the inputs are the records of :mod:`onnxmbs.planning.facts`.
 """
@@ -83,7 +83,7 @@ def rf_boundary(layers: Sequence[LayerFacts], z: float) -> int | None:
 
 
 def macroblock_betas(layers: Sequence[LayerFacts], boundary: int | None, count: int) -> tuple[MacroblockPlan, ...]:
-    """Algorithm 1, lines 8-26, with E_base restricted to m_0..m_i (SPEC)."""
+    """Algorithm 1, lines 8-26, with E_base restricted to m_0..m_i (docs/algorithm.md §6)."""
     e = np.array([l.p_nonzero * l.flops for l in layers], dtype=np.float64)
     mb = np.array([-1 if l.macroblock is None else l.macroblock for l in layers])
     base = np.array([boundary is None or (l.rf is not None and l.rf <= boundary) for l in layers])
@@ -122,12 +122,24 @@ def group_plans(groups: Sequence[GroupFacts], layers: Sequence[LayerFacts], beta
     return tuple(plans)
 
 
+def compact_params(params: Sequence[ParamSpec], widths: Mapping[int, int]) -> int:
+    """Parameters of the compact file: a tensor shared by uses that need different cuts is stored once per cut."""
+    stored: dict[str, set] = {}
+    total = 0
+    for p in params:
+        key = p.cut_key(widths)
+        if p.is_param and key not in stored.setdefault(p.name, set()):
+            stored[p.name].add(key)
+            total += p.compact_size(widths)
+    return total
+
+
 def summarize(params: Sequence[ParamSpec], widths: Mapping[int, int]) -> Summary:
-    counted = [p for p in params if p.is_param]
+    counted = [p for p in params if p.is_param and not p.copy]
     terms = [p for p in params if p.macs_per_element]
     return Summary(
         params=sum(p.size for p in counted),
-        params_compact=sum(p.compact_size(widths) for p in counted),
+        params_compact=compact_params(params, widths),
         flops=sum(p.size * p.macs_per_element for p in terms),
         flops_compact=sum(p.compact_size(widths) * p.macs_per_element for p in terms))
 

@@ -1,6 +1,7 @@
 """Stage 3d — how each parameter tensor's axes follow the channel groups.
 
-One :class:`~onnxmbs.planning.facts.ParamSpec` per constant that :mod:`onnxmbs.graph.costs` counts (plus
+One :class:`~onnxmbs.planning.facts.ParamSpec` per constant (and per further use of a shared constant
+whose axes follow other channel groups: the writer stores one copy per distinct cut) that :mod:`onnxmbs.graph.costs` counts (plus
 BatchNorm running statistics, which are resized but not counted). The planner multiplies
 compact widths through these to predict the compact model's params and MACs; the compact
 ONNX writer cuts the same axes.
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
+import numpy as np
 import onnx
 
 from onnxmbs.graph.analysis import Analysis
@@ -101,11 +104,24 @@ def param_specs(analysis: Analysis) -> tuple[ParamSpec, ...]:
     ctx = {"params": param_tensors(graph, consts), "convs": {c.name: c for c in analysis.layers},
            "bn": {n.input[i] for n in graph.node if n.op_type == "BatchNormalization" for i in (3, 4)}}
     specs: dict[str, ParamSpec] = {}
+    copies: dict[tuple[str, tuple], ParamSpec] = {}
     for node, name in zip(graph.node, node_names(graph)):
         rule = SPEC_RULES.get(node.op_type)
         for spec in rule(node, name, analysis, ctx) if rule else ():
-            specs.setdefault(spec.name, spec)
+            first = specs.setdefault(spec.name, spec)
+            if spec.dims != first.dims:  # a shared tensor whose uses follow other groups (the writer copies it)
+                copies.setdefault((spec.name, spec.dims), replace(spec, copy=True, macs_per_element=0))
     for name in sorted(ctx["params"] - set(specs)):  # e.g. ConvTranspose: counted, never resized
         specs[name] = ParamSpec(name, tuple(DimSpec(d) for d in analysis.loaded.shapes[name]))
-    return tuple(specs.values())
+    shared = {name for name, _ in copies}
+    uniform = {name for name in shared if _uniform(consts.get(name), specs[name])}
+    return (*(replace(s, uniform=True) if s.name in uniform else s for s in specs.values()),
+            *(replace(s, uniform=True) if s.name in uniform else s for s in copies.values()))
+
+
+def _uniform(value, spec: ParamSpec) -> bool:
+    """Are the values the same along every axis that channel groups cut (an untrained BatchNorm's γ/σ)?"""
+    if value is None or value.ndim != len(spec.dims):
+        return False
+    return all(bool(np.all(value == value.take([0], axis=i))) for i, d in enumerate(spec.dims) if d.groups)
 

@@ -20,7 +20,7 @@ from onnxmbs.errors import MBSError
 from onnxmbs.planning.pipeline import plan_from_statistics
 from onnxmbs.planning.document import PlanDocument, read_plan
 from onnxmbs.planning.convergence import ConvergeOptions, monitor_for
-from onnxmbs.stats.measure import CalibrationOptions, Measured, measure_or_load
+from onnxmbs.stats.measure import CalibrationOptions, Measured, input_shape_for, measure_or_load
 from onnxmbs.reports.text import table, widths_text
 from onnxmbs.units import human
 
@@ -54,6 +54,7 @@ class GateLimits:
     round_to: int = 1
     input_shape: tuple[int, ...] | None = None
     converge: ConvergeOptions | None = None  # --until-converged (monitored at k)
+    statistic: str = "extended"
 
     @property
     def needs_statistics(self) -> bool:
@@ -162,7 +163,8 @@ def check_model(model: str, limits: GateLimits, *, baselines: Mapping[str, PlanD
     """Every requested check for one model; a broken model gives error results, never an exception."""
     start = time.perf_counter()
     try:
-        analysis = analyze(model, input_shape=limits.input_shape)
+        analysis = analyze(model, input_shape=input_shape_for(model, limits.input_shape, calibration.data),
+                           statistic=limits.statistic)
     except Exception as exc:  # noqa: BLE001 - the gate reports every model
         reason = str(exc) if isinstance(exc, MBSError) else f"unexpected {type(exc).__name__}: {exc}"
         first = CheckResult(model, "analyze", False, reason, seconds=time.perf_counter() - start, error=True)

@@ -7,13 +7,13 @@ tooltips on the marks.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
-from typing import Any
 
 from onnxmbs.planning.document import LayerRecord, MacroblockRecord
 from onnxmbs.planning.sweep import SweepPoint
+from onnxmbs.units import human
 
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif"
 BLUE, ORANGE, GREY, RED, INK, GRID = "#2b6cb0", "#dd6b20", "#a0aec0", "#c53030", "#2d3748", "#e2e8f0"
@@ -229,4 +229,90 @@ def tradeoff_curve(curve: Sequence[SweepPoint], *, marks: Sequence[SweepPoint] =
             out.append(f'<circle cx="{frame.x(float(m.k))}" cy="{frame.y(100 * float(getattr(m, key)))}" r="3.5" '
                        f'fill="{colour}" stroke="#fff"><title>{tip}</title></circle>')
     out += _legend(frame, [("line", BLUE, "params"), ("line", ORANGE, "MACs")])
+    return "\n".join(out + ["</svg>"])
+
+
+# ------------------------------------------------------------ accuracy vs params (the paper's Figure 5)
+@dataclass(frozen=True)
+class Series:
+    """One curve: (params, mean accuracy, std) per point, drawn with ± std error bars."""
+    label: str
+    colour: str
+    points: tuple[tuple[int, float, float], ...]
+
+
+def accuracy_curve(series: Sequence[Series], *, reference: tuple[int, float, float] | None = None,
+                   width: int = 560, height: int = 300) -> str:
+    """Held-out accuracy (%) versus parameters, one line per series with ± std error bars; ``reference``
+    (the original model) as a hollow point."""
+    every = [p for s in series for p in s.points] + ([reference] if reference else [])
+    if not every:
+        return ""
+    x0, x1 = min(p[0] for p in every), max(p[0] for p in every)
+    y0 = min(100 * (p[1] - p[2]) for p in every)
+    y1 = max(100 * (p[1] + p[2]) for p in every)
+    pad_x, pad_y = (x1 - x0) * 0.05 or max(x0 * 0.05, 1), max((y1 - y0) * 0.1, 0.5)
+    frame = Frame(width, height, x0 - pad_x, x1 + pad_x, max(0.0, y0 - pad_y), min(100.0, y1 + pad_y), left=64)
+    out = _open(frame, "Accuracy vs parameters (mean ± std over seeds)", "held-out accuracy versus parameters")
+    out += _axes(frame, [(v, human(v)) for v in nice_ticks(frame.x0, frame.x1, 5)],
+                 [(v, f"{v:g}%") for v in nice_ticks(frame.y0, frame.y1, 5)], "parameters", "accuracy")
+    for s in series:
+        pts = sorted(s.points)
+        path = " ".join(f"{'L' if i else 'M'}{frame.x(p)},{frame.y(100 * m)}" for i, (p, m, _) in enumerate(pts))
+        out.append(f'<path class="curve" d="{path}" fill="none" stroke="{s.colour}" stroke-width="2"/>')
+        out += [_error_bar(frame, p, m, sd, s.colour, f"{s.label}: {p:,} params, {100 * m:.2f} ± {100 * sd:.2f}%")
+                for p, m, sd in pts]
+    items = [("line", s.colour, s.label) for s in series]
+    if reference:
+        p, m, sd = reference
+        out.append(_error_bar(frame, p, m, sd, INK, f"original: {p:,} params, {100 * m:.2f} ± {100 * sd:.2f}%",
+                              hollow=True))
+        items.append(("hollow", INK, "original"))
+    out += _legend(frame, items)
+    return "\n".join(out + ["</svg>"])
+
+
+def _error_bar(frame: Frame, params: int, mean: float, std: float, colour: str, tip: str, *,
+               hollow: bool = False) -> str:
+    x, lo, hi = frame.x(params), frame.y(100 * (mean - std)), frame.y(100 * (mean + std))
+    fill = "#fff" if hollow else colour
+    return (f'<g class="point"><title>{escape(tip)}</title>'
+            f'<line x1="{x}" x2="{x}" y1="{lo}" y2="{hi}" stroke="{colour}" stroke-width="1.5"/>'
+            f'<line x1="{x - 4}" x2="{x + 4}" y1="{lo}" y2="{lo}" stroke="{colour}"/>'
+            f'<line x1="{x - 4}" x2="{x + 4}" y1="{hi}" y2="{hi}" stroke="{colour}"/>'
+            f'<circle cx="{x}" cy="{frame.y(100 * mean)}" r="4" fill="{fill}" stroke="{colour}" stroke-width="1.5"/>'
+            "</g>")
+
+
+# ------------------------------------------------------------ block pruning
+GREEN, PURPLE = "#2f855a", "#6b46c1"
+SERIES_COLOURS = (BLUE, ORANGE, GREEN, PURPLE, RED, GREY)
+
+
+def accuracy_curves(series: Mapping[str, Sequence[tuple[float, float]]], *, title: str = "Accuracy vs blocks removed",
+                    xlabel: str = "blocks removed", dashed: Sequence[str] = (), width: int = 520,
+                    height: int = 270) -> str:
+    """Top-1 accuracy (fractions, shown in %) against the number of blocks removed, one line per series."""
+    points = [p for s in series.values() for p in s]
+    if not points:
+        return ""
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    lo = min(100 * p[1] for p in points)
+    lo = max(0.0, math.floor(lo / 10) * 10)
+    frame = Frame(width, height, x0, x1 if x1 > x0 else x0 + 1, lo, 100.0)
+    out = _open(frame, title, "top-1 accuracy versus blocks removed")
+    out += _axes(frame, [(v, f"{v:g}") for v in range(int(x0), int(x1) + 1)],
+                 [(v, f"{v:g}%") for v in nice_ticks(lo, 100.0, 5)], xlabel, "top-1 accuracy")
+    legend = []
+    for (name, pts), colour in zip(series.items(), SERIES_COLOURS):
+        pts = sorted(pts)
+        path = " ".join(f"{'M' if i == 0 else 'L'}{frame.x(x)},{frame.y(100 * y)}" for i, (x, y) in enumerate(pts))
+        dash = ' stroke-dasharray="5 4"' if name in dashed else ""
+        out.append(f'<path class="curve" d="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
+        for x, y in pts:
+            tip = escape(f"{name}: {x:g} removed, {100 * y:.2f}%")
+            out.append(f'<circle cx="{frame.x(x)}" cy="{frame.y(100 * y)}" r="3" fill="{colour}" stroke="#fff">'
+                       f"<title>{tip}</title></circle>")
+        legend.append(("dash" if name in dashed else "line", colour, name))
+    out += _legend(frame, legend)
     return "\n".join(out + ["</svg>"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,16 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from onnxmbs import __version__
+from onnxmbs.blocks.document import BlocksPlan
 from onnxmbs.reports import plots
+from onnxmbs.reports.blocks import blocks_html, blocks_markdown, blocks_text
 from onnxmbs.graph.analysis import analyze
 from onnxmbs.errors import MBSError
 from onnxmbs.progress import progress_bar
 from onnxmbs.files import write_atomic
 from onnxmbs.planning.convergence import ConvergeOptions, monitor_for
 from onnxmbs.planning.document import PlanDocument
-from onnxmbs.stats.measure import CalibrationOptions, measure_or_load
+from onnxmbs.stats.measure import CalibrationOptions, input_shape_for, measure_or_load
 from onnxmbs.planning.sweep import SweepPoint, curve, make_sweeper, sweep
-from onnxmbs.reports.text import convergence_text, macroblock_rows, table
+from onnxmbs.reports.text import (config_text, convergence_text, is_numeric, macroblock_rows, sweep_table,
+                                  table)
 from onnxmbs.units import human
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class ReportOptions:
     round_to: int = 1
     input_shape: tuple[int, ...] | None = None
     converge: ConvergeOptions | None = None  # --until-converged
+    statistic: str = "extended"
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class ModelReport:
 class Report:
     models: tuple[ModelReport, ...]
     settings: Mapping[str, Any]
+    blocks: tuple[BlocksPlan, ...] = ()  # block-pruning plans shown after the models
 
     @property
     def failed(self) -> tuple[ModelReport, ...]:
@@ -80,7 +84,8 @@ def report_model(path: str, *, options: ReportOptions, stats: Sequence[str] = ()
     start = time.perf_counter()
     sha = None
     try:
-        analysis = analyze(path, input_shape=options.input_shape)
+        analysis = analyze(path, input_shape=input_shape_for(path, options.input_shape, calibration.data),
+                           statistic=options.statistic)
         sha = analysis.loaded.sha256
         k = 1.0 if options.k is None else options.k
         monitor = monitor_for(options.converge, analysis, ks=(k, *options.ks), round_to=options.round_to)
@@ -125,10 +130,6 @@ def build_report(models: Sequence[str], *, options: ReportOptions = ReportOption
 
 
 # ------------------------------------------------------------ rows shared by the formats
-def _config(widths: Iterable[Iterable[int]]) -> str:
-    return " | ".join("/".join(str(w) for w in ws) for ws in widths)
-
-
 def summary_row(m: ModelReport) -> dict[str, Any]:
     """The CSV columns for one model (failure rows carry only model, status, error, sha256)."""
     row: dict[str, Any] = dict.fromkeys(CSV_COLUMNS, "")
@@ -140,8 +141,8 @@ def summary_row(m: ModelReport) -> dict[str, Any]:
     s, st = doc.summary, doc.settings
     row.update(L=doc.model.L, images=st.images, synthetic=st.synthetic, k=st.k, z=st.z, rf_boundary=st.rf_boundary,
                macroblocks=len(doc.macroblocks), beta=";".join(f"{mb.beta:.4f}" for mb in doc.macroblocks),
-               widths=_config(point.widths) if point else "",
-               configuration=_config(point.configuration) if point else "",
+               widths=config_text(point.widths) if point else "",
+               configuration=config_text(point.configuration) if point else "",
                max_redundancy=round(max((mb.redundancy for mb in doc.macroblocks), default=0.0), 6),
                params=s.params, params_compact=s.params_compact, param_reduction=round(s.param_reduction, 6),
                flops=s.flops, flops_compact=s.flops_compact, flop_reduction=round(s.flop_reduction, 6))
@@ -149,14 +150,6 @@ def summary_row(m: ModelReport) -> dict[str, Any]:
 
 
 MB_HEADERS = ("mb", "resolution", "layers", "E_total", "E_base", "r", "β", "widths")
-SWEEP_HEADERS = ("k", "RF boundary", "β per macroblock", "configuration", "params", "param red.", "MACs", "MAC red.")
-
-
-def _sweep_rows(points: Sequence[SweepPoint]) -> list[tuple]:
-    return [(f"{p.k:g}", p.rf_boundary if p.rf_boundary is not None else "-",
-             " ".join(f"{b:.3f}" for b in p.beta), _config(p.configuration), f"{p.params_compact:,}",
-             f"{100 * p.param_reduction:.2f}%", human(p.flops_compact), f"{100 * p.flop_reduction:.2f}%")
-            for p in points]
 
 
 def _summary_cells(m: ModelReport) -> tuple:
@@ -177,7 +170,7 @@ def _notes(doc: PlanDocument) -> list[str]:
         notes.append("statistics from SYNTHETIC noise, not real data: β is only indicative")
     unmeasured = sum(1 for l in doc.layers if not l.measured)
     if unmeasured:
-        notes.append(f"{unmeasured} conv layer(s) have no ReLU-family activation: p = 1, not measured")
+        notes.append(f"{unmeasured} conv layer(s) have no activation that is counted: p = 1, not measured")
     if doc.convergence is not None:
         notes.append(convergence_text(doc.convergence))
     routine = ("model input", "reaches graph output")  # every CNN has these two
@@ -198,6 +191,8 @@ def to_json(report: Report) -> str:
               for m in report.models]
     doc = {"schema": SCHEMA, "settings": dict(report.settings), "models": models,
            "totals": {"models": len(report.models), "failed": len(report.failed)}}
+    if report.blocks:
+        doc["blocks"] = [plan.to_json() for plan in report.blocks]
     return json.dumps(doc, indent=1) + "\n"
 
 
@@ -234,9 +229,10 @@ def to_markdown(report: Report) -> str:
         parts += [f"RF boundary {doc.settings.rf_boundary} (z = {doc.settings.z:g} px, "
                   f"L = {doc.model.L}), {doc.settings.images} images, sha256 `{m.sha256[:16]}`", "",
                   md_table(MB_HEADERS, macroblock_rows(doc, arrow="→")), "", "k sweep:", "",
-                  md_table(SWEEP_HEADERS, _sweep_rows(m.sweep))]
+                  md_table(*sweep_table(m.sweep, terminal=False))]
         notes = _notes(doc)
         parts += ([""] + [f"- note: {n}" for n in notes]) if notes else []
+    parts += [part for plan in report.blocks for part in ("", blocks_markdown(plan, md_table))]
     return "\n".join(parts) + "\n"
 
 
@@ -257,18 +253,14 @@ tr.failed td{background:#fff5f5;color:#c53030}
 """
 
 
-def _html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, classes: Sequence[str] = ()) -> str:
+def html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, classes: Sequence[str] = ()) -> str:
     head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
     body = []
     for i, row in enumerate(rows):
         cls = f' class="{classes[i]}"' if i < len(classes) and classes[i] else ""
-        cells = "".join(f'<td{" class=num" if _numeric(c) else ""}>{escape(str(c))}</td>' for c in row)
+        cells = "".join(f'<td{" class=num" if is_numeric(c) else ""}>{escape(str(c))}</td>' for c in row)
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _numeric(cell: Any) -> bool:
-    return isinstance(cell, (int, float)) or str(cell).replace(",", "").replace(".", "", 1).rstrip("%").isdigit()
 
 
 def _html_model(i: int, m: ModelReport) -> str:
@@ -286,8 +278,8 @@ def _html_model(i: int, m: ModelReport) -> str:
               plots.tradeoff_curve(m.curve, marks=m.sweep, chosen_k=st.k)]
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in _notes(doc))
     return (head + f'<p class="meta">{meta}</p>{notes}<div class="charts">{"".join(charts)}</div>'
-            f"<h3>Macroblocks</h3>{_html_table(MB_HEADERS, macroblock_rows(doc, arrow='→'))}"
-            f"<h3>k sweep</h3>{_html_table(SWEEP_HEADERS, _sweep_rows(m.sweep))}</section>")
+            f"<h3>Macroblocks</h3>{html_table(MB_HEADERS, macroblock_rows(doc, arrow='→'))}"
+            f"<h3>k sweep</h3>{html_table(*sweep_table(m.sweep, terminal=False))}</section>")
 
 
 def _html_summary_row(i: int, m: ModelReport) -> str:
@@ -296,7 +288,7 @@ def _html_summary_row(i: int, m: ModelReport) -> str:
         return (f'<tr class="failed">{link}<td>FAILED</td>'
                 f'<td colspan="{len(SUMMARY_HEADERS) - 2}">{escape(m.error or "")}</td></tr>')
     cells = _summary_cells(m)[1:]
-    return f"<tr>{link}" + "".join(f'<td{" class=num" if _numeric(c) else ""}>{escape(str(c))}</td>'
+    return f"<tr>{link}" + "".join(f'<td{" class=num" if is_numeric(c) else ""}>{escape(str(c))}</td>'
                                    for c in cells) + "</tr>"
 
 
@@ -310,7 +302,8 @@ def to_html(report: Report) -> str:
             f"<title>onnxmbs report</title><style>{CSS}</style></head><body>"
             f"<h1>onnxmbs report</h1><p class=\"meta\">{len(report.models)} model(s), {len(report.failed)} failed; "
             f"plan at k = {st['k']:g}; onnxmbs {escape(st['onnxmbs'])}; {escape(st['created'])}</p>{summary}"
-            + "".join(_html_model(i, m) for i, m in enumerate(report.models)) + "</body></html>\n")
+            + "".join(_html_model(i, m) for i, m in enumerate(report.models))
+            + "".join(blocks_html(plan, html_table) for plan in report.blocks) + "</body></html>\n")
 
 
 WRITERS: dict[str, Callable[[Report], str]] = {".json": to_json, ".csv": to_csv, ".md": to_markdown,
@@ -334,4 +327,5 @@ def report_text(report: Report) -> str:
     """The terminal summary: one row per model that worked, one line per failure."""
     ok = [m for m in report.models if m.ok]
     lines = [table(SUMMARY_HEADERS, [_summary_cells(m) for m in ok])] if ok else []
-    return "\n".join(lines + [f"FAILED {m.path}: {m.error}" for m in report.failed])
+    lines += [f"FAILED {m.path}: {m.error}" for m in report.failed]
+    return "\n\n".join(["\n".join(lines), *(blocks_text(plan) for plan in report.blocks)])

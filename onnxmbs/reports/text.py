@@ -1,7 +1,7 @@
 """Stage 6b — plain-text tables for the terminal (the CLI prints what these return)."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import math
@@ -16,18 +16,28 @@ from onnxmbs.units import human
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths)).rstrip()
+    lines = ["  ".join(c.rjust(w) if is_numeric(c) else c.ljust(w) for c, w in zip(r, widths)).rstrip()
              for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def _numeric(cell: str) -> bool:
-    return cell.replace(".", "", 1).replace("-", "", 1).replace("%", "").replace(",", "").isdigit()
+def is_numeric(cell: Any) -> bool:
+    """A cell that reads as a number (``1,234``, ``-0.5``, ``12.5%``): right-aligned in every table."""
+    if isinstance(cell, (int, float)):
+        return True
+    return str(cell).replace(".", "", 1).replace("-", "", 1).replace("%", "").replace(",", "").isdigit()
 
 
 def short(name: str, width: int = 48) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def _tap_text(tap) -> str:
+    """The activation a conv's statistic is read from; "(>0)" marks the count beyond the paper."""
+    if tap is None:
+        return "(none)"
+    return short(tap.node, 28) + (" (>0)" if tap.statistic == "positive" else "")
 
 
 def analysis_text(analysis: Analysis) -> str:
@@ -36,7 +46,7 @@ def analysis_text(analysis: Analysis) -> str:
     rows = [(short(c.name), f"{c.out_hw[0]}x{c.out_hw[1]}", c.in_channels, c.out_channels, c.groups,
              f"{c.kernel[0]}x{c.kernel[1]}", c.stride[0], "inf" if c.rf is None else c.rf, human(c.flops),
              human(c.params), where.get(c.name, "-"), groups.get(c.name, "-"),
-             short(analysis.taps[c.name].node, 28) if analysis.taps[c.name] else "(none)")
+             _tap_text(analysis.taps[c.name]))
             for c in analysis.layers]
     inp = analysis.loaded.input
     parts = [f"model: {analysis.loaded.path}  input {inp.name} {list(inp.shape)} {inp.layout}  L={inp.L}",
@@ -87,8 +97,13 @@ def plan_text(plan: PlanDocument) -> str:
              f"MACs {human(s.flops)} -> {human(s.flops_compact)} ({100 * s.flop_reduction:.2f}% fewer)"]
     if plan.convergence is not None:
         lines.append(convergence_text(plan.convergence))
+    positive = sum(1 for l in plan.layers if l.statistic == "positive")
     if unmeasured:
-        lines.append(f"note: {unmeasured} conv layer(s) have no ReLU-family activation: p = 1, not measured")
+        lines.append(f"note: {unmeasured} conv layer(s) have no {'ReLU-family ' if st.statistic == 'paper' else ''}"
+                     "activation that is counted: p = 1, not measured")
+    if positive:
+        lines.append(f"note: {positive} conv layer(s) are followed by a non-ReLU activation (SiLU, GELU, HardSwish, ...): "
+                     "p counts their outputs > 0 (beyond the paper; --statistic paper gives them p = 1)")
     return "\n".join(lines)
 
 
@@ -99,26 +114,27 @@ def convergence_text(conv: Convergence) -> str:
             f"beta bound < tolerance {conv.tolerance:.5f} and widths stable{'' if conv.converged else ': no'})")
 
 
-def _config_text(config: Sequence[Sequence[int]]) -> str:
+def config_text(config: Sequence[Sequence[int]]) -> str:
+    """``16 | 30 | 47``: widths per macroblock (several widths of one macroblock joined by '/')."""
     return " | ".join("/".join(str(w) for w in widths) or "-" for widths in config)
 
 
-def sweep_rows(points: Sequence[SweepPoint]) -> list[tuple]:
-    return [(f"{p.k:g}", f"{p.z:g}", p.rf_boundary if p.rf_boundary is not None else "-",
-             " ".join(f"{b:.4f}" for b in p.beta), _config_text(p.configuration), f"{p.params_compact:,}",
+def sweep_table(points: Sequence[SweepPoint], *, terminal: bool = True) -> tuple[tuple[str, ...], list[tuple]]:
+    """Headers and rows of a k sweep: the terminal's (with z, β to 4 places) or the reports' (β to 3)."""
+    headers = ("k", "z", "RF bound", "beta per macroblock") if terminal else ("k", "RF boundary", "β per macroblock")
+    digits = 4 if terminal else 3
+    rows = [(f"{p.k:g}", *((f"{p.z:g}",) if terminal else ()), p.rf_boundary if p.rf_boundary is not None else "-",
+             " ".join(f"{b:.{digits}f}" for b in p.beta), config_text(p.configuration), f"{p.params_compact:,}",
              f"{100 * p.param_reduction:.2f}%", human(p.flops_compact), f"{100 * p.flop_reduction:.2f}%")
             for p in points]
-
-
-SWEEP_HEADERS = ("k", "z", "RF bound", "beta per macroblock", "configuration", "params", "param red.",
-                 "MACs", "MAC red.")
+    return (*headers, "configuration", "params", "param red.", "MACs", "MAC red."), rows
 
 
 def sweep_text(points: Sequence[SweepPoint], *, model: str = "", images: int | None = None) -> str:
     first = points[0]
     head = (f"{model}: " if model else "") + (f"{images} images, " if images is not None else "") + \
-        f"original configuration {_config_text(first.widths)}, {first.params:,} params, {human(first.flops)} MACs"
-    return "\n".join([head, table(SWEEP_HEADERS, sweep_rows(points))])
+        f"original configuration {config_text(first.widths)}, {first.params:,} params, {human(first.flops)} MACs"
+    return "\n".join([head, table(*sweep_table(points))])
 
 
 def solution_text(solution: Solution) -> str:
@@ -127,6 +143,6 @@ def solution_text(solution: Solution) -> str:
             else f"every k in [{solution.k_low:.4g}, {solution.k_high:.4g})")
     return (f"target {solution.target.describe()}: largest k = {solution.k:g} ({span} gives this plan, "
             f"RF boundary {p.rf_boundary if p.rf_boundary is not None else 'none'}); achieved "
-            f"{solution.target.describe(solution.target.achieved(p))}, configuration {_config_text(p.configuration)}, "
+            f"{solution.target.describe(solution.target.achieved(p))}, configuration {config_text(p.configuration)}, "
             f"params {p.params_compact:,} ({100 * p.param_reduction:.2f}% fewer), "
             f"MACs {human(p.flops_compact)} ({100 * p.flop_reduction:.2f}% fewer)")

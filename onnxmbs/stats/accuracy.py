@@ -19,7 +19,8 @@ import onnx
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.load import LoadedModel, load_model
 from onnxmbs.stats.counting import choose_provider, make_session
-from onnxmbs.stats.labelled import LabelledData
+from onnxmbs.stats.labelled import LabelledData, open_labelled
+from onnxmbs.stats.preprocess import preprocess_for
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +113,16 @@ def predictions(predictor: Predictor, data: LabelledData, *, batch_size: int = 6
     return np.concatenate([predictor.scores(x) for x, _ in data.batches(batch_size)])
 
 
-def evaluate(model: str | Path | onnx.ModelProto | LoadedModel, data: LabelledData, *,
+def evaluate(model: str | Path | onnx.ModelProto | LoadedModel, data: LabelledData | object, *,
              reference: str | Path | onnx.ModelProto | LoadedModel | None = None, batch_size: int = 64,
              provider: str = "cpu", input_shape: tuple[int, ...] | None = None) -> Accuracy:
-    """Top-1/top-5 accuracy of ``model`` on ``data``; with ``reference``, the agreement of top-1s."""
+    """Top-1/top-5 accuracy of ``model`` on ``data``; with ``reference``, the agreement of top-1s.
+
+    ``data``: :class:`LabelledData` or anything :func:`open_labelled` reads (default preprocessing).
+    """
     loaded = model if isinstance(model, LoadedModel) else load_model(model, input_shape=input_shape)
+    data = open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout,
+                         preprocess=preprocess_for(loaded.metadata, where=loaded.path))
     classes = num_classes(loaded)
     data.check_classes(classes)
     scores = predictions(open_predictor(loaded, provider=provider), data, batch_size=batch_size)

@@ -36,6 +36,7 @@ class CalibrationInfo:
     images: int
     skipped: int
     synthetic: bool
+    preprocess: str | None = None  # the normalisation used for images/uint8 arrays
 
 
 class Calibration:
@@ -64,7 +65,8 @@ class Calibration:
     @property
     def info(self) -> CalibrationInfo:
         """Source description and counts; the counts are final once a pass has finished."""
-        return CalibrationInfo(self._source.label, self._images, self._source.skipped, self._synthetic)
+        return CalibrationInfo(self._source.label, self._images, self._source.skipped, self._synthetic,
+                               self._target.preprocess.name)
 
     def __len__(self) -> int:
         if self.total is None:

@@ -22,9 +22,11 @@ tools/bench_statistics.py measures both taps against plain inference.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -37,6 +39,7 @@ from onnxmbs.graph.activations import Tap
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.errors import MBSError
 from onnxmbs.progress import progress_bar
+from onnxmbs.runtime import open_session
 
 logger = logging.getLogger(__name__)
 
@@ -75,21 +78,33 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+@functools.lru_cache(maxsize=1)
 def _cuda_works() -> bool:
-    """onnxruntime-gpu lists CUDA even where no GPU or CUDA library exists: try a real session."""
+    """onnxruntime-gpu lists CUDA even where no GPU or CUDA library exists: try a real session, once per
+    process, with onnxruntime's own error log silenced (the caller warns once)."""
     import onnxruntime as ort
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False
+    ort.set_default_logger_severity(4)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     probe = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x],
                                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
                               opset_imports=[helper.make_opsetid("", 13)])
     try:
-        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CUDAExecutionProvider"])
+        with warnings.catch_warnings():  # onnxruntime's own "cannot create the CUDA provider" warning
+            warnings.simplefilter("ignore")
+            sess = open_session(probe, providers=["CUDAExecutionProvider"])
         sess.run(None, {"x": np.ones(1, np.float32)})
         return "CUDAExecutionProvider" in sess.get_providers()
     except Exception:  # missing libcudart / no device
         return False
+    finally:
+        ort.set_default_logger_severity(3)
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_no_cuda() -> None:
+    logger.warning("CUDA provider is listed but cannot run here (no GPU or CUDA libraries); using CPU")
 
 
 def choose_provider(requested: str = "auto") -> str:
@@ -101,7 +116,7 @@ def choose_provider(requested: str = "auto") -> str:
             return "CUDAExecutionProvider"
         import onnxruntime as ort
         if "CUDAExecutionProvider" in ort.get_available_providers():
-            logger.warning("CUDA provider is listed but cannot run here (no GPU or CUDA libraries); using CPU")
+            _warn_no_cuda()  # once per process (= per command), however many models it measures
         return "CPUExecutionProvider"
     if name == "CUDAExecutionProvider" and not _cuda_works():
         raise MBSError("--provider cuda: the CUDA provider cannot run on this machine — install onnxruntime-gpu "
@@ -178,9 +193,12 @@ OUTPUT = "onnxmbs_counts"
 
 
 def instrument(analysis: Analysis, *, method: str = "nchwc") -> Instrumented:
-    """A copy of the model whose single output is the per-channel counts of every tap."""
+    """A copy of the model whose single output is the per-channel counts of every tap (at least one)."""
     if method not in METHODS:
         raise MBSError(f"unknown counting method {method!r}; choose one of {METHODS}")
+    if not _unique_taps(analysis):
+        raise MBSError(f"{analysis.loaded.path} has no activation to count — plan it without statistics "
+                       "(every p = 1)")
     loaded = analysis.loaded
     model = copy.deepcopy(loaded.model)
     graph = model.graph
@@ -228,34 +246,51 @@ def _unique_taps(analysis: Analysis) -> list[Tap]:
 
 
 # ------------------------------------------------------------ the pass
+def _open_session(model: onnx.ModelProto, provider: str, *, threads: int | None = None,
+                  flush_denormals: bool = False):
+    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    return open_session(model, providers=providers, threads=threads, flush_denormals=flush_denormals)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
 def make_session(model: onnx.ModelProto, provider: str, *, threads: int | None = None,
                  flush_denormals: bool = False):
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if flush_denormals:
-        opts.add_session_config_entry("session.set_denormal_as_zero", "1")
-    if threads:
-        opts.intra_op_num_threads = threads
-    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    """An onnxruntime session of the user's model; a model onnxruntime refuses is the user's to fix."""
     try:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        return _open_session(model, provider, threads=threads, flush_denormals=flush_denormals)
     except Exception as exc:
-        raise MBSError(f"onnxruntime cannot load the model ({str(exc).splitlines()[0][:200]}) — "
+        raise MBSError(f"onnxruntime cannot load the model ({_first_line(exc)}) — "
                        "check it runs with onnxruntime before planning") from None
 
 
 class Counter:
     """One onnxruntime session over a counting copy: :meth:`run` gives one batch's exact counts."""
 
-    def __init__(self, counting: Instrumented, provider: str, *, threads: int | None = None) -> None:
+    def __init__(self, counting: Instrumented, provider: str, *, threads: int | None = None,
+                 source: onnx.ModelProto | None = None, path: str = "the model") -> None:
         self.counting = counting
-        self.session = make_session(counting.model, provider, threads=threads, flush_denormals=True)
+        self.session = _counting_session(counting, provider, threads=threads, source=source, path=path)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = self.counting.check_batch(batch)
         (result,) = self.session.run([self.counting.output], {self.counting.input: batch})
         return self.counting.counts(result)
+
+
+def _counting_session(counting: Instrumented, provider: str, *, threads: int | None, source: onnx.ModelProto | None,
+                      path: str):
+    """The session of the counting copy; when only the copy fails to load, the fault is onnxmbs', not the model's."""
+    try:
+        return _open_session(counting.model, provider, threads=threads, flush_denormals=True)
+    except Exception as exc:
+        if source is not None:
+            make_session(source, provider)  # the user's model itself: its own error blames it
+        raise MBSError(f"onnxmbs built an invalid counting copy of {path} ({_first_line(exc)}); "
+                       "the model itself loads in onnxruntime — this is an onnxmbs bug, please report it "
+                       "(--statistic paper counts fewer activations and may avoid it)") from None
 
 
 class Monitor(Protocol):
@@ -273,13 +308,16 @@ class Monitor(Protocol):
 def collect_statistics(analysis: Analysis, batches: Iterable[np.ndarray], *, provider: str = "auto",
                        method: str = "nchwc", progress: bool | None = None, total: int | None = None,
                        monitor: Monitor | None = None) -> Statistics:
-    """Run ``batches`` through the instrumented model and count non-zeros per channel of every tap.
+    """Run ``batches`` through the instrumented model and count, per channel of every tap, the non-zero
+    (ReLU family) or positive (other activations) outputs. A model without taps is not run at all.
 
     ``monitor`` sees each batch's counts in order and may stop the pass early.
     """
     provider = choose_provider(provider)
+    if not _unique_taps(analysis):
+        return _no_taps(analysis, batches, provider=provider)
     counting = instrument(analysis, method=method)
-    counter = Counter(counting, provider)
+    counter = Counter(counting, provider, source=analysis.loaded.model, path=analysis.loaded.path)
     if monitor is not None:
         monitor.start(counting)
     total_counts = np.zeros(len(counting.per_image), np.int64)
@@ -296,6 +334,27 @@ def collect_statistics(analysis: Analysis, batches: Iterable[np.ndarray], *, pro
     if bar is not None:
         bar.close()
     return counting.statistics(total_counts, images=images, provider=provider, seconds=time.perf_counter() - start)
+
+
+def _no_taps(analysis: Analysis, batches: Iterable[np.ndarray], *, provider: str) -> Statistics:
+    """A model with no activation to count: nothing runs; the images are only checked and counted."""
+    images, start = 0, time.perf_counter()
+    for batch in batches:
+        images += _check_batch(batch, analysis).shape[0]
+    if images == 0:
+        raise MBSError("the calibration data yielded no images — check --data")
+    return Statistics(images=images, provider=provider, taps={}, seconds=time.perf_counter() - start)
+
+
+def _check_batch(batch: np.ndarray, analysis: Analysis) -> np.ndarray:
+    expected = analysis.loaded.input.shape[1:]
+    if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(expected):
+        raise MBSError(f"calibration batch has shape {tuple(batch.shape)}, the model expects (N, "
+                       f"{', '.join(map(str, expected))}) — check the data's layout and size")
+    if not analysis.loaded.batch_dynamic and batch.shape[0] != analysis.loaded.input.shape[0]:
+        raise MBSError(f"the model's batch size is fixed at {analysis.loaded.input.shape[0]}; "
+                       f"use --batch-size {analysis.loaded.input.shape[0]}")
+    return np.ascontiguousarray(batch, dtype=np.float32)
 
 
 def _progress(enabled: bool | None, total: int | None):

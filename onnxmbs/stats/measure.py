@@ -6,7 +6,7 @@ from a stats file of the same model instead when there is one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +15,12 @@ import numpy as np
 
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis
+from onnxmbs.graph.load import declared_input
 from onnxmbs.stats.source import DataSource
-from onnxmbs.stats.calibration import CalibrationInfo, make_preprocess
+from onnxmbs.stats.calibration import CalibrationInfo
 from onnxmbs.stats.counting import Monitor, Statistics, collect_statistics
+from onnxmbs.stats.datasize import data_hw
+from onnxmbs.stats.preprocess import preprocess_for
 from onnxmbs.stats.sharding import DataSpec, collect_sharded
 from onnxmbs.stats.stopping import Convergence
 from onnxmbs.stats.statsfile import check_model, read_stats, stats_sha256, tap_counts
@@ -29,7 +32,7 @@ class CalibrationOptions:
     """How to run the statistics pass: the data, its preprocessing, and the onnxruntime settings."""
     data: Any = None  # image folder, .npy/.npz path, or an iterable of NCHW/NHWC batches
     synthetic: int | None = None  # N images of random noise instead of data (the plan says so)
-    preprocess: str | None = "imagenet"
+    preprocess: str | None = None  # None: from the model's metadata (onnxmbs.preprocess), else imagenet
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
     max_images: int | None = None
@@ -64,18 +67,34 @@ def _fixed_batches(batches: Iterator[np.ndarray], size: int) -> Iterator[np.ndar
                            size, batch.shape[0])
 
 
+def input_shape_for(model: Any, input_shape: tuple[int, ...] | None, data: Any) -> tuple[int, ...] | None:
+    """``input_shape``, or for a model with dynamic H/W and no ``--input-shape``, the size of the data."""
+    if input_shape is not None or data is None:
+        return input_shape
+    declared = declared_input(model)
+    if declared is None or not declared.dynamic_hw:
+        return input_shape
+    hw = data_hw(data, layout=declared.layout, channels=declared.channels)
+    if hw is None:
+        return input_shape
+    shape = declared.with_hw(hw)
+    logger.info("%s has a dynamic input size; using the size of the data: %s", model, shape)
+    return shape
+
+
 def measure(analysis: Analysis, options: CalibrationOptions = CalibrationOptions(), *,
             monitor: Monitor | None = None, task_images: int | None = None) -> tuple[Statistics, CalibrationInfo]:
     """The statistics pass over calibration data (folder, .npy/.npz, iterable, or synthetic noise).
 
+    ``options.preprocess``/``mean``/``std`` left None come from the model's metadata, else ``imagenet``.
     ``options.workers``/``ray_address``: split over Ray tasks (exact); ``options.shard=(i, n)``:
     count only shard i of n; ``monitor``: may stop the pass early, and the data is then read in a
     fixed pseudo-random order (seeded by ``options.seed``).
     """
     loaded = analysis.loaded
     fixed = None if loaded.batch_dynamic else loaded.input.shape[0]
-    spec = DataSpec(data=options.data, synthetic=options.synthetic,
-                    preprocess=make_preprocess(options.preprocess, mean=options.mean, std=options.std),
+    pre = preprocess_for(loaded.metadata, options.preprocess, mean=options.mean, std=options.std, where=loaded.path)
+    spec = DataSpec(data=options.data, synthetic=options.synthetic, preprocess=pre,
                     shape=tuple(loaded.input.shape), layout=loaded.input.layout, max_images=options.max_images,
                     batch_size=fixed or options.batch_size, seed=options.seed,
                     shuffle=options.seed if monitor is not None else None)
@@ -100,7 +119,7 @@ def measure_source(analysis: Analysis, options: CalibrationOptions, *, monitor: 
     """:func:`measure`, with the record of where the counts came from (and how a monitored pass ended)."""
     stats, info = measure(analysis, options, monitor=monitor, task_images=getattr(monitor, "checkpoint", None))
     return Measured(statistics=stats, source=DataSource(synthetic=info.synthetic, data=info.source,
-                                                        skipped=info.skipped, preprocess=options.preprocess,
+                                                        skipped=info.skipped, preprocess=info.preprocess,
                                                         seconds=round(stats.seconds, 3)),
                     convergence=monitor.result() if monitor is not None else None)
 
@@ -128,6 +147,8 @@ def measure_or_load(analysis: Analysis, *, stats: str | Path | Sequence[str | Pa
     matches is used; if none does, the model is measured on ``data`` when given.
     """
     paths = [stats] if isinstance(stats, (str, Path)) else list(stats or ())
+    for path in paths:  # a stats file that is missing or unreadable is always an error, never a silent fallback
+        read_stats(path)
     if len(paths) == 1 and not options.has_data:
         return load_stats(paths[0], analysis)
     match = next((p for p in paths if stats_sha256(p) == analysis.loaded.sha256), None)

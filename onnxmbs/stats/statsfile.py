@@ -34,6 +34,7 @@ def stats_document(analysis: Analysis, stats: Statistics, *, info: CalibrationIn
         "model": {"path": loaded.path, "sha256": loaded.sha256, "input": loaded.input.name,
                   "shape": list(loaded.input.shape), "layout": loaded.input.layout},
         "images": stats.images, "provider": stats.provider, "seconds": round(stats.seconds, 3),
+        "statistic": analysis.statistic,
         "data": {"source": info.source if info else None, "synthetic": bool(info and info.synthetic),
                  "skipped": info.skipped if info else 0, "preprocess": preprocess},
         "taps": [{"tensor": t.tensor, "channels": len(t.nonzero), "per_image": t.per_image,
@@ -62,9 +63,12 @@ def read_stats(path: str | Path) -> dict[str, Any]:
 def check_model(doc: Mapping[str, Any], analysis: Analysis, path: Path) -> None:
     loaded, model = analysis.loaded, doc.get("model", {})
     if model.get("sha256") != loaded.sha256:
+        # the same file re-exported: its stats file may be replaced; another model's must not be
+        same_file = model.get("path") is not None and str(model.get("path")) == str(loaded.path)
+        target = path if same_file else Path(loaded.path).with_suffix(".stats.json")
         raise MBSError(f"{path} was made from a different model ({model.get('path')}, sha256 "
                        f"{str(model.get('sha256'))[:12]}…, not {loaded.path} {loaded.sha256[:12]}…) — "
-                       f"run `onnxmbs profile {loaded.path} --data ... -o {path}` for this model")
+                       f"run `onnxmbs profile {loaded.path} --data ... -o {target}` for this model")
     if list(model.get("shape", []))[1:] != list(loaded.input.shape)[1:]:
         raise MBSError(f"{path} was measured at input shape {model.get('shape')}, the model is analysed at "
                        f"{list(loaded.input.shape)} — pass the same --input-shape as for `onnxmbs profile`")
@@ -81,8 +85,12 @@ def tap_counts(doc: Mapping[str, Any], analysis: Analysis, path: Path) -> dict[s
     for tap in {t.tensor: t for t in analysis.taps.values() if t is not None}.values():
         got = taps.get(tap.tensor)
         if got is None or len(got.nonzero) != shapes[tap.tensor][tap.channel_axis]:
-            raise MBSError(f"{path} has no counts for activation {tap.tensor!r} of this model — "
-                           "it was written by another onnxmbs version; run `onnxmbs profile` again")
+            made = doc.get("statistic")
+            why = (f"it was profiled with --statistic {made}" if made and made != analysis.statistic
+                   else "it was written by another onnxmbs version")
+            raise MBSError(f"{path} has no counts for activation {tap.tensor!r} of this model — {why}; run "
+                           f"`onnxmbs profile` again (with --statistic {analysis.statistic}), or plan with "
+                           f"--statistic {made or 'paper'}")
     return taps
 
 

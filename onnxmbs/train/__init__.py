@@ -11,11 +11,13 @@ the epochs) or cosine, random-crop and horizontal-flip augmentation, mixed preci
 from __future__ import annotations
 
 import math
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
 
 from onnxmbs.errors import MBSError
+from onnxmbs.progress import progress_bar
 
 SCHEDULES = ("step", "cosine")
 
@@ -104,9 +106,35 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[np
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
+def data_arrays(data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of a dataset (``.x``/``.y``) or an ``(x, y)`` pair, checked."""
+    x, y = (data.x, data.y) if hasattr(data, "x") else data
+    return check_arrays(x, y, what)
+
+
 def check_arrays(x: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x, np.float32), np.asarray(y).astype(np.int64).reshape(-1)
     if x.ndim != 4 or len(x) != len(y) or not len(y):
         raise MBSError(f"{what}: need images (N, C, H, W) or (N, H, W, C) and N labels, got {x.shape} and "
                        f"{y.shape} — pass matching arrays")
     return x, y
+
+
+class EpochBar:
+    """One progress bar per epoch over its batches, showing the running loss and accuracy (then the
+    held-out accuracy); nothing when disabled (``enabled=None``: only on a terminal)."""
+
+    def __init__(self, enabled: bool | None, *, epoch: int, config: TrainConfig, samples: int) -> None:
+        full = samples // config.batch_size
+        self.bar = progress_bar(enabled, total=max(full, 1), unit="batch", desc=f"epoch {epoch + 1}/{config.epochs}")
+
+    def step(self, loss: float, accuracy: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.4f}, acc {accuracy:.2%}", refresh=False)
+            self.bar.update(1)
+
+    def close(self, loss: float, accuracy: float, val_accuracy: float | None) -> None:
+        if self.bar is not None:
+            held = "" if val_accuracy is None else f", held-out acc {val_accuracy:.2%}"
+            self.bar.set_postfix_str(f"loss {loss:.4f}, acc {accuracy:.2%}{held}", refresh=True)
+            self.bar.close()

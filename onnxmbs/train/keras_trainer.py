@@ -17,14 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from onnxmbs.train import EpochLog, TrainConfig, TrainResult, augment, batches, check_arrays, lr_at
+from onnxmbs.train import EpochBar, EpochLog, TrainConfig, TrainResult, augment, batches, data_arrays, lr_at
 
 logger = logging.getLogger(__name__)
-
-
-def _arrays(data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    x, y = (data.x, data.y) if hasattr(data, "x") else data
-    return check_arrays(x, y, what)
 
 
 def _from_logits(model: Any) -> bool:
@@ -44,7 +39,9 @@ def evaluate_keras(model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int 
 
 
 def _compile(model: Any, config: TrainConfig) -> None:
-    import keras
+    from onnxmbs.adapters import import_keras
+
+    keras = import_keras()
 
     opt = keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay or None)
@@ -53,7 +50,7 @@ def _compile(model: Any, config: TrainConfig) -> None:
 
 
 def _epoch(model: Any, x: np.ndarray, y: np.ndarray, *, config: TrainConfig, epoch: int,
-           rng: np.random.Generator) -> tuple[float, float]:
+           rng: np.random.Generator, bar: EpochBar) -> tuple[float, float]:
     """One epoch; returns the mean loss and accuracy over its batches (train_on_batch reports per batch)."""
     parts = batches(len(y), config.batch_size, rng)
     total, correct, seen = 0.0, 0.0, 0
@@ -66,6 +63,7 @@ def _epoch(model: Any, x: np.ndarray, y: np.ndarray, *, config: TrainConfig, epo
         total += float(logs["loss"]) * len(idx)
         correct += float(logs["accuracy"]) * len(idx)
         seen += len(idx)
+        bar.step(total / seen, correct / seen)
     return total / max(seen, 1), correct / max(seen, 1)
 
 
@@ -79,7 +77,9 @@ def _gpu_visible() -> bool:
 
 def mixed_precision_clone(model: Any) -> Any:
     """A copy of a functional/Sequential ``model`` computing in float16 (last layer float32), same weights."""
-    import keras
+    from onnxmbs.adapters import import_keras
+
+    keras = import_keras()
 
     last = model.layers[-1]
 
@@ -92,30 +92,37 @@ def mixed_precision_clone(model: Any) -> Any:
     return twin
 
 
-def train_keras(model: Any, train: Any, *, config: TrainConfig = TrainConfig(), val: Any = None) -> TrainResult:
-    """Train ``model`` in place on ``train`` ((x, y) NHWC arrays or a Dataset); report ``val`` accuracy."""
-    import keras
+def train_keras(model: Any, train: Any, *, config: TrainConfig = TrainConfig(), val: Any = None,
+                progress: bool | None = None) -> TrainResult:
+    """Train ``model`` in place on ``train`` ((x, y) NHWC arrays or a Dataset); report ``val`` accuracy.
 
-    x, y = _arrays(train, "training data")
-    xv, yv = _arrays(val, "validation data") if val is not None else (None, None)
+    ``progress``: a bar per epoch with loss and accuracy (None: on a terminal)."""
+    from onnxmbs.adapters import import_keras
+
+    keras = import_keras()
+
+    x, y = data_arrays(train, "training data")
+    xv, yv = data_arrays(val, "validation data") if val is not None else (None, None)
     keras.utils.set_random_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     amp = config.mixed_precision if config.mixed_precision is not None else _gpu_visible()
     work = mixed_precision_clone(model) if amp else model
-    result = _train(work, x, y, xv, yv, config=config, rng=rng)
+    result = _train(work, x, y, xv, yv, config=config, rng=rng, progress=progress)
     if work is not model:
         model.set_weights(work.get_weights())
     return result
 
 
 def _train(model: Any, x: np.ndarray, y: np.ndarray, xv: np.ndarray | None, yv: np.ndarray | None, *,
-           config: TrainConfig, rng: np.random.Generator) -> TrainResult:
+           config: TrainConfig, rng: np.random.Generator, progress: bool | None = None) -> TrainResult:
     _compile(model, config)
     logs, began = [], time.perf_counter()
     for epoch in range(config.epochs):
         start = time.perf_counter()
-        loss, acc = _epoch(model, x, y, config=config, epoch=epoch, rng=rng)
+        bar = EpochBar(progress, epoch=epoch, config=config, samples=len(y))
+        loss, acc = _epoch(model, x, y, config=config, epoch=epoch, rng=rng, bar=bar)
         val_acc = evaluate_keras(model, xv, yv) if xv is not None else None
+        bar.close(loss, acc, val_acc)
         lr = float(np.asarray(model.optimizer.learning_rate))
         logs.append(EpochLog(epoch + 1, lr, loss, acc, val_acc, time.perf_counter() - start))
         logger.info("epoch %d/%d  lr %.4g  loss %.4f  train acc %.4f  val acc %s", epoch + 1, config.epochs,

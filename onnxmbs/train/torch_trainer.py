@@ -15,14 +15,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from onnxmbs.train import EpochLog, TrainConfig, TrainResult, augment, batches, check_arrays, lr_at
+from onnxmbs.train import EpochBar, EpochLog, TrainConfig, TrainResult, augment, batches, data_arrays, lr_at
 
 logger = logging.getLogger(__name__)
-
-
-def _arrays(data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    x, y = (data.x, data.y) if hasattr(data, "x") else data
-    return check_arrays(x, y, what)
 
 
 def pick_device(config: TrainConfig) -> torch.device:
@@ -64,7 +59,8 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradSc
 
 
 def _epoch(model: nn.Module, opt: torch.optim.Optimizer, scaler, x: np.ndarray, y: np.ndarray, *,
-           config: TrainConfig, epoch: int, rng: np.random.Generator, device: torch.device) -> tuple[float, float]:
+           config: TrainConfig, epoch: int, rng: np.random.Generator, device: torch.device,
+           bar: EpochBar) -> tuple[float, float]:
     model.train()
     parts = batches(len(y), config.batch_size, rng)
     total, correct, seen = 0.0, 0, 0
@@ -77,13 +73,17 @@ def _epoch(model: nn.Module, opt: torch.optim.Optimizer, scaler, x: np.ndarray, 
         loss, hits = _step(model, opt, scaler, torch.from_numpy(np.ascontiguousarray(xb)).to(device),
                            torch.from_numpy(y[idx]).to(device))
         total, correct, seen = total + loss, correct + hits, seen + len(idx)
+        bar.step(total / seen, correct / seen)
     return total / max(seen, 1), correct / max(seen, 1)
 
 
-def train_torch(model: nn.Module, train: Any, *, config: TrainConfig = TrainConfig(), val: Any = None) -> TrainResult:
-    """Train ``model`` in place on ``train`` ((x, y) NCHW arrays or a Dataset); report ``val`` accuracy."""
-    x, y = _arrays(train, "training data")
-    xv, yv = _arrays(val, "validation data") if val is not None else (None, None)
+def train_torch(model: nn.Module, train: Any, *, config: TrainConfig = TrainConfig(), val: Any = None,
+                progress: bool | None = None) -> TrainResult:
+    """Train ``model`` in place on ``train`` ((x, y) NCHW arrays or a Dataset); report ``val`` accuracy.
+
+    ``progress``: a bar per epoch with loss and accuracy (None: on a terminal)."""
+    x, y = data_arrays(train, "training data")
+    xv, yv = data_arrays(val, "validation data") if val is not None else (None, None)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = pick_device(config)
@@ -95,8 +95,10 @@ def train_torch(model: nn.Module, train: Any, *, config: TrainConfig = TrainConf
     logs, began = [], time.perf_counter()
     for epoch in range(config.epochs):
         start = time.perf_counter()
-        loss, acc = _epoch(model, opt, scaler, x, y, config=config, epoch=epoch, rng=rng, device=device)
+        bar = EpochBar(progress, epoch=epoch, config=config, samples=len(y))
+        loss, acc = _epoch(model, opt, scaler, x, y, config=config, epoch=epoch, rng=rng, device=device, bar=bar)
         val_acc = evaluate_torch(model, xv, yv) if xv is not None else None
+        bar.close(loss, acc, val_acc)
         logs.append(EpochLog(epoch + 1, opt.param_groups[0]["lr"], loss, acc, val_acc, time.perf_counter() - start))
         logger.info("epoch %d/%d  lr %.4g  loss %.4f  train acc %.4f  val acc %s", epoch + 1, config.epochs,
                     logs[-1].lr, loss, acc, "-" if val_acc is None else f"{val_acc:.4f}")

@@ -27,7 +27,7 @@ from onnxmbs.zoo.configuration import CONFIGS, ConfigSpec, configuration_from_pl
 # submodule is first imported, so a later first import would replace the function
 # with the module.  Use ``from onnxmbs.zoo.export import export_torch`` for the module.
 
-__all__ = ["ZOO", "ZooEntry", "build", "configuration_from_plan", "export", "list_models"]
+__all__ = ["ZOO", "ZooEntry", "build", "configuration_from_plan", "export", "list_models", "lookup"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,13 @@ def list_models() -> list[str]:
     return sorted(ZOO)
 
 
+def lookup(name: str) -> ZooEntry:
+    """The zoo entry ``name`` (``resnet20_cifar`` is ``resnet20``), or a clean error listing the names."""
+    if name not in ZOO and name.endswith("_cifar") and name.removesuffix("_cifar") in ZOO:
+        name = name.removesuffix("_cifar")
+    return _entry(name)
+
+
 def _entry(name: str) -> ZooEntry:
     if name not in ZOO:
         raise MBSError(f"unknown zoo model {name!r} — choose one of {', '.join(list_models())}")
@@ -150,17 +157,23 @@ def build(name: str, *, widths: Sequence[int] | None = None, betas: Sequence[flo
 
 def export(name: str, path: str | os.PathLike[str], *, widths: Sequence[int] | None = None,
            betas: Sequence[float] | None = None, num_classes: int | None = None, input_size: int | None = None,
-           framework: str | None = None, dynamo: bool = True) -> Path:
+           framework: str | None = None, dynamo: bool = True, preprocess: str = "imagenet",
+           mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Path:
     """Build ``name`` and write it as a verified ONNX file (dynamic batch) at ``path``.
 
-    ``dynamo`` picks the torch exporter (see :func:`onnxmbs.zoo.export.export_torch`).
+    ``dynamo`` picks the torch exporter (see :func:`onnxmbs.zoo.export.export_torch`). The preprocessing
+    the model is meant for (``preprocess`` preset, optional ``mean``/``std``) is recorded in the file's
+    metadata, so ``onnxmbs plan`` uses it without ``--preprocess``.
     """
+    from onnxmbs.stats.preprocess import preprocess_metadata
     from onnxmbs.zoo.export import export_keras, export_torch
+
+    metadata = preprocess_metadata(preprocess, mean=mean, std=std)
 
     entry = _entry(name)
     fw = framework or entry.framework
     size = _input_size(entry, input_size)
     model = build(name, widths=widths, betas=betas, num_classes=num_classes, input_size=size, framework=fw)
     if fw == "keras":
-        return export_keras(model, path)
-    return export_torch(model, (3, size, size), path, dynamo=dynamo)
+        return export_keras(model, path, metadata=metadata)
+    return export_torch(model, (3, size, size), path, dynamo=dynamo, metadata=metadata)

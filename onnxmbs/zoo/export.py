@@ -11,15 +11,16 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from onnxmbs.errors import MBSError
 from onnxmbs.files import atomic_path
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ _NOISY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch
 
 def _sample(shape: Sequence[int]) -> np.ndarray:
     """A deterministic batch of 2 in [0, 1) with the given per-sample shape."""
+    import numpy as np
+
     rng = np.random.default_rng(CHECK_SEED)
     return rng.random((2, *shape), dtype=np.float32)
 
@@ -52,16 +55,31 @@ def _quiet() -> Iterator[None]:
 
 
 
+def _check_finite_reference(expected: np.ndarray, what: str) -> None:
+    import numpy as np
+
+    if not np.all(np.isfinite(expected)):
+        raise MBSError(f"{what} gives a non-finite output (NaN/inf) in the framework itself on a random batch — "
+                       "initialise it so it is finite (e.g. zero-init the last BatchNorm γ of each residual "
+                       "branch) or load trained weights before exporting")
+
+
 def check_onnx(path: Path, x: np.ndarray, expected: np.ndarray, *, what: str) -> None:
     """Run ``path`` in onnxruntime on ``x`` and compare with ``expected``; raise on mismatch."""
-    import onnxruntime as ort
+    import numpy as np
+
+    from onnxmbs.runtime import open_session
 
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = open_session(path)
         got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     except Exception as exc:  # onnxruntime raises many types; all mean a broken export
         raise MBSError(f"the exported ONNX of {what} does not run in onnxruntime ({exc}) — "
                        "report the model; try another opset") from exc
+    _check_finite_reference(expected, what)
+    if not np.all(np.isfinite(got)):
+        raise MBSError(f"the exported ONNX of {what} gives a non-finite output (NaN/inf) in onnxruntime where the "
+                       "framework's is finite — report the model; try another opset")
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=RTOL, atol=ATOL):
         diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("nan")
         raise MBSError(f"the exported ONNX of {what} differs from the framework output "
@@ -70,8 +88,20 @@ def check_onnx(path: Path, x: np.ndarray, expected: np.ndarray, *, what: str) ->
     log.debug("%s: onnxruntime matches the framework on a batch of 2", what)
 
 
+def _set_metadata(path: Path, metadata: Mapping[str, str] | None) -> None:
+    """Record ``metadata`` (e.g. the preprocessing, see onnxmbs.stats.preprocess) in the file's metadata_props."""
+    if not metadata:
+        return
+    import onnx
+
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=str(value))
+    onnx.save_model(proto, str(path))
+
+
 def export_torch(model, input_shape: Sequence[int], path: str | os.PathLike[str], *, opset: int = 18,
-                 dynamo: bool = True) -> Path:
+                 dynamo: bool = True, metadata: Mapping[str, str] | None = None) -> Path:
     """Export a torch module (eval mode) with a dynamic batch dimension and verify it.
 
     ``input_shape`` is one sample's shape with or without the batch dim, e.g.
@@ -88,12 +118,14 @@ def export_torch(model, input_shape: Sequence[int], path: str | os.PathLike[str]
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     what = type(model).__name__
+    _check_finite_reference(expected, what)
     with atomic_path(path, suffix=".onnx") as tmp, _quiet():
         try:
             _torch_onnx_export(model, torch.from_numpy(x), tmp, opset=opset, dynamo=dynamo)
         except Exception as exc:
             raise MBSError(f"torch.onnx.export failed for {what}: {exc} — "
                            "check the model is exportable with torch.export") from exc
+        _set_metadata(tmp, metadata)
         check_onnx(tmp, x, expected, what=what)
     log.info("exported %s to %s", what, path)
     return Path(path)
@@ -120,10 +152,16 @@ def _name_batch_dim(proto) -> None:
             dims[0].dim_param = "batch"
 
 
-def export_keras(model, path: str | os.PathLike[str], *, opset: int = 17) -> Path:
+def export_keras(model, path: str | os.PathLike[str], *, opset: int = 17,
+                 metadata: Mapping[str, str] | None = None) -> Path:
     """Export a Keras 3 model with input signature ``(None, H, W, C)`` named ``input``; verify it."""
+    import numpy as np
+
     import onnx
 
+    from onnxmbs.adapters import import_keras
+
+    import_keras(tf2onnx=True)
     with _quiet():
         import tensorflow as tf
         import tf2onnx
@@ -132,6 +170,7 @@ def export_keras(model, path: str | os.PathLike[str], *, opset: int = 17) -> Pat
     x = _sample(shape)
     expected = np.asarray(model(x, training=False))
     what = str(model.name)
+    _check_finite_reference(expected, what)
     spec = (tf.TensorSpec((None, *shape), tf.float32, name="input"),)
     with atomic_path(path, suffix=".onnx") as tmp, _quiet():
         try:
@@ -140,6 +179,8 @@ def export_keras(model, path: str | os.PathLike[str], *, opset: int = 17) -> Pat
             raise MBSError(f"tf2onnx failed for Keras model {what}: {exc} — "
                            "try another opset or simpler layers") from exc
         _name_batch_dim(proto)
+        for key, value in (metadata or {}).items():
+            proto.metadata_props.add(key=key, value=str(value))
         onnx.save_model(proto, str(tmp))
         check_onnx(tmp, x, expected, what=what)
     log.info("exported %s to %s", what, path)

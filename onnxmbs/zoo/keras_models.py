@@ -17,12 +17,11 @@ bottom/right only where PyTorch pads both sides; shapes are equal, values shift.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from onnxmbs.adapters import import_keras
 
-import keras  # noqa: E402
+keras = import_keras()  # without TensorFlow's start-up noise
 from keras import layers  # noqa: E402
 
 from onnxmbs.errors import MBSError  # noqa: E402

@@ -22,7 +22,7 @@ output has resolution r gets ``ceil(β_r * C_out)`` channels — block projectio
 and the expansion convs.  An expansion conv runs at its block's *input*
 resolution, so in a stride-2 block it takes the previous resolution's β and the
 depthwise conv follows it.  The classifier keeps its outputs.  This is what the
-MBS planner does to the ONNX graph (SPEC: a conv in m_i gets ``ceil(β_i·C_out)``;
+MBS planner does to the ONNX graph (docs/algorithm.md: a conv in m_i gets ``ceil(β_i·C_out)``;
 depthwise convs follow their input).  With the paper's ``[1, 1, 0.9447, 0.7978]``:
 3,504,872 → 2,626,940 parameters (−25.05 %; the paper claims −25.03 %).
 """

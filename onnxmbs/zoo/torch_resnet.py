@@ -15,6 +15,7 @@ Two families:
   per-stage *inner* width ``[64, 128, 256, 512]``; a bottleneck block outputs
   ``4 * w`` channels (the paper's convention).  The stem width is fixed at 64.
 
+Each residual branch's last BatchNorm γ starts at zero, so untrained models of any depth are finite.
 All convs are bias-free and followed by BatchNorm, so parameter counts equal
 torchvision's at the default widths (ResNet-18 11,689,512; ResNet-50 25,557,032;
 ResNet-101 44,549,160).
@@ -111,9 +112,13 @@ class ResNet(nn.Module):
 
 
 def _init(model: nn.Module) -> None:
+    """Kaiming-normal convs; the last BatchNorm γ of every residual branch starts at zero (Goyal et al. 2017),
+    so each block starts as the identity and an untrained deep ResNet stays finite (ResNet-1202 gave NaN)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (BasicBlock, Bottleneck)):
+            nn.init.zeros_(m.body[-1].weight)
 
 
 def cifar_resnet(

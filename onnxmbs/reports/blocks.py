@@ -1,0 +1,69 @@
+"""A blocks plan for people: the terminal table, and the HTML section of ``onnxmbs report --blocks``."""
+from __future__ import annotations
+
+import html
+
+from onnxmbs.blocks.document import BlocksPlan
+from onnxmbs.reports.plots import accuracy_curves
+from onnxmbs.reports.text import short, table
+from onnxmbs.units import human
+
+
+def removal_rows(plan: BlocksPlan) -> list[tuple]:
+    """Per removed block, in removal order: round, id, join, params, MACs, accuracy and the drop it caused."""
+    rows, before = [], plan.baseline_accuracy
+    for r in plan.rounds:
+        block = plan.block(r.removed)
+        rows.append((r.round, r.removed, short(block.join, 40), f"{block.params:,}", human(block.macs),
+                     f"{100 * r.accuracy:.2f}%", f"{100 * (before - r.accuracy):+.2f}"))
+        before = r.accuracy
+    return rows
+
+
+ROW_HEADERS = ("round", "block", "join", "params", "MACs", "accuracy after", "drop (points)")
+
+
+def _summary_line(plan: BlocksPlan) -> str:
+    s = plan.summary
+    return (f"params {s.params:,} -> {s.params_after:,} ({100 * (1 - s.params_after / s.params):.2f}% fewer); "
+            f"MACs {human(s.macs)} -> {human(s.macs_after)} ({100 * (1 - s.macs_after / s.macs):.2f}% fewer); "
+            f"top-1 {100 * plan.baseline_accuracy:.2f}% -> {100 * s.accuracy_after:.2f}%")
+
+
+def blocks_text(plan: BlocksPlan) -> str:
+    st = plan.settings
+    removable = sum(b.removable for b in plan.blocks)
+    head = (f"{plan.model.path}: {len(plan.blocks)} residual joins, {removable} removable; "
+            f"{st.get('images', '?')} labelled images, rescore {st.get('rescore', '?')}")
+    lines = [head]
+    lines.append(table(ROW_HEADERS, removal_rows(plan)) if plan.rounds else "no block removed")
+    lines.append(_summary_line(plan))
+    return "\n".join(lines)
+
+
+def blocks_curve(plan: BlocksPlan) -> str:
+    """The SVG of top-1 accuracy after each removal (0 removed: the baseline)."""
+    points = [(0, plan.baseline_accuracy)] + [(r.round, r.accuracy) for r in plan.rounds]
+    return accuracy_curves({"top-1 (no fine-tuning)": points}, title="Top-1 accuracy vs blocks removed")
+
+
+def blocks_markdown(plan: BlocksPlan, md_table) -> str:
+    """A Markdown section; ``md_table(headers, rows)`` renders the table."""
+    rows = removal_rows(plan) or [("-",) * len(ROW_HEADERS)]
+    return "\n".join([f"## Block pruning: {plan.model.path}", "", _summary_line(plan), "",
+                      md_table(ROW_HEADERS, rows)])
+
+
+def blocks_html(plan: BlocksPlan, table_html) -> str:
+    """An HTML section: the summary, the removal order with the drop per block, and the curve.
+
+    ``table_html(headers, rows)`` renders a table in the report's style."""
+    kept = [b for b in plan.blocks if not b.removable]
+    notes = "".join(f"<li>{html.escape(b.id)} ({html.escape(b.join)}): {html.escape(b.reason)}</li>" for b in kept)
+    return (f'<section><h2>Block pruning: {html.escape(plan.model.path)}</h2>'
+            f'<p class="meta">{html.escape(_summary_line(plan))}; {len(plan.blocks)} residual joins, '
+            f'rescore {html.escape(str(plan.settings.get("rescore", "?")))}, '
+            f'{html.escape(str(plan.settings.get("images", "?")))} labelled images</p>'
+            f'<div class="charts">{blocks_curve(plan)}</div>'
+            f"<h3>Removal order</h3>{table_html(ROW_HEADERS, removal_rows(plan))}"
+            + (f"<h3>Blocks that cannot be removed</h3><ul>{notes}</ul>" if notes else "") + "</section>")

@@ -1,0 +1,127 @@
+"""The handbook as a table: terminal text, Markdown, CSV, JSON, and an HTML page with the Figure 5 curve.
+
+One row per k: the plan's RF boundary, β per macroblock and compact widths, predicted params
+and MACs, MBS accuracy mean ± std over seeds; with uniform scaling, its α, params and accuracy
+beside it and the paired difference MBS − uniform with its 95 % confidence interval.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Sequence
+from html import escape
+from pathlib import Path
+
+from onnxmbs.errors import MBSError
+from onnxmbs.files import write_atomic
+from onnxmbs.handbook.record import Handbook, Paired, Row, Stat
+from onnxmbs.reports import plots
+from onnxmbs.reports.report import CSS, html_table, md_table
+from onnxmbs.reports.text import table
+
+HEADERS = ("k", "RF boundary", "β per macroblock", "configuration", "params", "MACs", "MBS accuracy",
+           "uniform α", "uniform params", "uniform accuracy", "MBS − uniform (95% CI)")
+CSV_COLUMNS = ("k", "rf_boundary", "beta", "configuration", "params", "flops", "mbs_mean", "mbs_std", "mbs_n",
+               "alpha", "uniform_params", "uniform_mean", "uniform_std", "uniform_n", "difference",
+               "difference_low", "difference_high")
+
+
+def _stat(stat: Stat | None) -> str:
+    if stat is None:
+        return "-"
+    return f"{100 * stat.mean:.2f}%" if stat.n == 1 else f"{100 * stat.mean:.2f} ± {100 * stat.std:.2f}% ({stat.n})"
+
+
+def _paired(diff: Paired | None) -> str:
+    if diff is None:
+        return "-"
+    return f"{100 * diff.mean:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}] pts ({diff.n})"
+
+
+def _config(configuration: Sequence[Sequence[int]]) -> str:
+    return " / ".join(",".join(str(w) for w in ws) for ws in configuration)
+
+
+def _cells(row: Row) -> tuple:
+    p = row.point
+    return (f"{p.k:g}", p.rf_boundary if p.rf_boundary is not None else "none",
+            " ".join(f"{b:.3f}" for b in p.beta), _config(p.configuration), f"{p.params:,}", f"{p.flops:,}",
+            _stat(row.mbs), "-" if p.alpha is None else f"{p.alpha:.4f}",
+            "-" if p.uniform_params is None else f"{p.uniform_params:,}", _stat(row.uniform), _paired(row.difference))
+
+
+def _caption(book: Handbook) -> str:
+    st = book.settings
+    original = book.original()
+    return (f"{st.model} ({st.source}, {st.framework}); init {st.init}, {st.train.get('epochs')} epochs, "
+            f"{st.seeds} seed(s); original {book.params:,} params, {book.flops:,} MACs"
+            + (f", accuracy {_stat(original)}" if original else "") + f"; {len(book.runs)} runs")
+
+
+def handbook_text(book: Handbook) -> str:
+    return _caption(book) + "\n" + table(HEADERS, [_cells(r) for r in book.rows()])
+
+
+def to_markdown(book: Handbook) -> str:
+    return "\n".join(["# onnxmbs handbook", "", _caption(book), "",
+                      md_table(HEADERS, (_cells(r) for r in book.rows()))]) + "\n"
+
+
+def _csv_row(row: Row) -> dict:
+    p, m, u, d = row.point, row.mbs, row.uniform, row.difference
+    return {"k": p.k, "rf_boundary": p.rf_boundary, "beta": " ".join(f"{b:.6f}" for b in p.beta),
+            "configuration": _config(p.configuration), "params": p.params, "flops": p.flops,
+            "mbs_mean": m and m.mean, "mbs_std": m and m.std, "mbs_n": m and m.n, "alpha": p.alpha,
+            "uniform_params": p.uniform_params, "uniform_mean": u and u.mean, "uniform_std": u and u.std,
+            "uniform_n": u and u.n, "difference": d and d.mean, "difference_low": d and d.low,
+            "difference_high": d and d.high}
+
+
+def to_csv(book: Handbook) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(_csv_row(r) for r in book.rows())
+    return buf.getvalue()
+
+
+def to_json(book: Handbook) -> str:
+    return json.dumps(book.to_json(), indent=1) + "\n"
+
+
+def figure(book: Handbook) -> str:
+    """The paper's Figure 5: accuracy vs params, MBS and uniform, ± std error bars."""
+    rows = book.rows()
+    series = [plots.Series("MBS", plots.BLUE, tuple((r.point.params, r.mbs.mean, r.mbs.std) for r in rows if r.mbs))]
+    uniform = tuple((r.point.uniform_params, r.uniform.mean, r.uniform.std) for r in rows if r.uniform)
+    if uniform:
+        series.append(plots.Series("uniform", plots.ORANGE, uniform))
+    original = book.original()
+    reference = (book.params, original.mean, original.std) if original else None
+    return plots.accuracy_curve(series, reference=reference)
+
+
+def to_html(book: Handbook) -> str:
+    rows = [_cells(r) for r in book.rows()]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>onnxmbs handbook</title><style>{CSS}</style></head><body>"
+            f"<h1>onnxmbs handbook</h1><p class=\"meta\">{escape(_caption(book))}</p>"
+            f"<div class=\"charts\">{figure(book)}</div>{html_table(HEADERS, rows)}</body></html>\n")
+
+
+WRITERS: dict[str, Callable[[Handbook], str]] = {".json": to_json, ".csv": to_csv, ".md": to_markdown,
+                                                 ".markdown": to_markdown, ".html": to_html, ".htm": to_html}
+
+
+def check_outputs(paths: Sequence[str]) -> None:
+    for path in paths:
+        if Path(path).suffix.lower() not in WRITERS:
+            raise MBSError(f"cannot tell the handbook format of {path!r} — end it in {', '.join(sorted(WRITERS))}")
+
+
+def write_handbook(book: Handbook, path: str | Path) -> Path:
+    """Write ``book`` to ``path`` in the format its suffix names, atomically."""
+    check_outputs([str(path)])
+    return write_atomic(path, WRITERS[Path(path).suffix.lower()](book))

@@ -1,0 +1,54 @@
+"""The handbook's statistics: mean ± std per variant, paired differences with a 95 % t interval."""
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from onnxmbs.handbook.record import SCHEMA, Handbook, Paired, Point, Run, Settings, t_quantile
+
+
+@pytest.mark.parametrize("df, table", [(1, 12.706), (2, 4.303), (3, 3.182), (7, 2.365), (10, 2.228), (30, 2.042)])
+def test_t_quantile_matches_the_printed_table(df, table):
+    assert t_quantile(0.95, df) == pytest.approx(table, abs=5e-4)
+
+
+def test_paired_difference_interval():
+    diffs = [0.01, 0.03, 0.02, 0.04]
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = 3.182446305284263 * sd / 2  # t(0.975, 3) × sd / √4
+    got = Paired.of(diffs)
+    assert got.mean == pytest.approx(mean)
+    assert (got.low, got.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert Paired.of([0.1]) is None
+
+
+def _book(runs: list[Run]) -> Handbook:
+    settings = Settings(model="m.onnx", sha256="0" * 64, source="zoo:resnet20", framework="torch", init="scratch",
+                        train={"epochs": 1}, train_data="t", val_data="v", calibration=None, preprocess="raw",
+                        images=8, round_to=1, ks=(1.0,), seeds=3, uniform=True, original=False)
+    point = Point(k=1.0, rf_boundary=33, beta=(1.0, 0.9), configuration=((16,), (30,)), params=100, flops=1000,
+                  alpha=0.9, uniform_params=101, uniform_flops=1001, uniform_step=4)
+    return Handbook(schema=SCHEMA, settings=settings, params=200, flops=2000, points=(point,), runs=tuple(runs),
+                    seconds=1.0)
+
+
+def test_rows_pair_mbs_and_uniform_by_seed():
+    mbs = [0.90, 0.95, 0.92]
+    uni = [0.88, 0.90, 0.93]
+    runs = [Run("mbs", 1.0, s, None, 100, a, 1.0, 1) for s, a in enumerate(mbs)]
+    runs += [Run("uniform", 1.0, s, 0.9, 101, a, 1.0, 1) for s, a in enumerate(uni[:2])]  # seed 2 unfinished
+    row = _book(runs).rows()[0]
+    assert (row.mbs.mean, row.mbs.n) == (pytest.approx(statistics.fmean(mbs)), 3)
+    assert row.mbs.std == pytest.approx(statistics.stdev(mbs))
+    assert row.uniform.n == 2
+    assert row.difference.n == 2 and row.difference.mean == pytest.approx(((0.90 - 0.88) + (0.95 - 0.90)) / 2)
+    assert row.mbs_params == (100,) and row.uniform_params == (101,)
+
+
+def test_settings_fingerprint_ignores_what_a_resume_may_change():
+    a = _book([]).settings
+    b = Settings.from_json({**a.to_json(), "ks": [0.6, 1.0], "seeds": 8, "model": "elsewhere/m.onnx"})
+    c = Settings.from_json({**a.to_json(), "init": "inherit"})
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != c.fingerprint()

@@ -1,0 +1,130 @@
+"""Evidence for the paper's Figure 5 with `onnxmbs.handbook`: MBS vs uniform width scaling, paired seeds.
+
+Data: scikit-learn's bundled digits with ``tools/train_digits.py``'s stratified split
+(1,437 train / 360 held out), bilinear-upscaled to ``--size`` px.
+
+For each model: train the original once (seed 0) and export it to ONNX (the statistics
+come from a trained model, measured on the training images as in the paper), then run the
+handbook: per k the MBS plan and uniform α-scaling at the same parameter budget, each
+retrained from scratch with seeds 0..N-1 (the same seeds for both: paired), plus the
+original architecture with the same seeds. Runs are saved as they finish under ``--out``;
+re-running the same command resumes. Prints the handbook tables (the paper's Figure 4 with
+accuracy, and Figure 5 as MBS − uniform per k with a 95 % t confidence interval) and the
+wall time; writes ``<model>.json/.md/.html`` under ``--out``.
+
+Recipe: SGD momentum 0.9, weight decay 1e-4, lr 0.1 ÷ 10 at 50 %/75 %, random crop, no flip,
+one CPU thread per training. Keras BatchNorm momentum 0.9 (as tools/prove_digits.py).
+
+Usage (what the README reports; the two models run at the same time, one core each):
+  python tools/handbook_evidence.py --model resnet20 --size 16 --k 0.6,1,1.4 --seeds 8 --epochs 4 &
+  python tools/handbook_evidence.py --model mobilenet --size 32 --k 0.6,1.4 --seeds 8 --epochs 6 --batch-size 64
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from onnxmbs.handbook.engine import HandbookJob, run_handbook  # noqa: E402
+from onnxmbs.handbook.store import RunStore  # noqa: E402
+from onnxmbs.handbook.training import ModelSource, Trainer, set_threads  # noqa: E402
+from onnxmbs.reports.handbook import handbook_text, to_markdown, write_handbook  # noqa: E402
+from onnxmbs.stats.measure import CalibrationOptions  # noqa: E402
+from onnxmbs.train import TrainConfig  # noqa: E402
+from onnxmbs.train.data import Dataset  # noqa: E402
+from onnxmbs.train.frameworks import train_model  # noqa: E402
+from train_digits import load_split  # noqa: E402
+
+log = logging.getLogger("handbook_evidence")
+NAMES = {"resnet20": "ResNet-20 (PyTorch)", "mobilenet": "MobileNetV1-0.25 (Keras)"}
+
+
+def _data(args: argparse.Namespace, layout: str) -> tuple[Dataset, Dataset]:
+    split = load_split(size=args.size)
+    fix = (lambda x: x) if layout == "NCHW" else (lambda x: np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    return (Dataset(fix(split.x_train), split.y_train, layout), Dataset(fix(split.x_test), split.y_test, layout))
+
+
+def _original(args: argparse.Namespace, out: Path, train: Dataset, val: Dataset, config: TrainConfig):
+    """Build, train (seed 0) and export the original model; returns (onnx path, model source)."""
+    from onnxmbs.train.frameworks import seed_framework
+    from onnxmbs.zoo.export import export_keras, export_torch
+
+    onnx = out / f"{args.model}.onnx"
+    chw = (3, args.size, args.size)
+    if args.model == "resnet20":
+        source = ModelSource(framework="torch", chw=chw, num_classes=10, zoo="resnet20")
+    else:
+        from prove_digits import Framework, build
+
+        spec = out / "mobilenet_v1_025.keras"
+        if not spec.is_file():
+            build(Framework("keras", "NHWC")).save(spec)
+        source = ModelSource.user(str(spec), chw=chw, num_classes=10)
+    if onnx.is_file():
+        return onnx, source
+    seed_framework(source.framework, 0)
+    model = source.load()
+    result = train_model(model, source.framework, train, val, config)
+    log.info("original trained: %.2f%% held out", 100 * result.val_accuracy)
+    if source.framework == "torch":
+        export_torch(model.eval(), chw, onnx)
+    else:
+        export_keras(model, onnx)
+    return onnx, source
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(NAMES), required=True)
+    parser.add_argument("--size", type=int, default=32, help="input size in px (digits are upscaled from 8x8)")
+    parser.add_argument("--k", default="0.6,1,1.4")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--crop-pad", type=int, default=None, help="default: size / 16")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("artifacts/handbook"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for name in ("onnxmbs.train.torch_trainer", "onnxmbs.train.keras_trainer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("onnxmbs.handbook").setLevel(logging.INFO)
+    began = time.perf_counter()
+    out = args.out / f"{args.model}_{args.size}px"
+    out.mkdir(parents=True, exist_ok=True)
+    framework = "torch" if args.model == "resnet20" else "keras"
+    set_threads(framework, args.threads)
+    train, val = _data(args, "NCHW" if framework == "torch" else "NHWC")
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.1, schedule="step", flip=False,
+                         crop_pad=args.size // 16 if args.crop_pad is None else args.crop_pad, seed=0)
+    onnx, source = _original(args, out, train, val, config)
+    np.save(out / "calibration.npy", train.x if framework == "torch" else train.x.transpose(0, 3, 1, 2))
+    from onnxmbs.planning.sweep import parse_ks
+
+    job = HandbookJob(onnx=str(onnx), trainer=Trainer(source=source, train=train, val=val, config=config,
+                                                      threads=args.threads),
+                      calibration=CalibrationOptions(data=str(out / "calibration.npy"), preprocess="raw"),
+                      ks=parse_ks(args.k), seeds=args.seeds, uniform=True, original=True,
+                      train_data="sklearn digits train split", val_data="sklearn digits held-out split")
+    book = run_handbook(job, RunStore(out / "runs"), progress=True)
+    for suffix in ("json", "md", "html"):
+        write_handbook(book, out / f"{args.model}.{suffix}")
+    print(f"## {NAMES[args.model]} at {args.size} px\n")
+    print(to_markdown(book))
+    print(handbook_text(book))
+    print(f"\n{len(book.runs)} training runs, {time.perf_counter() - began:.0f} s wall in this invocation "
+          f"(sum of run times {sum(r.seconds for r in book.runs):.0f} s); {len(train)} train / {len(val)} held-out "
+          f"images; {args.epochs} epochs, batch {args.batch_size}, {args.threads} thread(s) per run.")
+
+
+if __name__ == "__main__":
+    main()
