@@ -33,7 +33,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from onnxmbs.handbook.engine import HandbookJob, run_handbook  # noqa: E402
+from onnxmbs.handbook.engine import HandbookJob, ray_executor, run_handbook  # noqa: E402
 from onnxmbs.handbook.store import RunStore  # noqa: E402
 from onnxmbs.handbook.training import ModelSource, Trainer, set_threads  # noqa: E402
 from onnxmbs.reports.handbook import handbook_text, to_markdown, write_handbook  # noqa: E402
@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--schedule", choices=("step", "cosine"), default="step")
+    parser.add_argument("--workers", type=int, default=None, help="run the trainings as Ray tasks on N CPUs")
     parser.add_argument("--crop-pad", type=int, default=None, help="default: size / 16")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("artifacts/handbook"))
@@ -104,7 +107,7 @@ def main() -> None:
     framework = "torch" if args.model == "resnet20" else "keras"
     set_threads(framework, args.threads)
     train, val = _data(args, "NCHW" if framework == "torch" else "NHWC")
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.1, schedule="step", flip=False,
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, flip=False,
                          crop_pad=args.size // 16 if args.crop_pad is None else args.crop_pad, seed=0)
     onnx, source = _original(args, out, train, val, config)
     np.save(out / "calibration.npy", train.x if framework == "torch" else train.x.transpose(0, 3, 1, 2))
@@ -115,7 +118,8 @@ def main() -> None:
                       calibration=CalibrationOptions(data=str(out / "calibration.npy"), preprocess="raw"),
                       ks=parse_ks(args.k), seeds=args.seeds, uniform=True, original=True,
                       train_data="sklearn digits train split", val_data="sklearn digits held-out split")
-    book = run_handbook(job, RunStore(out / "runs"), progress=True)
+    execute = ray_executor(workers=args.workers) if args.workers else None
+    book = run_handbook(job, RunStore(out / "runs"), progress=True, **({"execute": execute} if execute else {}))
     for suffix in ("json", "md", "html"):
         write_handbook(book, out / f"{args.model}.{suffix}")
     print(f"## {NAMES[args.model]} at {args.size} px\n")
@@ -123,7 +127,8 @@ def main() -> None:
     print(handbook_text(book))
     print(f"\n{len(book.runs)} training runs, {time.perf_counter() - began:.0f} s wall in this invocation "
           f"(sum of run times {sum(r.seconds for r in book.runs):.0f} s); {len(train)} train / {len(val)} held-out "
-          f"images; {args.epochs} epochs, batch {args.batch_size}, {args.threads} thread(s) per run.")
+          f"images; {args.epochs} epochs, batch {args.batch_size}, lr {args.lr} {args.schedule}, {args.threads} "
+          f"thread(s) per run{f', {args.workers} Ray workers' if args.workers else ''}.")
 
 
 if __name__ == "__main__":

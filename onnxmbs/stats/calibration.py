@@ -26,7 +26,8 @@ __all__ = ["PRESETS", "Calibration", "CalibrationInfo", "Order", "Preprocess", "
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
 LAYOUTS = ("NCHW", "NHWC")
 _EXT_TEXT = "/".join(IMAGE_EXTENSIONS) + " (any case)"
-_PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+#: what PIL raises on a file that is not a readable image
+PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class _ImageFiles(Source):
         for path in self.files:
             try:
                 pixels = _load_image(path, target)
-            except _PIL_ERRORS as exc:
+            except PIL_ERRORS as exc:
                 self.skipped += 1
                 self.first_error = self.first_error or f"{path.name}: {exc}"
                 continue
@@ -242,14 +243,14 @@ def _open_path(path: Path, target: Target) -> Source:
                        "pass the data as a .npy/.npz array instead")
     if path.is_file():
         return _ImageFiles([path], f"image file {path}")
-    files = _find_images(path)
+    files = find_images(path)
     if not files:
         raise MBSError(f"no image files ({_EXT_TEXT}) found under {path}, searched recursively — point "
                        "at a folder of images, or at a .npy/.npz array file")
     return _ImageFiles(files, f"image folder {path} ({len(files)} images)")
 
 
-def _find_images(root: Path) -> list[Path]:
+def find_images(root: Path) -> list[Path]:
     """Image files under ``root``, recursively, sorted; hidden files and folders are ignored."""
     found = sorted((p.relative_to(root).parts, p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     return [p for parts, p in found if not any(part.startswith(".") for part in parts) and p.is_file()]

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 
 from onnxmbs.errors import MBSError
-from onnxmbs.stats.calibration import _PIL_ERRORS, _find_images
-from onnxmbs.stats.sources import _pick_key, _read_npy_header, load_npy
+from onnxmbs.stats.calibration import PIL_ERRORS, find_images
+from onnxmbs.stats.sources import load_npy, pick_key, read_npy_header
 
 
 def _item_hw(shape: Sequence[int], layout: str, channels: int | None) -> tuple[int, int] | None:
@@ -40,13 +40,13 @@ def data_hw(data, *, layout: str, channels: int | None = None) -> tuple[int, int
             return _item_hw(load_npy(path).shape, layout, channels)
         if path.suffix.lower() == ".npz":
             with zipfile.ZipFile(path) as zf:
-                key = _pick_key([n[:-4] for n in zf.namelist() if n.endswith(".npy")], path)
+                key = pick_key([n[:-4] for n in zf.namelist() if n.endswith(".npy")], path)
                 with zf.open(key + ".npy") as f:
-                    return _item_hw(_read_npy_header(f)[0], layout, channels)
-        files = [path] if path.is_file() else _find_images(path)
+                    return _item_hw(read_npy_header(f)[0], layout, channels)
+        files = [path] if path.is_file() else find_images(path)
         if files:
             with Image.open(files[0]) as img:
                 return img.size[1], img.size[0]
-    except (*_PIL_ERRORS, zipfile.BadZipFile, ValueError, MBSError):
+    except (*PIL_ERRORS, zipfile.BadZipFile, ValueError, MBSError):
         return None  # the data is unreadable: opening it later says why
     return None

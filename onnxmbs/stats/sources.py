@@ -173,9 +173,9 @@ class NpzSource(Source):
         try:
             with zipfile.ZipFile(path) as zf:
                 keys = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
-                self.key = _pick_key(keys, path)
+                self.key = pick_key(keys, path)
                 with zf.open(self.key + ".npy") as f:
-                    shape, self.fortran, self.dtype = _read_npy_header(f)
+                    shape, self.fortran, self.dtype = read_npy_header(f)
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
             raise MBSError(f"cannot read {path} as a .npz file ({exc}) — save it with np.savez(path, x=images)") \
                 from exc
@@ -201,7 +201,7 @@ class NpzSource(Source):
             return
         row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
         with zipfile.ZipFile(self.path) as zf, zf.open(self.key + ".npy") as f:
-            _read_npy_header(f)
+            read_npy_header(f)
             f.seek(f.tell() + self.first * row_bytes)  # a shard: skip the rows before it
             for start in range(0, self.total, batch_size):
                 rows = min(batch_size, self.total - start)
@@ -212,7 +212,8 @@ class NpzSource(Source):
                 yield target.from_array(chunk, self.layout)
 
 
-def _pick_key(keys: list[str], path: Path) -> str:
+def pick_key(keys: list[str], path: Path) -> str:
+    """The array of an ``.npz`` holding the images: ``x``, ``images``, or its only array."""
     for key in ("x", "images"):
         if key in keys:
             return key
@@ -222,7 +223,8 @@ def _pick_key(keys: list[str], path: Path) -> str:
                    "images under the key 'x' (np.savez(path, x=images))")
 
 
-def _read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+def read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the ``.npy`` stream ``f``, read without loading the array."""
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
         return np.lib.format.read_array_header_1_0(f)
