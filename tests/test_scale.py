@@ -1,6 +1,7 @@
 """Statistics at scale without Ray: --until-converged, data order and shards, `profile --shard` + `stats merge`."""
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -223,6 +224,11 @@ def test_ray_address_without_a_cluster_is_one_line(monkeypatch, tmp_path):
     if ray.is_initialized():
         pytest.skip("a Ray is running in this process")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # 'auto' must not find a cluster another process runs on this machine: Ray looks in its temp dir's
+    # address file, then (legacy) for any gcs_server process
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.setattr("ray._private.services._cached_find_gcs_addresses", functools.lru_cache(lambda: []),
+                        raising=False)
     res = run("profile", MODEL, "--data", NPZ, "--max-images", "16", "--ray-address", "auto", "-o", tmp_path / "s.json")
     assert res.exit_code == 1 and res.output.count("\n") == 1
     assert "cannot start or join Ray at 'auto'" in res.output and "ray start --head" in res.output
