@@ -141,6 +141,28 @@ def test_external_data_is_loaded(tmp_path):
     assert np.isfinite(a.shapes.params)
 
 
+def test_digest_covers_the_external_data_file(tmp_path):
+    """A model whose weights change only in its .data file gets a new sha256 (stale stats and plans are refused)."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    g = GraphBuilder((1, 3, 8, 8))
+    model = g.build([g.relu(g.conv(g.input.name, 3, 64, name="c"))])
+    inline = tmp_path / "inline.onnx"
+    onnx.save(model, inline)
+    assert analyze(inline).loaded.sha256 == hashlib.sha256(inline.read_bytes()).hexdigest()
+    digests = []
+    for scale in (1.0, 2.0):
+        changed = onnx.ModelProto.FromString(model.SerializeToString())
+        weight = changed.graph.initializer[0]
+        weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * scale, weight.name))
+        onnx.save(changed, tmp_path / "m.onnx", save_as_external_data=True, size_threshold=0, location="m.data")
+        digests.append(analyze(tmp_path / "m.onnx").loaded.sha256)
+    assert digests[0] != digests[1]
+
+
 def test_spec_check_value_mobilenet_v1_rf_315():
     """docs/algorithm.md §3: Keras/TF-slim MobileNetV1 at 224 — last conv RF = 315 (widths do not matter for RF)."""
     g = GraphBuilder((1, 3, 224, 224))

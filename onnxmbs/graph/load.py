@@ -96,15 +96,41 @@ def _read(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str, s
     path = Path(source)
     if not path.is_file():
         raise MBSError(f"model file not found: {path} — check the path")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     try:
-        proto = onnx.load(str(path), load_external_data=True)
+        proto = onnx.load(str(path), load_external_data=False)
+        locations = _external_locations(proto.graph)
+        onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:  # protobuf DecodeError, missing external data, ...
         raise MBSError(f"cannot read {path} as an ONNX model ({type(exc).__name__}: {str(exc)[:120]}) — "
                        "is it a valid .onnx file with its external-data files next to it?") from None
     if not proto.graph.node:
         raise MBSError(f"{path} holds no graph nodes — is it a valid .onnx model?")
-    return proto, str(path), digest
+    return proto, str(path), _digest(path, locations)
+
+
+def _digest(path: Path, locations: list[str]) -> str:
+    """sha256 of the model file, then of each external-data file (its name, then its bytes) in name order:
+    a model whose weights change in its ``.data`` file gets a new digest. Without external data this is
+    the sha256 of the ``.onnx`` file alone."""
+    digest = hashlib.sha256(path.read_bytes())
+    for location in locations:
+        digest.update(location.encode())
+        with open(path.parent / location, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _external_locations(graph: onnx.GraphProto) -> list[str]:
+    """The external-data file names the graph's tensors (initializers, constants, subgraphs) refer to."""
+    tensors, found = list(graph.initializer), set()
+    for node in graph.node:
+        for attr in node.attribute:
+            tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                found.update(_external_locations(sub))
+    found.update(e.value for t in tensors for e in t.external_data if e.key == "location")
+    return sorted(found)
 
 
 def _data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
