@@ -27,3 +27,21 @@ def open_session(model: Any, *, providers: Sequence[str] = ("CPUExecutionProvide
     if hasattr(source, "SerializeToString"):
         source = source.SerializeToString()
     return ort.InferenceSession(source, options, providers=list(providers))
+
+
+#: how close onnxruntime's output must be to the framework's (an export check, a rewritten graph)
+RTOL, ATOL = 1e-3, 1e-4
+
+
+def outputs_close(got: Any, expected: Any) -> bool:
+    """Same shape and ``|got − expected| ≤ RTOL·|expected| + ATOL·max(1, max|expected|)`` everywhere.
+
+    The absolute part grows with the output's scale: a deep net with random weights can have logits
+    in the thousands, where float reordering alone moves a logit near zero by more than 1e-4."""
+    import numpy as np
+
+    got, expected = np.asarray(got), np.asarray(expected)
+    if got.shape != expected.shape:
+        return False
+    scale = max(1.0, float(np.abs(expected).max())) if expected.size else 1.0
+    return bool(np.allclose(got, expected, rtol=RTOL, atol=ATOL * scale))

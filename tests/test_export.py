@@ -161,3 +161,15 @@ def test_cli_export(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert str(out) in result.output
     assert run(out, np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 3)
+
+
+def test_outputs_close_scales_its_absolute_tolerance_with_the_output():
+    """A logit near zero may move by 1e-4 x the largest logit (float reordering in a deep net), not more."""
+    from onnxmbs.runtime import ATOL, outputs_close
+
+    expected = np.array([[2000.0, 0.0]], np.float32)
+    assert outputs_close(expected + [[0.0, 0.5 * ATOL * 2000]], expected)
+    assert not outputs_close(expected + [[0.0, 2 * ATOL * 2000]], expected)
+    assert outputs_close(np.array([[0.5, 0.0]]) + [[0.0, 0.5 * ATOL]], [[0.5, 0.0]])
+    assert not outputs_close(np.array([[0.5, 0.0]]) + [[0.0, 2 * ATOL]], [[0.5, 0.0]])
+    assert not outputs_close(np.zeros((1, 2)), np.zeros((2, 1)))

@@ -20,10 +20,9 @@ import numpy as np
 
 from onnxmbs.blocks.document import BlocksPlan, read_blocks_plan
 from onnxmbs.errors import MBSError
+from onnxmbs.runtime import outputs_close
 
 logger = logging.getLogger(__name__)
-
-RTOL, ATOL = 1e-3, 1e-4
 
 
 def load_blocks_plan(plan: BlocksPlan | str | Path) -> BlocksPlan:
@@ -49,10 +48,6 @@ def onnx_weights(plan: BlocksPlan, onnx_path: str | Path | None) -> dict[str, st
             if node.op_type in ("Conv", "Gemm") and len(node.input) > 1}
 
 
-def _close(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and bool(np.allclose(a, b, rtol=RTOL, atol=ATOL * max(1.0, float(np.abs(b).max()))))
-
-
 def verify_shallow(plan: BlocksPlan, onnx_path: str | Path | None, original: Callable[..., np.ndarray],
                    shallow: Callable[..., np.ndarray], example: np.ndarray) -> None:
     """The shallow model runs and keeps the output shape; it computes what the shallow ONNX does."""
@@ -70,12 +65,12 @@ def verify_shallow(plan: BlocksPlan, onnx_path: str | Path | None, original: Cal
 
     full = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = full.get_inputs()[0].name
-    if not _close(full.run(None, {name: example})[0], original(example)):
+    if not outputs_close(full.run(None, {name: example})[0], original(example)):
         logger.info("%s does not compute what the model does (other weights?): checked by output shape only", path)
         return
     cut = ort.InferenceSession(shallow_model(path, plan).SerializeToString(), providers=["CPUExecutionProvider"])
     want, got = cut.run(None, {name: example})[0], shallow(example)
-    if not _close(got, want):
+    if not outputs_close(got, want):
         raise MBSError(f"the model without the blocks differs from the shallow ONNX model (max |diff| "
                        f"{float(np.abs(got - want).max()):.3g}) — the blocks were not matched safely; please report it")
 

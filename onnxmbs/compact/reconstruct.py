@@ -148,7 +148,7 @@ class _Layer:
 
     def weights(self, sol: np.ndarray) -> dict[str, np.ndarray]:
         """New initializer values (same names, shapes and dtypes) from the solution."""
-        g, d, o = self.groups, self.dim, self.outputs
+        d = self.dim
         out: dict[str, np.ndarray] = {}
         if self.fit.op == "Conv":
             out[self.w_name] = sol[:, :d, :].transpose(0, 2, 1).reshape(self.w.shape)

@@ -3,7 +3,8 @@
 Both exporters write atomically (a temp file in the target directory, then
 ``os.replace``) and, before returning, run the ONNX file in onnxruntime on a
 deterministic random batch of 2 and compare it with the framework's own output
-(``rtol=1e-3, atol=1e-4``).  A mismatch raises :class:`MBSError` and leaves no file.
+(:func:`onnxmbs.runtime.outputs_close`: rtol 1e-3, atol 1e-4 × the output's scale).
+A mismatch raises :class:`MBSError` and leaves no file.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onnxmbs.errors import MBSError
+from onnxmbs.runtime import outputs_close
 from onnxmbs.files import atomic_path
 
 if TYPE_CHECKING:
@@ -24,8 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RTOL = 1e-3
-ATOL = 1e-4
 CHECK_SEED = 20190616
 _NOISY_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.export", "torch.fx", "tf2onnx", "tensorflow")
 
@@ -80,7 +80,7 @@ def check_onnx(path: Path, x: np.ndarray, expected: np.ndarray, *, what: str) ->
     if not np.all(np.isfinite(got)):
         raise MBSError(f"the exported ONNX of {what} gives a non-finite output (NaN/inf) in onnxruntime where the "
                        "framework's is finite — report the model; try another opset")
-    if got.shape != expected.shape or not np.allclose(got, expected, rtol=RTOL, atol=ATOL):
+    if not outputs_close(got, expected):
         diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("nan")
         raise MBSError(f"the exported ONNX of {what} differs from the framework output "
                        f"(shape {got.shape} vs {expected.shape}, max |diff| {diff:.3g}) — "
