@@ -1,8 +1,8 @@
 """The Keras adapter: a plan applied to a functional or Sequential Keras model.
 
 Parameter convention (``folded_params``): the plan counts the tf2onnx export, where a
-BatchNorm right after a bias-free Conv2D is folded into it (γ, β become the conv's C bias
-values), a BatchNorm after a DepthwiseConv2D or a conv with a bias stays as Mul + Add (2·C),
+BatchNorm right after a bias-free Conv2D or DepthwiseConv2D is folded into it (γ, β become the
+conv's C bias values), a BatchNorm after a conv with a bias stays as Mul + Add (2·C),
 and BatchNorm moving statistics never count. BatchNorm statistics and Dense biases are randomised before export, as in a
 trained model (tf2onnx drops the all-zero conv/Dense biases of a freshly initialised one).
 """

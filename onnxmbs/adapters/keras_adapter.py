@@ -337,9 +337,10 @@ def apply_plan_keras(model: Any, plan: Mapping[str, Any] | str | Path, *, init: 
 def folded_params(model: Any) -> int:
     """Parameters counted as the plan counts the tf2onnx export.
 
-    tf2onnx 1.16 folds a BatchNorm into the bias-free Conv2D right before it (γ, β become C
-    bias values); a BatchNorm after a DepthwiseConv2D or a conv with a bias stays as Mul + Add
-    (γ, β count). Moving statistics never count.
+    tf2onnx 1.16 folds a BatchNorm into the bias-free Conv2D or DepthwiseConv2D right before it
+    (γ, β become C bias values); a BatchNorm after a conv with a bias stays as Mul + Add (γ, β
+    count). Moving statistics never count. (A freshly initialised model's all-zero Dense and conv
+    biases are dropped by tf2onnx, so count a model with trained or randomised biases.)
     """
     w = walk(model, model.get_config())
     total = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
