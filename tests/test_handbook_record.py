@@ -46,6 +46,25 @@ def test_rows_pair_mbs_and_uniform_by_seed():
     assert row.mbs_params == (100,) and row.uniform_params == (101,)
 
 
+def test_pooled_difference_pairs_by_seed_within_each_k():
+    from dataclasses import replace
+
+    from onnxmbs.reports.handbook import to_markdown
+
+    book = _book([])
+    second = replace(book.points[0], k=0.6)
+    acc = {("mbs", 1.0): [0.90, 0.95], ("uniform", 1.0): [0.88, 0.96], ("mbs", 0.6): [0.91, 0.93],
+           ("uniform", 0.6): [0.85, 0.93]}
+    runs = tuple(Run(v, k, s, None, 100, a, 1.0, 1) for (v, k), accs in acc.items() for s, a in enumerate(accs))
+    pooled = replace(book, points=(book.points[0], second), runs=runs).pooled()
+    diffs = [0.90 - 0.88, 0.95 - 0.96, 0.91 - 0.85, 0.93 - 0.93]
+    assert pooled.n == 4 and pooled.mean == pytest.approx(statistics.fmean(diffs))
+    half = t_quantile(0.95, 3) * statistics.stdev(diffs) / 2
+    assert (pooled.low, pooled.high) == (pytest.approx(pooled.mean - half), pytest.approx(pooled.mean + half))
+    assert "over all k" in to_markdown(replace(book, points=(book.points[0], second), runs=runs))
+    assert replace(book, runs=runs).pooled() is None  # one k: the row's own interval says it
+
+
 def test_settings_fingerprint_ignores_what_a_resume_may_change():
     a = _book([]).settings
     b = Settings.from_json({**a.to_json(), "ks": [0.6, 1.0], "seeds": 8, "model": "elsewhere/m.onnx"})

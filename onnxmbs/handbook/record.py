@@ -203,5 +203,14 @@ class Handbook(Record):
                            uniform_params=self._params("uniform", p.k)))
         return tuple(out)
 
+    def pooled(self) -> Paired | None:
+        """MBS − uniform over every (k, seed) pair of the sweep: the Figure 5 question asked once, with
+        more pairs than one k has (the pairs are separate trainings, so they are independent)."""
+        diffs = []
+        for p in self.points:
+            mbs, uni = self.accuracies("mbs", p.k), self.accuracies("uniform", p.k)
+            diffs += [mbs[s] - uni[s] for s in sorted(mbs) if s in uni]
+        return Paired.of(diffs) if len(self.points) > 1 else None
+
     def _params(self, variant: str, k: float) -> tuple[int, ...]:
         return tuple(sorted({r.params for r in self.runs if r.variant == variant and r.k == k}))

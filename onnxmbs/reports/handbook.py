@@ -59,13 +59,21 @@ def _caption(book: Handbook) -> str:
             + (f", accuracy {_stat(original)}" if original else "") + f"; {len(book.runs)} runs")
 
 
+def _pooled(book: Handbook) -> str:
+    """One line under the table: MBS − uniform over all k (empty without uniform runs at several k)."""
+    pooled = book.pooled()
+    return "" if pooled is None else f"MBS − uniform over all k (seed-paired, 95% CI): {_paired(pooled)}"
+
+
 def handbook_text(book: Handbook) -> str:
-    return _caption(book) + "\n" + table(HEADERS, [_cells(r) for r in book.rows()])
+    lines = [_caption(book), table(HEADERS, [_cells(r) for r in book.rows()]), _pooled(book)]
+    return "\n".join(line for line in lines if line)
 
 
 def to_markdown(book: Handbook) -> str:
-    return "\n".join(["# onnxmbs handbook", "", _caption(book), "",
-                      md_table(HEADERS, (_cells(r) for r in book.rows()))]) + "\n"
+    pooled = _pooled(book)
+    return "\n".join(["# onnxmbs handbook", "", _caption(book), "", md_table(HEADERS, (_cells(r) for r in book.rows())),
+                      *(["", pooled] if pooled else [])]) + "\n"
 
 
 def _csv_row(row: Row) -> dict:
@@ -108,7 +116,8 @@ def to_html(book: Handbook) -> str:
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>onnxmbs handbook</title><style>{CSS}</style></head><body>"
             f"<h1>onnxmbs handbook</h1><p class=\"meta\">{escape(_caption(book))}</p>"
-            f"<div class=\"charts\">{figure(book)}</div>{html_table(HEADERS, rows)}</body></html>\n")
+            f"<div class=\"charts\">{figure(book)}</div>{html_table(HEADERS, rows)}"
+            + (f"<p>{escape(_pooled(book))}</p>" if _pooled(book) else "") + "</body></html>\n")
 
 
 WRITERS: dict[str, Callable[[Handbook], str]] = {".json": to_json, ".csv": to_csv, ".md": to_markdown,
