@@ -1,11 +1,15 @@
 """The handbook's statistics: mean ± std per variant, paired differences with a 95 % t interval."""
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 
 import pytest
 
 from onnxmbs.handbook.record import SCHEMA, Handbook, Paired, Point, Run, Settings, t_quantile
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "resnet20_digits.onnx"
 
 
 @pytest.mark.parametrize("df, table", [(1, 12.706), (2, 4.303), (3, 3.182), (7, 2.365), (10, 2.228), (30, 2.042)])
@@ -71,3 +75,50 @@ def test_settings_fingerprint_ignores_what_a_resume_may_change():
     c = Settings.from_json({**a.to_json(), "init": "inherit"})
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != c.fingerprint()
+
+
+def _written(tmp_path, book: Handbook) -> Path:
+    path = tmp_path / "handbook.json"
+    path.write_text(json.dumps(book.to_json()))
+    return path
+
+
+def test_report_shows_a_handbook(tmp_path):
+    """`onnxmbs report --handbook FILE`: the table, the pooled difference and the Figure 5 chart in every format."""
+    from dataclasses import replace
+
+    from click.testing import CliRunner
+
+    from onnxmbs.cli import main
+
+    book = _book([])
+    points = (book.points[0], replace(book.points[0], k=0.6, params=80, uniform_params=82))
+    mbs, uni = {1.0: [0.90, 0.95], 0.6: [0.91, 0.93]}, {1.0: [0.88, 0.96], 0.6: [0.85, 0.93]}
+    runs = tuple(Run(v, k, s, None, 100, a, 1.0, 1) for v, acc in (("mbs", mbs), ("uniform", uni))
+                 for k, accs in acc.items() for s, a in enumerate(accs))
+    book = replace(book, points=points, runs=runs)
+    outs = [tmp_path / f"r.{ext}" for ext in ("html", "md", "json")]
+    res = CliRunner().invoke(main, ["report", str(MODEL), "--synthetic", "2", "--handbook",
+                                    str(_written(tmp_path, book)), *[a for p in outs for a in ("-o", str(p))]])
+    assert res.exit_code == 0, res.output
+    page, md = outs[0].read_text(), outs[1].read_text()
+    mbs_cell = f"{100 * statistics.fmean(mbs[0.6]):.2f} ± {100 * statistics.stdev(mbs[0.6]):.2f}% (2)"
+    pooled = f"{100 * statistics.fmean([0.02, -0.01, 0.06, 0.0]):+.2f}"
+    for text in (page, md, res.output):
+        assert mbs_cell in text and "over all k" in text and pooled in text
+    assert "Accuracy handbook: m.onnx" in page and "<svg" in page[page.index("Accuracy handbook"):]
+    assert json.loads(outs[2].read_text())["handbooks"][0]["schema"] == SCHEMA
+
+
+def test_report_refuses_a_file_that_is_no_handbook(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxmbs.cli import main
+
+    other = tmp_path / "plan.json"
+    other.write_text(json.dumps({"schema": "onnxmbs.plan/1"}))
+    res = CliRunner().invoke(main, ["report", str(MODEL), "--synthetic", "2", "--handbook", str(other),
+                                    "-o", str(tmp_path / "r.html")])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1
+    assert "not an onnxmbs handbook" in res.output and "onnxmbs handbook -o" in res.output
+    assert not (tmp_path / "r.html").exists()

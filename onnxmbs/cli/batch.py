@@ -178,9 +178,13 @@ def _sweep_json(model: str, measured: Any, points: Any, target: Any, solution: A
 @converge_options()
 @click.option("--blocks", "blocks_files", multiple=True, type=click.Path(dir_okay=False),
               help="Also show a blocks plan from `onnxmbs blocks` (repeatable).")
+@click.option("--handbook", "handbook_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Also show an accuracy handbook (JSON from `onnxmbs handbook`) with its Figure 5 chart "
+                   "(repeatable).")
 @clean_errors
 def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, ...], k: float, k_range: str,
-           round_to: int, blocks_files: tuple[str, ...], input_shape, statistic: str, calibration, converge) -> None:
+           round_to: int, blocks_files: tuple[str, ...], handbook_files: tuple[str, ...], input_shape,
+           statistic: str, calibration, converge) -> None:
     """Batch report: one statistics pass per model, plan + k-sweep each, as HTML/Markdown/JSON/CSV.
 
     A model that fails becomes a failure row; the others still run. Exit 1 if any failed.
@@ -188,19 +192,21 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
     import dataclasses
 
     from onnxmbs.blocks.document import read_blocks_plan
+    from onnxmbs.handbook.record import read_handbook
     from onnxmbs.reports.report import ReportOptions, build_report, check_outputs, report_text, write_report
 
     if not stats and not calibration.has_data:
         raise click.UsageError("give calibration data with --data PATH (or --synthetic N), or --stats FILE(s)")
     check_outputs(outputs)
     for path in outputs:
-        refuse_overwrite(path, *models, *stats, *blocks_files, _path(calibration.data))
+        refuse_overwrite(path, *models, *stats, *blocks_files, *handbook_files, _path(calibration.data))
     check_workers(calibration)
     options = ReportOptions(k=k, ks=k_range, round_to=round_to, input_shape=input_shape, statistic=statistic,
                             converge=converge)
     blocks = tuple(read_blocks_plan(path) for path in blocks_files)
+    handbooks = tuple(read_handbook(path) for path in handbook_files)
     result = dataclasses.replace(build_report(list(models), options=options, stats=stats, calibration=calibration),
-                                 blocks=blocks)
+                                 blocks=blocks, handbooks=handbooks)
     for path in outputs:
         write_report(result, path)
     click.echo(report_text(result))

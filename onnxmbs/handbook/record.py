@@ -10,9 +10,11 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from onnxmbs.errors import MBSError
+from onnxmbs.files import read_document
 from onnxmbs.records import Record, ints, optional
 
 SCHEMA = "onnxmbs.handbook/1"
@@ -214,3 +216,9 @@ class Handbook(Record):
 
     def _params(self, variant: str, k: float) -> tuple[int, ...]:
         return tuple(sorted({r.params for r in self.runs if r.variant == variant and r.k == k}))
+
+
+def read_handbook(path: str | Path) -> Handbook:
+    """A handbook JSON written by ``onnxmbs handbook -o FILE.json``."""
+    how = "pass the JSON written by `onnxmbs handbook -o FILE.json`"
+    return Handbook.from_json(read_document(path, schema=SCHEMA, what="onnxmbs handbook", how=how))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 
 from onnxmbs.blocks.document import BlocksPlan
+from onnxmbs.reports.markup import html_table, md_table
 from onnxmbs.reports.plots import accuracy_curves
 from onnxmbs.reports.text import short, table
 from onnxmbs.units import human
@@ -47,17 +48,15 @@ def blocks_curve(plan: BlocksPlan) -> str:
     return accuracy_curves({"top-1 (no fine-tuning)": points}, title="Top-1 accuracy vs blocks removed")
 
 
-def blocks_markdown(plan: BlocksPlan, md_table) -> str:
-    """A Markdown section; ``md_table(headers, rows)`` renders the table."""
+def blocks_markdown(plan: BlocksPlan) -> str:
+    """A Markdown section: the summary and the removal order."""
     rows = removal_rows(plan) or [("-",) * len(ROW_HEADERS)]
     return "\n".join([f"## Block pruning: {plan.model.path}", "", _summary_line(plan), "",
                       md_table(ROW_HEADERS, rows)])
 
 
-def blocks_html(plan: BlocksPlan, table_html) -> str:
-    """An HTML section: the summary, the removal order with the drop per block, and the curve.
-
-    ``table_html(headers, rows)`` renders a table in the report's style."""
+def blocks_html(plan: BlocksPlan) -> str:
+    """An HTML section: the summary, the removal order with the drop per block, and the curve."""
     kept = [b for b in plan.blocks if not b.removable]
     notes = "".join(f"<li>{html.escape(b.id)} ({html.escape(b.join)}): {html.escape(b.reason)}</li>" for b in kept)
     return (f'<section><h2>Block pruning: {html.escape(plan.model.path)}</h2>'
@@ -65,5 +64,5 @@ def blocks_html(plan: BlocksPlan, table_html) -> str:
             f'rescore {html.escape(str(plan.settings.get("rescore", "?")))}, '
             f'{html.escape(str(plan.settings.get("images", "?")))} labelled images</p>'
             f'<div class="charts">{blocks_curve(plan)}</div>'
-            f"<h3>Removal order</h3>{table_html(ROW_HEADERS, removal_rows(plan))}"
+            f"<h3>Removal order</h3>{html_table(ROW_HEADERS, removal_rows(plan))}"
             + (f"<h3>Blocks that cannot be removed</h3><ul>{notes}</ul>" if notes else "") + "</section>")

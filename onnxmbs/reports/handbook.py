@@ -17,7 +17,7 @@ from onnxmbs.errors import MBSError
 from onnxmbs.files import write_atomic
 from onnxmbs.handbook.record import Handbook, Paired, Row, Stat
 from onnxmbs.reports import plots
-from onnxmbs.reports.report import CSS, html_table, md_table
+from onnxmbs.reports.markup import CSS, html_table, md_table
 from onnxmbs.reports.text import table
 
 HEADERS = ("k", "RF boundary", "β per macroblock", "configuration", "params", "MACs", "MBS accuracy",
@@ -70,10 +70,15 @@ def handbook_text(book: Handbook) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def to_markdown(book: Handbook) -> str:
+def handbook_markdown(book: Handbook, *, title: str = "# onnxmbs handbook") -> str:
+    """The handbook in Markdown: ``title``, the caption, the table and the pooled difference."""
     pooled = _pooled(book)
-    return "\n".join(["# onnxmbs handbook", "", _caption(book), "", md_table(HEADERS, (_cells(r) for r in book.rows())),
-                      *(["", pooled] if pooled else [])]) + "\n"
+    return "\n".join([title, "", _caption(book), "", md_table(HEADERS, (_cells(r) for r in book.rows())),
+                      *(["", pooled] if pooled else [])])
+
+
+def to_markdown(book: Handbook) -> str:
+    return handbook_markdown(book) + "\n"
 
 
 def _csv_row(row: Row) -> dict:
@@ -110,14 +115,19 @@ def figure(book: Handbook) -> str:
     return plots.accuracy_curve(series, reference=reference)
 
 
+def handbook_html(book: Handbook, *, heading: str = "h1") -> str:
+    """The handbook as an HTML section: caption, the Figure 5 chart, the table and the pooled difference."""
+    pooled = _pooled(book)
+    title = "onnxmbs handbook" if heading == "h1" else f"Accuracy handbook: {book.settings.model}"
+    return (f"<section><{heading}>{escape(title)}</{heading}><p class=\"meta\">{escape(_caption(book))}</p>"
+            f"<div class=\"charts\">{figure(book)}</div>{html_table(HEADERS, [_cells(r) for r in book.rows()])}"
+            + (f"<p>{escape(pooled)}</p>" if pooled else "") + "</section>")
+
+
 def to_html(book: Handbook) -> str:
-    rows = [_cells(r) for r in book.rows()]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>onnxmbs handbook</title><style>{CSS}</style></head><body>"
-            f"<h1>onnxmbs handbook</h1><p class=\"meta\">{escape(_caption(book))}</p>"
-            f"<div class=\"charts\">{figure(book)}</div>{html_table(HEADERS, rows)}"
-            + (f"<p>{escape(_pooled(book))}</p>" if _pooled(book) else "") + "</body></html>\n")
+            f"<title>onnxmbs handbook</title><style>{CSS}</style></head><body>{handbook_html(book)}</body></html>\n")
 
 
 WRITERS: dict[str, Callable[[Handbook], str]] = {".json": to_json, ".csv": to_csv, ".md": to_markdown,

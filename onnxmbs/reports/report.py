@@ -10,7 +10,7 @@ import csv
 import io
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from html import escape
@@ -19,8 +19,11 @@ from typing import Any
 
 from onnxmbs import __version__
 from onnxmbs.blocks.document import BlocksPlan
+from onnxmbs.handbook.record import Handbook
 from onnxmbs.reports import plots
 from onnxmbs.reports.blocks import blocks_html, blocks_markdown, blocks_text
+from onnxmbs.reports.handbook import handbook_html, handbook_markdown, handbook_text
+from onnxmbs.reports.markup import CSS, html_table, md_table
 from onnxmbs.graph.analysis import analyze
 from onnxmbs.errors import MBSError
 from onnxmbs.progress import progress_bar
@@ -72,6 +75,7 @@ class Report:
     models: tuple[ModelReport, ...]
     settings: Mapping[str, Any]
     blocks: tuple[BlocksPlan, ...] = ()  # block-pruning plans shown after the models
+    handbooks: tuple[Handbook, ...] = ()  # accuracy handbooks (the paper's Figures 4 and 5) shown last
 
     @property
     def failed(self) -> tuple[ModelReport, ...]:
@@ -193,6 +197,8 @@ def to_json(report: Report) -> str:
            "totals": {"models": len(report.models), "failed": len(report.failed)}}
     if report.blocks:
         doc["blocks"] = [plan.to_json() for plan in report.blocks]
+    if report.handbooks:
+        doc["handbooks"] = [book.to_json() for book in report.handbooks]
     return json.dumps(doc, indent=1) + "\n"
 
 
@@ -202,16 +208,6 @@ def to_csv(report: Report) -> str:
     writer.writeheader()
     writer.writerows(summary_row(m) for m in report.models)
     return buf.getvalue()
-
-
-def _md_cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def to_markdown(report: Report) -> str:
@@ -232,35 +228,10 @@ def to_markdown(report: Report) -> str:
                   md_table(*sweep_table(m.sweep, terminal=False))]
         notes = _notes(doc)
         parts += ([""] + [f"- note: {n}" for n in notes]) if notes else []
-    parts += [part for plan in report.blocks for part in ("", blocks_markdown(plan, md_table))]
+    parts += [part for plan in report.blocks for part in ("", blocks_markdown(plan))]
+    parts += [part for book in report.handbooks
+              for part in ("", handbook_markdown(book, title=f"## Accuracy handbook: {book.settings.model}"))]
     return "\n".join(parts) + "\n"
-
-
-CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#2d3748;margin:24px auto;max-width:1040px;
-padding:0 16px;line-height:1.4}
-h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:32px 0 6px;border-bottom:2px solid #e2e8f0;padding-bottom:4px;
-word-break:break-all}
-.meta{color:#718096;font-size:13px}
-table{border-collapse:collapse;margin:10px 0;font-size:13px}
-th,td{border:1px solid #e2e8f0;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f7fafc}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.failed td{background:#fff5f5;color:#c53030}
-.charts{display:flex;flex-wrap:wrap;gap:12px;margin:8px 0}
-.chart{border:1px solid #e2e8f0;border-radius:6px;max-width:100%;height:auto}
-.note{color:#975a16;background:#fffff0;border-left:3px solid #d69e2e;padding:4px 8px;margin:4px 0;font-size:13px}
-.error{color:#c53030;background:#fff5f5;border-left:3px solid #c53030;padding:6px 10px}
-"""
-
-
-def html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, classes: Sequence[str] = ()) -> str:
-    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
-    body = []
-    for i, row in enumerate(rows):
-        cls = f' class="{classes[i]}"' if i < len(classes) and classes[i] else ""
-        cells = "".join(f'<td{" class=num" if is_numeric(c) else ""}>{escape(str(c))}</td>' for c in row)
-        body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _html_model(i: int, m: ModelReport) -> str:
@@ -303,7 +274,8 @@ def to_html(report: Report) -> str:
             f"<h1>onnxmbs report</h1><p class=\"meta\">{len(report.models)} model(s), {len(report.failed)} failed; "
             f"plan at k = {st['k']:g}; onnxmbs {escape(st['onnxmbs'])}; {escape(st['created'])}</p>{summary}"
             + "".join(_html_model(i, m) for i, m in enumerate(report.models))
-            + "".join(blocks_html(plan, html_table) for plan in report.blocks) + "</body></html>\n")
+            + "".join(blocks_html(plan) for plan in report.blocks)
+            + "".join(handbook_html(book, heading="h2") for book in report.handbooks) + "</body></html>\n")
 
 
 WRITERS: dict[str, Callable[[Report], str]] = {".json": to_json, ".csv": to_csv, ".md": to_markdown,
@@ -328,4 +300,5 @@ def report_text(report: Report) -> str:
     ok = [m for m in report.models if m.ok]
     lines = [table(SUMMARY_HEADERS, [_summary_cells(m) for m in ok])] if ok else []
     lines += [f"FAILED {m.path}: {m.error}" for m in report.failed]
-    return "\n\n".join(["\n".join(lines), *(blocks_text(plan) for plan in report.blocks)])
+    return "\n\n".join(["\n".join(lines), *(blocks_text(plan) for plan in report.blocks),
+                         *(handbook_text(book) for book in report.handbooks)])
