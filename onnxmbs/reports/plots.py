@@ -253,9 +253,9 @@ def accuracy_curve(series: Sequence[Series], *, reference: tuple[int, float, flo
     y1 = max(100 * (p[1] + p[2]) for p in every)
     pad_x, pad_y = (x1 - x0) * 0.05 or max(x0 * 0.05, 1), max((y1 - y0) * 0.1, 0.5)
     frame = Frame(width, height, x0 - pad_x, x1 + pad_x, max(0.0, y0 - pad_y), min(100.0, y1 + pad_y), left=64)
-    out = _open(frame, "Accuracy vs parameters (mean ± std over seeds)", "held-out accuracy versus parameters")
+    out = _open(frame, "Accuracy vs parameters", "held-out accuracy versus parameters")  # the legend shares the row
     out += _axes(frame, [(v, human(v)) for v in nice_ticks(frame.x0, frame.x1, 5)],
-                 [(v, f"{v:g}%") for v in nice_ticks(frame.y0, frame.y1, 5)], "parameters", "accuracy")
+                 [(v, f"{v:g}%") for v in nice_ticks(frame.y0, frame.y1, 5)], "parameters", "accuracy, mean ± std")
     for s in series:
         pts = sorted(s.points)
         path = " ".join(f"{'L' if i else 'M'}{frame.x(p)},{frame.y(100 * m)}" for i, (p, m, _) in enumerate(pts))
