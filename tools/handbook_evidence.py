@@ -22,6 +22,8 @@ two Ray workers; each schedule was chosen so the original architecture is stable
       --lr 0.1 --schedule cosine --workers 2 &
   python tools/handbook_evidence.py --model mobilenet --size 32 --k 0.6,1,1.4 --seeds 8 --epochs 24 \
       --lr 0.05 --schedule cosine
+then the same two commands with ``--seeds 16`` (and ``--workers 2``), one after the other: they
+resume and train seeds 8-15 only.
 """
 from __future__ import annotations
 
