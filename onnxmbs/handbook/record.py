@@ -199,20 +199,22 @@ class Handbook(Record):
         out = []
         for p in self.points:
             mbs, uni = self.accuracies("mbs", p.k), self.accuracies("uniform", p.k)
-            paired = [mbs[s] - uni[s] for s in sorted(mbs) if s in uni]
             out.append(Row(point=p, mbs=Stat.of(list(mbs.values())), uniform=Stat.of(list(uni.values())),
-                           difference=Paired.of(paired), mbs_params=self._params("mbs", p.k),
+                           difference=Paired.of(self._differences(p.k)), mbs_params=self._params("mbs", p.k),
                            uniform_params=self._params("uniform", p.k)))
         return tuple(out)
 
     def pooled(self) -> Paired | None:
         """MBS − uniform over every (k, seed) pair of the sweep: the Figure 5 question asked once, with
         more pairs than one k has (the pairs are separate trainings, so they are independent)."""
-        diffs = []
-        for p in self.points:
-            mbs, uni = self.accuracies("mbs", p.k), self.accuracies("uniform", p.k)
-            diffs += [mbs[s] - uni[s] for s in sorted(mbs) if s in uni]
-        return Paired.of(diffs) if len(self.points) > 1 else None
+        if len(self.points) < 2:
+            return None
+        return Paired.of([d for p in self.points for d in self._differences(p.k)])
+
+    def _differences(self, k: float) -> list[float]:
+        """MBS − uniform accuracy at ``k`` for every seed both have, in seed order."""
+        mbs, uni = self.accuracies("mbs", k), self.accuracies("uniform", k)
+        return [mbs[s] - uni[s] for s in sorted(mbs) if s in uni]
 
     def _params(self, variant: str, k: float) -> tuple[int, ...]:
         return tuple(sorted({r.params for r in self.runs if r.variant == variant and r.k == k}))

@@ -115,10 +115,9 @@ def figure(book: Handbook) -> str:
     return plots.accuracy_curve(series, reference=reference)
 
 
-def handbook_html(book: Handbook, *, heading: str = "h1") -> str:
+def handbook_html(book: Handbook, *, title: str = "onnxmbs handbook", heading: str = "h1") -> str:
     """The handbook as an HTML section: caption, the Figure 5 chart, the table and the pooled difference."""
     pooled = _pooled(book)
-    title = "onnxmbs handbook" if heading == "h1" else f"Accuracy handbook: {book.settings.model}"
     return (f"<section><{heading}>{escape(title)}</{heading}><p class=\"meta\">{escape(_caption(book))}</p>"
             f"<div class=\"charts\">{figure(book)}</div>{html_table(HEADERS, [_cells(r) for r in book.rows()])}"
             + (f"<p>{escape(pooled)}</p>" if pooled else "") + "</section>")

@@ -210,6 +210,10 @@ def to_csv(report: Report) -> str:
     return buf.getvalue()
 
 
+def _handbook_title(book: Handbook) -> str:
+    return f"Accuracy handbook: {book.settings.model}"
+
+
 def to_markdown(report: Report) -> str:
     st = report.settings
     parts = ["# onnxmbs report", "",
@@ -230,7 +234,7 @@ def to_markdown(report: Report) -> str:
         parts += ([""] + [f"- note: {n}" for n in notes]) if notes else []
     parts += [part for plan in report.blocks for part in ("", blocks_markdown(plan))]
     parts += [part for book in report.handbooks
-              for part in ("", handbook_markdown(book, title=f"## Accuracy handbook: {book.settings.model}"))]
+              for part in ("", handbook_markdown(book, title=f"## {_handbook_title(book)}"))]
     return "\n".join(parts) + "\n"
 
 
@@ -275,7 +279,8 @@ def to_html(report: Report) -> str:
             f"plan at k = {st['k']:g}; onnxmbs {escape(st['onnxmbs'])}; {escape(st['created'])}</p>{summary}"
             + "".join(_html_model(i, m) for i, m in enumerate(report.models))
             + "".join(blocks_html(plan) for plan in report.blocks)
-            + "".join(handbook_html(book, heading="h2") for book in report.handbooks) + "</body></html>\n")
+            + "".join(handbook_html(book, title=_handbook_title(book), heading="h2") for book in report.handbooks)
+            + "</body></html>\n")
 
 
 WRITERS: dict[str, Callable[[Report], str]] = {".json": to_json, ".csv": to_csv, ".md": to_markdown,
