@@ -89,6 +89,20 @@ def _original(args: argparse.Namespace, out: Path, train: Dataset, val: Dataset,
     return onnx, source
 
 
+def _fresh(model, framework: str):
+    """The model with new weights from its layers' own initializers, drawn under the current seed: the
+    handbook trains every run from scratch, and a saved .keras/.pt model would otherwise start from its
+    saved weights whatever the seed."""
+    if framework == "keras":
+        from onnxmbs.adapters import import_keras
+
+        return import_keras().models.clone_model(model)
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return model
+
+
 def _pilot(args: argparse.Namespace, out: Path, train: Dataset, val: Dataset, config: TrainConfig) -> None:
     """Train only the original architecture with seeds 0..N-1 and print its held-out accuracy per epoch:
     how the schedule was chosen (long enough that the original is stable across seeds)."""
@@ -104,7 +118,8 @@ def _pilot(args: argparse.Namespace, out: Path, train: Dataset, val: Dataset, co
 
             import_keras().backend.clear_session()
         seed_framework(source.framework, seed)
-        result = train_model(source.load(), source.framework, train, val, replace(config, seed=seed), progress=False)
+        model = _fresh(source.load(), source.framework)
+        result = train_model(model, source.framework, train, val, replace(config, seed=seed), progress=False)
         curve = " ".join(f"{100 * e.val_accuracy:.1f}" for e in result.epochs)
         finals.append(100 * result.val_accuracy)
         print(f"seed {seed}: {finals[-1]:.2f} % after {args.epochs} epochs ({result.seconds:.0f} s); "
