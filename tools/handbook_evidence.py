@@ -97,9 +97,9 @@ def _fresh(model, framework: str):
         from onnxmbs.adapters import import_keras
 
         return import_keras().models.clone_model(model)
-    for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+    from onnxmbs.adapters.torch_adapter import reinitialise
+
+    reinitialise(model)
     return model
 
 
