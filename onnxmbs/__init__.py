@@ -18,7 +18,7 @@ _API = {
     "write_json": "onnxmbs.files",
     "compact_model": "onnxmbs.compact", "write_compact": "onnxmbs.compact",
     "apply_plan": "onnxmbs.adapters",
-    "open_labelled": "onnxmbs.stats.labelled", "evaluate": "onnxmbs.stats.accuracy",
+    "open_labelled": "onnxmbs.data.labelled", "evaluate": "onnxmbs.stats.accuracy",
     "prune_blocks": "onnxmbs.blocks.greedy", "read_blocks_plan": "onnxmbs.blocks.document",
     "remove_blocks_from": "onnxmbs.adapters.blocks",
 }

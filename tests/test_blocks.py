@@ -19,7 +19,7 @@ from onnxmbs.cli import main
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.load import load_model
 from onnxmbs.stats.accuracy import runnable
-from onnxmbs.stats.labelled import open_labelled
+from onnxmbs.data.labelled import open_labelled
 
 C = 4
 

@@ -19,7 +19,7 @@ from onnxmbs.blocks.apply import shallow_model  # noqa: E402
 from onnxmbs.blocks.greedy import Stop, prune_blocks  # noqa: E402
 from onnxmbs.errors import MBSError  # noqa: E402
 from onnxmbs.graph.load import load_model  # noqa: E402
-from onnxmbs.stats.labelled import open_labelled  # noqa: E402
+from onnxmbs.data.labelled import open_labelled  # noqa: E402
 from onnxmbs.zoo import build  # noqa: E402
 from onnxmbs.zoo.export import export_keras  # noqa: E402
 from test_adapter_keras import _randomise as trained_like  # noqa: E402  (BN statistics, biases as after training)

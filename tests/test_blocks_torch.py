@@ -20,7 +20,7 @@ from onnxmbs.blocks.apply import shallow_model  # noqa: E402
 from onnxmbs.blocks.greedy import Stop, prune_blocks  # noqa: E402
 from onnxmbs.errors import MBSError  # noqa: E402
 from onnxmbs.graph.load import load_model  # noqa: E402
-from onnxmbs.stats.labelled import open_labelled  # noqa: E402
+from onnxmbs.data.labelled import open_labelled  # noqa: E402
 from onnxmbs.zoo import build  # noqa: E402
 
 X = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))

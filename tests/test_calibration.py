@@ -1,4 +1,4 @@
-"""Tests of onnxmbs.stats.calibration: sources, presets, layouts, streaming and error messages."""
+"""Tests of onnxmbs.data.calibration: sources, presets, layouts, streaming and error messages."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnxmbs.stats.calibration import (PRESETS, Calibration, CalibrationInfo, Preprocess,
+from onnxmbs.data.calibration import (PRESETS, Calibration, CalibrationInfo, Preprocess,
                                  make_preprocess, open_calibration)
 from onnxmbs.errors import MBSError
 
@@ -142,7 +142,7 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path, caplog):
     (tmp_path / "bad1.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "bad2.png").write_bytes(b"")
     cal = open_calibration(tmp_path, shape=NCHW, layout="NCHW")
-    with caplog.at_level(logging.WARNING, logger="onnxmbs.stats.calibration"):
+    with caplog.at_level(logging.WARNING, logger="onnxmbs.data.calibration"):
         assert _all(cal).shape == (1, 3, 8, 8)
     assert cal.info.images == 1 and cal.info.skipped == 2
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -189,7 +189,7 @@ def test_uint8_arrays_get_preprocess_float_arrays_do_not(tmp_path):
 
 
 def test_float_arrays_that_look_like_raw_pixels_warn(caplog):
-    with caplog.at_level(logging.WARNING, logger="onnxmbs.stats.calibration"):
+    with caplog.at_level(logging.WARNING, logger="onnxmbs.data.calibration"):
         _all(open_calibration(np.full((2, 3, 8, 8), 200.0), shape=NCHW, layout="NCHW"))
     assert "raw 0..255 pixels" in caplog.text
 

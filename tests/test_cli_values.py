@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from graphs import GraphBuilder, classifier
 from onnxmbs import MBSError
 from onnxmbs.cli import main
-from onnxmbs.stats.preprocess import make_preprocess
+from onnxmbs.data.normalisation import make_preprocess
 
 
 def run(*args):

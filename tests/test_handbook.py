@@ -18,7 +18,7 @@ from onnxmbs.handbook.store import RunStore  # noqa: E402
 from onnxmbs.handbook.training import ModelSource, Trainer, run_task  # noqa: E402
 from onnxmbs.stats.measure import CalibrationOptions  # noqa: E402
 from onnxmbs.train import TrainConfig  # noqa: E402
-from onnxmbs.train.data import load_dataset  # noqa: E402
+from onnxmbs.data.training import load_dataset  # noqa: E402
 
 SIZE = 8
 CONFIG = TrainConfig(epochs=1, batch_size=16, flip=False, crop_pad=0)

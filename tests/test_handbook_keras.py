@@ -14,7 +14,7 @@ from onnxmbs.handbook.store import RunStore  # noqa: E402
 from onnxmbs.handbook.training import ModelSource, Trainer  # noqa: E402
 from onnxmbs.stats.measure import CalibrationOptions  # noqa: E402
 from onnxmbs.train import TrainConfig  # noqa: E402
-from onnxmbs.train.data import Dataset  # noqa: E402
+from onnxmbs.data.training import Dataset  # noqa: E402
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ from graphs import GraphBuilder
 from onnxmbs.cli import main
 from onnxmbs.errors import MBSError
 from onnxmbs.stats.accuracy import evaluate
-from onnxmbs.stats.labelled import open_labelled
-from onnxmbs.stats.preprocess import PRESETS
+from onnxmbs.data.labelled import open_labelled
+from onnxmbs.data.normalisation import PRESETS
 
 SHAPE = (1, 3, 8, 8)
 

@@ -23,7 +23,7 @@ from onnxmbs.planning.convergence import ConvergeOptions  # noqa: E402
 from onnxmbs.planning.pipeline import plan_model  # noqa: E402
 from onnxmbs.stats.counting import choose_provider, instrument  # noqa: E402
 from onnxmbs.stats.measure import CalibrationOptions, measure  # noqa: E402
-from onnxmbs.stats.preprocess import make_preprocess  # noqa: E402
+from onnxmbs.data.normalisation import make_preprocess  # noqa: E402
 from onnxmbs.stats.sharding import CountJob, DataSpec, count_rows, plan_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,9 +14,9 @@ from onnxmbs.cli import main
 from onnxmbs.graph.analysis import analyze
 from onnxmbs.planning.convergence import ConvergeOptions, default_tolerance
 from onnxmbs.planning.pipeline import plan_from_statistics, plan_model
-from onnxmbs.stats.calibration import open_calibration
+from onnxmbs.data.calibration import open_calibration
 from onnxmbs.stats.measure import CalibrationOptions, measure
-from onnxmbs.stats.sources import Order, shard_rows
+from onnxmbs.data.sources import Order, shard_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "resnet20_digits.onnx"

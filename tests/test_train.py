@@ -12,7 +12,7 @@ from PIL import Image
 
 from onnxmbs.errors import MBSError
 from onnxmbs.train import TrainConfig, augment, lr_at
-from onnxmbs.train.data import load_dataset
+from onnxmbs.data.training import load_dataset
 
 
 def _bright_dark(n: int = 64, layout: str = "NCHW", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

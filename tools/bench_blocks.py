@@ -40,7 +40,7 @@ from onnxmbs.blocks.scoring import score_blocks  # noqa: E402
 from onnxmbs.graph.load import load_model  # noqa: E402
 from onnxmbs.stats.accuracy import runnable  # noqa: E402
 from onnxmbs.stats.counting import make_session  # noqa: E402
-from onnxmbs.stats.labelled import open_labelled  # noqa: E402
+from onnxmbs.data.labelled import open_labelled  # noqa: E402
 
 
 def model_path(name: str, cache: Path) -> Path:

@@ -45,7 +45,7 @@ from onnxmbs.handbook.training import ModelSource, Trainer, set_threads  # noqa:
 from onnxmbs.reports.handbook import handbook_text, to_markdown, write_handbook  # noqa: E402
 from onnxmbs.stats.measure import CalibrationOptions  # noqa: E402
 from onnxmbs.train import TrainConfig  # noqa: E402
-from onnxmbs.train.data import Dataset  # noqa: E402
+from onnxmbs.data.training import Dataset  # noqa: E402
 from onnxmbs.train.frameworks import train_model  # noqa: E402
 from train_digits import load_split  # noqa: E402
 

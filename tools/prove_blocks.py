@@ -49,7 +49,7 @@ from onnxmbs.graph.edit import expose  # noqa: E402
 from onnxmbs.graph.load import load_model  # noqa: E402
 from onnxmbs.reports.plots import accuracy_curves  # noqa: E402
 from onnxmbs.stats.accuracy import evaluate  # noqa: E402
-from onnxmbs.stats.labelled import open_labelled  # noqa: E402
+from onnxmbs.data.labelled import open_labelled  # noqa: E402
 from onnxmbs.train import TrainConfig  # noqa: E402
 from train_digits import load_split  # noqa: E402
 

@@ -33,8 +33,8 @@ from onnxmbs.graph.costs import count_costs
 from onnxmbs.graph.load import LoadedModel, load_model
 from onnxmbs.stats.accuracy import num_classes, open_predictor, predictions, runnable
 from onnxmbs.stats.counting import choose_provider
-from onnxmbs.stats.labelled import LabelledData, open_labelled
-from onnxmbs.stats.preprocess import preprocess_for
+from onnxmbs.data.labelled import LabelledData, open_labelled
+from onnxmbs.data.normalisation import preprocess_for
 
 logger = logging.getLogger(__name__)
 

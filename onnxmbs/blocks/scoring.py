@@ -23,7 +23,7 @@ from onnxmbs.blocks.remove import remove_blocks
 from onnxmbs.graph.edit import expose, extract
 from onnxmbs.progress import progress_bar
 from onnxmbs.stats.counting import make_session
-from onnxmbs.stats.labelled import LabelledData
+from onnxmbs.data.labelled import LabelledData
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from onnxmbs.cli.options import clean_errors, refuse_overwrite, training_options
-from onnxmbs.stats.preprocess import PRESETS
+from onnxmbs.data.normalisation import PRESETS
 
 
 def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec: str | None, *, train: str,
@@ -24,7 +24,7 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
     """The model source and the two data sets, in the framework's layout at the ONNX input size."""
     from onnxmbs.graph.load import load_model
     from onnxmbs.handbook.training import ModelSource, Trainer
-    from onnxmbs.train.data import load_dataset
+    from onnxmbs.data.training import load_dataset
     from onnxmbs.zoo import lookup
 
     loaded = load_model(onnx)

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from onnxmbs.errors import MBSError
-from onnxmbs.stats.preprocess import PRESETS
+from onnxmbs.data.normalisation import PRESETS
 from onnxmbs.units import parse_count
 
 logger = logging.getLogger("onnxmbs")
@@ -222,8 +222,8 @@ def labelled_options(fn: Callable) -> Callable:
 def open_labelled_data(loaded: Any, *, data: str, classes: str | None, preprocess: str | None, mean, std,
                        max_images: int | None) -> Any:
     """The labelled data of ``labelled_options`` for a loaded model's input."""
-    from onnxmbs.stats.labelled import open_labelled
-    from onnxmbs.stats.preprocess import preprocess_for
+    from onnxmbs.data.labelled import open_labelled
+    from onnxmbs.data.normalisation import preprocess_for
 
     pre = preprocess_for(loaded.metadata, preprocess, mean=mean, std=std, where=loaded.path)
     return open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout, classes=classes,

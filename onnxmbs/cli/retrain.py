@@ -39,7 +39,7 @@ def _record_input(shape, layout: str) -> tuple[int, int, int]:
 
 def _data(data: str, val: str | None, val_split: float, *, layout: str, preprocess: str,
           chw: tuple[int, int, int], seed: int):
-    from onnxmbs.train.data import load_dataset
+    from onnxmbs.data.training import load_dataset
 
     kwargs = {"layout": layout, "preprocess": preprocess, "size": chw[1:], "channels": chw[0]}
     train = load_dataset(data, **kwargs)

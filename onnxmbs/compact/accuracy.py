@@ -10,9 +10,9 @@ import onnx
 
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.stats.accuracy import Accuracy, evaluate
-from onnxmbs.stats.labelled import open_labelled
+from onnxmbs.data.labelled import open_labelled
 from onnxmbs.stats.measure import CalibrationOptions
-from onnxmbs.stats.preprocess import make_preprocess
+from onnxmbs.data.normalisation import make_preprocess
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ class ModelSource:
 class Trainer:
     """Everything a training task needs, shared by all tasks (Ray puts it in the object store once)."""
     source: ModelSource
-    train: Any = field(repr=False)  # onnxmbs.train.data.Dataset in the framework's layout
+    train: Any = field(repr=False)  # onnxmbs.data.training.Dataset in the framework's layout
     val: Any = field(repr=False)
     config: TrainConfig
     init: str = "scratch"

@@ -19,8 +19,8 @@ import onnx
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.load import LoadedModel, load_model
 from onnxmbs.stats.counting import choose_provider, make_session
-from onnxmbs.stats.labelled import LabelledData, open_labelled
-from onnxmbs.stats.preprocess import preprocess_for
+from onnxmbs.data.labelled import LabelledData, open_labelled
+from onnxmbs.data.normalisation import preprocess_for
 
 logger = logging.getLogger(__name__)
 

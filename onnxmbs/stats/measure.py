@@ -17,10 +17,10 @@ from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.graph.load import declared_input
 from onnxmbs.stats.source import DataSource
-from onnxmbs.stats.calibration import CalibrationInfo
+from onnxmbs.data.calibration import CalibrationInfo
 from onnxmbs.stats.counting import Monitor, Statistics, collect_statistics
-from onnxmbs.stats.datasize import data_hw
-from onnxmbs.stats.preprocess import preprocess_for
+from onnxmbs.data.size import data_hw
+from onnxmbs.data.normalisation import preprocess_for
 from onnxmbs.stats.sharding import DataSpec, collect_sharded
 from onnxmbs.stats.stopping import Convergence
 from onnxmbs.stats.statsfile import check_model, read_stats, stats_sha256, tap_counts

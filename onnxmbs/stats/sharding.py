@@ -20,10 +20,10 @@ import numpy as np
 
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis
-from onnxmbs.stats.calibration import Calibration, CalibrationInfo, open_calibration
+from onnxmbs.data.calibration import Calibration, CalibrationInfo, open_calibration
 from onnxmbs.stats.counting import Counter, Instrumented, Monitor, Statistics, choose_provider, instrument
-from onnxmbs.stats.preprocess import Preprocess
-from onnxmbs.stats.sources import Order, shard_rows
+from onnxmbs.data.normalisation import Preprocess
+from onnxmbs.data.sources import Order, shard_rows
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from onnxmbs.graph.analysis import Analysis
-from onnxmbs.stats.calibration import CalibrationInfo
+from onnxmbs.data.calibration import CalibrationInfo
 from onnxmbs.errors import MBSError
 from onnxmbs.files import read_document, write_json
 from onnxmbs.stats.counting import Statistics, TapCounts

@@ -2,7 +2,7 @@
 
 SGD with momentum and weight decay, the paper's step schedule (lr ÷ 10 at 50 % and 75 % of
 the epochs) or cosine, random-crop and horizontal-flip augmentation, mixed precision on CUDA
-(PyTorch). Data: arrays, ``.npz`` files or image folders (:mod:`onnxmbs.train.data`).
+(PyTorch). Data: arrays, ``.npz`` files or image folders (:mod:`onnxmbs.data.training`).
 
     from onnxmbs.train import TrainConfig
     from onnxmbs.train.torch_trainer import train_torch

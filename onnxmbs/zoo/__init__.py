@@ -165,7 +165,7 @@ def export(name: str, path: str | os.PathLike[str], *, widths: Sequence[int] | N
     the model is meant for (``preprocess`` preset, optional ``mean``/``std``) is recorded in the file's
     metadata, so ``onnxmbs plan`` uses it without ``--preprocess``.
     """
-    from onnxmbs.stats.preprocess import preprocess_metadata
+    from onnxmbs.data.normalisation import preprocess_metadata
     from onnxmbs.zoo.export import export_keras, export_torch
 
     metadata = preprocess_metadata(preprocess, mean=mean, std=std)

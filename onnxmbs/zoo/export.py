@@ -89,7 +89,7 @@ def check_onnx(path: Path, x: np.ndarray, expected: np.ndarray, *, what: str) ->
 
 
 def _set_metadata(path: Path, metadata: Mapping[str, str] | None) -> None:
-    """Record ``metadata`` (e.g. the preprocessing, see onnxmbs.stats.preprocess) in the file's metadata_props."""
+    """Record ``metadata`` (e.g. the preprocessing, see onnxmbs.data.normalisation) in the file's metadata_props."""
     if not metadata:
         return
     import onnx

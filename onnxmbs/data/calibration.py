@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from onnxmbs.errors import MBSError
-from onnxmbs.stats.preprocess import PRESETS, Preprocess, make_preprocess
-from onnxmbs.stats.sources import (ArraySource, NpzSource, Order, Source, Target, inspect_array, load_npy,
+from onnxmbs.data.normalisation import PRESETS, Preprocess, make_preprocess
+from onnxmbs.data.sources import (ArraySource, NpzSource, Order, Source, Target, inspect_array, load_npy,
                                    warn_if_raw_floats)
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from onnxmbs.stats.calibration import IMAGE_EXTENSIONS, make_preprocess
+from onnxmbs.data.calibration import IMAGE_EXTENSIONS, make_preprocess
 from onnxmbs.errors import MBSError
 
 logger = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from onnxmbs.errors import MBSError
-from onnxmbs.stats.calibration import IMAGE_EXTENSIONS, open_calibration
-from onnxmbs.stats.preprocess import Preprocess
+from onnxmbs.data.calibration import IMAGE_EXTENSIONS, open_calibration
+from onnxmbs.data.normalisation import Preprocess
 
 logger = logging.getLogger(__name__)
 

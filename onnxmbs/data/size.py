@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 
 from onnxmbs.errors import MBSError
-from onnxmbs.stats.calibration import PIL_ERRORS, find_images
-from onnxmbs.stats.sources import load_npy, pick_key, read_npy_header
+from onnxmbs.data.calibration import PIL_ERRORS, find_images
+from onnxmbs.data.sources import load_npy, pick_key, read_npy_header
 
 
 def _item_hw(shape: Sequence[int], layout: str, channels: int | None) -> tuple[int, int] | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxmbs.errors import MBSError
-from onnxmbs.stats.preprocess import Preprocess
+from onnxmbs.data.normalisation import Preprocess
 
 logger = logging.getLogger(__name__)
 
