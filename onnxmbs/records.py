@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 def plain(value: Any) -> Any:
     """A record, tuple or scalar as plain JSON values."""
-    if isinstance(value, Record):
+    if isinstance(value, Record) or callable(getattr(value, "to_json", None)):
         return value.to_json()
     if isinstance(value, tuple):
         return [plain(v) for v in value]

@@ -74,7 +74,8 @@ def test_preset_errors():
         make_preprocess("imagenet", mean=[123.68, 116.78, 103.94])
     with pytest.raises(MBSError, match="positive"):
         Preprocess((0.5,), (0.0,), 255.0)
-    assert make_preprocess(None) == PRESETS["raw"]
+    with pytest.raises(MBSError, match="no preprocess preset given"):  # no default here: resolve_normalisation decides
+        make_preprocess(None)
     assert make_preprocess("ImageNet") == PRESETS["imagenet"]
 
 
@@ -214,7 +215,7 @@ def test_npz_key_selection(tmp_path):
         out = _all(cal)
         assert out.shape == (3, 3, 8, 8) and np.all(out == value)
         assert cal.info.source.startswith("npz file")
-    msg = _error("'x'", tmp_path / "d.npz", shape=NCHW, layout="NCHW")
+    msg = _error("images/x/data/x_train", tmp_path / "d.npz", shape=NCHW, layout="NCHW")
     assert "['a', 'b']" in msg
 
 

@@ -56,7 +56,7 @@ def test_plan_embedded_model_writes_the_schema(tmp_path):
 def test_plan_json_to_stdout_and_synthetic_flag():
     res = run("plan", MODEL, "--synthetic", "8", "--batch-size", "4", "--json")
     assert res.exit_code == 0
-    assert json.loads(res.output)["settings"]["synthetic"] is True
+    assert json.loads(res.stdout)["settings"]["synthetic"] is True
 
 
 def one_line_error(res, code=1):

@@ -98,7 +98,7 @@ def test_command_outputs(work):
             assert res.exit_code == 0, (name, res.output)
             out = res.output
             if name.endswith("_json.txt") or name == "plan_data.txt":
-                out = _normalise_json(out, tmp)
+                out = _normalise_json(res.stdout, tmp) + res.stderr  # JSON on stdout, decisions on stderr
             _compare(name, _text(out, tmp))
     finally:
         os.chdir(cwd)

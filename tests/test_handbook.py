@@ -19,6 +19,7 @@ from onnxmbs.handbook.training import ModelSource, Trainer, run_task  # noqa: E4
 from onnxmbs.stats.measure import CalibrationOptions  # noqa: E402
 from onnxmbs.train import TrainConfig  # noqa: E402
 from onnxmbs.data.training import load_dataset  # noqa: E402
+from onnxmbs.data.normalisation import PRESETS  # noqa: E402
 
 SIZE = 8
 CONFIG = TrainConfig(epochs=1, batch_size=16, flip=False, crop_pad=0)
@@ -50,7 +51,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 def _job(files: dict[str, Path]) -> HandbookJob:
-    data = {s: load_dataset(files[s], layout="NCHW", preprocess="raw") for s in ("train", "val")}
+    data = {s: load_dataset(files[s], layout="NCHW", normalisation=PRESETS["raw"]) for s in ("train", "val")}
     source = ModelSource(framework="torch", chw=(3, SIZE, SIZE), num_classes=3, zoo="resnet20")
     trainer = Trainer(source=source, train=data["train"], val=data["val"], config=CONFIG, threads=1)
     return HandbookJob(onnx=str(files["onnx"]), trainer=trainer, ks=(0.6, 1.4), seeds=1, uniform=True,

@@ -98,7 +98,7 @@ def test_evaluate_cli_json(tmp_path):
     res = run("evaluate", path, "--data", tmp_path / "d.npz", "--preprocess", "raw", "--json")
     assert res.exit_code == 0, res.output
     expected = np.mean(numpy_scores(px.transpose(0, 3, 1, 2) / 255.0, w, b).argmax(1) == y)
-    assert json.loads(res.output)["top1"] == pytest.approx(expected)
+    assert json.loads(res.stdout)["top1"] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("case", ["npz_without_labels", "loose_images", "npy", "label_out_of_range",

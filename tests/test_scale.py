@@ -148,7 +148,7 @@ def test_profile_shards_merged_equal_the_whole_pass(tmp_path):
     assert [json.loads(p.read_text())["data"]["shard"] for p in paths] == [[0, 3], [1, 3], [2, 3]]
     assert merged["taps"] == whole["taps"]
     plan = run("plan", MODEL, "--stats", tmp_path / "all.json", "--json")
-    assert json.loads(plan.output)["settings"]["images"] == 100
+    assert json.loads(plan.stdout)["settings"]["images"] == 100
 
 
 @pytest.fixture()
@@ -210,7 +210,7 @@ def test_workers_without_ray_is_one_line_naming_the_extra(monkeypatch):
 def test_sweep_report_and_check_converge_too(tmp_path):
     quick = ("--data", FOLDER, "--preprocess", "raw", "--batch-size", "8", "--until-converged", "--checkpoint", "32")
     sweep = run("sweep", MODEL, *quick, "--k", "0.6,1", "--json")
-    conv = json.loads(sweep.output)["convergence"]
+    conv = json.loads(sweep.stdout)["convergence"]
     assert sweep.exit_code == 0 and conv["converged"] and conv["images"] < 360
     assert sorted(e["k"] for e in conv["entries"]) == [0.6, 1.0]  # one entry per monitored RF boundary
     report = run("report", MODEL, *quick, "--sweep", "1", "-o", tmp_path / "r.md")

@@ -132,7 +132,7 @@ def test_sweep_cli_takes_a_macroblock_map(stats_file, tmp_path):
     plain = json.loads(run("sweep", MODEL, "--stats", stats_file, "--k", "1", "--json").output)
     res = run("sweep", MODEL, "--stats", stats_file, "--k", "1", "--json", "--macroblocks", mapping)
     assert res.exit_code == 0, res.output
-    regrouped = json.loads(res.output)
+    regrouped = json.loads(res.stdout)
     assert len(plain["sweep"][0]["beta"]) == 3 and len(regrouped["sweep"][0]["beta"]) == 2
     out = tmp_path / "plan.json"
     assert run("sweep", MODEL, "--stats", stats_file, "--target-param-reduction", "0.2", "-o", out,

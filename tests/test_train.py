@@ -12,6 +12,7 @@ from PIL import Image
 
 from onnxmbs.errors import MBSError
 from onnxmbs.train import TrainConfig, augment, lr_at
+from onnxmbs.data.normalisation import PRESETS
 from onnxmbs.data.training import load_dataset
 
 
@@ -21,6 +22,9 @@ def _bright_dark(n: int = 64, layout: str = "NCHW", seed: int = 0) -> tuple[np.n
     y = np.arange(n) % 2
     x = (rng.random((n, 3, 8, 8)) * 0.3 + 0.6 * y[:, None, None, None]).astype(np.float32)
     return (x if layout == "NCHW" else x.transpose(0, 2, 3, 1).copy()), y
+
+
+RAW = PRESETS["raw"]
 
 
 def test_step_and_cosine_schedules():
@@ -55,15 +59,15 @@ def test_load_npz_in_both_layouts(tmp_path):
     x, y = _bright_dark(10)
     np.savez(tmp_path / "a.npz", x=x, y=y)
     np.savez(tmp_path / "b.npz", images=(x.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8), labels=y)
-    a = load_dataset(tmp_path / "a.npz", layout="NHWC")
-    b = load_dataset(tmp_path / "b.npz", layout="NHWC", preprocess="raw")
+    a = load_dataset(tmp_path / "a.npz", layout="NHWC", normalisation=RAW)
+    b = load_dataset(tmp_path / "b.npz", layout="NHWC", normalisation=RAW)
     assert a.x.shape == b.x.shape == (10, 8, 8, 3) and a.num_classes == 2
     np.testing.assert_allclose(a.x, b.x, atol=1 / 255)
-    train, held = load_dataset(tmp_path / "a.npz").split(0.2)
+    train, held = load_dataset(tmp_path / "a.npz", normalisation=RAW).split(0.2)
     assert len(train) + len(held) == 10 and sorted(set(held.y)) == [0, 1]
     np.savez(tmp_path / "c.npz", pictures=x)
-    with pytest.raises(MBSError, match="save images as x and labels as y"):
-        load_dataset(tmp_path / "c.npz")
+    with pytest.raises(MBSError, match="is unlabelled: it holds arrays"):
+        load_dataset(tmp_path / "c.npz", normalisation=RAW)
 
 
 def test_load_image_folders(tmp_path):
@@ -71,11 +75,11 @@ def test_load_image_folders(tmp_path):
         (tmp_path / label).mkdir()
         for i in range(3):
             Image.new("RGB", (12, 10), (value, value, value)).save(tmp_path / label / f"{i}.png")
-    ds = load_dataset(tmp_path, layout="NCHW", size=(8, 8))
+    ds = load_dataset(tmp_path, layout="NCHW", size=(8, 8), normalisation=RAW)
     assert ds.x.shape == (6, 3, 8, 8) and ds.classes == ("cat", "dog") and list(ds.y) == [0, 0, 0, 1, 1, 1]
     assert ds.x[0].max() == pytest.approx(20 / 255) and ds.x[-1].min() == pytest.approx(220 / 255)
     with pytest.raises(MBSError, match="not found or not supported"):
-        load_dataset(tmp_path / "missing")
+        load_dataset(tmp_path / "missing", normalisation=RAW)
 
 
 def test_torch_trainer_learns_a_separable_task():

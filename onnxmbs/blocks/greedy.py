@@ -34,7 +34,7 @@ from onnxmbs.graph.load import LoadedModel, load_model
 from onnxmbs.stats.accuracy import num_classes, open_predictor, predictions, runnable
 from onnxmbs.stats.counting import choose_provider
 from onnxmbs.data.labelled import LabelledData, open_labelled
-from onnxmbs.data.normalisation import preprocess_for
+from onnxmbs.data.normalisation import resolve_normalisation
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def prune_blocks(source: str | Path | onnx.ModelProto | LoadedModel, data: Label
         raise MBSError(f"rescore must be one of {RESCORE}, got {rescore!r}")
     loaded = source if isinstance(source, LoadedModel) else load_model(source, input_shape=input_shape)
     data = open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout,
-                         preprocess=preprocess_for(loaded.metadata, where=loaded.path))
+                         preprocess=resolve_normalisation(loaded.metadata, where=loaded.path))
     data.check_classes(num_classes(loaded))
     blocks = find_blocks(loaded)
     run = _Run(loaded, data, stop, rescore, {b.join: b.id for b in blocks}, batch_size, choose_provider(provider),
@@ -227,9 +227,15 @@ def _result(run: _Run, source, blocks: list[Block], state: _State,
     params, macs = _costs(run.loaded)
     params_after, macs_after = _costs(after)
     doc_settings = {"rescore": run.rescore, **run.stop.to_json(), "images": len(run.data), "data": run.data.source,
-                    "provider": run.provider, **(settings or {})}
+                    "provider": run.provider, **_normalisation(run.data), **(settings or {})}
     plan = BlocksPlan.create(model=run.loaded.record(), baseline_accuracy=state.baseline,
                              blocks=tuple(BlockRecord.of(b) for b in blocks), rounds=tuple(state.rounds),
                              summary=Summary(params, params_after, macs, macs_after, accuracy_after),
                              settings=doc_settings)
     return BlocksResult(plan, shallow, tuple(w for w, _ in state.times), tuple(c for _, c in state.times))
+
+
+def _normalisation(data: LabelledData) -> dict[str, object]:
+    """The settings that say how the labelled images were normalised (when it was decided)."""
+    norm = data.normalisation
+    return {} if norm is None else {"preprocess": norm.name, "normalisation": norm.to_json()}

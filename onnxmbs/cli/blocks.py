@@ -51,8 +51,7 @@ def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, targ
     labelled = open_labelled_data(loaded, **data)
     stop = Stop(remove, max_accuracy_drop, target_param_reduction, target_flop_reduction)
     result = prune_blocks(model, labelled, stop=stop, rescore=rescore, batch_size=batch_size, provider=provider,
-                          threads=threads, progress=progress, input_shape=input_shape,
-                          settings={"preprocess": data["preprocess"]})
+                          threads=threads, progress=progress, input_shape=input_shape)
     if output:
         write_json(output, result.plan)
     if output_model:

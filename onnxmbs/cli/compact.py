@@ -11,7 +11,7 @@ import click
 
 from onnxmbs.units import human
 
-from onnxmbs.cli.options import Floats, clean_errors, input_shape_option, refuse_overwrite
+from onnxmbs.cli.options import clean_errors, input_shape_option, normalisation_options, refuse_overwrite
 
 if TYPE_CHECKING:
     from onnxmbs.compact.writer import CompactResult
@@ -90,7 +90,7 @@ def _reconstruct_options(data, preprocess, mean, std, max_images, batch_size, po
     return options, ReconstructOptions(data=options, positions=positions, ridge=ridge, seed=seed)
 
 
-def _evaluation(path: str, preprocess: str, mean, std):
+def _evaluation(path: str, preprocess: str | None, mean, std):
     from onnxmbs.compact.writer import CalibrationOptions
 
     return CalibrationOptions(data=path, preprocess=preprocess, mean=mean, std=std, batch_size=64, provider="cpu")
@@ -116,10 +116,7 @@ def _evaluation(path: str, preprocess: str, mean, std):
               help="Re-fit the layers behind every cut (least squares) so the outputs match the original's on --data.")
 @click.option("--data", type=click.Path(exists=True), default=None,
               help="Images for --reconstruct / --select greedy: a folder (recursive) or a .npy/.npz array.")
-@click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default="imagenet",
-              show_default=True, help="Normalisation of the --data images.")
-@click.option("--mean", type=Floats(), default=None, help="Explicit per-channel mean in [0,1] units.")
-@click.option("--std", type=Floats(), default=None, help="Explicit per-channel std in [0,1] units.")
+@normalisation_options
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images of --data.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Images per onnxruntime run while reconstructing.")
@@ -136,7 +133,7 @@ def _evaluation(path: str, preprocess: str, mean, std):
 @input_shape_option
 @clean_errors
 def compact(model: str, plan_path: str, output: str, weights: str, select: str, force: bool, seed: int,
-            repeats: int, threads: int, reconstruct: bool, data: str | None, preprocess: str, mean, std,
+            repeats: int, threads: int, reconstruct: bool, data: str | None, preprocess: str | None, mean, std,
             max_images: int | None, batch_size: int, positions: int, ridge: float, progress: bool | None,
             eval_data: str | None, classes: str | None, input_shape) -> None:
     """Write the compact ONNX model of a plan: real channel surgery, checked, timed."""

@@ -15,19 +15,21 @@ from pathlib import Path
 
 import click
 
-from onnxmbs.cli.options import clean_errors, refuse_overwrite, training_options
-from onnxmbs.data.normalisation import PRESETS
+from onnxmbs.cli.options import clean_errors, normalisation_options, refuse_overwrite, training_options
 
 
 def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec: str | None, *, train: str,
-             val: str, preprocess: str, init: str, threads: int | None, config):
+             val: str, normalisation: tuple, init: str, threads: int | None, config):
     """The model source and the two data sets, in the framework's layout at the ONNX input size."""
     from onnxmbs.graph.load import load_model
     from onnxmbs.handbook.training import ModelSource, Trainer
+    from onnxmbs.data.normalisation import resolve_normalisation
     from onnxmbs.data.training import load_dataset
     from onnxmbs.zoo import lookup
 
     loaded = load_model(onnx)
+    preset, mean, std = normalisation
+    norm = resolve_normalisation(loaded.metadata, preset, mean=mean, std=std, where=loaded.path)
     shape, layout = loaded.input.shape, loaded.input.layout
     chw = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
     if model_spec:
@@ -35,7 +37,7 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
     else:
         entry = lookup(zoo_name)
         source = ModelSource(framework=framework or entry.framework, chw=chw, num_classes=0, zoo=entry.name)
-    kwargs = {"layout": "NCHW" if source.framework == "torch" else "NHWC", "preprocess": preprocess,
+    kwargs = {"layout": "NCHW" if source.framework == "torch" else "NHWC", "normalisation": norm,
               "size": chw[1:], "channels": chw[0]}
     train_set, val_set = load_dataset(train, **kwargs), load_dataset(val, **kwargs)
     source = replace(source, num_classes=train_set.num_classes)
@@ -58,8 +60,7 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
               help="Training data: .npz (x, y) or a folder of class folders.")
 @click.option("--val", "val_data", required=True, type=click.Path(exists=True),
               help="Held-out evaluation data: .npz (x, y) or a folder of class folders.")
-@click.option("--preprocess", type=click.Choice(list(PRESETS)), default="imagenet",
-              show_default=True, help="Normalisation of images / uint8 arrays (calibration and training).")
+@normalisation_options
 @click.option("--k", "k_range", default="0.6:1.4:0.2", show_default=True,
               help="k values: start:stop:step (stop included) or a list 0.6,1,1.4.")
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True)
@@ -81,7 +82,7 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @clean_errors
 def handbook(model: str, zoo_name, framework, model_spec, data, stats, max_images, train_data, val_data, preprocess,
-             k_range, round_to, uniform, original, seeds, init, threads, workers, ray_address, runs_dir, outputs,
+             mean, std, k_range, round_to, uniform, original, seeds, init, threads, workers, ray_address, runs_dir, outputs,
              progress, **train_options) -> None:
     """Retrain and evaluate MBS at every k (and uniform scaling at the same size): the accuracy handbook."""
     from onnxmbs.errors import MBSError
@@ -104,11 +105,11 @@ def handbook(model: str, zoo_name, framework, model_spec, data, stats, max_image
         refuse_overwrite(out, model, train_data, val_data, *(p for p in (data, stats) if p))
     config = TrainConfig(**train_options)
     trainer = _trainer(model, zoo_name, framework, model_spec, train=train_data, val=val_data,
-                       preprocess=preprocess, init=init, threads=threads, config=config)
+                       normalisation=(preprocess, mean, std), init=init, threads=threads, config=config)
     job = HandbookJob(onnx=model, trainer=trainer, stats=stats, ks=parse_ks(k_range), seeds=seeds, uniform=uniform,
                       original=original, round_to=round_to, train_data=train_data, val_data=val_data,
-                      calibration=CalibrationOptions(data=data, preprocess=preprocess, max_images=max_images,
-                                                     progress=progress))
+                      calibration=CalibrationOptions(data=data, preprocess=preprocess, mean=mean, std=std,
+                                                     max_images=max_images, progress=progress))
     store = RunStore(runs_dir or Path(outputs[0]).with_suffix(".runs"))
     book = run_handbook(job, store, progress=progress, **_executor(workers, ray_address))
     for out in outputs:

@@ -23,6 +23,9 @@ logger = logging.getLogger("onnxmbs")
 
 
 def _fail(message: str) -> None:
+    from onnxmbs.cli import DECISIONS  # the error is the one line: decisions made on the way are dropped
+
+    DECISIONS.discard()
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
 
@@ -115,6 +118,26 @@ macroblocks_option = click.option("--macroblocks", "macroblock_map", type=click.
                                   help="JSON {layer: level} to override the grouping by output resolution.")
 
 
+#: The one declaration of the normalisation options; the one rule that reads them is
+#: :func:`onnxmbs.data.normalisation.resolve_normalisation` (flag > model metadata > imagenet).
+NORMALISATION_OPTIONS = (
+    click.option("--preprocess", type=click.Choice(list(PRESETS)), default=None,
+                 help="Normalisation of images/uint8 arrays  [default: the model's metadata "
+                      "(onnxmbs.preprocess), else imagenet]"),
+    click.option("--mean", type=Floats(low=0.0, high=1.0), default=None,
+                 help="Explicit per-channel mean in [0,1] pixel units (overrides the preset's)."),
+    click.option("--std", type=Floats(positive=True), default=None,
+                 help="Explicit per-channel std in [0,1] pixel units (overrides the preset's)."),
+)
+
+
+def normalisation_options(fn: Callable) -> Callable:
+    """``--preprocess/--mean/--std`` for a command that reads images outside ``data_options``."""
+    for option in reversed(NORMALISATION_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
 def refuse_overwrite(output: str | None, *inputs: str) -> None:
     """Outputs never replace the user's inputs."""
     if output and any(os.path.exists(i) and os.path.realpath(output) == os.path.realpath(i) for i in inputs):
@@ -129,12 +152,7 @@ def data_options(fn: Callable) -> Callable:
                      help="Calibration images: a folder (recursive jpg/png/bmp/webp) or a .npy/.npz array."),
         click.option("--synthetic", type=click.IntRange(min=1), default=None,
                      help="Use N images of random noise instead of data (the plan says so)."),
-        click.option("--preprocess", type=click.Choice(list(PRESETS)), default=None,
-                     help="Normalisation of images/uint8 arrays  [default: from the model's metadata "
-                          "(onnxmbs.preprocess), else imagenet]"),
-        click.option("--mean", type=Floats(low=0.0, high=1.0), default=None,
-                     help="Explicit per-channel mean in [0,1] units."),
-        click.option("--std", type=Floats(positive=True), default=None, help="Explicit per-channel std in [0,1] units."),
+        *NORMALISATION_OPTIONS,
         click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images."),
         click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
         click.option("--provider", default="auto", show_default=True,
@@ -203,11 +221,7 @@ def labelled_options(fn: Callable) -> Callable:
                      help="Labelled images: a .npz (images + labels) or a folder with one sub-folder per class."),
         click.option("--classes", type=click.Path(dir_okay=False), default=None,
                      help="Class folder names, one a line, in class-index order (default: sorted folder names)."),
-        click.option("--preprocess", type=click.Choice(list(PRESETS)), default=None,
-                     help="Normalisation of images/uint8 arrays [default: the model's metadata "
-                          "(onnxmbs.preprocess), else imagenet]."),
-        click.option("--mean", type=Floats(), default=None, help="Explicit per-channel mean in [0,1] units."),
-        click.option("--std", type=Floats(), default=None, help="Explicit per-channel std in [0,1] units."),
+        *NORMALISATION_OPTIONS,
         click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images."),
         click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
         click.option("--provider", default="cpu", show_default=True,
@@ -223,9 +237,9 @@ def open_labelled_data(loaded: Any, *, data: str, classes: str | None, preproces
                        max_images: int | None) -> Any:
     """The labelled data of ``labelled_options`` for a loaded model's input."""
     from onnxmbs.data.labelled import open_labelled
-    from onnxmbs.data.normalisation import preprocess_for
+    from onnxmbs.data.normalisation import resolve_normalisation
 
-    pre = preprocess_for(loaded.metadata, preprocess, mean=mean, std=std, where=loaded.path)
+    pre = resolve_normalisation(loaded.metadata, preprocess, mean=mean, std=std, where=loaded.path)
     return open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout, classes=classes,
                          preprocess=pre, max_images=max_images)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from onnxmbs.cli.options import clean_errors, training_options
+from onnxmbs.cli.options import clean_errors, normalisation_options, training_options
 from onnxmbs.errors import MBSError
 
 if TYPE_CHECKING:
@@ -37,11 +37,11 @@ def _record_input(shape, layout: str) -> tuple[int, int, int]:
     return (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
 
 
-def _data(data: str, val: str | None, val_split: float, *, layout: str, preprocess: str,
+def _data(data: str, val: str | None, val_split: float, *, layout: str, normalisation: Any,
           chw: tuple[int, int, int], seed: int):
     from onnxmbs.data.training import load_dataset
 
-    kwargs = {"layout": layout, "preprocess": preprocess, "size": chw[1:], "channels": chw[0]}
+    kwargs = {"layout": layout, "normalisation": normalisation, "size": chw[1:], "channels": chw[0]}
     train = load_dataset(data, **kwargs)
     if val is not None:
         return train, load_dataset(val, **kwargs)
@@ -69,17 +69,17 @@ def params_text(model: Any, compact: Any, fw: str, chw: tuple[int, int, int], pr
             f"{' ' * len(kind)}        {own_before:,} -> {own_after:,} as {what}")
 
 
-def _export(model: Any, framework: str, chw: tuple[int, int, int], path: str) -> None:
+def _export(model: Any, framework: str, chw: tuple[int, int, int], path: str, metadata: dict[str, str]) -> None:
     from onnxmbs.zoo.export import export_keras, export_torch
 
     if framework == "torch":
-        export_torch(model.cpu(), chw, path)
+        export_torch(model.cpu(), chw, path, metadata=metadata)
     else:
         from onnxmbs.adapters import import_keras
 
         keras = import_keras()
 
-        export_keras(keras.Model(model.inputs, model.outputs, name=model.name), path)
+        export_keras(keras.Model(model.inputs, model.outputs, name=model.name), path, metadata=metadata)
 
 
 def _save(model: Any, framework: str, path: str) -> None:
@@ -105,8 +105,7 @@ def _save(model: Any, framework: str, path: str) -> None:
               help="Training data: .npz (x, y) or a folder of class folders.")
 @click.option("--val", default=None, type=click.Path(), help="Held-out data (default: --val-split of --data).")
 @click.option("--val-split", type=click.FloatRange(0, 0.9), default=0.1, show_default=True)
-@click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default=None,
-              help="For images / uint8 arrays (default: the plan's, else raw).")
+@normalisation_options
 @click.option("--init", type=click.Choice(["scratch", "inherit"]), default="scratch", show_default=True)
 @training_options
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -116,8 +115,8 @@ def _save(model: Any, framework: str, path: str) -> None:
               help="A progress bar per epoch with loss and accuracy (default: on a terminal).")
 @clean_errors
 def retrain(plan_path: str | None, blocks_path: str | None, zoo_name: str | None, framework: str | None,
-            model_spec: str | None, data: str, val: str | None, val_split: float, preprocess: str | None, init: str,
-            output: str | None, save: str | None, progress: bool | None, **train_options) -> None:
+            model_spec: str | None, data: str, val: str | None, val_split: float, preprocess: str | None, mean, std,
+            init: str, output: str | None, save: str | None, progress: bool | None, **train_options) -> None:
     """Remove a blocks plan's blocks and/or apply a PLAN's widths, retrain, report accuracy and size, export."""
     from onnxmbs.train import TrainConfig
     from onnxmbs.train.frameworks import adapt, framework_of, load_user_model, train_model
@@ -135,9 +134,9 @@ def retrain(plan_path: str | None, blocks_path: str | None, zoo_name: str | None
     chw = _input(plan) if plan is not None else _record_input(blocks.model.shape, blocks.model.layout)
     user = load_user_model(model_spec) if model_spec else None
     fw = framework_of(user) if user is not None else (framework or lookup(zoo_name).framework)
-    planned = plan.settings.preprocess if plan is not None else blocks.settings.get("preprocess")
+    norm = _normalisation(plan, blocks, preprocess, mean=mean, std=std)
     train, held = _data(data, val, val_split, layout="NCHW" if fw == "torch" else "NHWC",
-                        preprocess=preprocess or planned or "raw", chw=chw, seed=config.seed)
+                        normalisation=norm, chw=chw, seed=config.seed)
     model = user if user is not None else build(lookup(zoo_name).name, num_classes=train.num_classes,
                                                 input_size=chw[1], framework=fw)
     shallow = _remove_blocks(model, fw, blocks, chw) if blocks is not None else model
@@ -145,7 +144,34 @@ def retrain(plan_path: str | None, blocks_path: str | None, zoo_name: str | None
     predicted = plan.summary.params_compact if plan is not None else blocks.summary.params_after
     click.echo(params_text(model, compact, fw, chw, predicted, kind="compact" if plan is not None else "shallow"))
     result = train_model(compact, fw, train, held, config, progress=progress)
-    _finish(compact, fw, chw, result, 0 if held is None else len(held), save=save, output=output)
+    _finish(compact, fw, chw, result, 0 if held is None else len(held), save=save, output=output,
+            metadata=norm.metadata())
+
+
+def _normalisation(plan: Any, blocks: Any, preset: str | None, *, mean, std) -> Any:
+    """The one rule, with the plan's (else the blocks plan's) recorded normalisation standing in for the
+    ONNX metadata a PyTorch/Keras model does not have."""
+    from onnxmbs.data.normalisation import resolve_normalisation
+
+    recorded = _recorded((plan or blocks).settings)
+    model = (plan or blocks).model.path
+    return resolve_normalisation({}, preset, mean=mean, std=std, recorded=recorded,
+                                 where=f"the training data of {model}")
+
+
+def _recorded(settings: Any) -> Any:
+    """The normalisation a plan or blocks plan records (older ones: their preset name, when it is one)."""
+    from collections.abc import Mapping
+
+    from onnxmbs.data.normalisation import PRESETS, Normalisation
+
+    get = settings.get if isinstance(settings, Mapping) else lambda key: getattr(settings, key, None)
+    recorded, name = get("normalisation"), get("preprocess")
+    if isinstance(recorded, Mapping):
+        recorded = Normalisation.from_json(recorded, where="the plan's settings")
+    if recorded is not None:
+        return recorded
+    return Normalisation(name) if isinstance(name, str) and name in PRESETS else None
 
 
 def _plans(plan_path: str | None, blocks_path: str | None) -> tuple[Any, Any]:
@@ -173,7 +199,7 @@ def _remove_blocks(model: Any, framework: str, blocks: Any, chw: tuple[int, int,
 
 
 def _finish(compact: Any, fw: str, chw: tuple[int, int, int], result: Any, held: int, *, save: str | None,
-            output: str | None) -> None:
+            output: str | None, metadata: dict[str, str]) -> None:
     acc = result.val_accuracy
     click.echo(f"trained {len(result.epochs)} epochs in {result.seconds:.0f} s; held-out accuracy "
                f"{'n/a' if acc is None else f'{acc:.2%}'} ({held} images)")
@@ -181,5 +207,5 @@ def _finish(compact: Any, fw: str, chw: tuple[int, int, int], result: Any, held:
         _save(compact, fw, save)
         click.echo(f"model saved to {save}")
     if output:
-        _export(compact, fw, chw, output)
+        _export(compact, fw, chw, output, metadata)
         click.echo(f"compact ONNX written to {output}")

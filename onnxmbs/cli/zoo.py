@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from onnxmbs.cli.options import normalisation_options
 from onnxmbs.errors import MBSError
 from onnxmbs.zoo import ZOO, export, list_models
 
@@ -66,15 +67,18 @@ def list_command() -> None:
 @click.option("--num-classes", type=int, help="classifier outputs (default: the model's, 10 or 1000)")
 @click.option("--input-size", type=int, help="square input size in pixels (default: 32 CIFAR, 224 ImageNet)")
 @click.option("--framework", type=click.Choice(["torch", "keras"]), help="builder to use (default: the model's first)")
-@click.option("--preprocess", type=click.Choice(["imagenet", "tf", "caffe", "raw"]), default="imagenet",
-              show_default=True, help="the input normalisation the model is meant for, recorded in the file's "
-                                      "metadata (onnxmbs.preprocess) for `onnxmbs plan`")
+@normalisation_options
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="where to write the ONNX file")
 def export_command(name: str, widths: str | None, betas: str | None, num_classes: int | None,
-                   input_size: int | None, framework: str | None, preprocess: str, output: Path) -> None:
-    """Build zoo model NAME and write it as ONNX (dynamic batch), checked in onnxruntime."""
+                   input_size: int | None, framework: str | None, preprocess: str | None, mean, std,
+                   output: Path) -> None:
+    """Build zoo model NAME and write it as ONNX (dynamic batch), checked in onnxruntime.
+
+    The normalisation the model is meant for (--preprocess/--mean/--std, default imagenet) is
+    recorded in the file's metadata (onnxmbs.preprocess), so every command reads its images so."""
     path = export(name, output, widths=_numbers(widths, kind=int, option="--widths"),
                   betas=_numbers(betas, kind=float, option="--betas"), num_classes=num_classes,
-                  input_size=input_size, framework=framework, preprocess=preprocess)
-    click.echo(f"wrote {path}")
+                  input_size=input_size, framework=framework, preprocess=preprocess, mean=mean, std=std)
+    click.echo(f"wrote {path} (normalisation recorded in its metadata: {preprocess or 'imagenet'}"
+               f"{'' if mean is None and std is None else ' with the given mean/std'})")

@@ -12,7 +12,6 @@ from onnxmbs.graph.analysis import Analysis
 from onnxmbs.stats.accuracy import Accuracy, evaluate
 from onnxmbs.data.labelled import open_labelled
 from onnxmbs.stats.measure import CalibrationOptions
-from onnxmbs.data.normalisation import make_preprocess
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ def check_accuracy(analysis: Analysis, compact: onnx.ModelProto, options: Calibr
     """Top-1 (top-5) of the original (``analysis``) and of ``compact`` on ``options.data`` (labelled)."""
     loaded = analysis.loaded
     data = open_labelled(options.data, shape=loaded.input.shape, layout=loaded.input.layout,
-                         preprocess=make_preprocess(options.preprocess, mean=options.mean, std=options.std),
+                         preprocess=options.normalisation(loaded),
                          classes=classes, max_images=options.max_images)
     provider = "cpu" if options.provider == "auto" else options.provider
     original = evaluate(loaded, data, batch_size=options.batch_size, provider=provider)

@@ -19,17 +19,17 @@ import onnx
 
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.edit import expose
-from onnxmbs.graph.load import ModelInput
-from onnxmbs.data.calibration import make_preprocess, open_calibration
+from onnxmbs.graph.load import LoadedModel
+from onnxmbs.data.calibration import open_calibration
 from onnxmbs.stats.counting import choose_provider, make_session
 from onnxmbs.stats.measure import CalibrationOptions
 
 logger = logging.getLogger(__name__)
 
 
-def open_batches(model_input: ModelInput, options: CalibrationOptions, *,
-                 dynamic: bool) -> Callable[[], Iterator[np.ndarray]]:
-    """A function that starts a new pass over the data: float32 batches in the model's layout.
+def open_batches(loaded: LoadedModel, options: CalibrationOptions) -> Callable[[], Iterator[np.ndarray]]:
+    """A function that starts a new pass over the data: float32 batches in ``loaded``'s layout, normalised
+    by the one rule (``options``' flags, else the model's metadata, else imagenet).
 
     A model with a fixed batch size gets batches of exactly that size (a short last batch
     is dropped with a warning).
@@ -37,11 +37,12 @@ def open_batches(model_input: ModelInput, options: CalibrationOptions, *,
     if isinstance(options.data, Iterator):
         raise MBSError("reconstruction reads its data several times; pass a path, an array or a list, "
                        "not a generator")
-    fixed = None if dynamic else model_input.shape[0]
+    model_input = loaded.input
+    fixed = None if loaded.batch_dynamic else model_input.shape[0]
     if options.data is None and options.synthetic is None:
         raise MBSError("reconstruction needs calibration images — pass --data PATH (image folder, .npy/.npz)")
     calib = open_calibration(options.data, shape=model_input.shape, layout=model_input.layout,
-                             preprocess=make_preprocess(options.preprocess, mean=options.mean, std=options.std),
+                             preprocess=options.normalisation(loaded),
                              synthetic=options.synthetic, max_images=options.max_images,
                              batch_size=fixed or options.batch_size, seed=options.seed)
 

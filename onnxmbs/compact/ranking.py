@@ -148,7 +148,7 @@ def greedy_scores(analysis: Analysis, model: onnx.ModelProto, widths: Mapping[in
     probe = Probe(model, [c.x for c in consumers], input_name=loaded.input.name, provider=data.provider)
     scales: dict[str, float] = {}
     bar = progress_bar(data.progress, total=None, unit="img", desc="channel ranking")
-    for b, batch in enumerate(open_batches(loaded.input, data, dynamic=loaded.batch_dynamic)()):
+    for b, batch in enumerate(open_batches(loaded, data)()):
         values = probe.run(batch)
         for k, c in enumerate(consumers):
             z = _contributions(c, values[c.x], loaded.shapes, np.random.default_rng([seed, k, b]), positions)

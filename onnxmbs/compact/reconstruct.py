@@ -237,7 +237,7 @@ def reconstruct(analysis: Analysis, layouts: Mapping[str, Layout], consts: Mappi
     plan = plan_fits(analysis, layouts, consts)
     model = copy.deepcopy(compact)
     layers, skipped = _usable(plan, model, analysis.loaded.shapes)
-    batches = open_batches(analysis.loaded.input, options.data, dynamic=analysis.loaded.batch_dynamic)
+    batches = open_batches(analysis.loaded, options.data)
     index = {f.name: i for i, f in enumerate(plan.fits)}
     reports, images = [], 0
     waves = sorted({layer.fit.wave for layer in layers})

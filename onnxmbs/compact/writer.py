@@ -35,6 +35,7 @@ from onnxmbs.errors import MBSError
 from onnxmbs.files import write_atomic, write_json
 from onnxmbs.planning.document import PlanDocument, as_plan
 from onnxmbs.stats.measure import CalibrationOptions
+from onnxmbs.data.normalisation import Normalisation
 from onnxmbs.graph.shapes import node_names
 
 logger = logging.getLogger(__name__)
@@ -63,10 +64,13 @@ class CompactResult:
     reconstruction: Reconstruction | None = None
     accuracy: AccuracyCheck | None = None
     external_data: bool = False  # the original keeps its weights in external-data files (so will the output)
+    normalisation: Normalisation | None = None  # how the images of --data / --eval-data were normalised
 
     def record(self) -> dict[str, Any]:
         """The JSON sidecar: counts, sizes, latency, the kept channels of every cut group (and the reconstruction)."""
         doc = self._counts()
+        if self.normalisation is not None:
+            doc["normalisation"] = self.normalisation.to_json()
         if self.reconstruction is not None:
             doc["reconstruction"] = self.reconstruction.to_json()
         if self.accuracy is not None:
@@ -270,7 +274,18 @@ def compact_model(model: str | Path | onnx.ModelProto, plan: PlanDocument | str 
         widths={g.id: (g.channels, widths[g.id]) for g in analysis.channels.groups},
         kept={g: tuple(int(c) for c in np.asarray(k)) for g, k in parts.chosen.keep.items()},
         selection=dict(parts.chosen.source), inexact=tuple(parts.inexact), copies=built.copies, weights=weights,
-        select=select, latency=latency, reconstruction=rebuilt, accuracy=accuracy)
+        select=select, latency=latency, reconstruction=rebuilt, accuracy=accuracy,
+        normalisation=_normalisation(loaded, data, reconstruct, evaluation))
+
+
+def _normalisation(loaded: Any, *options: Any) -> Normalisation | None:
+    """The normalisation every image read for this compact model got (one rule, so one answer)."""
+    for opts in options:
+        if isinstance(opts, ReconstructOptions):
+            opts = opts.data
+        if opts is not None:
+            return opts.normalisation(loaded)
+    return None
 
 
 def _selection_data(data: CalibrationOptions | None, reconstruct: ReconstructOptions | None) -> CalibrationOptions:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from onnxmbs.errors import MBSError
-from onnxmbs.data.normalisation import PRESETS, Preprocess, make_preprocess
+from onnxmbs.data.normalisation import PRESETS, Normalisation, Preprocess, make_preprocess, resolve_normalisation
 from onnxmbs.data.sources import (ArraySource, NpzSource, Order, Source, Target, inspect_array, load_npy,
                                    warn_if_raw_floats)
 
@@ -38,17 +38,19 @@ class CalibrationInfo:
     skipped: int
     synthetic: bool
     preprocess: str | None = None  # the normalisation used for images/uint8 arrays
+    normalisation: Normalisation | None = None  # how it was decided (None: a Preprocess given by the caller)
 
 
 class Calibration:
     """Calibration data opened for a model input; iterate `batches()` (or the object)."""
 
     def __init__(self, source: Source, target: Target, *, batch_size: int,
-                 max_images: int | None, synthetic: bool) -> None:
+                 max_images: int | None, synthetic: bool, normalisation: Normalisation | None = None) -> None:
         self._source, self._target = source, target
         self._batch_size, self._max_images = batch_size, max_images
         self._synthetic = synthetic
         self._images = 0
+        self.normalisation = normalisation  # how the preprocess was decided, when it was
 
     @property
     def total(self) -> int | None:
@@ -67,7 +69,7 @@ class Calibration:
     def info(self) -> CalibrationInfo:
         """Source description and counts; the counts are final once a pass has finished."""
         return CalibrationInfo(self._source.label, self._images, self._source.skipped, self._synthetic,
-                               self._target.preprocess.name)
+                               self._target.preprocess.name, self.normalisation)
 
     def __len__(self) -> int:
         if self.total is None:
@@ -200,7 +202,7 @@ class _Noise(Source):
             yield target.from_pixels(pixels)
 
 
-def _make_target(shape: Sequence[int], layout: str, preprocess: Preprocess | None) -> Target:
+def _make_target(shape: Sequence[int], layout: str, preprocess: Preprocess | Normalisation | None) -> Target:
     lay = str(layout).upper()
     if lay not in LAYOUTS:
         raise MBSError(f"unknown input layout {layout!r} — use 'NCHW' or 'NHWC'")
@@ -212,7 +214,9 @@ def _make_target(shape: Sequence[int], layout: str, preprocess: Preprocess | Non
     if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in (c, h, w)):
         raise MBSError(f"model input shape {dims} has a dynamic or invalid channel/height/width — give it "
                        "a fixed size, e.g. --input-shape 1,3,224,224")
-    pre = preprocess if preprocess is not None else PRESETS["imagenet"]
+    if preprocess is None:  # an API caller without a model: the one rule's default
+        preprocess = resolve_normalisation({}, announce=False)
+    pre = preprocess.preprocess if isinstance(preprocess, Normalisation) else preprocess
     pre.vectors(int(c))  # fails early if the mean/std do not fit the channel count
     if int(c) == 1 and max(len(pre.mean), len(pre.std)) > 1:
         logger.info("1-channel model: using the average of the %r mean/std values", pre.name)
@@ -256,14 +260,16 @@ def find_images(root: Path) -> list[Path]:
     return [p for parts, p in found if not any(part.startswith(".") for part in parts) and p.is_file()]
 
 
-def open_calibration(data, *, shape: Sequence[int], layout: str, preprocess: Preprocess | None = None,
+def open_calibration(data, *, shape: Sequence[int], layout: str, preprocess: Preprocess | Normalisation | None = None,
                      synthetic: int | None = None, max_images: int | None = None,
                      batch_size: int = 32, seed: int = 0, order: Order | None = None) -> Calibration:
     """Open calibration data for a model input of ``shape`` (batch first) in ``layout``.
 
     ``data``: an image folder or file, a .npy/.npz file, a numpy array, or an iterable of
     arrays (single images or batches); or None with ``synthetic=N`` for N noise images.
-    ``preprocess`` defaults to the "imagenet" preset; float arrays skip it.
+    ``preprocess``: a :class:`Normalisation` decided by ``resolve_normalisation`` (recorded in
+    ``info``), or an explicit :class:`Preprocess`; None is the "imagenet" preset (API callers
+    without a model). Float arrays skip it.
     """
     target = _make_target(shape, layout, preprocess)
     _check_counts(batch_size, max_images, synthetic, seed)
@@ -287,8 +293,8 @@ def open_calibration(data, *, shape: Sequence[int], layout: str, preprocess: Pre
     logger.debug("calibration: %s -> %s %s", source.label, target.layout, target.image_shape)
     if order is not None and order != Order():
         source, max_images = _ordered(source, order, max_images, int(batch_size))
-    return Calibration(source, target, batch_size=int(batch_size), max_images=max_images,
-                       synthetic=data is None)
+    return Calibration(source, target, batch_size=int(batch_size), max_images=max_images, synthetic=data is None,
+                       normalisation=preprocess if isinstance(preprocess, Normalisation) else None)
 
 
 def _ordered(source: Source, order: Order, max_images: int | None, batch_size: int) -> tuple[Source, int | None]:

@@ -17,19 +17,18 @@ import logging
 import os
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from onnxmbs.errors import MBSError
 from onnxmbs.data.calibration import IMAGE_EXTENSIONS, open_calibration
-from onnxmbs.data.normalisation import Preprocess
+from onnxmbs.data.normalisation import Normalisation, Preprocess
+from onnxmbs.data.sources import IMAGE_KEYS, LABEL_KEYS
 
 logger = logging.getLogger(__name__)
 
-IMAGE_KEYS = ("images", "x")
-LABEL_KEYS = ("labels", "y")
 _HOW = ("give labelled data: a .npz with 'images' and 'labels', a folder with one sub-folder of images per "
         "class, or (x, y) arrays")
 
@@ -41,11 +40,28 @@ class LabelledData:
     x: np.ndarray = field(repr=False)
     y: np.ndarray = field(repr=False)
     layout: str
-    source: str
+    source: str = "arrays"
     classes: tuple[str, ...] = ()  # class names where known (image folders, --classes)
+    normalisation: Normalisation | None = None  # how uint8 pixels were normalised, when it was decided
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) or int(self.y.max()) + 1
+
+    def take(self, index: np.ndarray) -> LabelledData:
+        return replace(self, x=self.x[index], y=self.y[index])
+
+    def split(self, fraction: float, *, seed: int = 0) -> tuple[LabelledData, LabelledData]:
+        """(train, held out): a seeded, per-class split keeping ``fraction`` of each class out."""
+        rng = np.random.default_rng(seed)
+        per_class = [np.flatnonzero(self.y == c) for c in np.unique(self.y)]
+        held = np.concatenate([rng.permutation(ids)[:max(1, round(fraction * len(ids)))] for ids in per_class])
+        mask = np.zeros(len(self.y), bool)
+        mask[held] = True
+        return self.take(np.flatnonzero(~mask)), self.take(np.flatnonzero(mask))
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(images, labels) in order, ``batch_size`` rows at a time (the last batch may be shorter)."""
@@ -92,7 +108,7 @@ def _labels(y: np.ndarray, count: int, what: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _images(data, *, shape: Sequence[int], layout: str, preprocess: Preprocess | None,
+def _images(data, *, shape: Sequence[int], layout: str, preprocess: Preprocess | Normalisation | None,
             max_images: int | None) -> np.ndarray:
     calib = open_calibration(data, shape=shape, layout=layout, preprocess=preprocess, max_images=max_images,
                              batch_size=256)
@@ -109,8 +125,9 @@ def _from_npz(path: Path, **target) -> LabelledData:
     label_key = next((k for k in LABEL_KEYS if k in keys), None)
     image_key = next((k for k in IMAGE_KEYS if k in keys), None)
     if label_key is None or image_key is None:
-        raise MBSError(f"{path} is unlabelled: it holds arrays {sorted(keys)}, expected 'images' and 'labels' "
-                       "(or 'x' and 'y') — save it with np.savez(path, images=..., labels=...)")
+        raise MBSError(f"{path} is unlabelled: it holds arrays {sorted(keys)}, expected one of "
+                       f"{'/'.join(IMAGE_KEYS)} and one of {'/'.join(LABEL_KEYS)} — save it with "
+                       "np.savez(path, images=..., labels=...)")
     with np.load(path) as npz:
         y = npz[label_key]
     x = _images(path, **target)
@@ -163,13 +180,15 @@ def _from_pairs(pairs: Iterable, **target) -> LabelledData:
     return LabelledData(x[:limit], y[:limit], target["layout"], f"{len(xs)} (x, y) batch(es)")
 
 
-def open_labelled(data, *, shape: Sequence[int], layout: str, preprocess: Preprocess | None = None,
+def open_labelled(data, *, shape: Sequence[int], layout: str, preprocess: Preprocess | Normalisation | None = None,
                   classes: Sequence[str] | str | Path | None = None, max_images: int | None = None) -> LabelledData:
     """Labelled data for a model input of ``shape`` in ``layout``.
 
     ``data``: a ``.npz`` path, an image folder of class folders, one ``(x, y)`` pair of arrays, an
     iterable of ``(x, y)`` batches, or a :class:`LabelledData` (returned as it is).
     ``classes``: class folder names in class-index order (a list, or a file with one name a line).
+    ``preprocess``: a :class:`Normalisation` decided by ``resolve_normalisation`` (kept on the result),
+    or an explicit :class:`Preprocess`; None is the "imagenet" preset.
     """
     if isinstance(data, LabelledData):
         return data
@@ -195,5 +214,7 @@ def open_labelled(data, *, shape: Sequence[int], layout: str, preprocess: Prepro
     else:
         raise MBSError(f"cannot use a {type(data).__name__} as labelled data — {_HOW}")
     if classes is not None and not labelled.classes:
-        labelled = LabelledData(labelled.x, labelled.y, labelled.layout, labelled.source, tuple(classes))
+        labelled = replace(labelled, classes=tuple(classes))
+    if isinstance(preprocess, Normalisation):
+        labelled = replace(labelled, normalisation=preprocess)
     return labelled

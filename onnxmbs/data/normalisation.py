@@ -2,17 +2,21 @@
 
 Preprocessing travels with the model: an ONNX file may name its own in ``metadata_props``
 (:data:`METADATA_KEYS`): ``onnxmbs.preprocess`` = a preset name, and optionally ``onnxmbs.mean`` /
-``onnxmbs.std`` = comma-separated per-channel values in [0,1] pixel units (RGB order). With no
-``--preprocess``/``--mean``/``--std`` given, :func:`preprocess_for` uses them, else ``imagenet``;
-anything given explicitly wins.
+``onnxmbs.std`` = comma-separated per-channel values in [0,1] pixel units (RGB order).
+
+One rule decides the normalisation of every command and API that reads images,
+:func:`resolve_normalisation`: explicit ``--preprocess``/``--mean``/``--std`` > the model's
+metadata > ``imagenet``. It returns a :class:`Normalisation` that records where the decision
+came from; records (plans, stats files, compact and blocks records, handbooks) keep it, and
+every ONNX file onnxmbs writes carries its source's metadata (:func:`set_metadata`).
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from onnxmbs.errors import MBSError
 
@@ -80,10 +84,16 @@ PRESETS: dict[str, Preprocess] = {
 }
 
 
-def make_preprocess(preset: str | None = "imagenet", *, mean: Sequence[float] | None = None,
+def make_preprocess(preset: str, *, mean: Sequence[float] | None = None,
                     std: Sequence[float] | None = None) -> Preprocess:
-    """A preset by name (None = "raw"); explicit mean/std in [0,1] pixel units override it."""
-    base = PRESETS.get("raw" if preset is None else str(preset).lower())
+    """A preset by name; explicit mean/std in [0,1] pixel units override it.
+
+    This builds what it is told. Which preset a model's data gets is decided by
+    :func:`resolve_normalisation`, never by a default here."""
+    if preset is None:
+        raise MBSError("no preprocess preset given — name one of " + ", ".join(PRESETS)
+                       + " (a model's own is decided by resolve_normalisation)")
+    base = PRESETS.get(str(preset).lower())
     if base is None:
         raise MBSError(f"unknown preprocess preset {preset!r} — use one of: {', '.join(PRESETS)}")
     if mean is None and std is None:
@@ -104,7 +114,9 @@ DEFAULT_PRESET = "imagenet"
 
 def preprocess_metadata(preset: str, *, mean: Sequence[float] | None = None,
                         std: Sequence[float] | None = None) -> dict[str, str]:
-    """The ``metadata_props`` entries that record a model's preprocessing (checked by building it)."""
+    """The ``metadata_props`` entries that record a model's preprocessing (checked by building it).
+
+    Write them with :func:`set_metadata`, which replaces the keys a model already has."""
     make_preprocess(preset, mean=mean, std=std)
     entries = {META_PRESET: preset}
     for key, values in ((META_MEAN, mean), (META_STD, std)):
@@ -123,14 +135,112 @@ def _meta_floats(metadata: Mapping[str, str], key: str, where: str) -> tuple[flo
                        "metadata or pass --preprocess/--mean/--std explicitly") from None
 
 
-def preprocess_for(metadata: Mapping[str, str], preset: str | None = None, *, mean: Sequence[float] | None = None,
-                   std: Sequence[float] | None = None, where: str = "the model") -> Preprocess:
-    """What the user gave wins; what it leaves open comes from the model's metadata, else ``imagenet``."""
-    if preset is None and META_PRESET in metadata:
+ORIGINS = {"flag": "given by --preprocess/--mean/--std",
+           "model metadata": f"from the model's metadata {META_PRESET}",
+           "record": "as recorded in the plan (the normalisation its statistics were measured with)",
+           "default": f"the default: the model has no {META_PRESET} metadata; pass --preprocess if it expects another"}
+_DECISIONS = logging.getLogger(__name__ + ".decisions")  # the CLI shows these lines (one per model)
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """A decided normalisation: the preset, explicit mean/std ([0,1] pixel units) and where it came from."""
+
+    preset: str
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    origin: str = "default"  # one of ORIGINS
+
+    def __post_init__(self) -> None:
+        if self.origin not in ORIGINS:
+            raise MBSError(f"normalisation origin {self.origin!r} is not one of {', '.join(ORIGINS)}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+        self.preprocess  # noqa: B018 - checks preset and values
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return make_preprocess(self.preset, mean=self.mean, std=self.std)
+
+    @property
+    def name(self) -> str:
+        return self.preprocess.name
+
+    def describe(self) -> str:
+        """One line for the user: what is applied and why."""
+        return f"{self.name} ({ORIGINS[self.origin]})"
+
+    def metadata(self) -> dict[str, str]:
+        """The ``metadata_props`` entries a model written with this normalisation carries."""
+        return preprocess_metadata(self.preset, mean=self.mean, std=self.std)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"preset": self.preset, "mean": None if self.mean is None else list(self.mean),
+                "std": None if self.std is None else list(self.std), "origin": self.origin}
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str = "the record") -> Normalisation:
+        if not isinstance(data, Mapping) or not isinstance(data.get("preset"), str):
+            raise MBSError(f"{where}: normalisation must be an object with a preset name, not {data!r}")
+        values = {k: data.get(k) for k in ("mean", "std")}
+        for key, value in values.items():
+            if value is not None and (not isinstance(value, list) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise MBSError(f"{where}: normalisation.{key} must be a list of numbers or null, not {value!r}")
+        try:
+            return cls(data["preset"], origin=str(data.get("origin", "default")), **values)
+        except MBSError as exc:
+            raise MBSError(f"{where}: {exc}") from None
+
+
+def resolve_normalisation(metadata: Mapping[str, str], preset: str | None = None, *,
+                          mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                          where: str = "the model", recorded: Normalisation | None = None,
+                          announce: bool = True) -> Normalisation:
+    """THE rule, for every command and API that reads images: what the user gave (``--preprocess``,
+    ``--mean``, ``--std``) wins; what it leaves open comes from the model's metadata
+    (``onnxmbs.preprocess``/``onnxmbs.mean``/``onnxmbs.std``); else, for a model that is not an ONNX
+    file (``retrain``'s PyTorch/Keras model), the normalisation a plan ``recorded``; else ``imagenet``.
+
+    ``announce``: log the decision as one line (the CLI shows it) — off where nothing is read.
+    """
+    given = preset is not None or mean is not None or std is not None
+    if recorded is not None and preset is None and META_PRESET not in metadata:
+        metadata = {**metadata, **recorded.metadata()}
+        if not given:
+            decided = replace(recorded, origin="record")
+            if announce:
+                _DECISIONS.info("normalisation of %s: %s", where, decided.describe())
+            return decided
+    from_meta = preset is None and META_PRESET in metadata
+    if from_meta:
         preset = metadata[META_PRESET]
         if str(preset).lower() not in PRESETS:
             raise MBSError(f"{where} names preprocess {preset!r} in its metadata ({META_PRESET}), not one of "
                            f"{', '.join(PRESETS)} — pass --preprocess explicitly")
         mean = mean if mean is not None else _meta_floats(metadata, META_MEAN, where)
         std = std if std is not None else _meta_floats(metadata, META_STD, where)
-    return make_preprocess(DEFAULT_PRESET if preset is None else preset, mean=mean, std=std)
+    origin = "flag" if given else "model metadata" if from_meta else "default"
+    decided = Normalisation(str(DEFAULT_PRESET if preset is None else preset).lower(), mean=mean, std=std,
+                            origin=origin)
+    if announce:
+        _DECISIONS.info("normalisation of %s: %s", where, decided.describe())
+    return decided
+
+
+def preprocess_for(metadata: Mapping[str, str], preset: str | None = None, *, mean: Sequence[float] | None = None,
+                   std: Sequence[float] | None = None, where: str = "the model") -> Preprocess:
+    """The :class:`Preprocess` of :func:`resolve_normalisation` (the one rule)."""
+    return resolve_normalisation(metadata, preset, mean=mean, std=std, where=where).preprocess
+
+
+def set_metadata(proto: Any, entries: Mapping[str, str], *, clear: Sequence[str] = METADATA_KEYS) -> None:
+    """Put ``entries`` into an ONNX ``ModelProto``'s ``metadata_props`` in place, replacing existing keys
+    (and dropping stale ``clear`` keys, so a new preset never inherits an old mean/std)."""
+    drop = set(entries) | set(clear)
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in drop]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *entries.items()]:
+        proto.metadata_props.add(key=key, value=str(value))

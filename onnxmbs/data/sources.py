@@ -212,15 +212,21 @@ class NpzSource(Source):
                 yield target.from_array(chunk, self.layout)
 
 
+#: The ``.npz`` keys every command reads: images (calibration, labelled and training data alike)
+#: and class labels, first match wins.
+IMAGE_KEYS = ("images", "x", "data", "x_train")
+LABEL_KEYS = ("labels", "y", "targets", "y_train")
+
+
 def pick_key(keys: list[str], path: Path) -> str:
-    """The array of an ``.npz`` holding the images: ``x``, ``images``, or its only array."""
-    for key in ("x", "images"):
+    """The array of an ``.npz`` holding the images: the first of :data:`IMAGE_KEYS`, or its only array."""
+    for key in IMAGE_KEYS:
         if key in keys:
             return key
     if len(keys) == 1:
         return keys[0]
-    raise MBSError(f"{path} holds arrays {sorted(keys)} and none is named 'x' or 'images' — save the "
-                   "images under the key 'x' (np.savez(path, x=images))")
+    raise MBSError(f"{path} holds arrays {sorted(keys)} and none is named {'/'.join(IMAGE_KEYS)} — save the "
+                   "images under the key 'images' (np.savez(path, images=..., labels=...))")
 
 
 def read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:

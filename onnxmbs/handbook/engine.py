@@ -60,17 +60,19 @@ def _statistics(job: HandbookJob, store: RunStore):
         raise MBSError("the handbook needs calibration data (--data) or saved counts (--stats)")
     measured = measure_or_load(analysis, stats=saved, options=job.calibration)
     if not store.stats_path.is_file():
-        save_stats(store.stats_path, analysis, measured.statistics, preprocess=job.calibration.preprocess)
+        save_stats(store.stats_path, analysis, measured.statistics, preprocess=measured.source.preprocess,
+                   normalisation=measured.source.normalisation)
     return analysis, measured
 
 
 def _settings(job: HandbookJob, analysis: Any, images: int) -> Settings:
     config = {k: v for k, v in asdict(job.trainer.config).items() if k != "seed"}
     calib = job.calibration.data if isinstance(job.calibration.data, str) else job.stats
+    norm = job.calibration.normalisation(analysis.loaded)  # the training data's too (cli/handbook)
     return Settings(model=str(job.onnx), sha256=analysis.loaded.sha256, source=job.trainer.source.name,
                     framework=job.trainer.source.framework, init=job.trainer.init, train=config,
                     train_data=job.train_data, val_data=job.val_data, calibration=calib,
-                    preprocess=job.calibration.preprocess, images=images,
+                    preprocess=norm.name, normalisation=norm, images=images,
                     round_to=job.round_to, ks=tuple(job.ks), seeds=job.seeds, uniform=job.uniform,
                     original=job.original)
 

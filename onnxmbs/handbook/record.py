@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from onnxmbs.data.normalisation import Normalisation
 from onnxmbs.errors import MBSError
 from onnxmbs.files import read_document
 from onnxmbs.records import Record, ints, optional
@@ -91,8 +92,10 @@ class Settings(Record):
     seeds: int
     uniform: bool
     original: bool
+    normalisation: Normalisation | None = None  # how calibration and training images were normalised
     extra: Mapping[str, Any] = field(default_factory=dict)
-    CONVERT: ClassVar = {"ks": _floats, "train": dict}
+    CONVERT: ClassVar = {"ks": _floats, "train": dict, "normalisation": optional(Normalisation.from_json)}
+    OMIT_NONE: ClassVar = frozenset({"normalisation"})
     RESUMABLE: ClassVar = frozenset({"ks", "seeds", "uniform", "original", "model", "train_data", "val_data",
                                      "calibration", "extra"})
 

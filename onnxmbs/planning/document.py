@@ -24,7 +24,7 @@ SCHEMA = "onnxmbs.plan/1"
 HOW = "pass the JSON written by `onnxmbs plan`"
 
 
-_SOURCE_KEYS = ("data", "skipped", "preprocess", "seconds", "stats_file")
+_SOURCE_KEYS = ("data", "skipped", "preprocess", "seconds", "stats_file", "normalisation")
 UNRECORDED = "unrecorded"  # a key a plan written before it existed does not have (not written back)
 
 
@@ -61,6 +61,11 @@ class Settings(Record):
     @property
     def preprocess(self) -> str | None:
         return self.source.preprocess if self.source else None
+
+    @property
+    def normalisation(self) -> Any:
+        """The recorded :class:`~onnxmbs.data.normalisation.Normalisation` (None in older plans)."""
+        return self.source.normalisation if self.source else None
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from onnxmbs.errors import MBSError
 from onnxmbs.graph.load import LoadedModel, load_model
 from onnxmbs.stats.counting import choose_provider, make_session
 from onnxmbs.data.labelled import LabelledData, open_labelled
-from onnxmbs.data.normalisation import preprocess_for
+from onnxmbs.data.normalisation import resolve_normalisation
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def evaluate(model: str | Path | onnx.ModelProto | LoadedModel, data: LabelledDa
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model, input_shape=input_shape)
     data = open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout,
-                         preprocess=preprocess_for(loaded.metadata, where=loaded.path))
+                         preprocess=resolve_normalisation(loaded.metadata, where=loaded.path))
     classes = num_classes(loaded)
     data.check_classes(classes)
     scores = predictions(open_predictor(loaded, provider=provider), data, batch_size=batch_size)

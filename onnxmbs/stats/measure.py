@@ -20,7 +20,7 @@ from onnxmbs.stats.source import DataSource
 from onnxmbs.data.calibration import CalibrationInfo
 from onnxmbs.stats.counting import Monitor, Statistics, collect_statistics
 from onnxmbs.data.size import data_hw
-from onnxmbs.data.normalisation import preprocess_for
+from onnxmbs.data.normalisation import Normalisation, resolve_normalisation
 from onnxmbs.stats.sharding import DataSpec, collect_sharded
 from onnxmbs.stats.stopping import Convergence
 from onnxmbs.stats.statsfile import check_model, read_stats, stats_sha256, tap_counts
@@ -47,6 +47,12 @@ class CalibrationOptions:
     @property
     def has_data(self) -> bool:
         return self.data is not None or self.synthetic is not None
+
+    def normalisation(self, loaded: Any) -> Normalisation:
+        """The normalisation for images read for ``loaded`` (a LoadedModel): the one rule,
+        :func:`~onnxmbs.data.normalisation.resolve_normalisation`."""
+        return resolve_normalisation(loaded.metadata, self.preprocess, mean=self.mean, std=self.std,
+                                     where=loaded.path)
 
 
 @dataclass(frozen=True)
@@ -93,8 +99,7 @@ def measure(analysis: Analysis, options: CalibrationOptions = CalibrationOptions
     """
     loaded = analysis.loaded
     fixed = None if loaded.batch_dynamic else loaded.input.shape[0]
-    pre = preprocess_for(loaded.metadata, options.preprocess, mean=options.mean, std=options.std, where=loaded.path)
-    spec = DataSpec(data=options.data, synthetic=options.synthetic, preprocess=pre,
+    spec = DataSpec(data=options.data, synthetic=options.synthetic, preprocess=options.normalisation(loaded),
                     shape=tuple(loaded.input.shape), layout=loaded.input.layout, max_images=options.max_images,
                     batch_size=fixed or options.batch_size, seed=options.seed,
                     shuffle=options.seed if monitor is not None else None)
@@ -120,7 +125,8 @@ def measure_source(analysis: Analysis, options: CalibrationOptions, *, monitor: 
     stats, info = measure(analysis, options, monitor=monitor, task_images=getattr(monitor, "checkpoint", None))
     return Measured(statistics=stats, source=DataSource(synthetic=info.synthetic, data=info.source,
                                                         skipped=info.skipped, preprocess=info.preprocess,
-                                                        seconds=round(stats.seconds, 3)),
+                                                        seconds=round(stats.seconds, 3),
+                                                        normalisation=info.normalisation),
                     convergence=monitor.result() if monitor is not None else None)
 
 
@@ -136,7 +142,14 @@ def load_stats(path: str | Path, analysis: Analysis) -> Measured:
     convergence = Convergence.from_json(doc["convergence"]) if doc.get("convergence") else None
     return Measured(statistics=stats, source=DataSource(
         synthetic=bool(data.get("synthetic")), data=data.get("source"), skipped=data.get("skipped", 0),
-        preprocess=data.get("preprocess"), stats_file=str(path)), convergence=convergence)
+        preprocess=data.get("preprocess"), stats_file=str(path),
+        normalisation=_recorded_normalisation(data, path)), convergence=convergence)
+
+
+def _recorded_normalisation(data: Any, path: Path) -> Normalisation | None:
+    """The normalisation a stats file records (files written before it was recorded: None)."""
+    recorded = data.get("normalisation") if isinstance(data, dict) else None
+    return None if recorded is None else Normalisation.from_json(recorded, where=f"{path}: data")
 
 
 def measure_or_load(analysis: Analysis, *, stats: str | Path | Sequence[str | Path] | None = None,

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.data.calibration import Calibration, CalibrationInfo, open_calibration
 from onnxmbs.stats.counting import Counter, Instrumented, Monitor, Statistics, choose_provider, instrument
-from onnxmbs.data.normalisation import Preprocess
+from onnxmbs.data.normalisation import Normalisation, Preprocess
 from onnxmbs.data.sources import Order, shard_rows
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class DataSpec:
     """How to open the calibration data, on this machine or a worker (same paths on every node)."""
     data: Any
     synthetic: int | None
-    preprocess: Preprocess
+    preprocess: Preprocess | Normalisation  # decided by resolve_normalisation (recorded in the info)
     shape: tuple[int, ...]
     layout: str
     max_images: int | None = None
@@ -140,7 +140,7 @@ def collect_sharded(analysis: Analysis, spec: DataSpec, *, workers: int | None =
                               weights=[b - a for a, b in ranges], progress=progress, desc="statistics", unit="img")
         total, images, skipped = _gather(results, monitor, np.zeros(len(counting.per_image), np.int64))
     stats = counting.statistics(total, images=images, provider=provider, seconds=time.perf_counter() - start)
-    return stats, CalibrationInfo(whole.info.source, images, skipped, spec.data is None)
+    return stats, replace(whole.info, images=images, skipped=skipped)
 
 
 def _gather(results, monitor: Monitor | None, total: np.ndarray) -> tuple[np.ndarray, int, int]:

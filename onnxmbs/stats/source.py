@@ -5,7 +5,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from onnxmbs.records import Record
+from onnxmbs.data.normalisation import Normalisation
+from onnxmbs.records import Record, optional
 
 
 @dataclass(frozen=True)
@@ -17,5 +18,7 @@ class DataSource(Record):
     preprocess: str | None
     seconds: float | None = None
     stats_file: str | None = None
+    normalisation: Normalisation | None = None  # the decision: preset, mean/std, and where it came from
     extra: Mapping[str, Any] = field(default_factory=dict)
-    OMIT_NONE: ClassVar = frozenset({"seconds", "stats_file"})
+    CONVERT: ClassVar = {"normalisation": optional(Normalisation.from_json)}
+    OMIT_NONE: ClassVar = frozenset({"seconds", "stats_file", "normalisation"})

@@ -27,7 +27,7 @@ SCHEMA = "onnxmbs.stats/1"
 
 def stats_document(analysis: Analysis, stats: Statistics, *, info: CalibrationInfo | None = None,
                    preprocess: str | None = None, shard: tuple[int, int] | None = None,
-                   convergence: Any = None) -> dict[str, Any]:
+                   convergence: Any = None, normalisation: Any = None) -> dict[str, Any]:
     loaded = analysis.loaded
     doc = {
         "schema": SCHEMA,
@@ -36,11 +36,15 @@ def stats_document(analysis: Analysis, stats: Statistics, *, info: CalibrationIn
         "images": stats.images, "provider": stats.provider, "seconds": round(stats.seconds, 3),
         "statistic": analysis.statistic,
         "data": {"source": info.source if info else None, "synthetic": bool(info and info.synthetic),
-                 "skipped": info.skipped if info else 0, "preprocess": preprocess},
+                 "skipped": info.skipped if info else 0,
+                 "preprocess": info.preprocess if info and info.preprocess else preprocess},
         "taps": [{"tensor": t.tensor, "channels": len(t.nonzero), "per_image": t.per_image,
                   "nonzero": [int(v) for v in t.nonzero]} for t in stats.taps.values()],
     }
-    if shard is not None:  # additions: which shard of the data (`profile --shard i/n`), how the pass ended
+    normalisation = info.normalisation if info is not None and info.normalisation is not None else normalisation
+    if normalisation is not None:  # additions: how the normalisation was decided,
+        doc["data"]["normalisation"] = normalisation.to_json()
+    if shard is not None:  # which shard of the data (`profile --shard i/n`), how the pass ended
         doc["data"]["shard"] = list(shard)
     if convergence is not None:
         doc["convergence"] = convergence.to_json()
@@ -48,10 +52,11 @@ def stats_document(analysis: Analysis, stats: Statistics, *, info: CalibrationIn
 
 
 def save_stats(path: str | Path, analysis: Analysis, stats: Statistics, *, info: CalibrationInfo | None = None,
-               preprocess: str | None = None, shard: tuple[int, int] | None = None, convergence: Any = None) -> Path:
+               preprocess: str | None = None, shard: tuple[int, int] | None = None, convergence: Any = None,
+               normalisation: Any = None) -> Path:
     """Write the counts of ``stats`` (measured on ``analysis``'s model) to ``path`` as JSON, atomically."""
     return write_json(path, stats_document(analysis, stats, info=info, preprocess=preprocess, shard=shard,
-                                           convergence=convergence))
+                                           convergence=convergence, normalisation=normalisation))
 
 
 def read_stats(path: str | Path) -> dict[str, Any]:

@@ -157,18 +157,19 @@ def build(name: str, *, widths: Sequence[int] | None = None, betas: Sequence[flo
 
 def export(name: str, path: str | os.PathLike[str], *, widths: Sequence[int] | None = None,
            betas: Sequence[float] | None = None, num_classes: int | None = None, input_size: int | None = None,
-           framework: str | None = None, dynamo: bool = True, preprocess: str = "imagenet",
+           framework: str | None = None, dynamo: bool = True, preprocess: str | None = None,
            mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Path:
     """Build ``name`` and write it as a verified ONNX file (dynamic batch) at ``path``.
 
     ``dynamo`` picks the torch exporter (see :func:`onnxmbs.zoo.export.export_torch`). The preprocessing
     the model is meant for (``preprocess`` preset, optional ``mean``/``std``) is recorded in the file's
-    metadata, so ``onnxmbs plan`` uses it without ``--preprocess``.
+    metadata, so ``onnxmbs plan`` uses it without ``--preprocess``; left open, it is decided by the
+    one rule (:func:`~onnxmbs.data.normalisation.resolve_normalisation`: ``imagenet``).
     """
-    from onnxmbs.data.normalisation import preprocess_metadata
+    from onnxmbs.data.normalisation import resolve_normalisation
     from onnxmbs.zoo.export import export_keras, export_torch
 
-    metadata = preprocess_metadata(preprocess, mean=mean, std=std)
+    metadata = resolve_normalisation({}, preprocess, mean=mean, std=std, announce=False).metadata()
 
     entry = _entry(name)
     fw = framework or entry.framework

@@ -94,9 +94,10 @@ def _set_metadata(path: Path, metadata: Mapping[str, str] | None) -> None:
         return
     import onnx
 
+    from onnxmbs.data.normalisation import set_metadata
+
     proto = onnx.load(str(path))
-    for key, value in metadata.items():
-        proto.metadata_props.add(key=key, value=str(value))
+    set_metadata(proto, metadata)
     onnx.save_model(proto, str(path))
 
 
@@ -171,6 +172,8 @@ def export_keras(model, path: str | os.PathLike[str], *, opset: int = 17,
     expected = np.asarray(model(x, training=False))
     what = str(model.name)
     _check_finite_reference(expected, what)
+    from onnxmbs.data.normalisation import set_metadata
+
     spec = (tf.TensorSpec((None, *shape), tf.float32, name="input"),)
     with atomic_path(path, suffix=".onnx") as tmp, _quiet():
         try:
@@ -179,8 +182,7 @@ def export_keras(model, path: str | os.PathLike[str], *, opset: int = 17,
             raise MBSError(f"tf2onnx failed for Keras model {what}: {exc} — "
                            "try another opset or simpler layers") from exc
         _name_batch_dim(proto)
-        for key, value in (metadata or {}).items():
-            proto.metadata_props.add(key=key, value=str(value))
+        set_metadata(proto, metadata or {})
         onnx.save_model(proto, str(tmp))
         check_onnx(tmp, x, expected, what=what)
     log.info("exported %s to %s", what, path)
