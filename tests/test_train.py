@@ -6,6 +6,7 @@ import textwrap
 import warnings
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -163,8 +164,12 @@ def test_retrain_command_on_a_users_model_file(tmp_path):
     result = CliRunner().invoke(main, [
         "retrain", "--model", f"{tmp_path / 'net.py'}:build", "--plan", str(tmp_path / "plan.json"),
         "--data", str(tmp_path / "train.npz"), "--epochs", "2", "--batch-size", "8", "--no-flip", "--crop-pad", "1",
-        "--save", str(tmp_path / "compact.pt"), "--progress"])
+        "--save", str(tmp_path / "compact.pt"), "--progress", "-o", str(tmp_path / "out.onnx")])
     assert result.exit_code == 0, result.output
+    # the exported model carries the normalisation it was trained with: the plan's (raw), not a default
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "out.onnx")).metadata_props}
+    assert meta["onnxmbs.preprocess"] == "raw"
+    assert "normalisation of the training data of" in result.output and "as recorded in the plan" in result.output
     assert f"(ONNX, BatchNorm folded; the plan predicts {plan['summary']['params_compact']:,})" in result.output
     own = sum(p.numel() for p in net.build().parameters())  # the framework's count, BatchNorm unfolded
     assert f"{own:,} -> " in result.output and "as PyTorch parameters()" in result.output

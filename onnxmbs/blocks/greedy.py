@@ -149,8 +149,9 @@ def prune_blocks(source: str | Path | onnx.ModelProto | LoadedModel, data: Label
     if rescore not in RESCORE:
         raise MBSError(f"rescore must be one of {RESCORE}, got {rescore!r}")
     loaded = source if isinstance(source, LoadedModel) else load_model(source, input_shape=input_shape)
-    data = open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout,
-                         preprocess=resolve_normalisation(loaded.metadata, where=loaded.path))
+    if not isinstance(data, LabelledData):
+        data = open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout,
+                             preprocess=resolve_normalisation(loaded.metadata, where=loaded.path))
     data.check_classes(num_classes(loaded))
     blocks = find_blocks(loaded)
     run = _Run(loaded, data, stop, rescore, {b.join: b.id for b in blocks}, batch_size, choose_provider(provider),

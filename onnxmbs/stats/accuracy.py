@@ -118,11 +118,13 @@ def evaluate(model: str | Path | onnx.ModelProto | LoadedModel, data: LabelledDa
              provider: str = "cpu", input_shape: tuple[int, ...] | None = None) -> Accuracy:
     """Top-1/top-5 accuracy of ``model`` on ``data``; with ``reference``, the agreement of top-1s.
 
-    ``data``: :class:`LabelledData` or anything :func:`open_labelled` reads (default preprocessing).
+    ``data``: :class:`LabelledData` (used as it is) or anything :func:`open_labelled` reads, normalised
+    by the one rule for ``model`` (its metadata, else imagenet).
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model, input_shape=input_shape)
-    data = open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout,
-                         preprocess=resolve_normalisation(loaded.metadata, where=loaded.path))
+    if not isinstance(data, LabelledData):
+        data = open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout,
+                             preprocess=resolve_normalisation(loaded.metadata, where=loaded.path))
     classes = num_classes(loaded)
     data.check_classes(classes)
     scores = predictions(open_predictor(loaded, provider=provider), data, batch_size=batch_size)
