@@ -20,7 +20,7 @@ import numpy as np
 
 from onnxmbs.blocks.document import BlocksPlan, read_blocks_plan
 from onnxmbs.errors import MBSError
-from onnxmbs.runtime import outputs_close
+from onnxmbs.runtime.session import open_session, outputs_close
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +59,14 @@ def verify_shallow(plan: BlocksPlan, onnx_path: str | Path | None, original: Cal
     if path is None:
         logger.info("planned ONNX file not found: the shallow model is checked by its output shape only")
         return
-    import onnxruntime as ort
-
     from onnxmbs.blocks.apply import shallow_model
 
-    full = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    full = open_session(path)
     name = full.get_inputs()[0].name
     if not outputs_close(full.run(None, {name: example})[0], original(example)):
         logger.info("%s does not compute what the model does (other weights?): checked by output shape only", path)
         return
-    cut = ort.InferenceSession(shallow_model(path, plan).SerializeToString(), providers=["CPUExecutionProvider"])
+    cut = open_session(shallow_model(path, plan))
     want, got = cut.run(None, {name: example})[0], shallow(example)
     if not outputs_close(got, want):
         raise MBSError(f"the model without the blocks differs from the shallow ONNX model (max |diff| "

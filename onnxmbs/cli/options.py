@@ -272,7 +272,7 @@ def _converge(until: bool, value: float | None, checkpoint: int | None, calibrat
 def check_workers(calibration: Any) -> None:
     """--workers/--ray-address need Ray (a clean exit-1 line naming the extra when it is missing)."""
     if calibration.workers is not None or calibration.ray_address is not None:
-        from onnxmbs.cluster import require_ray
+        from onnxmbs.runtime.cluster import require_ray
 
         require_ray("--workers" if calibration.workers is not None else "--ray-address")
 

@@ -21,7 +21,7 @@ from onnxmbs.errors import MBSError
 from onnxmbs.graph.edit import expose
 from onnxmbs.graph.load import ModelInput
 from onnxmbs.stats.calibration import make_preprocess, open_calibration
-from onnxmbs.stats.counting import choose_provider, make_session
+from onnxmbs.runtime.session import choose_provider, make_session
 from onnxmbs.stats.measure import CalibrationOptions
 
 logger = logging.getLogger(__name__)

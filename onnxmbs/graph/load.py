@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from onnxmbs.errors import MBSError
-from onnxmbs.runtime import open_session
+from onnxmbs.runtime.session import open_session
 from onnxmbs.graph.record import ModelRecord
 
 logger = logging.getLogger(__name__)
