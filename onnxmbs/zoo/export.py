@@ -159,7 +159,7 @@ def export_keras(model, path: str | os.PathLike[str], *, opset: int = 17,
 
     import onnx
 
-    from onnxmbs.adapters import import_keras
+    from onnxmbs.runtime.frameworks import import_keras
 
     import_keras(tf2onnx=True)
     with _quiet():
