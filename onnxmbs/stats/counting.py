@@ -22,7 +22,6 @@ tools/bench_statistics.py measures both taps against plain inference.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -39,7 +38,6 @@ from onnxmbs.errors import MBSError
 from onnxmbs.progress import progress_bar
 from onnxmbs.runtime.session import choose_provider, first_line, make_session, provider_session
 
-logger = logging.getLogger(__name__)
 
 SCALE = float(2.0 ** 126)  # lifts the smallest normal float32 (2^-126) to 1
 METHODS = ("nchwc", "naive")
