@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from graphs import GraphBuilder, classifier
 from onnxmbs import MBSError, analyze
 from onnxmbs.stats import counting
-from onnxmbs.stats.counting import collect_statistics, make_session
+from onnxmbs.runtime.session import make_session
+from onnxmbs.stats.counting import collect_statistics
 
 
 def _silu(g, x):

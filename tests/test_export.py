@@ -165,7 +165,7 @@ def test_cli_export(tmp_path: Path) -> None:
 
 def test_outputs_close_scales_its_absolute_tolerance_with_the_output():
     """A logit near zero may move by 1e-4 x the largest logit (float reordering in a deep net), not more."""
-    from onnxmbs.runtime import ATOL, outputs_close
+    from onnxmbs.runtime.session import ATOL, outputs_close
 
     expected = np.array([[2000.0, 0.0]], np.float32)
     assert outputs_close(expected + [[0.0, 0.5 * ATOL * 2000]], expected)

@@ -92,7 +92,7 @@ def test_apply_plan_handles_what_compact_handles(ghost, init):
 
 @pytest.mark.slow
 def test_keras_adapter_handles_ghost_modules_too(tmp_path):
-    from onnxmbs.adapters import import_keras
+    from onnxmbs.runtime.frameworks import import_keras
     from onnxmbs.zoo.export import export_keras
 
     try:

@@ -16,12 +16,13 @@ ray = pytest.importorskip("ray")
 from click.testing import CliRunner  # noqa: E402
 
 from onnxmbs.cli import main  # noqa: E402
-from onnxmbs.cluster import connect, run_ordered  # noqa: E402
+from onnxmbs.runtime.cluster import connect, run_ordered  # noqa: E402
 from onnxmbs.errors import MBSError  # noqa: E402
 from onnxmbs.graph.analysis import analyze  # noqa: E402
 from onnxmbs.planning.convergence import ConvergeOptions  # noqa: E402
 from onnxmbs.planning.pipeline import plan_model  # noqa: E402
-from onnxmbs.stats.counting import choose_provider, instrument  # noqa: E402
+from onnxmbs.runtime.session import choose_provider  # noqa: E402
+from onnxmbs.stats.counting import instrument  # noqa: E402
 from onnxmbs.stats.measure import CalibrationOptions, measure  # noqa: E402
 from onnxmbs.data.normalisation import make_preprocess  # noqa: E402
 from onnxmbs.stats.sharding import CountJob, DataSpec, count_rows, plan_rows  # noqa: E402

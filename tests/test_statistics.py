@@ -9,7 +9,8 @@ import pytest
 
 from graphs import GraphBuilder, classifier
 from onnxmbs import MBSError, analyze
-from onnxmbs.stats.counting import choose_provider, collect_statistics, instrument, make_session
+from onnxmbs.runtime.session import choose_provider, make_session
+from onnxmbs.stats.counting import collect_statistics, instrument
 
 
 def small_net(batch="N"):
@@ -119,10 +120,10 @@ def test_peak_memory_does_not_grow_with_images():
 def test_a_listed_but_broken_cuda_warns_once_per_command(monkeypatch, caplog, recwarn):
     import onnxruntime as ort
 
-    from onnxmbs.stats import counting
+    from onnxmbs.runtime import session
 
-    counting._cuda_works.cache_clear()
-    counting._warn_no_cuda.cache_clear()
+    session._cuda_works.cache_clear()
+    session._warn_no_cuda.cache_clear()
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     try:
         with caplog.at_level("WARNING", logger="onnxmbs"):
@@ -130,5 +131,5 @@ def test_a_listed_but_broken_cuda_warns_once_per_command(monkeypatch, caplog, re
         assert sum("CUDA provider is listed" in r.getMessage() for r in caplog.records) == 1
         assert not [w for w in recwarn if "CUDA" in str(w.message)]  # onnxruntime's own warning is swallowed
     finally:
-        counting._cuda_works.cache_clear()
-        counting._warn_no_cuda.cache_clear()
+        session._cuda_works.cache_clear()
+        session._warn_no_cuda.cache_clear()

@@ -28,7 +28,7 @@ def test_zoo_list_has_a_header_and_aligned_columns():
 @pytest.mark.slow
 def test_keras_imports_without_tensorflow_noise():
     pytest.importorskip("tensorflow")
-    code = "from onnxmbs.adapters import import_keras; k = import_keras(); print(k.__name__)"
+    code = "from onnxmbs.runtime.frameworks import import_keras; k = import_keras(); print(k.__name__)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0 and done.stdout.strip() == "keras"

@@ -39,7 +39,7 @@ from onnxmbs.blocks.greedy import Stop, prune_blocks  # noqa: E402
 from onnxmbs.blocks.scoring import score_blocks  # noqa: E402
 from onnxmbs.graph.load import load_model  # noqa: E402
 from onnxmbs.stats.accuracy import runnable  # noqa: E402
-from onnxmbs.stats.counting import make_session  # noqa: E402
+from onnxmbs.runtime.session import make_session  # noqa: E402
 from onnxmbs.data.labelled import open_labelled  # noqa: E402
 
 

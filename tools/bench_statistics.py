@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onnxmbs import MBSError, analyze  # noqa: E402
-from onnxmbs.stats.counting import choose_provider, instrument, make_session  # noqa: E402
+from onnxmbs.runtime.session import choose_provider, make_session  # noqa: E402
+from onnxmbs.stats.counting import instrument  # noqa: E402
 
 
 def model_path(name: str, framework: str, cache: Path) -> Path:

@@ -94,7 +94,7 @@ def _fresh(model, framework: str):
     handbook trains every run from scratch, and a saved .keras/.pt model would otherwise start from its
     saved weights whatever the seed."""
     if framework == "keras":
-        from onnxmbs.adapters import import_keras
+        from onnxmbs.runtime.frameworks import import_keras
 
         return import_keras().models.clone_model(model)
     from onnxmbs.adapters.torch_adapter import reinitialise
@@ -114,7 +114,7 @@ def _pilot(args: argparse.Namespace, out: Path, train: Dataset, val: Dataset, co
     finals = []
     for seed in range(args.seeds):
         if source.framework == "keras":
-            from onnxmbs.adapters import import_keras
+            from onnxmbs.runtime.frameworks import import_keras
 
             import_keras().backend.clear_session()
         seed_framework(source.framework, seed)

@@ -77,11 +77,11 @@ def l1_order(loaded, blocks) -> list[str]:
 
 def output_norm_order(loaded, blocks, x: np.ndarray) -> list[str]:
     """Removable blocks by mean ||branch output|| / ||shortcut|| over ``x``, smallest first."""
-    import onnxruntime as ort
+    from onnxmbs.runtime.session import open_session
 
     names = [t for b in blocks for t in (b.branch, b.shortcut)]
     model = expose(loaded.model, names)
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = open_session(model)
     ratios = {b.id: [] for b in blocks}
     for i in range(len(x)):  # the loaded copy has batch 1
         values = dict(zip(names, sess.run(names, {loaded.input.name: x[i:i + 1]})))

@@ -44,7 +44,8 @@ from onnxmbs.planning.pipeline import plan_model  # noqa: E402
 from onnxmbs.planning.sweep import make_sweeper  # noqa: E402
 from onnxmbs.planning.uniform import match_alpha, uniform_document  # noqa: E402
 from onnxmbs.train import TrainConfig  # noqa: E402
-from onnxmbs.train.frameworks import adapt, count_params, seed_framework, train_model  # noqa: E402
+from onnxmbs.adapters import adapt, count_params  # noqa: E402
+from onnxmbs.train.frameworks import seed_framework, train_model  # noqa: E402
 from train_digits import load_split  # noqa: E402
 
 log = logging.getLogger("prove_digits")

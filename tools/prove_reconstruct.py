@@ -49,10 +49,9 @@ def cli(args: list[str]) -> dict:
 
 
 def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
-    import onnxruntime as ort
+    from onnxmbs.runtime.session import open_session
 
-    sess = ort.InferenceSession(model.SerializeToString() if hasattr(model, "SerializeToString") else str(model),
-                                providers=["CPUExecutionProvider"])
+    sess = open_session(model)
     logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     return float((logits.argmax(1) == y).mean())
 

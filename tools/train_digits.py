@@ -111,9 +111,9 @@ def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    import onnxruntime as ort
+    from onnxmbs.runtime.session import open_session
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = open_session(path)
     logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     return float((logits.argmax(1) == y).mean())
 

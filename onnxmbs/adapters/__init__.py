@@ -11,55 +11,17 @@ keeps the surviving channels' weights (``init="inherit"``). Train it with your o
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onnxmbs.errors import MBSError
+from onnxmbs.runtime.frameworks import is_keras, is_torch
 
-__all__ = ["apply_plan", "apply_plan_keras", "apply_plan_torch", "folded_params", "import_keras"]
+if TYPE_CHECKING:
+    from onnxmbs.planning.document import PlanDocument
 
-
-@contextlib.contextmanager
-def _stderr_silenced() -> Iterator[None]:
-    """Process-level stderr to /dev/null: TensorFlow's C++ start-up lines (oneDNN, absl) bypass Python."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def import_keras(*, tf2onnx: bool = False) -> Any:
-    """``keras`` (and TensorFlow, and with ``tf2onnx`` that too) imported without TensorFlow's start-up noise.
-
-    ``TF_CPP_MIN_LOG_LEVEL`` is set (unless the user set it) before TensorFlow loads; the lines TensorFlow
-    2.x prints before its logging starts are dropped. Import errors still raise as usual.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    wanted = ["tensorflow", "keras"] + (["tf2onnx"] if tf2onnx else [])
-    if any(name not in sys.modules for name in wanted):
-        import importlib
-
-        with _stderr_silenced():
-            for name in wanted:
-                importlib.import_module(name)
-    return sys.modules["keras"]
-
-
-def _is_torch(model: Any) -> bool:
-    return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(model).__mro__)
-
-
-def _is_keras(model: Any) -> bool:
-    return any(c.__module__.startswith("keras") and c.__name__ in ("Model", "Layer") for c in type(model).__mro__)
+__all__ = ["adapt", "apply_plan", "apply_plan_keras", "apply_plan_torch", "count_params", "folded_params"]
 
 
 def apply_plan(model: Any, plan: Mapping[str, Any] | str | Path, example_inputs: Any = None, *,
@@ -71,13 +33,13 @@ def apply_plan(model: Any, plan: Mapping[str, Any] | str | Path, example_inputs:
     ``model.path`` does not reach it from here (it only helps matching layers by name).
     Other keyword options go to the framework adapter (Keras: ``custom_objects``).
     """
-    if _is_torch(model):
+    if is_torch(model):
         if example_inputs is None:
             raise MBSError("a PyTorch model needs example_inputs — pass e.g. torch.rand(1, 3, 32, 32)")
         from onnxmbs.adapters.torch_adapter import apply_plan_torch
 
         return apply_plan_torch(model, plan, example_inputs, init=init, onnx_path=onnx_path, **options)
-    if _is_keras(model):
+    if is_keras(model):
         from onnxmbs.adapters.keras_adapter import apply_plan_keras
 
         return apply_plan_keras(model, plan, init=init, onnx_path=onnx_path, **options)
@@ -100,10 +62,29 @@ def apply_plan_keras(*args: Any, **kwargs: Any) -> Any:
 
 def folded_params(model: Any, example_inputs: Any = None) -> int:
     """Parameters of ``model`` counted as the plan counts its ONNX export (BatchNorm after a conv folded)."""
-    if _is_torch(model):
+    if is_torch(model):
         from onnxmbs.adapters.torch_adapter import folded_params as impl
 
         return impl(model, example_inputs)
     from onnxmbs.adapters.keras_adapter import folded_params as impl_keras
 
     return impl_keras(model)
+
+
+def example_input(framework: str, chw: tuple[int, int, int]) -> Any:
+    """What ``apply_plan``/``folded_params`` need to trace a model (None for Keras)."""
+    if framework != "torch":
+        return None
+    import torch
+
+    return torch.zeros(1, *chw)
+
+
+def adapt(model: Any, framework: str, plan: PlanDocument, chw: tuple[int, int, int], init: str) -> Any:
+    """``apply_plan`` with the right example input for ``framework``."""
+    return apply_plan(model, plan, example_input(framework, chw), init=init)
+
+
+def count_params(model: Any, framework: str, chw: tuple[int, int, int]) -> int:
+    """Parameters as the plan counts the ONNX export (BatchNorm folded)."""
+    return folded_params(model, example_input(framework, chw))

@@ -55,7 +55,7 @@ class Walk(ChannelBook):
 
 
 def _keras():
-    from onnxmbs.adapters import import_keras
+    from onnxmbs.runtime.frameworks import import_keras
 
     return import_keras()
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from onnxmbs.adapters.blocks import onnx_weights, verify_shallow
 from onnxmbs.adapters.keras_adapter import CONV, DEPTHWISE, _graph, _guesses, _kind
+from onnxmbs.adapters.shallow import onnx_weights, verify_shallow
 from onnxmbs.blocks.document import BlockRecord, BlocksPlan
 from onnxmbs.errors import MBSError
 

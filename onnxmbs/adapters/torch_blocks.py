@@ -24,6 +24,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from onnxmbs.adapters.planview import scope_path
+from onnxmbs.adapters.shallow import onnx_weights, verify_shallow
 from onnxmbs.blocks.document import BlockRecord, BlocksPlan
 from onnxmbs.errors import MBSError
 
@@ -117,8 +118,6 @@ def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
 def remove_blocks_torch(module: nn.Module, plan: BlocksPlan, example_inputs: Any, *,
                         onnx_path: str | Path | None = None) -> nn.Module:
     """A copy of ``module`` without the plan's removed blocks (``module`` is left untouched)."""
-    from onnxmbs.adapters.blocks import onnx_weights, verify_shallow
-
     if not isinstance(module, nn.Module):
         raise MBSError(f"remove_blocks_torch needs a torch.nn.Module, got {type(module).__name__}")
     shallow = copy.deepcopy(module)

@@ -32,7 +32,7 @@ from onnxmbs.errors import MBSError
 from onnxmbs.graph.costs import count_costs
 from onnxmbs.graph.load import LoadedModel, load_model
 from onnxmbs.stats.accuracy import num_classes, open_predictor, predictions, runnable
-from onnxmbs.stats.counting import choose_provider
+from onnxmbs.runtime.session import choose_provider
 from onnxmbs.data.labelled import LabelledData, open_labelled
 from onnxmbs.data.normalisation import resolve_normalisation
 

@@ -22,7 +22,7 @@ from onnxmbs.blocks.discover import Block, GraphIndex
 from onnxmbs.blocks.remove import remove_blocks
 from onnxmbs.graph.edit import expose, extract
 from onnxmbs.progress import progress_bar
-from onnxmbs.stats.counting import make_session
+from onnxmbs.runtime.session import make_session
 from onnxmbs.data.labelled import LabelledData
 
 logger = logging.getLogger(__name__)

@@ -17,15 +17,14 @@ import click
 
 from onnxmbs.errors import MBSError
 from onnxmbs.data.normalisation import PRESETS
+from onnxmbs.cli.decisions import DECISIONS
 from onnxmbs.units import parse_count
 
 logger = logging.getLogger("onnxmbs")
 
 
 def _fail(message: str) -> None:
-    from onnxmbs.cli import DECISIONS  # the error is the one line: decisions made on the way are dropped
-
-    DECISIONS.discard()
+    DECISIONS.discard()  # the error is the one line: decisions made on the way are dropped
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
 
@@ -286,7 +285,7 @@ def _converge(until: bool, value: float | None, checkpoint: int | None, calibrat
 def check_workers(calibration: Any) -> None:
     """--workers/--ray-address need Ray (a clean exit-1 line naming the extra when it is missing)."""
     if calibration.workers is not None or calibration.ray_address is not None:
-        from onnxmbs.cluster import require_ray
+        from onnxmbs.runtime.cluster import require_ray
 
         require_ray("--workers" if calibration.workers is not None else "--ray-address")
 

@@ -60,7 +60,7 @@ def _framework_params(model: Any, framework: str) -> tuple[int, str]:
 def params_text(model: Any, compact: Any, fw: str, chw: tuple[int, int, int], predicted: int, *,
                 kind: str = "compact") -> str:
     """Counts as the plan counts them (ONNX, BatchNorm folded into the conv), then the framework's own."""
-    from onnxmbs.train.frameworks import count_params
+    from onnxmbs.adapters import count_params
 
     before, after = count_params(model, fw, chw), count_params(compact, fw, chw)
     (own_before, what), (own_after, _) = _framework_params(model, fw), _framework_params(compact, fw)
@@ -75,7 +75,7 @@ def _export(model: Any, framework: str, chw: tuple[int, int, int], path: str, me
     if framework == "torch":
         export_torch(model.cpu(), chw, path, metadata=metadata)
     else:
-        from onnxmbs.adapters import import_keras
+        from onnxmbs.runtime.frameworks import import_keras
 
         keras = import_keras()
 
@@ -119,7 +119,9 @@ def retrain(plan_path: str | None, blocks_path: str | None, zoo_name: str | None
             init: str, output: str | None, save: str | None, progress: bool | None, **train_options) -> None:
     """Remove a blocks plan's blocks and/or apply a PLAN's widths, retrain, report accuracy and size, export."""
     from onnxmbs.train import TrainConfig
-    from onnxmbs.train.frameworks import adapt, framework_of, load_user_model, train_model
+    from onnxmbs.adapters import adapt
+    from onnxmbs.runtime.frameworks import framework_of
+    from onnxmbs.train.frameworks import load_user_model, train_model
     from onnxmbs.zoo import build, lookup
 
     if (zoo_name is None) == (model_spec is None):

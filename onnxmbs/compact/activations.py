@@ -21,7 +21,7 @@ from onnxmbs.errors import MBSError
 from onnxmbs.graph.edit import expose
 from onnxmbs.graph.load import LoadedModel
 from onnxmbs.data.calibration import open_calibration
-from onnxmbs.stats.counting import choose_provider, make_session
+from onnxmbs.runtime.session import choose_provider, make_session
 from onnxmbs.stats.measure import CalibrationOptions
 
 logger = logging.getLogger(__name__)

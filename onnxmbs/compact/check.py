@@ -22,7 +22,7 @@ import onnx
 
 from onnxmbs.graph.costs import Costs, count_costs
 from onnxmbs.errors import MBSError
-from onnxmbs.runtime import open_session
+from onnxmbs.runtime.session import open_session
 from onnxmbs.graph.load import ModelInput, load_model
 
 logger = logging.getLogger(__name__)

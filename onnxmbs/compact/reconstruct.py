@@ -35,7 +35,7 @@ from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.graph.shapes import attr
 from onnxmbs.progress import progress_bar
-from onnxmbs.stats.counting import choose_provider
+from onnxmbs.runtime.session import choose_provider
 from onnxmbs.stats.measure import CalibrationOptions
 
 logger = logging.getLogger(__name__)

@@ -31,6 +31,7 @@ from onnxmbs.compact.reconstruct import Reconstruction, ReconstructOptions, reco
 from onnxmbs.compact.select import SELECT, Selection, select_channels
 from onnxmbs.compact.surgery import SURGERY_RULES, Ctx, Edits, reinitialise
 from onnxmbs.graph.costs import param_tensors
+from onnxmbs.graph.load import external_locations
 from onnxmbs.errors import MBSError
 from onnxmbs.files import write_atomic, write_json
 from onnxmbs.planning.document import PlanDocument, as_plan
@@ -94,13 +95,6 @@ class CompactResult:
         }
 
 
-def _external_files(proto: onnx.ModelProto, folder: Path) -> set[Path]:
-    """The external-data files the (not yet loaded) tensors of ``proto`` point to."""
-    tensors = list(proto.graph.initializer) + [a.t for n in proto.graph.node for a in n.attribute if a.HasField("t")]
-    return {folder / e.value for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL
-            for e in t.external_data if e.key == "location"}
-
-
 def _source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, int, bool]:
     """The proto, its bytes with all weights inside (for onnxruntime), every byte of the model on disk
     (the .onnx file and its external-data files) and whether it has external data."""
@@ -111,7 +105,7 @@ def _source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes
     if not path.is_file():
         raise MBSError(f"model file not found: {path} — check the path")
     proto = onnx.load(str(path), load_external_data=False)
-    files = _external_files(proto, path.parent)
+    files = [path.parent / name for name in external_locations(proto.graph)]
     try:
         onnx.load_external_data_for_model(proto, str(path.parent))
     except (OSError, ValueError) as exc:

@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from onnxmbs.errors import MBSError
-from onnxmbs.runtime import open_session
+from onnxmbs.runtime.session import open_session
 from onnxmbs.graph.record import ModelRecord
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _read(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str, s
         raise MBSError(f"model file not found: {path} — check the path")
     try:
         proto = onnx.load(str(path), load_external_data=False)
-        locations = _external_locations(proto.graph)
+        locations = external_locations(proto.graph)
         onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:  # protobuf DecodeError, missing external data, ...
         raise MBSError(f"cannot read {path} as an ONNX model ({type(exc).__name__}: {str(exc)[:120]}) — "
@@ -121,14 +121,14 @@ def _digest(path: Path, locations: list[str]) -> str:
     return digest.hexdigest()
 
 
-def _external_locations(graph: onnx.GraphProto) -> list[str]:
+def external_locations(graph: onnx.GraphProto) -> list[str]:
     """The external-data file names the graph's tensors (initializers, constants, subgraphs) refer to."""
     tensors, found = list(graph.initializer), set()
     for node in graph.node:
         for attr in node.attribute:
             tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                found.update(_external_locations(sub))
+                found.update(external_locations(sub))
     found.update(e.value for t in tensors for e in t.external_data if e.key == "location")
     return sorted(found)
 

@@ -153,9 +153,9 @@ def run_handbook(job: HandbookJob, store: RunStore, *, execute: Executor = _sequ
 
 
 def ray_executor(*, workers: int | None, address: str | None = None) -> Executor:
-    """Run the tasks as Ray tasks (:mod:`onnxmbs.cluster`), one CPU each. Runs come back, and are saved,
+    """Run the tasks as Ray tasks (:mod:`onnxmbs.runtime.cluster`), one CPU each. Runs come back, and are saved,
     in task order: a run that finishes early waits for the ones before it (at most ``2 × workers`` queued)."""
-    from onnxmbs.cluster import connect, require_ray, run_ordered
+    from onnxmbs.runtime.cluster import connect, require_ray, run_ordered
 
     require_ray("--workers" if workers is not None else "--ray-address")
 

@@ -31,7 +31,8 @@ class ModelSource:
     @classmethod
     def user(cls, spec: str, *, chw: tuple[int, int, int], num_classes: int) -> ModelSource:
         """The user's model; the framework is read from the loaded model."""
-        from onnxmbs.train.frameworks import framework_of, load_user_model
+        from onnxmbs.runtime.frameworks import framework_of
+        from onnxmbs.train.frameworks import load_user_model
 
         file, sep, function = spec.rpartition(":") if ".py:" in spec else (spec, "", "")
         absolute = f"{Path(file).resolve()}{sep}{function}"  # Ray workers may run elsewhere
@@ -96,13 +97,14 @@ def set_threads(framework: str, threads: int | None) -> None:
 
 def run_task(trainer: Trainer, task: Task) -> Run:
     """Seed, build, apply the plan, train, evaluate on the held-out data, count parameters."""
-    from onnxmbs.train.frameworks import adapt, count_params, seed_framework, train_model
+    from onnxmbs.adapters import adapt, count_params
+    from onnxmbs.train.frameworks import seed_framework, train_model
 
     began = time.perf_counter()
     source = trainer.source
     set_threads(source.framework, trainer.threads)
     if source.framework == "keras":
-        from onnxmbs.adapters import import_keras
+        from onnxmbs.runtime.frameworks import import_keras
 
         import_keras().backend.clear_session()  # fresh name and seed counters: a run does not depend on earlier ones
     seed_framework(source.framework, task.seed)

@@ -163,12 +163,10 @@ def plan_measured(model: str | Path | onnx.ModelProto, options: CalibrationOptio
                   k: float | None = None, z: float | None = None, round_to: int = 1,
                   converge: ConvergeOptions | None = None, statistic: str = "extended") -> PlanResult:
     """:func:`plan_model` with typed calibration options (what the CLI calls)."""
-    from onnxmbs.planning.convergence import monitor_for
-
     analysis = analyze(model, input_shape=input_shape_for(model, input_shape, options.data),
                        macroblock_override=macroblocks, statistic=statistic)
-    measured = measure_source(analysis, options, monitor=monitor_for(converge, analysis, ks=(k,), z=z,
-                                                                      round_to=round_to))
+    monitor = converge.monitor(analysis, ks=(k,), z=z, round_to=round_to) if converge is not None else None
+    measured = measure_source(analysis, options, monitor=monitor)
     return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to, source=measured.source,
                                 convergence=measured.convergence)
 

@@ -18,7 +18,7 @@ import onnx
 
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.load import LoadedModel, load_model
-from onnxmbs.stats.counting import choose_provider, make_session
+from onnxmbs.runtime.session import choose_provider, make_session
 from onnxmbs.data.labelled import LabelledData, open_labelled
 from onnxmbs.data.normalisation import resolve_normalisation
 

@@ -22,11 +22,8 @@ tools/bench_statistics.py measures both taps against plain inference.
 from __future__ import annotations
 
 import copy
-import functools
-import logging
 import math
 import time
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,9 +36,8 @@ from onnxmbs.graph.activations import Tap
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.errors import MBSError
 from onnxmbs.progress import progress_bar
-from onnxmbs.runtime import open_session
+from onnxmbs.runtime.session import choose_provider, first_line, make_session, provider_session
 
-logger = logging.getLogger(__name__)
 
 SCALE = float(2.0 ** 126)  # lifts the smallest normal float32 (2^-126) to 1
 METHODS = ("nchwc", "naive")
@@ -70,60 +66,6 @@ class Statistics:
     def channel_rates(self, tensor: str, channels: slice = slice(None)) -> np.ndarray:
         t = self.taps[tensor]
         return t.nonzero[channels] / max(self.images * t.per_image, 1)
-
-
-# ------------------------------------------------------------ providers
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-    return list(ort.get_available_providers())
-
-
-@functools.lru_cache(maxsize=1)
-def _cuda_works() -> bool:
-    """onnxruntime-gpu lists CUDA even where no GPU or CUDA library exists: try a real session, once per
-    process, with onnxruntime's own error log silenced (the caller warns once)."""
-    import onnxruntime as ort
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
-    ort.set_default_logger_severity(4)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    probe = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x],
-                                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
-                              opset_imports=[helper.make_opsetid("", 13)])
-    try:
-        with warnings.catch_warnings():  # onnxruntime's own "cannot create the CUDA provider" warning
-            warnings.simplefilter("ignore")
-            sess = open_session(probe, providers=["CUDAExecutionProvider"])
-        sess.run(None, {"x": np.ones(1, np.float32)})
-        return "CUDAExecutionProvider" in sess.get_providers()
-    except Exception:  # missing libcudart / no device
-        return False
-    finally:
-        ort.set_default_logger_severity(3)
-
-
-@functools.lru_cache(maxsize=1)
-def _warn_no_cuda() -> None:
-    logger.warning("CUDA provider is listed but cannot run here (no GPU or CUDA libraries); using CPU")
-
-
-def choose_provider(requested: str = "auto") -> str:
-    """'auto' -> CUDA when it really works, else CPU; 'cuda'/'cpu' or a full provider name."""
-    aliases = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-    name = aliases.get(requested.lower(), requested)
-    if name == "auto":
-        if _cuda_works():
-            return "CUDAExecutionProvider"
-        import onnxruntime as ort
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            _warn_no_cuda()  # once per process (= per command), however many models it measures
-        return "CPUExecutionProvider"
-    if name == "CUDAExecutionProvider" and not _cuda_works():
-        raise MBSError("--provider cuda: the CUDA provider cannot run on this machine — install onnxruntime-gpu "
-                       "with a matching CUDA, or use --provider cpu")
-    if name not in available_providers():
-        raise MBSError(f"provider {requested!r} is not available; available: {', '.join(available_providers())}")
-    return name
 
 
 # ------------------------------------------------------------ instrumentation
@@ -246,26 +188,6 @@ def _unique_taps(analysis: Analysis) -> list[Tap]:
 
 
 # ------------------------------------------------------------ the pass
-def _open_session(model: onnx.ModelProto, provider: str, *, threads: int | None = None,
-                  flush_denormals: bool = False):
-    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-    return open_session(model, providers=providers, threads=threads, flush_denormals=flush_denormals)
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-
-
-def make_session(model: onnx.ModelProto, provider: str, *, threads: int | None = None,
-                 flush_denormals: bool = False):
-    """An onnxruntime session of the user's model; a model onnxruntime refuses is the user's to fix."""
-    try:
-        return _open_session(model, provider, threads=threads, flush_denormals=flush_denormals)
-    except Exception as exc:
-        raise MBSError(f"onnxruntime cannot load the model ({_first_line(exc)}) — "
-                       "check it runs with onnxruntime before planning") from None
-
-
 class Counter:
     """One onnxruntime session over a counting copy: :meth:`run` gives one batch's exact counts."""
 
@@ -284,11 +206,11 @@ def _counting_session(counting: Instrumented, provider: str, *, threads: int | N
                       path: str):
     """The session of the counting copy; when only the copy fails to load, the fault is onnxmbs', not the model's."""
     try:
-        return _open_session(counting.model, provider, threads=threads, flush_denormals=True)
+        return provider_session(counting.model, provider, threads=threads, flush_denormals=True)
     except Exception as exc:
         if source is not None:
             make_session(source, provider)  # the user's model itself: its own error blames it
-        raise MBSError(f"onnxmbs built an invalid counting copy of {path} ({_first_line(exc)}); "
+        raise MBSError(f"onnxmbs built an invalid counting copy of {path} ({first_line(exc)}); "
                        "the model itself loads in onnxruntime — this is an onnxmbs bug, please report it "
                        "(--statistic paper counts fewer activations and may avoid it)") from None
 

@@ -21,7 +21,8 @@ import numpy as np
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.data.calibration import Calibration, CalibrationInfo, open_calibration
-from onnxmbs.stats.counting import Counter, Instrumented, Monitor, Statistics, choose_provider, instrument
+from onnxmbs.runtime.session import choose_provider
+from onnxmbs.stats.counting import Counter, Instrumented, Monitor, Statistics, instrument
 from onnxmbs.data.normalisation import Normalisation, Preprocess
 from onnxmbs.data.sources import Order, shard_rows
 
@@ -118,7 +119,7 @@ def collect_sharded(analysis: Analysis, spec: DataSpec, *, workers: int | None =
                     progress: bool | None = None) -> tuple[Statistics, CalibrationInfo]:
     """The statistics pass over ``workers`` Ray workers (a local Ray, or the cluster at ``address``;
     ``workers`` None: one per CPU of the cluster)."""
-    from onnxmbs.cluster import connect, require_ray, run_ordered
+    from onnxmbs.runtime.cluster import connect, require_ray, run_ordered
 
     require_ray()
     start = time.perf_counter()

@@ -1,4 +1,5 @@
-"""One face for both frameworks: load the user's model, seed, apply a plan, train, count parameters.
+"""One face for both frameworks: load the user's model, seed, train (applying a plan and counting
+parameters the same way: :func:`onnxmbs.adapters.adapt`, :func:`onnxmbs.adapters.count_params`).
 
 ``retrain`` and the handbook call these instead of branching on PyTorch vs Keras themselves.
 A model is ``.pt``/``.pth`` (a pickled ``nn.Module``), ``.keras``/``.h5``, or
@@ -12,23 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxmbs.errors import MBSError
+from onnxmbs.runtime.frameworks import import_keras
 
 if TYPE_CHECKING:
-    from onnxmbs.planning.document import PlanDocument
     from onnxmbs.train import TrainConfig, TrainResult
 
 KERAS_SUFFIXES = (".keras", ".h5")
 TORCH_SUFFIXES = (".pt", ".pth")
-
-
-def framework_of(model: Any) -> str:
-    """``"torch"`` or ``"keras"``, from the model's class hierarchy."""
-    names = {c.__module__.split(".")[0] for c in type(model).__mro__}
-    if "torch" in names:
-        return "torch"
-    if "keras" in names:
-        return "keras"
-    raise MBSError(f"{type(model).__name__} is neither a torch.nn.Module nor a Keras model — return one of those")
 
 
 def _from_python(spec: str) -> Any:
@@ -59,8 +50,6 @@ def load_user_model(spec: str) -> Any:
                            "torch.save(model, path), or pass FILE.py:FUNCTION that builds it and loads the state dict")
         return model
     if path.suffix.lower() in KERAS_SUFFIXES:
-        from onnxmbs.adapters import import_keras
-
         keras = import_keras()
 
         if not path.is_file():
@@ -79,25 +68,7 @@ def seed_framework(framework: str, seed: int) -> None:
 
         torch.manual_seed(seed)
     else:
-        from onnxmbs.adapters import import_keras
-
         import_keras().utils.set_random_seed(seed)
-
-
-def example_input(framework: str, chw: tuple[int, int, int]) -> Any:
-    """What ``apply_plan``/``folded_params`` need to trace a model (None for Keras)."""
-    if framework != "torch":
-        return None
-    import torch
-
-    return torch.zeros(1, *chw)
-
-
-def adapt(model: Any, framework: str, plan: PlanDocument, chw: tuple[int, int, int], init: str) -> Any:
-    """``apply_plan`` with the right example input for ``framework``."""
-    from onnxmbs.adapters import apply_plan
-
-    return apply_plan(model, plan, example_input(framework, chw), init=init)
 
 
 def train_model(model: Any, framework: str, train: Any, val: Any, config: TrainConfig, *,
@@ -110,10 +81,3 @@ def train_model(model: Any, framework: str, train: Any, val: Any, config: TrainC
     from onnxmbs.train.keras_trainer import train_keras
 
     return train_keras(model, train, config=config, val=val, progress=progress)
-
-
-def count_params(model: Any, framework: str, chw: tuple[int, int, int]) -> int:
-    """Parameters as the plan counts the ONNX export (BatchNorm folded)."""
-    from onnxmbs.adapters import folded_params
-
-    return folded_params(model, example_input(framework, chw))

@@ -39,7 +39,7 @@ def evaluate_keras(model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int 
 
 
 def _compile(model: Any, config: TrainConfig) -> None:
-    from onnxmbs.adapters import import_keras
+    from onnxmbs.runtime.frameworks import import_keras
 
     keras = import_keras()
 
@@ -77,7 +77,7 @@ def _gpu_visible() -> bool:
 
 def mixed_precision_clone(model: Any) -> Any:
     """A copy of a functional/Sequential ``model`` computing in float16 (last layer float32), same weights."""
-    from onnxmbs.adapters import import_keras
+    from onnxmbs.runtime.frameworks import import_keras
 
     keras = import_keras()
 
@@ -97,7 +97,7 @@ def train_keras(model: Any, train: Any, *, config: TrainConfig = TrainConfig(), 
     """Train ``model`` in place on ``train`` ((x, y) NHWC arrays or a Dataset); report ``val`` accuracy.
 
     ``progress``: a bar per epoch with loss and accuracy (None: on a terminal)."""
-    from onnxmbs.adapters import import_keras
+    from onnxmbs.runtime.frameworks import import_keras
 
     keras = import_keras()
 

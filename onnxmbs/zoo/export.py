@@ -3,7 +3,7 @@
 Both exporters write atomically (a temp file in the target directory, then
 ``os.replace``) and, before returning, run the ONNX file in onnxruntime on a
 deterministic random batch of 2 and compare it with the framework's own output
-(:func:`onnxmbs.runtime.outputs_close`: rtol 1e-3, atol 1e-4 × the output's scale).
+(:func:`onnxmbs.runtime.session.outputs_close`: rtol 1e-3, atol 1e-4 × the output's scale).
 A mismatch raises :class:`MBSError` and leaves no file.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onnxmbs.errors import MBSError
-from onnxmbs.runtime import outputs_close
+from onnxmbs.runtime.session import outputs_close
 from onnxmbs.files import atomic_path
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def check_onnx(path: Path, x: np.ndarray, expected: np.ndarray, *, what: str) ->
     """Run ``path`` in onnxruntime on ``x`` and compare with ``expected``; raise on mismatch."""
     import numpy as np
 
-    from onnxmbs.runtime import open_session
+    from onnxmbs.runtime.session import open_session
 
     try:
         sess = open_session(path)
@@ -160,7 +160,7 @@ def export_keras(model, path: str | os.PathLike[str], *, opset: int = 17,
 
     import onnx
 
-    from onnxmbs.adapters import import_keras
+    from onnxmbs.runtime.frameworks import import_keras
 
     import_keras(tf2onnx=True)
     with _quiet():

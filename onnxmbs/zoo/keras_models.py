@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from onnxmbs.adapters import import_keras
+from onnxmbs.runtime.frameworks import import_keras
 
 keras = import_keras()  # without TensorFlow's start-up noise
 from keras import layers  # noqa: E402

@@ -1,0 +1,60 @@
+"""PyTorch and Keras as onnxmbs meets them: which one a model is, and Keras imported without TensorFlow's
+start-up noise. zoo/, train/ and adapters/ share this; neither framework is imported here until asked for.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from onnxmbs.errors import MBSError
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Process-level stderr to /dev/null: TensorFlow's C++ start-up lines (oneDNN, absl) bypass Python."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_keras(*, tf2onnx: bool = False) -> Any:
+    """``keras`` (and TensorFlow, and with ``tf2onnx`` that too) imported without TensorFlow's start-up noise.
+
+    ``TF_CPP_MIN_LOG_LEVEL`` is set (unless the user set it) before TensorFlow loads; the lines TensorFlow
+    2.x prints before its logging starts are dropped. Import errors still raise as usual.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    wanted = ["tensorflow", "keras"] + (["tf2onnx"] if tf2onnx else [])
+    if any(name not in sys.modules for name in wanted):
+        with _stderr_silenced():
+            for name in wanted:
+                importlib.import_module(name)
+    return sys.modules["keras"]
+
+
+def is_torch(model: Any) -> bool:
+    """``model`` is a ``torch.nn.Module`` (torch itself is not imported to tell)."""
+    return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(model).__mro__)
+
+
+def is_keras(model: Any) -> bool:
+    """``model`` is a Keras model or layer (Keras itself is not imported to tell)."""
+    return any(c.__module__.startswith("keras") and c.__name__ in ("Model", "Layer") for c in type(model).__mro__)
+
+
+def framework_of(model: Any) -> str:
+    """``"torch"`` or ``"keras"``, from the model's class hierarchy."""
+    if is_torch(model):
+        return "torch"
+    if is_keras(model):
+        return "keras"
+    raise MBSError(f"{type(model).__name__} is neither a torch.nn.Module nor a Keras model — return one of those")
