@@ -21,7 +21,7 @@ import onnx
 
 from onnxmbs.graph.costs import MAC_RULES, param_tensors
 from onnxmbs.graph.load import LoadedModel
-from onnxmbs.graph.shapes import node_names
+from onnxmbs.graph.proto import node_names
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from onnxmbs.compact.index import Layout
 from onnxmbs.graph.analysis import Analysis
-from onnxmbs.graph.shapes import attr, node_names
+from onnxmbs.graph.proto import attr, node_names
 
 LINEAR = ("Conv", "Gemm", "MatMul")
 WEIGHTED = {*LINEAR, "ConvTranspose", "Einsum", "LSTM", "GRU", "RNN", "ConvInteger", "MatMulInteger",

@@ -25,7 +25,7 @@ import numpy as np
 
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.errors import MBSError
-from onnxmbs.graph.shapes import attr, node_names
+from onnxmbs.graph.proto import attr, node_names
 
 
 @dataclass(frozen=True, eq=False)

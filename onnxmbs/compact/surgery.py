@@ -32,7 +32,7 @@ import onnx
 
 from onnxmbs.compact.index import Layout, compact_shape
 from onnxmbs.errors import MBSError
-from onnxmbs.graph.shapes import attr
+from onnxmbs.graph.proto import attr
 
 Use = tuple[int, int]  # (node index, input index)
 

@@ -35,7 +35,7 @@ from onnxmbs.errors import MBSError
 from onnxmbs.files import write_atomic, write_json
 from onnxmbs.planning.document import PlanDocument, as_plan
 from onnxmbs.stats.measure import CalibrationOptions
-from onnxmbs.graph.shapes import node_names
+from onnxmbs.graph.proto import external_locations, node_names
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +92,7 @@ class CompactResult:
 
 def _external_files(proto: onnx.ModelProto, folder: Path) -> set[Path]:
     """The external-data files the (not yet loaded) tensors of ``proto`` point to."""
-    tensors = list(proto.graph.initializer) + [a.t for n in proto.graph.node for a in n.attribute if a.HasField("t")]
-    return {folder / e.value for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL
-            for e in t.external_data if e.key == "location"}
+    return {folder / location for location in external_locations(proto.graph)}
 
 
 def _source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, int, bool]:

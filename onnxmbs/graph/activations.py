@@ -27,7 +27,8 @@ import onnx
 
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.load import LoadedModel
-from onnxmbs.graph.shapes import ConvLayer, attr, node_names
+from onnxmbs.graph.shapes import ConvLayer
+from onnxmbs.graph.proto import attr, node_names
 
 
 NONZERO, POSITIVE = "nonzero", "positive"  # what a tap counts (per layer, in the plan)

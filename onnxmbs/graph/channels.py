@@ -17,7 +17,8 @@ import onnx
 
 from onnxmbs.graph.disjoint import DisjointSets
 from onnxmbs.graph.load import LoadedModel
-from onnxmbs.graph.shapes import ConvLayer, attr, node_names
+from onnxmbs.graph.shapes import ConvLayer
+from onnxmbs.graph.proto import attr, node_names
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import onnx
 
+from onnxmbs.graph.proto import attr
+
 Shape = tuple[int, ...]
 
 
@@ -38,7 +40,7 @@ def _matmul_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape], batch: int) 
     a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
     if a is None or out is None:
         return 0
-    trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+    trans_a = bool(attr(node, "transA", 0))
     k = a[-2] if trans_a else a[-1]
     return k * _numel(out) // max(batch, 1)
 

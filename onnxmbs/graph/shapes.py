@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from onnxmbs.graph.costs import count_costs
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.load import LoadedModel
+from onnxmbs.graph.proto import attr, node_names
 
 INF = math.inf
 
@@ -59,24 +59,6 @@ class ShapeAnalysis:
     params: int  # whole model
     flops: int  # whole model, MACs per image
     unknown_ops: Mapping[str, int]  # op type -> count of nodes RF propagation has no rule for
-
-
-def node_names(graph: onnx.GraphProto) -> list[str]:
-    """Node names, with unique stand-ins for nodes the exporter left unnamed."""
-    seen: Counter[str] = Counter()
-    names = []
-    for i, node in enumerate(graph.node):
-        name = node.name or f"{node.op_type}_{i}"
-        seen[name] += 1
-        names.append(name if seen[name] == 1 else f"{name}__{seen[name] - 1}")
-    return names
-
-
-def attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 # ---------------------------------------------------------------- RF rules

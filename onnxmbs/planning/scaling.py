@@ -19,7 +19,7 @@ from onnxmbs.graph.analysis import Analysis
 from onnxmbs.graph.channels import Chan
 from onnxmbs.graph.costs import PARAM_INPUTS, param_tensors
 from onnxmbs.planning.facts import DimSpec, ParamSpec
-from onnxmbs.graph.shapes import attr, node_names
+from onnxmbs.graph.proto import attr, node_names
 
 
 def _tied(size: int, chan: Chan | None, analysis: Analysis, divisor: int = 1) -> DimSpec:
