@@ -13,7 +13,8 @@ RULES = (
     OpRules("Flatten", rf="global", channels="reshape", tap_walk=STOPS_WALK, surgery=NO_SURGERY, **_LAYOUT),
     *(OpRules(op, rf="pass", channels="reshape", tap_walk=STOPS_WALK, surgery=NO_SURGERY, **_LAYOUT)
       for op in ("Squeeze", "Unsqueeze")),
-    OpRules("Transpose", rf="pass", channels="transpose", tap_walk="transpose", surgery=NO_SURGERY, **_LAYOUT),
+    OpRules("Transpose", rf="pass", channels="transpose", tap_walk="transpose", surgery=NO_SURGERY, fit="channelwise",
+            index="transpose", **_BASE),
     OpRules("Pad", rf="pass", channels="first", tap_walk=STOPS_WALK, surgery=NO_SURGERY, fit="channelwise",
             index="join", **_BASE),
     *(OpRules(op, rf="pass", channels=FROZEN, tap_walk=STOPS_WALK, surgery=NO_SURGERY, fit=MIXES, index=NO_CHANNELS,
