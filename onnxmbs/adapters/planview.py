@@ -244,7 +244,7 @@ def onnx_weight_names(view: PlanView, onnx_path: str | Path | None = None) -> di
         return {}
     import onnx
 
-    from onnxmbs.graph.shapes import node_names
+    from onnxmbs.graph.proto import node_names
 
     graph = onnx.load(str(path), load_external_data=False).graph
     return {name: node.input[1] for node, name in zip(graph.node, node_names(graph))

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import onnx
 
-from onnxmbs.graph.costs import MAC_RULES, param_tensors
+from onnxmbs.graph.costs import node_macs, param_tensors
 from onnxmbs.graph.load import LoadedModel
-from onnxmbs.graph.shapes import node_names
+from onnxmbs.graph.proto import node_names
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,5 @@ def _costs(loaded: LoadedModel, g: GraphIndex, members: Sequence[int]) -> tuple[
     for name in param_tensors(sub, loaded.constants):
         if all(c in inside for c in g.consumers.get(name, ())):
             params += int(getattr(loaded.constants[name], "size", 0))
-    macs = sum(MAC_RULES[g.nodes[i].op_type](g.nodes[i], loaded.shapes, batch) for i in members
-               if g.nodes[i].op_type in MAC_RULES)
+    macs = sum(node_macs(g.nodes[i], loaded.shapes, batch) for i in members)
     return params, macs

@@ -16,7 +16,7 @@ import onnx
 from onnxmbs.blocks.discover import Block
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.edit import rewire
-from onnxmbs.graph.shapes import node_names
+from onnxmbs.graph.proto import node_names
 
 logger = logging.getLogger(__name__)
 

@@ -29,19 +29,12 @@ import numpy as np
 
 from onnxmbs.compact.index import Layout
 from onnxmbs.graph.analysis import Analysis
-from onnxmbs.graph.shapes import attr, node_names
+from onnxmbs.graph.proto import attr, node_names
+from onnxmbs.ops.registry import kind
 
-LINEAR = ("Conv", "Gemm", "MatMul")
-WEIGHTED = {*LINEAR, "ConvTranspose", "Einsum", "LSTM", "GRU", "RNN", "ConvInteger", "MatMulInteger",
-            "QLinearConv", "QLinearMatMul"}
-CHANNELWISE = {
-    "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Swish", "Tanh", "Elu", "Selu",
-    "Celu", "Gelu", "Mish", "Softplus", "Erf", "Abs", "Neg", "Exp", "Sqrt", "Reciprocal", "Identity", "Dropout",
-    "Cast", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Where", "Pow", "BatchNormalization",
-    "InstanceNormalization", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "Pad",
-    "Concat", "Split", "Slice", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize", "Upsample",
-}
-REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceProd"}
+# the kinds of :attr:`onnxmbs.ops.rules.OpRules.fit`: re-fitted (Conv, Gemm, MatMul), weighted but kept,
+# channel-wise (never mixes channels), reductions (mix when they reduce the channel axis); declined = mixes
+FIT_KINDS = frozenset({"linear", "weighted", "channelwise", "reduce"})
 
 
 @dataclass(frozen=True)
@@ -88,23 +81,23 @@ def _mixes_channels(node, analysis: Analysis, layouts: Mapping[str, Layout], con
     cut = [t for t in node.input if t and _cut(layouts, t)]
     if not cut:
         return False
-    op = node.op_type
-    if op == "Conv":
+    fit = kind(node.op_type, "fit")
+    if fit == "linear":  # only a depthwise Conv keeps its channels apart
         return not _is_depthwise(node, consts)
-    if op in REDUCE:
+    if fit == "reduce":
         axes = attr(node, "axes", None)
         if axes is None and len(node.input) > 1 and node.input[1] in consts:
             axes = consts[node.input[1]].tolist()
         rank = len(analysis.loaded.shapes.get(cut[0], ())) or 4
         lay = layouts[cut[0]]
         return axes is None or lay.axis in [int(a) % rank for a in axes]
-    return op not in CHANNELWISE
+    return fit != "channelwise"
 
 
 def _why_not(node, consts: Mapping[str, np.ndarray], shapes) -> str | None:
     """None when the layer can be re-fitted, else the reason."""
     op = node.op_type
-    if op not in LINEAR:
+    if kind(op, "fit") != "linear":
         return f"{op} weights are not re-fitted"
     w = consts.get(node.input[1]) if len(node.input) > 1 else None
     if w is None or node.input[0] in consts:
@@ -194,7 +187,7 @@ def plan_fits(analysis: Analysis, layouts: Mapping[str, Layout], consts: Mapping
         wrong = any(t in off for t in ins) or _mixes_channels(node, analysis, layouts, consts)
         here = max((level.get(t, 0) for t in ins), default=0)
         out_level = here
-        if wrong and node.op_type in WEIGHTED:
+        if wrong and kind(node.op_type, "fit") in ("linear", "weighted"):
             why = _why_not(node, consts, shapes)
             if why is None:
                 fit = _fit(node, name, here, layouts, consts, shapes, graph, readers, outputs, level)

@@ -25,7 +25,8 @@ import numpy as np
 
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.errors import MBSError
-from onnxmbs.graph.shapes import attr, node_names
+from onnxmbs.graph.proto import attr, node_names
+from onnxmbs.ops.registry import kind
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,6 +82,12 @@ def _transpose_split(lay: Layout, axis: int) -> Layout:
     return Layout(axis, ids, pos, (d1, d0), (c1, c0))
 
 
+# the kinds of :attr:`onnxmbs.ops.rules.OpRules.index`: a new group (a depthwise conv follows its input),
+# concatenation along the channel axis, a layout op (reshape, flatten, squeeze, ...), a transpose (the middle of
+# a channel shuffle), element-wise (the default)
+INDEX_KINDS = frozenset({"produce", "concat", "reshape", "transpose", "join"})
+
+
 class _Walker:
     """One pass over the graph in node order (private; the result is a dict of Layouts)."""
 
@@ -105,13 +112,13 @@ class _Walker:
 
     def _layout(self, node, name: str, output: str, chan) -> Layout:
         ins = [self.out.get(i) if i not in self.analysis.loaded.constants else None for i in node.input]
-        op = node.op_type
-        if op in ("Conv", "Gemm", "MatMul") and not self._follows(node, name, ins):
+        rule = kind(node.op_type, "index")
+        if rule == "produce" and not self._follows(node, name, ins):
             return _new_group(chan.segs, chan.axis, self.offsets, self.keep, self.widths)
-        if op == "Concat" and self._on_channel_axis(node, output, chan):
+        if rule == "concat" and self._on_channel_axis(node, output, chan):
             return self._concat(node, name, ins, chan.axis)
-        if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose") and ins and ins[0] is not None:
-            return self._reshape(node, name, ins[0], chan)
+        if rule in ("reshape", "transpose") and ins and ins[0] is not None:
+            return self._reshape(node, name, ins[0], chan, transpose=rule == "transpose")
         return self._join(node, name, ins, chan)
 
     def _follows(self, node, name: str, ins: list) -> bool:
@@ -130,8 +137,8 @@ class _Walker:
         return Layout(axis, np.concatenate([i.ids for i in ins]),
                       np.concatenate([i.pos + s for i, s in zip(ins, starts)]))
 
-    def _reshape(self, node, name: str, lay: Layout, chan) -> Layout:
-        if node.op_type == "Transpose" and lay.dims is not None:
+    def _reshape(self, node, name: str, lay: Layout, chan, *, transpose: bool) -> Layout:
+        if transpose and lay.dims is not None:
             return _transpose_split(lay, chan.axis)
         if chan.split and lay.dims is None:  # first half of a shuffle: C -> (split, C/split)
             s, c = chan.split, len(lay.pos)

@@ -29,7 +29,7 @@ from onnxmbs.compact.activations import Probe, open_batches
 from onnxmbs.compact.index import group_offsets, identity_layouts
 from onnxmbs.compact.sampling import conv_geometry, conv_rows, matmul_rows, sample_flat, sample_positions
 from onnxmbs.graph.analysis import Analysis
-from onnxmbs.graph.shapes import attr, node_names
+from onnxmbs.graph.proto import attr, node_names
 from onnxmbs.progress import progress_bar
 from onnxmbs.stats.measure import CalibrationOptions
 

@@ -33,7 +33,7 @@ from onnxmbs.compact.sampling import (Positions, conv_geometry, conv_rows, conv_
                                       sample_positions)
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis
-from onnxmbs.graph.shapes import attr
+from onnxmbs.graph.proto import attr
 from onnxmbs.progress import progress_bar
 from onnxmbs.runtime.session import choose_provider
 from onnxmbs.stats.measure import CalibrationOptions

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxmbs.errors import MBSError
-from onnxmbs.graph.shapes import attr
+from onnxmbs.graph.proto import attr
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.planning.document import LayerRecord, PlanDocument
 from onnxmbs.compact.index import Layout, group_offsets
-from onnxmbs.graph.shapes import attr, node_names
+from onnxmbs.graph.proto import attr, node_names
 
 SELECT = ("nonzero", "l1", "greedy")
 

@@ -1,7 +1,8 @@
 """Compact surgery, part 3 — the new value of every constant input, one rule per op type.
 
 Given the :class:`~onnxmbs.compact.index.Layout` of every channel tensor, each rule cuts the
-constants a node reads along the axes that carry channels:
+constants a node reads along the axes that carry channels (the registry, :mod:`onnxmbs.ops`, names
+each op's rule):
 
 * Conv: weight rows by the output's kept channels, columns by the input's (depthwise: rows
   only, and ``group`` becomes the new channel count; grouped: per group, exact when the kept
@@ -32,7 +33,8 @@ import onnx
 
 from onnxmbs.compact.index import Layout, compact_shape
 from onnxmbs.errors import MBSError
-from onnxmbs.graph.shapes import attr
+from onnxmbs.graph.proto import attr
+from onnxmbs.ops.registry import kind
 
 Use = tuple[int, int]  # (node index, input index)
 
@@ -139,14 +141,15 @@ def gemm_rule(i: int, node, name: str, ctx: Ctx, edits: Edits) -> None:
         _set(edits, ctx, (i, 2), np.take(c, pos_n, axis=-1))
 
 
-def norm_rule(i: int, node, name: str, ctx: Ctx, edits: Edits) -> None:
+def norm_rule(i: int, node, name: str, ctx: Ctx, edits: Edits, *, statistics: bool = False) -> None:
+    """Scale and bias (InstanceNormalization), and the running mean and variance (``statistics``: BatchNorm)."""
     lay = ctx.layouts.get(node.input[0])
     if lay is None or lay.full:
         return
     if lay.axis != 1 or lay.dims is not None:
         raise MBSError(f"{node.op_type} '{name}' normalises axis 1 but its channels lie on axis {lay.axis} — "
                        "report the model")
-    last = 5 if node.op_type == "BatchNormalization" else 3
+    last = 5 if statistics else 3
     for j in range(1, min(last, len(node.input))):
         value = _need_const(ctx, node, name, j, True)
         _set(edits, ctx, (i, j), value[lay.pos])
@@ -219,12 +222,22 @@ def _reshape_piece(ctx: Ctx, edits: Edits, use: Use, positions: list[int], start
     _set(edits, ctx, use, value)
 
 
+def batchnorm_rule(i: int, node, name: str, ctx: Ctx, edits: Edits) -> None:
+    norm_rule(i, node, name, ctx, edits, statistics=True)
+
+
 Rule = Callable[[int, onnx.NodeProto, str, Ctx, Edits], None]
-SURGERY_RULES: dict[str, Rule] = {
-    "Conv": conv_rule, "Gemm": gemm_rule, "MatMul": gemm_rule,
-    "BatchNormalization": norm_rule, "InstanceNormalization": norm_rule, "Reshape": reshape_rule,
-    **{op: elementwise_rule for op in "Add Sub Mul Div Max Min Sum Mean PRelu Where Pow".split()},
+# the kinds of :attr:`onnxmbs.ops.rules.OpRules.surgery`
+SURGERY_KINDS: dict[str, Rule] = {
+    "conv": conv_rule, "gemm": gemm_rule, "batchnorm": batchnorm_rule, "norm": norm_rule,
+    "elementwise": elementwise_rule, "reshape": reshape_rule,
 }
+
+
+def surgery_rule(op: str) -> Rule | None:
+    """The rule that cuts the constants of an ``op`` node; None when it has none to cut."""
+    rule = kind(op, "surgery")
+    return SURGERY_KINDS[rule] if rule else None
 
 
 # ---------------------------------------------------------------- fresh weights
@@ -234,19 +247,19 @@ def _he(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, dtype) ->
 
 def _fresh(node, j: int, value: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
     """The re-initialised value of input ``j`` of ``node``, or None to keep it."""
-    op = node.op_type
-    if op == "BatchNormalization" and 1 <= j <= 4:
+    rule = kind(node.op_type, "surgery")
+    if rule == "batchnorm" and 1 <= j <= 4:
         return (np.ones if j in (1, 4) else np.zeros)(value.shape, value.dtype)
-    if op not in ("Conv", "Gemm", "MatMul") or value.ndim == 0 or not np.issubdtype(value.dtype, np.floating):
+    if rule not in ("conv", "gemm") or value.ndim == 0 or not np.issubdtype(value.dtype, np.floating):
         return None
-    if j == 2 and op != "MatMul":
+    if j == 2:  # Conv's and Gemm's bias (MatMul has two inputs)
         return np.zeros(value.shape, value.dtype)
     if j != 1 or value.ndim < 2:
         return None
-    if op == "Conv":
+    if rule == "conv":
         fan_in = math.prod(value.shape[1:])
-    else:
-        fan_in = value.shape[-1] if op == "Gemm" and attr(node, "transB", 0) else value.shape[-2]
+    else:  # transB is Gemm's only
+        fan_in = value.shape[-1] if attr(node, "transB", 0) else value.shape[-2]
     return _he(rng, value.shape, fan_in, value.dtype)
 
 

@@ -29,15 +29,14 @@ from onnxmbs.compact.index import Layout, compact_shape, identity_layouts, tenso
 from onnxmbs.compact.ranking import greedy_scores
 from onnxmbs.compact.reconstruct import Reconstruction, ReconstructOptions, reconstruct as refit
 from onnxmbs.compact.select import SELECT, Selection, select_channels
-from onnxmbs.compact.surgery import SURGERY_RULES, Ctx, Edits, reinitialise
+from onnxmbs.compact.surgery import Ctx, Edits, reinitialise, surgery_rule
 from onnxmbs.graph.costs import param_tensors
-from onnxmbs.graph.load import external_locations
 from onnxmbs.errors import MBSError
 from onnxmbs.files import write_atomic, write_json
 from onnxmbs.planning.document import PlanDocument, as_plan
 from onnxmbs.stats.measure import CalibrationOptions
 from onnxmbs.data.normalisation import Normalisation
-from onnxmbs.graph.shapes import node_names
+from onnxmbs.graph.proto import external_locations, node_names
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +186,7 @@ def _surgery(analysis: Analysis, layouts, *, weights: str, seed: int) -> tuple[E
               nodes=list(graph.node))
     edits = Edits()
     for i, (node, name) in enumerate(zip(graph.node, node_names(graph))):
-        rule = SURGERY_RULES.get(node.op_type)
+        rule = surgery_rule(node.op_type)
         if rule is not None:
             rule(i, node, name, ctx, edits)
     if weights == "random":

@@ -27,19 +27,14 @@ import onnx
 
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.load import LoadedModel
-from onnxmbs.graph.shapes import ConvLayer, attr, node_names
+from onnxmbs.graph.shapes import ConvLayer
+from onnxmbs.graph.proto import attr, node_names
+from onnxmbs.ops.registry import kind
 
 
 NONZERO, POSITIVE = "nonzero", "positive"  # what a tap counts (per layer, in the plan)
 EXTENDED, PAPER = "extended", "paper"  # the policy: count > 0 after non-ReLU activations too, or not
 POLICIES = (EXTENDED, PAPER)
-
-# single-node activations whose outputs have few exact zeros: count the outputs > 0 (any domain)
-POSITIVE_OPS = frozenset({"LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "HardSwish", "Gelu", "FastGelu",
-                          "QuickGelu", "BiasGelu", "Swish", "Mish", "ThresholdedRelu"})
-_GATE_OPS = frozenset({"Sigmoid", "HardSigmoid", "Erf", "Tanh", "Softplus", "Relu", "Clip"})  # inside a gate
-_AFFINE_OPS = frozenset({"Add", "Sub", "Mul", "Div"})  # with one constant operand, inside a gate
-
 
 @dataclass(frozen=True)
 class Tap:
@@ -51,19 +46,32 @@ class Tap:
     statistic: str = NONZERO  # NONZERO (ReLU family, the paper) or POSITIVE (the extension)
 
 
-def _is_relu(node: onnx.NodeProto, consts: Mapping[str, np.ndarray]) -> bool:
-    if node.op_type == "Relu":
-        return True
-    if node.op_type == "Clip":
-        low = attr(node, "min")
-        if low is None and len(node.input) > 1 and node.input[1]:
-            low = consts.get(node.input[1])
-            low = None if low is None else float(np.min(low))
-        return low is not None and low >= 0
-    if node.op_type == "Max" and len(node.input) == 2:
-        other = [consts.get(i) for i in node.input if i in consts]
-        return len(other) == 1 and other[0].size == 1 and float(other[0].reshape(-1)[0]) == 0.0
-    return False
+def _relu(node: onnx.NodeProto, consts: Mapping[str, np.ndarray]) -> bool:
+    return True
+
+
+def _clip_relu(node: onnx.NodeProto, consts: Mapping[str, np.ndarray]) -> bool:
+    """Clip with min >= 0 (ReLU6)."""
+    low = attr(node, "min")
+    if low is None and len(node.input) > 1 and node.input[1]:
+        low = consts.get(node.input[1])
+        low = None if low is None else float(np.min(low))
+    return low is not None and low >= 0
+
+
+def _max_relu(node: onnx.NodeProto, consts: Mapping[str, np.ndarray]) -> bool:
+    """Max(x, 0)."""
+    if len(node.input) != 2:
+        return False
+    other = [consts.get(i) for i in node.input if i in consts]
+    return len(other) == 1 and other[0].size == 1 and float(other[0].reshape(-1)[0]) == 0.0
+
+
+_RELU_KINDS = {"relu": _relu, "clip": _clip_relu, "max": _max_relu}  # ReLU family: their taps count non-zeros
+# the kinds of :attr:`onnxmbs.ops.rules.OpRules.tap`, ``tap_gate`` and ``tap_walk``
+TAP_KINDS = frozenset({*_RELU_KINDS, "positive", "gated"})  # positive: single-node activations, count > 0
+GATE_KINDS = frozenset({"nonlinear", "affine"})  # affine: with one constant operand
+WALK_KINDS = frozenset({"through", "transpose", "affine", "concat"})
 
 
 def _gate_sources(tensor: str, producers: Mapping[str, onnx.NodeProto],
@@ -74,9 +82,10 @@ def _gate_sources(tensor: str, producers: Mapping[str, onnx.NodeProto],
         node = producers.get(tensor)
         if node is None or not node.input:
             break
-        if node.op_type in _GATE_OPS:
+        gate = kind(node.op_type, "tap_gate")
+        if gate == "nonlinear":
             nonlinear, tensor = True, node.input[0]
-        elif node.op_type in _AFFINE_OPS and len(node.input) == 2 and sum(i in consts for i in node.input) == 1:
+        elif gate == "affine" and len(node.input) == 2 and sum(i in consts for i in node.input) == 1:
             tensor = next(i for i in node.input if i not in consts)
         else:
             break
@@ -87,7 +96,7 @@ def _gate_sources(tensor: str, producers: Mapping[str, onnx.NodeProto],
 def _is_gated(node: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto],
               consts: Mapping[str, np.ndarray]) -> bool:
     """``Mul(f(x), g(x))`` with a non-linear gate: SiLU, HardSwish, torch's Erf GELU, Mish as exported."""
-    if node.op_type != "Mul" or len(node.input) != 2 or any(i in consts for i in node.input):
+    if len(node.input) != 2 or any(i in consts for i in node.input):
         return False
     (a, nonlinear_a), (b, nonlinear_b) = (_gate_sources(i, producers, consts) for i in node.input)
     return bool(a & b) and (nonlinear_a or nonlinear_b)
@@ -96,26 +105,28 @@ def _is_gated(node: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto],
 def activation_kind(node: onnx.NodeProto, tensor: str, consts: Mapping[str, np.ndarray],
                     producers: Mapping[str, onnx.NodeProto]) -> str | None:
     """NONZERO for a ReLU-family node on ``tensor``, POSITIVE for another activation, else None."""
-    if node.input and node.input[0] == tensor and _is_relu(node, consts):
+    tap = kind(node.op_type, "tap")
+    first = bool(node.input) and node.input[0] == tensor
+    if first and tap in _RELU_KINDS and _RELU_KINDS[tap](node, consts):
         return NONZERO
-    if node.input and node.input[0] == tensor and node.op_type in POSITIVE_OPS:
+    if first and tap == "positive":
         return POSITIVE
-    if tensor in node.input and _is_gated(node, producers, consts):
+    if tap == "gated" and tensor in node.input and _is_gated(node, producers, consts):
         return POSITIVE
     return None
 
 
 def _passes(node: onnx.NodeProto, tensor: str, loaded: LoadedModel) -> bool:
     """Does ``node`` keep the channels of ``tensor`` one-to-one?"""
-    op, consts, shapes = node.op_type, loaded.constants, loaded.shapes
-    if op in ("BatchNormalization", "Identity", "Transpose"):
+    walk, consts, shapes = kind(node.op_type, "tap_walk"), loaded.constants, loaded.shapes
+    if walk in ("through", "transpose"):
         return node.input[0] == tensor
-    if op not in ("Add", "Sub", "Mul", "Div") or len(node.input) != 2:
+    if walk != "affine" or len(node.input) != 2:
         return False
     other = node.input[1] if node.input[0] == tensor else node.input[0]
     if other in consts:
         return consts[other].size <= max(shapes.get(tensor, (1, 1))[1:] or (1,))
-    return op == "Add" and shapes.get(other) == shapes.get(tensor) is not None
+    return node.op_type == "Add" and shapes.get(other) == shapes.get(tensor) is not None  # a residual join
 
 
 def find_taps(loaded: LoadedModel, convs: tuple[ConvLayer, ...], *,
@@ -163,7 +174,8 @@ def _walk(start: str, consumers: dict[str, list[int]], producers: Mapping[str, o
 
 def _step(node: onnx.NodeProto, tensor: str, axis: int, loaded: LoadedModel) -> tuple[int, int] | None:
     """(channel axis, channel offset) of ``tensor``'s channels in the node's output, or None to stop."""
-    if node.op_type == "Concat":
+    walk = kind(node.op_type, "tap_walk")
+    if walk == "concat":
         rank = len(loaded.shapes.get(node.output[0], ())) or 4
         if attr(node, "axis", 1) % rank != axis or list(node.input).count(tensor) != 1:
             return None
@@ -171,4 +183,4 @@ def _step(node: onnx.NodeProto, tensor: str, axis: int, loaded: LoadedModel) -> 
         return axis, sum(loaded.shapes[t][axis] for t in before)
     if not _passes(node, tensor, loaded):
         return None
-    return (list(attr(node, "perm")).index(axis) if node.op_type == "Transpose" else axis), 0
+    return (list(attr(node, "perm")).index(axis) if walk == "transpose" else axis), 0

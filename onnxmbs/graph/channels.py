@@ -17,7 +17,9 @@ import onnx
 
 from onnxmbs.graph.disjoint import DisjointSets
 from onnxmbs.graph.load import LoadedModel
-from onnxmbs.graph.shapes import ConvLayer, attr, node_names
+from onnxmbs.graph.shapes import ConvLayer
+from onnxmbs.ops.registry import kind
+from onnxmbs.graph.proto import attr, node_names
 
 
 @dataclass(frozen=True)
@@ -300,17 +302,14 @@ def _freeze_all(b: _Builder, node: onnx.NodeProto, name: str, ins: list) -> Chan
     return None
 
 
-CHANNEL_RULES: dict[str, Rule] = {
-    "Conv": _conv, "Gemm": _mixer, "MatMul": _mixer,
-    "Transpose": _transpose, "Reshape": _reshape, "Flatten": _reshape, "Squeeze": _reshape, "Unsqueeze": _reshape,
-    "Concat": _concat, "Split": _slice_like, "Slice": _slice_like,
-    "ReduceMean": _reduce, "ReduceMax": _reduce, "ReduceSum": _reduce, "ReduceMin": _reduce, "ReduceL2": _reduce,
-    **{op: _join for op in "Add Sub Mul Div Max Min Sum Mean PRelu Where Pow".split()},
-    **{op: _first for op in """Relu Clip LeakyRelu Elu Selu Sigmoid HardSigmoid HardSwish Tanh Softplus Softsign Gelu
-        Erf Mish BatchNormalization InstanceNormalization Dropout Identity Cast MaxPool AveragePool LpPool
-        GlobalAveragePool GlobalMaxPool GlobalLpPool Pad Resize Upsample Neg Abs Sqrt Exp Reciprocal Softmax
-        LogSoftmax""".split()},
-    **{op: (lambda b, n, name, ins: None) for op in "Shape Size Constant ConstantOfShape".split()},
+def _none(b: _Builder, node: onnx.NodeProto, name: str, ins: list) -> Chan | None:
+    return None
+
+
+# the kinds of :attr:`onnxmbs.ops.rules.OpRules.channels`; a declined or unknown op freezes what it reads
+CHANNEL_KINDS: dict[str, Rule] = {
+    "conv": _conv, "mixer": _mixer, "transpose": _transpose, "reshape": _reshape, "concat": _concat,
+    "slice": _slice_like, "reduce": _reduce, "join": _join, "first": _first, "none": _none,
 }
 
 
@@ -324,7 +323,8 @@ def analyze_channels(loaded: LoadedModel, convs: tuple[ConvLayer, ...]) -> Chann
         ins = [b.resolve(b.chan.get(i)) if i not in loaded.constants else None for i in node.input]
         if node.op_type == "Conv":
             conv_in[name] = ins[0].segs if ins[0] is not None else ()
-        out = CHANNEL_RULES.get(node.op_type, _freeze_all)(b, node, name, ins)
+        rule = kind(node.op_type, "channels")
+        out = (CHANNEL_KINDS[rule] if rule else _freeze_all)(b, node, name, ins)
         if out is not None:
             for o in node.output:
                 if o:

@@ -1,4 +1,5 @@
-"""Parameter and MAC counting, one rule per op type (fvcore style).
+"""Parameter and MAC counting, one rule per op type (fvcore style; the registry, :mod:`onnxmbs.ops`,
+names each op's MAC kind and parameter inputs).
 
 Parameters are the learnable elements a framework would count: Conv/ConvTranspose weights
 and biases, Gemm/MatMul weights and biases, BatchNormalization scale and bias (not the
@@ -13,6 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import onnx
+
+from onnxmbs.graph.proto import attr
+from onnxmbs.ops.registry import kind, param_inputs
 
 Shape = tuple[int, ...]
 
@@ -38,7 +42,7 @@ def _matmul_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape], batch: int) 
     a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
     if a is None or out is None:
         return 0
-    trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+    trans_a = bool(attr(node, "transA", 0))
     k = a[-2] if trans_a else a[-1]
     return k * _numel(out) // max(batch, 1)
 
@@ -51,38 +55,29 @@ def _conv_transpose_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape], batc
 
 
 MacRule = Callable[[onnx.NodeProto, Mapping[str, Shape], int], int]
-MAC_RULES: dict[str, MacRule] = {
-    "Conv": _conv_macs,
-    "ConvTranspose": _conv_transpose_macs,
-    "Gemm": _matmul_macs,
-    "MatMul": _matmul_macs,
+# the kinds of :attr:`onnxmbs.ops.rules.OpRules.macs`; a declined or unknown op counts none
+MAC_KINDS: dict[str, MacRule] = {
+    "conv": _conv_macs,
+    "conv_transpose": _conv_transpose_macs,
+    "matmul": _matmul_macs,
 }
 
-# Which inputs of an op hold parameters (when they are constants).
-PARAM_INPUTS: dict[str, tuple[int, ...]] = {
-    "Conv": (1, 2),
-    "ConvTranspose": (1, 2),
-    "Gemm": (1, 2),
-    "MatMul": (1,),
-    "BatchNormalization": (1, 2),
-    "PRelu": (1,),
-    "Mul": (0, 1),
-    "Add": (0, 1),
-    "Sub": (0, 1),
-    "Div": (1,),
-}
-_AFFINE = {"Mul", "Add", "Sub", "Div"}
+
+def node_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape], batch: int = 1) -> int:
+    """Multiply-accumulates per image of one node (0 for ops without a MAC rule)."""
+    rule = kind(node.op_type, "macs")
+    return MAC_KINDS[rule](node, shapes, batch) if rule else 0
 
 
 def param_tensors(graph: onnx.GraphProto, constants: Mapping[str, object]) -> set[str]:
     """Names of the constant tensors that count as parameters."""
     names: set[str] = set()
     for node in graph.node:
-        for idx in PARAM_INPUTS.get(node.op_type, ()):
+        params = param_inputs(node.op_type)
+        for idx in params.inputs if params else ():
             if idx >= len(node.input) or node.input[idx] not in constants:
                 continue
-            size = getattr(constants[node.input[idx]], "size", 1)
-            if node.op_type in _AFFINE and size <= 1:
+            if params.vectors_only and getattr(constants[node.input[idx]], "size", 1) <= 1:
                 continue
             names.add(node.input[idx])
     return names
@@ -91,5 +86,5 @@ def param_tensors(graph: onnx.GraphProto, constants: Mapping[str, object]) -> se
 def count_costs(graph: onnx.GraphProto, shapes: Mapping[str, Shape], constants: Mapping[str, object],
                 *, batch: int = 1) -> Costs:
     params = sum(int(getattr(constants[name], "size", 0)) for name in param_tensors(graph, constants))
-    flops = sum(MAC_RULES[n.op_type](n, shapes, batch) for n in graph.node if n.op_type in MAC_RULES)
+    flops = sum(node_macs(n, shapes, batch) for n in graph.node)
     return Costs(params=params, flops=flops)

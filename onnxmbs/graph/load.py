@@ -17,6 +17,7 @@ from onnx import numpy_helper, shape_inference
 
 from onnxmbs.errors import MBSError
 from onnxmbs.runtime.session import open_session
+from onnxmbs.graph.proto import attr, external_locations
 from onnxmbs.graph.record import ModelRecord
 
 logger = logging.getLogger(__name__)
@@ -121,18 +122,6 @@ def _digest(path: Path, locations: list[str]) -> str:
     return digest.hexdigest()
 
 
-def external_locations(graph: onnx.GraphProto) -> list[str]:
-    """The external-data file names the graph's tensors (initializers, constants, subgraphs) refer to."""
-    tensors, found = list(graph.initializer), set()
-    for node in graph.node:
-        for attr in node.attribute:
-            tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                found.update(external_locations(sub))
-    found.update(e.value for t in tensors for e in t.external_data if e.key == "location")
-    return sorted(found)
-
-
 def _data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     inits = {i.name for i in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in inits]
@@ -147,7 +136,7 @@ def _guess_layout(model: onnx.ModelProto, gin: onnx.ValueInfoProto, dims: list[i
     """The layout before shapes are known: a Transpose(0,3,1,2) on the input, else where the channels are."""
     for node in model.graph.node:
         if gin.name in node.input and node.op_type == "Transpose":
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+            perm = list(attr(node, "perm", []))
             return "NHWC" if perm == [0, 3, 1, 2] else "NCHW"
     if len(dims) == 4 and dims[1] is None and dims[3] is not None:
         return "NHWC"
@@ -311,18 +300,12 @@ def _detect_layout(model: onnx.ModelProto, input_name: str, dims: Shape, consts:
                 continue
             seen.add(id(node))
             if node.op_type == "Transpose":
-                perm = list(onnx.helper.get_attribute_value(node.attribute[0])) if node.attribute else []
+                perm = list(attr(node, "perm", []))
                 if perm == [0, 3, 1, 2]:
                     return "NHWC"
             if node.op_type == "Conv":
-                cin = consts[node.input[1]].shape[1] * _group(node) if node.input[1] in consts else None
+                cin = consts[node.input[1]].shape[1] * int(attr(node, "group", 1)) if node.input[1] in consts else None
                 return "NCHW" if cin in (None, dims[1]) else "NHWC"
             frontier.extend(node.output)
     return "NHWC" if dims[3] in (1, 3) and dims[1] not in (1, 3) else "NCHW"
 
-
-def _group(node: onnx.NodeProto) -> int:
-    for attr in node.attribute:
-        if attr.name == "group":
-            return attr.i
-    return 1

@@ -1,8 +1,9 @@
 """Stage 2 — shapes and receptive fields of every Conv (docs/algorithm.md §3).
 
 ``(rf, jump)`` is propagated from the input ``(1, 1)`` in topological order with one rule
-per op type (:data:`RF_RULES`). Ops without a rule pass their spatial input through and are
-counted in :attr:`ShapeAnalysis.unknown_ops`, never crashed on.
+per op type: the registry (:mod:`onnxmbs.ops`) names the kind of each op (:data:`RF_KINDS`). Ops
+without a rule pass their spatial input through and are counted in
+:attr:`ShapeAnalysis.unknown_ops`, never crashed on.
 """
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from onnxmbs.graph.costs import count_costs
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.load import LoadedModel
+from onnxmbs.graph.proto import attr, node_names
+from onnxmbs.ops.registry import kind
 
 INF = math.inf
 
@@ -59,24 +61,6 @@ class ShapeAnalysis:
     params: int  # whole model
     flops: int  # whole model, MACs per image
     unknown_ops: Mapping[str, int]  # op type -> count of nodes RF propagation has no rule for
-
-
-def node_names(graph: onnx.GraphProto) -> list[str]:
-    """Node names, with unique stand-ins for nodes the exporter left unnamed."""
-    seen: Counter[str] = Counter()
-    names = []
-    for i, node in enumerate(graph.node):
-        name = node.name or f"{node.op_type}_{i}"
-        seen[name] += 1
-        names.append(name if seen[name] == 1 else f"{name}__{seen[name] - 1}")
-    return names
-
-
-def attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 # ---------------------------------------------------------------- RF rules
@@ -156,38 +140,25 @@ def _no_field(node: onnx.NodeProto, fields: list, ctx: _Ctx) -> Field | None:
     return None
 
 
-RF_RULES: dict[str, Rule] = {
-    "Conv": _conv_rule,
-    "MaxPool": _pool_rule,
-    "AveragePool": _pool_rule,
-    "LpPool": _pool_rule,
-    "GlobalAveragePool": _global_rule,
-    "GlobalMaxPool": _global_rule,
-    "GlobalLpPool": _global_rule,
-    "Flatten": _global_rule,
-    "Gemm": _global_rule,
-    "MatMul": _matmul_rule,
-    "ReduceMean": _reduce_rule,
-    "ReduceMax": _reduce_rule,
-    "ReduceSum": _reduce_rule,
-    "ReduceMin": _reduce_rule,
-    "ReduceL2": _reduce_rule,
-    "Resize": _resize_rule,
-    "Upsample": _resize_rule,
-    "Shape": _no_field,
-    "Size": _no_field,
-    "Constant": _no_field,
-    "ConstantOfShape": _no_field,
-}
+def _pass_rule(node: onnx.NodeProto, fields: list, ctx: _Ctx) -> Field | None:
+    """Element-wise, shape-only and layout ops: the widest field of the spatial inputs."""
+    spatial = _spatial_inputs(node, fields, ctx)
+    if not spatial:
+        return None
+    return Field(rf=max(f.rf for f in spatial), jump=max(f.jump for f in spatial))
 
-# Ops whose outputs keep the spatial field of their inputs (element-wise, shape-only, layout).
-PASS_THROUGH = frozenset("""
-    Relu Clip LeakyRelu PRelu Elu Selu Sigmoid HardSigmoid HardSwish Tanh Softplus Softsign Gelu Erf Mish Swish
-    BatchNormalization InstanceNormalization LayerNormalization GroupNormalization LRN Dropout Identity Cast
-    Add Sub Mul Div Max Min Sum Mean Pow Sqrt Neg Abs Exp Log Reciprocal Floor Ceil Round Where Not And Or
-    Greater Less Equal Pad Transpose Reshape Squeeze Unsqueeze Concat Split Slice Softmax LogSoftmax Expand Tile
-    Gather DepthToSpace SpaceToDepth QuantizeLinear DequantizeLinear
-""".split())
+
+# the kinds of :attr:`onnxmbs.ops.rules.OpRules.rf`
+RF_KINDS: dict[str, Rule] = {
+    "conv": _conv_rule,
+    "pool": _pool_rule,
+    "global": _global_rule,
+    "matmul": _matmul_rule,
+    "reduce": _reduce_rule,
+    "resize": _resize_rule,
+    "none": _no_field,
+    "pass": _pass_rule,
+}
 
 
 def _spatial_inputs(node: onnx.NodeProto, fields: list, ctx: _Ctx) -> list[Field]:
@@ -202,15 +173,10 @@ def _spatial_inputs(node: onnx.NodeProto, fields: list, ctx: _Ctx) -> list[Field
 
 
 def _propagate(node: onnx.NodeProto, fields: list, ctx: _Ctx, unknown: Counter) -> Field | None:
-    rule = RF_RULES.get(node.op_type)
-    if rule is not None:
-        return rule(node, fields, ctx)
-    if node.op_type not in PASS_THROUGH:
+    rule = kind(node.op_type, "rf")
+    if rule is None:  # declined or unknown: counted, and the input's field passed on
         unknown[node.op_type] += 1
-    spatial = _spatial_inputs(node, fields, ctx)
-    if not spatial:
-        return None
-    return Field(rf=max(f.rf for f in spatial), jump=max(f.jump for f in spatial))
+    return RF_KINDS[rule or "pass"](node, fields, ctx)
 
 
 def _conv_record(node: onnx.NodeProto, name: str, index: int, field: Field | None, ctx: _Ctx, batch: int) -> ConvLayer:

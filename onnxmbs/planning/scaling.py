@@ -17,9 +17,10 @@ import onnx
 
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.graph.channels import Chan
-from onnxmbs.graph.costs import PARAM_INPUTS, param_tensors
+from onnxmbs.graph.costs import param_tensors
 from onnxmbs.planning.facts import DimSpec, ParamSpec
-from onnxmbs.graph.shapes import attr, node_names
+from onnxmbs.graph.proto import attr, node_names
+from onnxmbs.ops.registry import kind, param_inputs
 
 
 def _tied(size: int, chan: Chan | None, analysis: Analysis, divisor: int = 1) -> DimSpec:
@@ -70,14 +71,15 @@ def _matmul_specs(node: onnx.NodeProto, name: str, analysis: Analysis, ctx: dict
     return specs
 
 
-def _channelwise_specs(node: onnx.NodeProto, name: str, analysis: Analysis, ctx: dict) -> list[ParamSpec]:
+def _channelwise_specs(node: onnx.NodeProto, name: str, analysis: Analysis, ctx: dict, *,
+                       bn: bool = False) -> list[ParamSpec]:
     """BatchNorm statistics and per-channel affine constants: the axis aligned with the data's channels."""
     shapes, chans, consts = analysis.loaded.shapes, analysis.channels.tensor_chan, analysis.loaded.constants
     data = next((i for i in node.input if i not in consts and i in chans), None)
     chan, rank = (chans[data], len(shapes.get(data, ()))) if data else (None, 0)
     specs = []
-    bn = node.op_type == "BatchNormalization"
-    for idx in (1, 2, 3, 4) if bn else PARAM_INPUTS[node.op_type]:
+    params = param_inputs(node.op_type)
+    for idx in (1, 2, 3, 4) if bn else params.inputs if params else ():
         if idx >= len(node.input) or node.input[idx] not in ctx["params"] | ctx["bn"]:
             continue
         shape = shapes[node.input[idx]]
@@ -90,11 +92,17 @@ def _channelwise_specs(node: onnx.NodeProto, name: str, analysis: Analysis, ctx:
     return specs
 
 
-SPEC_RULES: dict[str, Callable[[onnx.NodeProto, str, Analysis, dict], list[ParamSpec]]] = {
-    "Conv": _conv_specs,
-    "Gemm": _matmul_specs,
-    "MatMul": _matmul_specs,
-    **{op: _channelwise_specs for op in ("BatchNormalization", "PRelu", "Mul", "Add", "Sub", "Div")},
+def _batchnorm_specs(node: onnx.NodeProto, name: str, analysis: Analysis, ctx: dict) -> list[ParamSpec]:
+    """Scale, bias and the running statistics (resized, not counted)."""
+    return _channelwise_specs(node, name, analysis, ctx, bn=True)
+
+
+# the kinds of :attr:`onnxmbs.ops.rules.OpRules.spec`
+SPEC_KINDS: dict[str, Callable[[onnx.NodeProto, str, Analysis, dict], list[ParamSpec]]] = {
+    "conv": _conv_specs,
+    "matmul": _matmul_specs,
+    "batchnorm": _batchnorm_specs,
+    "channelwise": _channelwise_specs,
 }
 
 
@@ -102,12 +110,12 @@ def param_specs(analysis: Analysis) -> tuple[ParamSpec, ...]:
     """Every counted parameter tensor (and BN statistics) with the groups its axes follow."""
     graph, consts = analysis.loaded.graph, analysis.loaded.constants
     ctx = {"params": param_tensors(graph, consts), "convs": {c.name: c for c in analysis.layers},
-           "bn": {n.input[i] for n in graph.node if n.op_type == "BatchNormalization" for i in (3, 4)}}
+           "bn": {n.input[i] for n in graph.node if kind(n.op_type, "spec") == "batchnorm" for i in (3, 4)}}
     specs: dict[str, ParamSpec] = {}
     copies: dict[tuple[str, tuple], ParamSpec] = {}
     for node, name in zip(graph.node, node_names(graph)):
-        rule = SPEC_RULES.get(node.op_type)
-        for spec in rule(node, name, analysis, ctx) if rule else ():
+        rule = kind(node.op_type, "spec")
+        for spec in SPEC_KINDS[rule](node, name, analysis, ctx) if rule else ():
             first = specs.setdefault(spec.name, spec)
             if spec.dims != first.dims:  # a shared tensor whose uses follow other groups (the writer copies it)
                 copies.setdefault((spec.name, spec.dims), replace(spec, copy=True, macs_per_element=0))
