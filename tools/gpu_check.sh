@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The statistics pass on CUDA, checked against CPU. PREPARED, NOT YET RUN: no GPU has been lent to
-# this project's sessions so far (see README, "Statistics at scale").
+# this project's sessions so far (see docs/statistics-at-scale.md, "CUDA").
 #
 # What it does, on a machine with an NVIDIA GPU:
 #   1. exports the zoo ResNet-50 and MobileNetV2 at 224x224 (random weights; needs torch: `make setup`),

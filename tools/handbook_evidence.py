@@ -16,7 +16,7 @@ Recipe: SGD momentum 0.9, weight decay 1e-4, lr ``--lr`` with the ``--schedule``
 50 %/75 %; cosine per step), random crop, no flip, one CPU thread per training. Keras BatchNorm
 momentum 0.9 (as tools/prove_digits.py).
 
-Usage (what the README reports; started together on the 2-core machine, the ResNet-20 runs as
+Usage (what docs/handbook.md reports; started together on the 2-core machine, the ResNet-20 runs as
 two Ray workers; each schedule was chosen so the original architecture is stable across seeds):
   python tools/handbook_evidence.py --model resnet20 --size 32 --k 0.6,1,1.4 --seeds 8 --epochs 10 \
       --lr 0.1 --schedule cosine --workers 2 &
