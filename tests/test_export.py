@@ -67,6 +67,24 @@ def test_torch_dynamo_export_round_trip(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_torch_export_with_external_data_and_dynamic_size(tmp_path: Path, dynamo: bool) -> None:
+    """The options tools/model_matrix.py needs: weights in <file>.data, dynamic height and width."""
+    model = build("resnet20", widths=[8, 12, 16], num_classes=4).eval()
+    path = export_torch(model, (1, 3, 32, 32), tmp_path / "ext.onnx", dynamo=dynamo, external_data=True,
+                        dynamic_hw=True)
+    assert sorted(os.listdir(tmp_path)) == ["ext.onnx", "ext.onnx.data"]  # nothing staged left behind
+    proto = onnx.load(str(path), load_external_data=False)
+    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert external, "no initializer went to the external-data file"
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # batch, 3, H, W
+    x = np.random.default_rng(2).random((2, 3, 40, 48), dtype=np.float32)  # another size than exported at
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run(path, x), expected, rtol=1e-3, atol=1e-4)
+
+
 class CallCounter(nn.Module):
     """Its output depends on how often it was called, so the traced graph disagrees with eager."""
 

@@ -148,19 +148,11 @@ def _stage(row: Row, stage: str, fn: Callable[[], Any]) -> Any:
     return None
 
 
-def _torch_export(model, path: Path, size: int, *, dynamo: bool = False, external: bool = False,
-                  dynamic_hw: bool = False) -> Path:
-    import torch
+def _torch_export(model, path: Path, size: int, **how) -> Path:
+    """The library's verified exporter (onnxmbs.zoo.export.export_torch), TorchScript unless ``dynamo``."""
+    from onnxmbs.zoo.export import export_torch
 
-    x = torch.rand(1, 3, size, size)
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
-    if dynamo:
-        torch.onnx.export(model.eval(), (x,), str(path), dynamo=True, external_data=external,
-                          input_names=["input"], output_names=["output"])
-    else:
-        torch.onnx.export(model.eval(), (x,), str(path), dynamo=False, input_names=["input"],
-                          output_names=["output"], dynamic_axes={"input": axes})
-    return path
+    return export_torch(model, (3, size, size), path, dynamo=how.pop("dynamo", False), **how)
 
 
 def run_one(row: Row, model: Any, path: Path, *, size: int, framework: str, data: Any = None,
@@ -245,7 +237,7 @@ def pattern_rows(work: Path, only: set[str] | None) -> list[tuple[str, str, Call
 
         model = build("resnet20")
         path = _stage(row, "export", lambda: _torch_export(model, work / "external.onnx", 32, dynamo=True,
-                                                           external=True))
+                                                           external_data=True))
         if path is not None:
             row.notes.append(f"{sum(p.stat().st_size for p in work.glob('external.onnx*')):,} bytes in "
                              f"{len(list(work.glob('external.onnx*')))} files")

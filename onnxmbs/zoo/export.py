@@ -102,14 +102,20 @@ def _set_metadata(path: Path, metadata: Mapping[str, str] | None) -> None:
 
 
 def export_torch(model, input_shape: Sequence[int], path: str | os.PathLike[str], *, opset: int = 18,
-                 dynamo: bool = True, metadata: Mapping[str, str] | None = None) -> Path:
+                 dynamo: bool = True, metadata: Mapping[str, str] | None = None, external_data: bool = False,
+                 dynamic_hw: bool = False) -> Path:
     """Export a torch module (eval mode) with a dynamic batch dimension and verify it.
 
     ``input_shape`` is one sample's shape with or without the batch dim, e.g.
     ``(1, 3, 32, 32)`` or ``(3, 32, 32)``.  ``dynamo=False`` uses the older
     TorchScript exporter: about 10x faster on deep nets (the tests use it), same
     convs, possibly extra shape arithmetic (Shape/Gather) around reshapes.
+    ``external_data``: the weights go to ``<path>.data`` beside the file (written atomically, as
+    ``onnxmbs compact`` writes them). ``dynamic_hw``: height and width are dynamic too.
     """
+    if external_data:
+        return _export_external(model, input_shape, Path(path), opset=opset, dynamo=dynamo, metadata=metadata,
+                                dynamic_hw=dynamic_hw)
     import torch
 
     shape = tuple(int(s) for s in input_shape)
@@ -122,7 +128,7 @@ def export_torch(model, input_shape: Sequence[int], path: str | os.PathLike[str]
     _check_finite_reference(expected, what)
     with atomic_path(path, suffix=".onnx") as tmp, _quiet():
         try:
-            _torch_onnx_export(model, torch.from_numpy(x), tmp, opset=opset, dynamo=dynamo)
+            _torch_onnx_export(model, torch.from_numpy(x), tmp, opset=opset, dynamo=dynamo, dynamic_hw=dynamic_hw)
         except Exception as exc:
             raise MBSError(f"torch.onnx.export failed for {what}: {exc} — "
                            "check the model is exportable with torch.export") from exc
@@ -132,17 +138,34 @@ def export_torch(model, input_shape: Sequence[int], path: str | os.PathLike[str]
     return Path(path)
 
 
-def _torch_onnx_export(model, x, tmp: Path, *, opset: int, dynamo: bool) -> None:
+def _export_external(model, input_shape: Sequence[int], path: Path, **how) -> Path:
+    """Export and verify in a scratch folder, then write the file with its weights in ``<path>.data``."""
+    import tempfile
+
+    import onnx
+
+    from onnxmbs.compact.writer import save_model
+
+    with tempfile.TemporaryDirectory(prefix=".onnxmbs-export.") as scratch:
+        staged = export_torch(model, input_shape, Path(scratch) / path.name, **how)
+        save_model(onnx.load(str(staged)), path, external=True)
+    return path
+
+
+def _torch_onnx_export(model, x, tmp: Path, *, opset: int, dynamo: bool, dynamic_hw: bool = False) -> None:
     import torch
 
     names = {"input_names": ["input"], "output_names": ["output"], "opset_version": opset, "verbose": False}
     if dynamo:
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        torch.onnx.export(model, (x,), str(tmp), dynamo=True, dynamic_shapes=({0: batch},),
+        dims = {0: torch.export.Dim("batch", min=1, max=4096)}
+        if dynamic_hw:
+            dims.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})
+        torch.onnx.export(model, (x,), str(tmp), dynamo=True, dynamic_shapes=(dims,),
                           external_data=False, **names)
     else:
+        axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
         torch.onnx.export(model, (x,), str(tmp), dynamo=False,
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, **names)
+                          dynamic_axes={"input": axes, "output": {0: "batch"}}, **names)
 
 
 def _name_batch_dim(proto) -> None:
