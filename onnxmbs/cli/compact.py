@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 WEIGHTS = ("inherit", "random")  # onnxmbs.compact.writer.WEIGHTS / SELECT (not imported: keep `onnxmbs -h` fast)
 SELECT = ("nonzero", "l1", "greedy")
+QUANTIZE = ("int8",)  # onnxmbs.compact.quantize.FORMATS / METHODS
+QUANTIZE_METHODS = ("minmax", "percentile", "entropy")
 
 
 def _change(before: float, after: float) -> str:
@@ -52,6 +54,8 @@ def compact_text(result: CompactResult, output: str) -> str:
         lines.append(reconstruction_text(rec))
     if result.accuracy is not None:
         lines.append(accuracy_text(result.accuracy))
+    if result.deployment is not None:
+        lines.append(deployment_text(result.deployment))
     if result.inexact and rec is None:
         lines.append(f"note        inherited weights of {len(result.inexact)} grouped conv(s) are approximate "
                      f"(kept channels cross their groups): {', '.join(result.inexact[:3])} — fine-tune")
@@ -82,12 +86,37 @@ def accuracy_text(acc) -> str:
             f"same prediction on {c.agreement:.2%} of {c.images} labelled images")
 
 
+def deployment_text(dep) -> str:
+    """What ``--quantize int8`` wrote and measured."""
+    lat, size = dep.latency_ms, dep.bytes
+    text = (f"int8        {dep.path} (record: {dep.path}.json): {human(size['int8'])}B; latency original "
+            f"{lat['original']:.3f} ms, compact {lat['compact']:.3f} ms, INT8 {lat['int8']:.3f} ms "
+            f"(x{dep.speedup:.2f} vs the original); calibrated on {dep.quantized.images} images "
+            f"({dep.quantized.method})")
+    if dep.accuracy is not None:
+        acc = dep.accuracy
+        text += (f"\nint8        top-1 original {acc['original'].top1:.2%}, compact {acc['compact'].top1:.2%}, "
+                 f"INT8 {acc['int8'].top1:.2%} (same prediction as the original on {acc['int8'].agreement:.2%})")
+    elif dep.fidelity is not None:
+        fid = dep.fidelity
+        text += (f"\nint8        relative L2 error to the original's outputs: compact "
+                 f"{fid['compact'].worst_relative_l2:.4f}, INT8 {fid['int8'].worst_relative_l2:.4f} "
+                 "(on the calibration images; pass --eval-data for accuracy)")
+    return text
+
+
 def _reconstruct_options(data, preprocess, mean, std, max_images, batch_size, positions, ridge, seed, progress):
     from onnxmbs.compact.writer import CalibrationOptions, ReconstructOptions
 
     options = CalibrationOptions(data=data, preprocess=preprocess, mean=mean, std=std, max_images=max_images,
                                  batch_size=batch_size, progress=progress, seed=seed)
     return options, ReconstructOptions(data=options, positions=positions, ridge=ridge, seed=seed)
+
+
+def _quantize_options(options, method: str):
+    from onnxmbs.compact.quantize import QuantizeOptions
+
+    return QuantizeOptions(data=options, method=method)
 
 
 def _evaluation(path: str, preprocess: str | None, mean, std):
@@ -130,18 +159,28 @@ def _evaluation(path: str, preprocess: str | None, mean, std):
                    "and compact and their agreement; use images that --data does not hold.")
 @click.option("--classes", type=click.Path(dir_okay=False), default=None,
               help="Class folder names of --eval-data, one a line, in class-index order (default: sorted).")
+@click.option("--quantize", type=click.Choice(QUANTIZE), default=None,
+              help="Also write the compact model quantized to INT8 (QDQ, onnxruntime's quantizer) as "
+                   "OUTPUT-stem.int8.onnx, calibrated on --data.")
+@click.option("--quantize-method", type=click.Choice(QUANTIZE_METHODS), default="minmax", show_default=True,
+              help="How --quantize calibrates activation ranges on --data.")
 @input_shape_option
 @clean_errors
 def compact(model: str, plan_path: str, output: str, weights: str, select: str, force: bool, seed: int,
             repeats: int, threads: int, reconstruct: bool, data: str | None, preprocess: str | None, mean, std,
             max_images: int | None, batch_size: int, positions: int, ridge: float, progress: bool | None,
-            eval_data: str | None, classes: str | None, input_shape) -> None:
+            eval_data: str | None, classes: str | None, quantize: str | None, quantize_method: str,
+            input_shape) -> None:
     """Write the compact ONNX model of a plan: real channel surgery, checked, timed."""
     from onnxmbs.compact.writer import write_compact
 
+    from onnxmbs.compact.deploy import int8_path
+
     refuse_overwrite(output, model, plan_path)
-    if (reconstruct or select == "greedy") and data is None:
-        raise click.UsageError("--reconstruct and --select greedy need calibration images: add --data PATH")
+    if (reconstruct or select == "greedy" or quantize) and data is None:
+        raise click.UsageError("--reconstruct, --select greedy and --quantize need calibration images: add --data PATH")
+    if quantize:
+        refuse_overwrite(str(int8_path(output)), model, plan_path, *(p for p in (data, eval_data) if p))
     if reconstruct and weights != "inherit":
         raise click.UsageError("--reconstruct starts from the inherited weights; drop --weights random")
     if eval_data is not None and data is not None and os.path.realpath(eval_data) == os.path.realpath(data):
@@ -149,8 +188,9 @@ def compact(model: str, plan_path: str, output: str, weights: str, select: str, 
     options, rec = _reconstruct_options(data, preprocess, mean, std, max_images, batch_size, positions, ridge, seed,
                                         progress) if data is not None else (None, None)
     evaluation = _evaluation(eval_data, preprocess, mean, std) if eval_data is not None else None
+    quantizing = _quantize_options(options, quantize_method) if quantize else None
     result = write_compact(model, plan_path, output, weights=weights, select=select, input_shape=input_shape,
                            force=force, seed=seed, latency_repeats=repeats, threads=threads,
                            reconstruct=rec if reconstruct else None, data=options, evaluation=evaluation,
-                           classes=classes)
+                           classes=classes, quantize=quantizing)
     click.echo(compact_text(result, output))

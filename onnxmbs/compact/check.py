@@ -14,7 +14,7 @@ import logging
 import re
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,10 +114,23 @@ def verify(compact: onnx.ModelProto, original: bytes, model_input: ModelInput, *
 def measure_latency(original: bytes, compact: bytes, model_input: ModelInput, *, batch: int, repeats: int = 5,
                     threads: int = 1) -> Latency:
     """Median onnxruntime CPU latency of both models on the same batch (alternating runs)."""
+    original_ms, compact_ms = median_latencies((original, compact), model_input, batch=batch, repeats=repeats,
+                                               threads=threads)
+    result = Latency(original_ms=original_ms, compact_ms=compact_ms, batch=batch, repeats=max(repeats, 1),
+                     threads=threads)
+    logger.info("latency: original %.3f ms, compact %.3f ms (x%.2f)", result.original_ms, result.compact_ms,
+                result.speedup)
+    return result
+
+
+def median_latencies(models: Sequence[bytes], model_input: ModelInput, *, batch: int, repeats: int = 5,
+                     threads: int = 1) -> tuple[float, ...]:
+    """Median onnxruntime CPU latency (ms) of each model on the same batch, measured in one run: one warm-up
+    each, then the models take turns, so a noisy moment hits them all alike."""
     x = sample(model_input, batch=batch)
-    sessions = [_session(original, threads=threads), _session(compact, threads=threads)]
+    sessions = [_session(m, threads=threads) for m in models]
     feeds = [{s.get_inputs()[0].name: x.astype(_np_type(s))} for s in sessions]
-    times: list[list[float]] = [[], []]
+    times: list[list[float]] = [[] for _ in sessions]
     for sess, feed in zip(sessions, feeds):
         sess.run(None, feed)  # warm-up
     for _ in range(max(repeats, 1)):
@@ -125,11 +138,7 @@ def measure_latency(original: bytes, compact: bytes, model_input: ModelInput, *,
             start = time.perf_counter()
             sess.run(None, feed)
             times[k].append((time.perf_counter() - start) * 1e3)
-    result = Latency(original_ms=statistics.median(times[0]), compact_ms=statistics.median(times[1]),
-                     batch=batch, repeats=max(repeats, 1), threads=threads)
-    logger.info("latency: original %.3f ms, compact %.3f ms (x%.2f)", result.original_ms, result.compact_ms,
-                result.speedup)
-    return result
+    return tuple(statistics.median(t) for t in times)
 
 
 def _np_type(sess) -> type:

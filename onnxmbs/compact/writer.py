@@ -36,6 +36,7 @@ from onnxmbs.files import write_atomic, write_json
 from onnxmbs.planning.document import PlanDocument, as_plan
 from onnxmbs.stats.measure import CalibrationOptions
 from onnxmbs.data.normalisation import Normalisation
+from onnxmbs.graph.load import load_model
 from onnxmbs.graph.proto import external_locations, node_names
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class CompactResult:
     accuracy: AccuracyCheck | None = None
     external_data: bool = False  # the original keeps its weights in external-data files (so will the output)
     normalisation: Normalisation | None = None  # how the images of --data / --eval-data were normalised
+    deployment: Any = None  # onnxmbs.compact.deploy.Deployment: the INT8 model written beside it (--quantize)
 
     def record(self) -> dict[str, Any]:
         """The JSON sidecar: counts, sizes, latency, the kept channels of every cut group (and the reconstruction)."""
@@ -325,16 +327,37 @@ def write_compact(model: str | Path | onnx.ModelProto, plan: PlanDocument | str 
                   force: bool = False, seed: int = 0, latency_repeats: int = 5, threads: int = 1,
                   sidecar: bool = True, reconstruct: ReconstructOptions | None = None,
                   data: CalibrationOptions | None = None, evaluation: CalibrationOptions | None = None,
-                  classes: Any = None) -> CompactResult:
-    """:func:`compact_model`, then write the ONNX file (and ``<output>.json``) atomically."""
+                  classes: Any = None, quantize: Any = None) -> CompactResult:
+    """:func:`compact_model`, then write the ONNX file (and ``<output>.json``) atomically.
+
+    ``quantize`` (:class:`onnxmbs.compact.quantize.QuantizeOptions`): also write the INT8 model
+    ``<output stem>.int8.onnx`` and its record (:mod:`onnxmbs.compact.deploy`)."""
     result = compact_model(model, plan, weights=weights, select=select, input_shape=input_shape, force=force,
                            seed=seed, latency_repeats=latency_repeats, threads=threads, reconstruct=reconstruct,
                            data=data, evaluation=evaluation, classes=classes)
+    deployment = None
+    if quantize is not None:  # measured and checked before anything is written
+        deployment = _int8(model, plan, result, output, quantize, input_shape=input_shape, evaluation=evaluation,
+                           classes=classes, repeats=latency_repeats, threads=threads)
     result = replace(result, bytes_compact=save_model(result.model, output, external=result.external_data))
     if sidecar:
         write_json(sidecar_path(output), result.record())
+    if deployment is not None:
+        result = replace(result, deployment=deployment.write(compact_bytes=result.bytes_compact))
     logger.info("wrote %s (%d parameters)", output, result.params_compact)
     return result
+
+
+def _int8(model: Any, plan: Any, result: CompactResult, output: str | Path, quantize: Any, *,
+          input_shape: tuple[int, ...] | None, evaluation: CalibrationOptions | None, classes: Any, repeats: int,
+          threads: int) -> Any:
+    from onnxmbs.compact.deploy import int8_path, measure_int8
+
+    _, data_bytes, size, _ = _source(model)
+    loaded = load_model(model, input_shape=_input_shape(as_plan(plan), input_shape))
+    return measure_int8(loaded, result.model, int8_path(output), quantize, original_bytes=data_bytes,
+                        compact_path=output, original_size=size, evaluation=evaluation, classes=classes,
+                        repeats=repeats, threads=threads)
 
 
 __all__ = ["CalibrationOptions", "CompactResult", "Latency", "ReconstructOptions", "check_plan", "compact_model", "sidecar_path", "write_compact", "WEIGHTS",

@@ -1,0 +1,88 @@
+"""Prove the deployable output on real data: accuracy and latency of original, compact, compact +
+reconstruction and compact + reconstruction + INT8, without any retraining.
+
+Data: scikit-learn's digits exactly as ``tools/train_digits.py`` makes them (8x8 -> 32x32, [0, 1]) with
+its stratified split: the 1,437 *training* images for the statistics, the reconstruction and the INT8
+calibration; the 360 held-out images (``models/digits_calib.npz``) only for measuring.
+
+Model: the embedded ResNet-20 (``models/resnet20_digits.onnx``). For each k: ``onnxmbs plan``, then
+``onnxmbs compact`` (inherited weights) and ``onnxmbs compact --reconstruct --quantize int8``, both
+with ``--eval-data`` on the held-out images, run as the CLI in a child process. Accuracy and latency
+come from the records the commands write (latency: onnxruntime CPU, batch 1, one thread, median of
+``--repeats``, every variant measured in the same run of ``compact``).
+
+Usage:  python tools/prove_deploy.py [--ks 0.6 1.0 1.4] [--round-to 1] [--repeats 50] [--out artifacts/prove_deploy]
+Prints a Markdown table; writes results.json under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from train_digits import load_split  # noqa: E402
+
+MODEL = ROOT / "models" / "resnet20_digits.onnx"
+HELD_OUT = ROOT / "models" / "digits_calib.npz"
+
+
+def onnxmbs(*args: object) -> str:
+    proc = subprocess.run([sys.executable, "-m", "onnxmbs", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True)
+    if proc.returncode:
+        raise SystemExit(f"onnxmbs {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def one_k(k: float, train: Path, out: Path, args: argparse.Namespace) -> list[dict]:
+    plan = out / f"plan_k{k}.json"
+    onnxmbs("plan", MODEL, "--data", train, "--k", k, "--round-to", args.round_to, "-o", plan)
+    inherited, rebuilt = out / f"inherit_k{k}.onnx", out / f"rec_k{k}.onnx"
+    timing = ("--repeats", args.repeats)
+    onnxmbs("compact", MODEL, "--plan", plan, "-o", inherited, "--eval-data", HELD_OUT, *timing)
+    onnxmbs("compact", MODEL, "--plan", plan, "-o", rebuilt, "--reconstruct", "--data", train, "--quantize", "int8",
+            "--eval-data", HELD_OUT, *timing)
+    inh = json.loads(Path(f"{inherited}.json").read_text())
+    rec = json.loads(Path(f"{rebuilt}.json").read_text())
+    dep = json.loads(Path(f"{rebuilt.with_name(rebuilt.stem + '.int8.onnx')}.json").read_text())
+    lat, acc = dep["latency"], dep["accuracy"]
+    rows = [("original", inh["params"], acc["original"]["top1"], lat["original_ms"], dep["bytes"]["original"]),
+            ("compact", inh["params_compact"], inh["accuracy"]["compact"]["top1"], inh["latency"]["compact_ms"],
+             inh["bytes_compact"]),
+            ("compact + reconstruction", rec["params_compact"], acc["compact"]["top1"], lat["compact_ms"],
+             dep["bytes"]["compact"]),
+            ("compact + reconstruction + INT8", rec["params_compact"], acc["int8"]["top1"], lat["int8_ms"],
+             dep["bytes"]["int8"])]
+    base = lat["original_ms"]
+    return [{"k": k, "variant": v, "params": p, "top1": a, "latency_ms": ms, "speedup": base / ms, "bytes": b}
+            for v, p, a, ms, b in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ks", type=float, nargs="+", default=[0.6, 1.0, 1.4])
+    parser.add_argument("--round-to", default="1")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "prove_deploy")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    train = args.out / "train.npz"
+    split = load_split()
+    np.savez(train, x=split.x_train)  # float [0, 1]: the model input as it is (raw)
+    rows = [row for k in args.ks for row in one_k(k, train, args.out, args)]
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    print("| k | variant | params | held-out top-1 | latency (ms) | vs original | file |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['k']} | {r['variant']} | {r['params']:,} | {r['top1']:.2%} | {r['latency_ms']:.3f} | "
+              f"x{r['speedup']:.2f} | {r['bytes'] / 1024:.0f} kB |")
+
+
+if __name__ == "__main__":
+    main()
