@@ -19,6 +19,7 @@ _API = {
     "compact_model": "onnxmbs.compact", "write_compact": "onnxmbs.compact",
     "apply_plan": "onnxmbs.adapters",
     "open_labelled": "onnxmbs.data.labelled", "evaluate": "onnxmbs.stats.accuracy",
+    "compare": "onnxmbs.stats.fidelity",
     "prune_blocks": "onnxmbs.blocks.greedy", "read_blocks_plan": "onnxmbs.blocks.document",
     "remove_blocks_from": "onnxmbs.adapters.blocks",
 }

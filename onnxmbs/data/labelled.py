@@ -136,6 +136,28 @@ def _from_npz(path: Path, **target) -> LabelledData:
     return LabelledData(x, _labels(y[:len(x)], len(x), str(path)), target["layout"], f"npz file {path}")
 
 
+def has_labels(data) -> bool:
+    """Whether ``data`` carries labels as :func:`open_labelled` reads them: a ``.npz`` with a label array,
+    a folder of class folders (no loose images), ``(x, y)`` pairs or :class:`LabelledData`."""
+    if isinstance(data, LabelledData) or (isinstance(data, tuple) and len(data) == 2):
+        return True
+    if not isinstance(data, (str, os.PathLike)):
+        return False
+    path = Path(data)
+    if path.is_dir():
+        entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+        return any(p.is_dir() for p in entries) and not any(
+            p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in entries)
+    if path.suffix.lower() == ".npz" and path.is_file():
+        try:
+            with zipfile.ZipFile(path) as zf:
+                keys = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+        except (zipfile.BadZipFile, OSError):
+            return False
+        return any(k in keys for k in LABEL_KEYS)
+    return False
+
+
 def _class_folders(root: Path, classes: Sequence[str] | None) -> list[str]:
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if classes is None:

@@ -101,3 +101,30 @@ def fidelity(model: Any, reference: Any, batches: Iterable[np.ndarray], *, provi
     if images == 0:
         raise MBSError("no images to compare the models on — pass data with at least one image")
     return Fidelity(images, tuple(s.result(n, images) for s, n in zip(sums, outs[1])))
+
+
+def compare(model: Any, reference: Any, data: Any, *, batch_size: int = 64, provider: str = "cpu",
+            input_shape: tuple[int, ...] | None = None, preprocess: str | None = None,
+            mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+            max_images: int | None = None) -> Fidelity:
+    """Fidelity of ``model`` to ``reference`` (paths, protos or loaded models with the same input) on
+    ``data`` — any images :func:`~onnxmbs.data.calibration.open_calibration` reads, labels not needed —
+    normalised by the one rule for ``model``."""
+    from onnxmbs.data.calibration import open_calibration
+    from onnxmbs.data.normalisation import resolve_normalisation
+    from onnxmbs.graph.load import LoadedModel, load_model
+    from onnxmbs.runtime.session import choose_provider
+    from onnxmbs.stats.accuracy import runnable
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, input_shape=input_shape)
+    ref = reference if isinstance(reference, LoadedModel) else load_model(reference, input_shape=loaded.input.shape)
+    if tuple(ref.input.shape[1:]) != tuple(loaded.input.shape[1:]):
+        raise MBSError(f"the reference {ref.path} takes input {ref.input.shape}, {loaded.path} takes "
+                       f"{loaded.input.shape} — compare models with the same input")
+    norm = resolve_normalisation(loaded.metadata, preprocess, mean=mean, std=std, where=loaded.path)
+    fixed = None if loaded.batch_dynamic else loaded.input.shape[0]
+    calib = open_calibration(data, shape=loaded.input.shape, layout=loaded.input.layout, preprocess=norm,
+                             max_images=max_images, batch_size=fixed or batch_size)
+    batches = (b for b in calib.batches() if fixed is None or len(b) == fixed)
+    return fidelity(runnable(loaded), runnable(ref), batches, provider=choose_provider(provider),
+                    names=(f"model {loaded.path}", f"reference {ref.path}"))
