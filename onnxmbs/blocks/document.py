@@ -22,7 +22,7 @@ from onnxmbs.graph.record import ModelRecord
 from onnxmbs.records import Record, strs
 
 SCHEMA = "onnxmbs.blocks/1"
-HOW = "write it with `onnxmbs blocks MODEL --data LABELLED -o blocks.json`"
+HOW = "write it with `onnxmbs blocks MODEL --data LABELLED -o BLOCKS.json`"
 
 __all__ = ["SCHEMA", "BlockRecord", "BlocksPlan", "ModelRecord", "RoundRecord", "Summary", "read_blocks_plan"]
 
@@ -117,4 +117,5 @@ class BlocksPlan(Record):
 
 
 def read_blocks_plan(path: str | Path) -> BlocksPlan:
-    return BlocksPlan.from_json(read_document(path, schema=SCHEMA, what="onnxmbs blocks plan", how=HOW))
+    return BlocksPlan.from_json(read_document(path, schema=SCHEMA, what="onnxmbs blocks plan",
+                                              how=HOW.replace("BLOCKS.json", "{output}")))

@@ -260,6 +260,10 @@ def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops
     if limits.needs_statistics and not stats and not calibration.has_data:
         raise click.UsageError("--max-redundancy and --baseline need statistics: give --data PATH, "
                                "--synthetic N or --stats FILE")
+    if not limits.needs_statistics and calibration.has_data:
+        given = "--data" if calibration.data is not None else "--synthetic"
+        logger.warning("%s is not measured: no check here needs statistics (it only sets the input size of a model "
+                       "with a dynamic one) — add --max-redundancy R or --baseline PLAN.json, or leave it out", given)
     refuse_overwrite(junit, *models, *stats, *baselines)
     results = run_gate(list(models), limits, stats=stats, calibration=calibration)
     click.echo(results_text(results))

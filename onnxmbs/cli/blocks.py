@@ -43,7 +43,7 @@ def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, targ
     for path in (output, output_model):
         refuse_overwrite(path, model, data["data"])
     from onnxmbs.blocks.greedy import Stop, prune_blocks
-    from onnxmbs.files import atomic_path, write_json
+    from onnxmbs.files import write_json, write_onnx
     from onnxmbs.graph.load import load_model
     from onnxmbs.reports.blocks import blocks_text
 
@@ -55,10 +55,7 @@ def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, targ
     if output:
         write_json(output, result.plan)
     if output_model:
-        import onnx
-
-        with atomic_path(output_model, suffix=".onnx") as tmp:
-            onnx.save(result.model, str(tmp))
+        write_onnx(output_model, result.model, external=_external(model))
     if as_json:
         click.echo(json.dumps(result.plan.to_json(), indent=1))
         return
@@ -66,3 +63,12 @@ def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, targ
     for what, path in (("blocks plan", output), ("shallow model", output_model)):
         if path:
             click.echo(f"{what} written to {path}")
+
+
+def _external(model: str) -> bool:
+    """The model keeps its weights in external-data files (so will the shallow model)."""
+    import onnx
+
+    from onnxmbs.graph.proto import external_locations
+
+    return bool(external_locations(onnx.load(model, load_external_data=False).graph))

@@ -25,6 +25,7 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
     from onnxmbs.handbook.training import ModelSource, Trainer
     from onnxmbs.data.normalisation import resolve_normalisation
     from onnxmbs.data.training import load_dataset
+    from onnxmbs.runtime.frameworks import require_framework
     from onnxmbs.zoo import lookup
 
     loaded = load_model(onnx)
@@ -37,6 +38,7 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
     else:
         entry = lookup(zoo_name)
         source = ModelSource(framework=framework or entry.framework, chw=chw, num_classes=0, zoo=entry.name)
+    require_framework(source.framework, "onnxmbs handbook")  # before any statistics pass or runs folder
     kwargs = {"layout": "NCHW" if source.framework == "torch" else "NHWC", "normalisation": norm,
               "size": chw[1:], "channels": chw[0]}
     train_set, val_set = load_dataset(train, **kwargs), load_dataset(val, **kwargs)
@@ -111,7 +113,8 @@ def handbook(model: str, zoo_name, framework, model_spec, data, stats, max_image
                       calibration=CalibrationOptions(data=data, preprocess=preprocess, mean=mean, std=std,
                                                      max_images=max_images, progress=progress))
     store = RunStore(runs_dir or Path(outputs[0]).with_suffix(".runs"))
-    book = run_handbook(job, store, progress=progress, **_executor(workers, ray_address))
+    with store.removed_on_failure():
+        book = run_handbook(job, store, progress=progress, **_executor(workers, ray_address))
     for out in outputs:
         write_handbook(book, out)
     click.echo(handbook_text(book))

@@ -18,6 +18,7 @@ import click
 from onnxmbs.errors import MBSError
 from onnxmbs.data.normalisation import PRESETS
 from onnxmbs.cli.decisions import DECISIONS
+from onnxmbs.runtime.frameworks import missing_framework
 from onnxmbs.units import parse_count
 
 logger = logging.getLogger("onnxmbs")
@@ -42,6 +43,9 @@ def clean_errors(fn: Callable) -> Callable:
         except Exception as exc:
             if os.environ.get("ONNXMBS_DEBUG"):
                 raise
+            needed = missing_framework(exc)  # PyTorch/Keras not installed: name the extra
+            if needed is not None:
+                _fail(str(needed))
             _fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
                   "(set ONNXMBS_DEBUG=1 for the traceback and please report it)")
     return wrapper
@@ -143,6 +147,22 @@ def refuse_overwrite(output: str | None, *inputs: str) -> None:
         raise click.UsageError(f"-o {output} would overwrite an input file; choose another output path")
 
 
+#: the values of --provider (onnxmbs.runtime.session.choose_provider reads them)
+PROVIDERS = click.Choice(["auto", "cpu", "cuda"], case_sensitive=False)
+
+
+def provider_option(*, default: str) -> Callable[[Callable], Callable]:
+    """``--provider``: the one declaration; commands differ only in the default."""
+    return click.option("--provider", type=PROVIDERS, default=default, show_default=True,
+                        help="onnxruntime provider: auto (CUDA when it really works), cpu or cuda.")
+
+
+def one_calibration_source(data: str | None, synthetic: int | None) -> None:
+    """Calibration images or noise, never both: a usage error (exit 2) in every command with both options."""
+    if data is not None and synthetic is not None:
+        raise click.UsageError("give either --data PATH or --synthetic N, not both")
+
+
 def data_options(fn: Callable) -> Callable:
     """The calibration-data options; the command receives them as one ``calibration`` record
     (:class:`onnxmbs.stats.measure.CalibrationOptions`) plus ``input_shape``."""
@@ -154,8 +174,7 @@ def data_options(fn: Callable) -> Callable:
         *NORMALISATION_OPTIONS,
         click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images."),
         click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
-        click.option("--provider", default="auto", show_default=True,
-                     help="onnxruntime provider: auto (CUDA when it really works), cpu, cuda."),
+        provider_option(default="auto"),
         click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."),
         click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Split the statistics pass over N Ray workers (exact; needs pip install 'onnxmbs[ray]')."),
@@ -170,6 +189,7 @@ def data_options(fn: Callable) -> Callable:
                 workers, ray_address, **kwargs):
         from onnxmbs.stats.measure import CalibrationOptions
 
+        one_calibration_source(data, synthetic)
         calibration = CalibrationOptions(data=data, synthetic=synthetic, preprocess=preprocess, mean=mean, std=std,
                                          max_images=max_images, batch_size=batch_size, provider=provider,
                                          progress=progress, workers=workers, ray_address=ray_address)
@@ -223,8 +243,7 @@ def labelled_options(fn: Callable) -> Callable:
         *NORMALISATION_OPTIONS,
         click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images."),
         click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
-        click.option("--provider", default="cpu", show_default=True,
-                     help="onnxruntime provider: cpu, cuda or auto (CUDA when it really works)."),
+        provider_option(default="cpu"),
         input_shape_option,
     ]
     for option in reversed(options):

@@ -120,7 +120,7 @@ def retrain(plan_path: str | None, blocks_path: str | None, zoo_name: str | None
     """Remove a blocks plan's blocks and/or apply a PLAN's widths, retrain, report accuracy and size, export."""
     from onnxmbs.train import TrainConfig
     from onnxmbs.adapters import adapt
-    from onnxmbs.runtime.frameworks import framework_of
+    from onnxmbs.runtime.frameworks import framework_of, require_framework
     from onnxmbs.train.frameworks import load_user_model, train_model
     from onnxmbs.zoo import build, lookup
 
@@ -136,6 +136,7 @@ def retrain(plan_path: str | None, blocks_path: str | None, zoo_name: str | None
     chw = _input(plan) if plan is not None else _record_input(blocks.model.shape, blocks.model.layout)
     user = load_user_model(model_spec) if model_spec else None
     fw = framework_of(user) if user is not None else (framework or lookup(zoo_name).framework)
+    require_framework(fw, "onnxmbs retrain" + (f" --zoo {zoo_name}" if zoo_name else ""), export=output is not None)
     norm = _normalisation(plan, blocks, preprocess, mean=mean, std=std)
     train, held = _data(data, val, val_split, layout="NCHW" if fw == "torch" else "NHWC",
                         normalisation=norm, chw=chw, seed=config.seed)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from onnxmbs.cli.options import normalisation_options
+from onnxmbs.cli.options import clean_errors, normalisation_options
 from onnxmbs.errors import MBSError
 from onnxmbs.zoo import ZOO, export, list_models
 
@@ -70,6 +70,7 @@ def list_command() -> None:
 @normalisation_options
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="where to write the ONNX file")
+@clean_errors
 def export_command(name: str, widths: str | None, betas: str | None, num_classes: int | None,
                    input_size: int | None, framework: str | None, preprocess: str | None, mean, std,
                    output: Path) -> None:

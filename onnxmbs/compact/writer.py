@@ -32,7 +32,7 @@ from onnxmbs.compact.select import SELECT, Selection, select_channels
 from onnxmbs.compact.surgery import Ctx, Edits, reinitialise, surgery_rule
 from onnxmbs.graph.costs import param_tensors
 from onnxmbs.errors import MBSError
-from onnxmbs.files import write_atomic, write_json
+from onnxmbs.files import EXTERNAL_OVER, write_json, write_onnx
 from onnxmbs.planning.document import PlanDocument, as_plan
 from onnxmbs.stats.measure import CalibrationOptions
 from onnxmbs.data.normalisation import Normalisation
@@ -115,29 +115,10 @@ def _source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes
     return proto, proto.SerializeToString(), size, bool(files)
 
 
-EXTERNAL_OVER = 2**31 - 2**27  # protobuf cannot serialise 2 GiB; from ~1.9 GB weights go to a .data file
-
-
 def save_model(proto: onnx.ModelProto, output: str | Path, *, external: bool = False) -> int:
-    """Write ``proto`` atomically; with ``external`` (or beyond protobuf's limit) its weights go to
+    """Write ``proto`` atomically (:func:`onnxmbs.files.write_onnx`); with ``external`` its weights go to
     ``<output>.data`` beside it. Returns every byte written."""
-    output = Path(output)
-    if not external and proto.ByteSize() <= EXTERNAL_OVER:
-        write_atomic(output, proto.SerializeToString())
-        return output.stat().st_size
-    import copy
-    import os
-    import tempfile
-
-    data = output.with_name(output.name + ".data")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
-        staged = Path(tmp) / output.name
-        onnx.save_model(copy.deepcopy(proto), str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-        os.replace(staged.with_name(data.name), data)
-        os.replace(staged, output)
-    return output.stat().st_size + data.stat().st_size
+    return write_onnx(output, proto, external=external or proto.ByteSize() > EXTERNAL_OVER)
 
 
 def _input_shape(plan: PlanDocument, given: tuple[int, ...] | None) -> tuple[int, ...] | None:

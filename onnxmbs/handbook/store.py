@@ -6,8 +6,11 @@ settings differ (another model, recipe, init or calibration) is refused rather t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from onnxmbs.errors import MBSError
@@ -22,6 +25,18 @@ class RunStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+
+    @contextlib.contextmanager
+    def removed_on_failure(self) -> Iterator[None]:
+        """A directory this block creates is removed again if the block fails before any run finished
+        (finished runs are kept: the same command continues from them)."""
+        created = not self.root.exists()
+        try:
+            yield
+        except BaseException:
+            if created and self.root.is_dir() and not any((self.root / "runs").glob("*.json")):
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
     @property
     def stats_path(self) -> Path:

@@ -137,12 +137,24 @@ class ConvergenceMonitor:
         entries = tuple(ConvergenceEntry(k=kk, z=zz, macroblocks=tuple(
             BetaBound(index=i, beta=round(float(b), 6), bound=round(float(e), 6))
             for i, (b, e) in enumerate(self._bounds(rows, zz)))) for zz, kk in self.zs)
-        if not self.stopped:
-            logger.warning("the plan has not converged after %d images (largest beta bound %.5f, tolerance %.5f, "
-                           "widths changed within the last %d checkpoints?) — give more data or raise --max-images",
-                           self.images, self.last_bound, self.tolerance, self.patience)
+        reason = None if self.stopped else self.reason()
+        if reason is not None:
+            logger.warning("the plan has not converged after %d images: %s", self.images, reason)
         return Convergence(images=self.images, converged=self.stopped, tolerance=self.tolerance,
-                           checkpoint=self.checkpoint, checkpoints=self.checkpoints, entries=entries)
+                           checkpoint=self.checkpoint, checkpoints=self.checkpoints, entries=entries, reason=reason)
+
+    def reason(self) -> str:
+        """Why the pass ended unconverged: the one wording the warning, the table and the files share."""
+        more = "give more data or raise --max-images"
+        if self.checkpoints < self.patience:
+            return (f"stopped after {self.checkpoints} of {self.patience} checkpoints: the data ended before the "
+                    f"plan could be seen to converge — {more} (or a smaller --checkpoint)")
+        if len(self.rows) < MIN_UNITS:
+            return (f"stopped after {len(self.rows)} batches: the bound needs at least {MIN_UNITS} — {more} "
+                    "(or a smaller --batch-size)")
+        if not self.last_bound < self.tolerance:
+            return f"the largest beta bound {self.last_bound:.5f} is not below the tolerance {self.tolerance:.5f} — {more}"
+        return f"the widths changed within the last {self.patience} checkpoints — {more}"
 
 
 @dataclass(frozen=True)

@@ -233,5 +233,5 @@ def as_plan(plan: PlanDocument | Mapping[str, Any] | str | Path) -> PlanDocument
 def read_plan(path: str | Path) -> PlanDocument:
     """Read and check a plan file written by ``onnxmbs plan``."""
     doc = read_document(path, schema=SCHEMA, what="onnxmbs plan",
-                        how=f"create one with `onnxmbs plan MODEL --data ... -o {path}`")
+                        how="create one with `onnxmbs plan MODEL --data ... -o {output}`")
     return PlanDocument.from_json(doc)

@@ -12,6 +12,45 @@ from typing import Any
 
 from onnxmbs.errors import MBSError
 
+#: framework -> (what it is called, the extra that installs it, the modules it needs)
+FRAMEWORKS = {"torch": ("PyTorch", "torch", ("torch",)),
+              "keras": ("Keras (TensorFlow)", "keras", ("tensorflow", "keras"))}
+#: a module a framework's code imports -> that framework (tf2onnx: Keras models are exported with it)
+_OWNER = {"torch": "torch", "torchvision": "torch", "onnxscript": "torch",
+          "tensorflow": "keras", "keras": "keras", "tf2onnx": "keras"}
+
+
+def framework_needed(what: str, framework: str) -> MBSError:
+    """The one line for a missing framework: what needs it and the extra that installs it."""
+    name, extra, _ = FRAMEWORKS[framework]
+    return MBSError(f"{what} needs {name}, which is not installed: pip install 'onnxmbs[{extra}]'")
+
+
+def require_framework(framework: str, what: str, *, export: bool = False) -> None:
+    """Fail now, before any work, when ``framework``'s packages (with ``export`` for Keras, tf2onnx too)
+    cannot be imported."""
+    import importlib.util
+
+    modules = FRAMEWORKS[framework][2] + (("tf2onnx",) if export and framework == "keras" else ())
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise framework_needed(what, framework)
+
+
+def missing_framework(exc: BaseException) -> MBSError | None:
+    """An ImportError of PyTorch, TensorFlow, Keras or tf2onnx as the one line naming the extra; else None."""
+    if not isinstance(exc, ImportError):
+        return None
+    module = (exc.name or "").split(".")[0]
+    if module not in _OWNER:
+        return None
+    return framework_needed(f"this command (it imports {module})", _OWNER[module])
+
+
 @contextlib.contextmanager
 def _stderr_silenced() -> Iterator[None]:
     """Process-level stderr to /dev/null: TensorFlow's C++ start-up lines (oneDNN, absl) bypass Python."""

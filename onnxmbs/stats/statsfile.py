@@ -17,7 +17,7 @@ import numpy as np
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.data.calibration import CalibrationInfo
 from onnxmbs.errors import MBSError
-from onnxmbs.files import read_document, write_json
+from onnxmbs.files import read_document, suggested_output, write_json
 from onnxmbs.stats.counting import Statistics, TapCounts
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def save_stats(path: str | Path, analysis: Analysis, stats: Statistics, *, info:
 def read_stats(path: str | Path) -> dict[str, Any]:
     """The raw stats document, schema-checked."""
     return read_document(path, schema=SCHEMA, what="onnxmbs stats file",
-                         how=f"write one with `onnxmbs profile MODEL --data ... -o {path}`")
+                         how="write one with `onnxmbs profile MODEL --data ... -o {output}`")
 
 
 def check_model(doc: Mapping[str, Any], analysis: Analysis, path: Path) -> None:
@@ -70,7 +70,7 @@ def check_model(doc: Mapping[str, Any], analysis: Analysis, path: Path) -> None:
     if model.get("sha256") != loaded.sha256:
         # the same file re-exported: its stats file may be replaced; another model's must not be
         same_file = model.get("path") is not None and str(model.get("path")) == str(loaded.path)
-        target = path if same_file else Path(loaded.path).with_suffix(".stats.json")
+        target = suggested_output(path if same_file else Path(loaded.path).with_suffix(".stats.json"))
         raise MBSError(f"{path} was made from a different model ({model.get('path')}, sha256 "
                        f"{str(model.get('sha256'))[:12]}…, not {loaded.path} {loaded.sha256[:12]}…) — "
                        f"run `onnxmbs profile {loaded.path} --data ... -o {target}` for this model")
@@ -115,9 +115,24 @@ def _same(docs: Sequence[tuple[Path, Mapping[str, Any]]], what: str, get) -> Non
                            f"{get(first)!r}) — merge only shards of one `onnxmbs profile` setting")
 
 
-def merge_stats(paths: Sequence[str | Path]) -> dict[str, Any]:
+def missing_shards(docs: Sequence[tuple[Path, Mapping[str, Any]]]) -> list[str]:
+    """The shards ``i/n`` of the files' split that none of them holds (files without a shard: none).
+    A shard given twice, or shards of different splits, cannot be merged at all."""
+    shards = [tuple(d["data"]["shard"]) for _, d in docs if d.get("data", {}).get("shard")]
+    twice = sorted({s for s in shards if shards.count(s) > 1})
+    if twice:
+        raise MBSError(f"shard {twice[0][0]}/{twice[0][1]} is given twice — merge each shard once")
+    splits = sorted({int(n) for _, n in shards})
+    if len(splits) > 1:
+        raise MBSError(f"cannot merge shards of different splits ({', '.join(f'i/{n}' for n in splits)}): "
+                       "they overlap — merge the shards of one `onnxmbs profile --shard i/n` split")
+    return [f"{i}/{splits[0]}" for i in range(splits[0]) if (i, splits[0]) not in shards] if splits else []
+
+
+def merge_stats(paths: Sequence[str | Path], *, partial: bool = False) -> dict[str, Any]:
     """One stats document whose counts are the sum of ``paths`` (same model, input shape, preprocessing
-    and activations; e.g. the shards of ``profile --shard i/n``)."""
+    and activations; e.g. the shards of ``profile --shard i/n``). An incomplete shard set is refused
+    unless ``partial``; the merged file then lists the missing shards (``data.missing_shards``)."""
     docs = [(Path(p), read_stats(p)) for p in paths]
     _same(docs, "models (sha256)", lambda d: d.get("model", {}).get("sha256"))
     _same(docs, "input shapes", lambda d: list(d.get("model", {}).get("shape", []))[1:])
@@ -125,10 +140,11 @@ def merge_stats(paths: Sequence[str | Path]) -> dict[str, Any]:
     _same(docs, "activations", lambda d: [(t.get("tensor"), t.get("channels"), t.get("per_image"))
                                           for t in d.get("taps", [])])
     _same(docs, "data (synthetic vs real)", lambda d: bool(d.get("data", {}).get("synthetic")))
-    shards = [tuple(d["data"]["shard"]) for _, d in docs if d.get("data", {}).get("shard")]
-    twice = sorted({s for s in shards if shards.count(s) > 1})
-    if twice:
-        raise MBSError(f"shard {twice[0][0]}/{twice[0][1]} is given twice — merge each shard once")
+    missing = missing_shards(docs)
+    if missing and not partial:
+        raise MBSError(f"shard{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                       f"{'are' if len(missing) > 1 else 'is'} missing — add {'their' if len(missing) > 1 else 'its'}"
+                       " file(s) to merge the whole pass, or pass --partial to merge only these shards")
     first = docs[0][1]
     taps = [{**t, "nonzero": [int(v) for v in np.sum([np.asarray(d["taps"][i]["nonzero"], np.int64)
                                                         for _, d in docs], axis=0)]}
@@ -136,6 +152,8 @@ def merge_stats(paths: Sequence[str | Path]) -> dict[str, Any]:
     data = {**first["data"], "source": "; ".join(str(d["data"].get("source")) for _, d in docs),
             "skipped": sum(int(d["data"].get("skipped", 0)) for _, d in docs)}
     data.pop("shard", None)
+    if missing:
+        data["missing_shards"] = missing
     providers = sorted({str(d.get("provider")) for _, d in docs})
     return {**{k: v for k, v in first.items() if k != "convergence"}, "images": sum(int(d["images"]) for _, d in docs),
             "provider": providers[0] if len(providers) == 1 else ", ".join(providers),

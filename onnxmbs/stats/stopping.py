@@ -41,9 +41,12 @@ class Convergence(Record):
     checkpoint: int
     checkpoints: int
     entries: tuple[ConvergenceEntry, ...] = ()
+    reason: str | None = None  # why the pass ended without converging (None when it converged)
     extra: Mapping[str, Any] = field(default_factory=dict)
     CONVERT: ClassVar = {"images": int, "converged": bool, "tolerance": float, "checkpoint": int,
-                         "checkpoints": int, "entries": lambda v: tuple(ConvergenceEntry.from_json(x) for x in v)}
+                         "checkpoints": int, "entries": lambda v: tuple(ConvergenceEntry.from_json(x) for x in v),
+                         "reason": optional(str)}
+    OMIT_NONE: ClassVar = frozenset({"reason"})
 
     def at(self, z: float) -> ConvergenceEntry | None:
         """The entry monitored at threshold ``z`` (pixels), if any."""

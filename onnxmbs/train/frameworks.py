@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxmbs.errors import MBSError
-from onnxmbs.runtime.frameworks import import_keras
+from onnxmbs.runtime.frameworks import import_keras, require_framework
 
 if TYPE_CHECKING:
     from onnxmbs.train import TrainConfig, TrainResult
@@ -40,6 +40,7 @@ def load_user_model(spec: str) -> Any:
     """A model from ``.pt``/``.pth`` (pickled module), ``.keras``/``.h5``, or ``file.py:function``."""
     path = Path(spec)
     if path.suffix.lower() in TORCH_SUFFIXES:
+        require_framework("torch", f"loading {path}")
         import torch
 
         if not path.is_file():
@@ -50,6 +51,7 @@ def load_user_model(spec: str) -> Any:
                            "torch.save(model, path), or pass FILE.py:FUNCTION that builds it and loads the state dict")
         return model
     if path.suffix.lower() in KERAS_SUFFIXES:
+        require_framework("keras", f"loading {path}")
         keras = import_keras()
 
         if not path.is_file():

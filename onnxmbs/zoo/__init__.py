@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxmbs.errors import MBSError
+from onnxmbs.runtime.frameworks import require_framework
 from onnxmbs.zoo import export as _export_module  # noqa: F401  (see below)
 from onnxmbs.zoo.configuration import CONFIGS, ConfigSpec, configuration_from_plan
 
@@ -111,6 +112,7 @@ def _builder(entry: ZooEntry, framework: str | None) -> tuple[str, Any]:
     location = dict(entry.builders).get(fw)
     if location is None:
         raise MBSError(f"{entry.name} has no {fw} build — use --framework {' or '.join(entry.frameworks)}")
+    require_framework(fw, f"the {fw} build of {entry.name}")
     module, function = location.split(":")
     return fw, getattr(importlib.import_module(module), function)
 
@@ -173,6 +175,7 @@ def export(name: str, path: str | os.PathLike[str], *, widths: Sequence[int] | N
 
     entry = _entry(name)
     fw = framework or entry.framework
+    require_framework(fw, f"exporting the {fw} build of {entry.name}", export=True)
     size = _input_size(entry, input_size)
     model = build(name, widths=widths, betas=betas, num_classes=num_classes, input_size=size, framework=fw)
     if fw == "keras":
