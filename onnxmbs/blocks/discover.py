@@ -154,7 +154,7 @@ def _costs(loaded: LoadedModel, g: GraphIndex, members: Sequence[int]) -> tuple[
     sub = onnx.GraphProto(node=[g.nodes[i] for i in members])
     batch = max(loaded.input.shape[0], 1)
     params = 0
-    for name in param_tensors(sub, loaded.constants):
+    for name in param_tensors(sub, loaded.constants, model_graph=loaded.graph):
         if all(c in inside for c in g.consumers.get(name, ())):
             params += int(getattr(loaded.constants[name], "size", 0))
     macs = sum(node_macs(g.nodes[i], loaded.shapes, batch) for i in members)

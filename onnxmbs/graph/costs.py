@@ -69,9 +69,14 @@ def node_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape], batch: int = 1)
     return MAC_KINDS[rule](node, shapes, batch) if rule else 0
 
 
-def param_tensors(graph: onnx.GraphProto, constants: Mapping[str, object]) -> set[str]:
-    """Names of the constant tensors that count as parameters."""
+def param_tensors(graph: onnx.GraphProto, constants: Mapping[str, object], *,
+                  model_graph: onnx.GraphProto | None = None) -> set[str]:
+    """Names of the constant tensors that count as parameters: learnable weights, i.e. initializers (or
+    tensors forwarded from them). Values of ``Constant`` nodes are what a head computes with (anchors,
+    strides, grids), not weights: exporters store trained weights as initializers. ``model_graph``: the
+    whole graph, where ``graph`` holds only some of its nodes (a block)."""
     names: set[str] = set()
+    learnable = _from_initializers(model_graph if model_graph is not None else graph)
     for node in graph.node:
         params = param_inputs(node.op_type)
         for idx in params.inputs if params else ():
@@ -79,8 +84,19 @@ def param_tensors(graph: onnx.GraphProto, constants: Mapping[str, object]) -> se
                 continue
             if params.vectors_only and getattr(constants[node.input[idx]], "size", 1) <= 1:
                 continue
-            names.add(node.input[idx])
+            if node.input[idx] in learnable:
+                names.add(node.input[idx])
     return names
+
+
+def _from_initializers(graph: onnx.GraphProto) -> set[str]:
+    """Initializers and the tensors that only forward them (Identity, Cast: the same values, another name
+    or type)."""
+    found = {init.name for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type in ("Identity", "Cast") and node.input and node.input[0] in found:
+            found.update(node.output)
+    return found
 
 
 def count_costs(graph: onnx.GraphProto, shapes: Mapping[str, Shape], constants: Mapping[str, object],
