@@ -22,10 +22,13 @@ from onnxmbs.cli.options import clean_errors, labelled_options, open_labelled_da
 @click.option("--reference", type=click.Path(dir_okay=False), default=None,
               help="The original ONNX model: report the fidelity of MODEL's outputs to its outputs (no labels "
                    "needed), and with labels how often their top-1 predictions agree.")
+@click.option("--metric", default=None, metavar="python:FILE.py:FUNCTION",
+              help="Your own metric: FUNCTION(outputs, targets) -> float (higher is better), targets being the "
+                   ".npz's other arrays (e.g. masks); for detectors and segmenters. No labels needed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @clean_errors
-def evaluate(model: str, reference: str | None, as_json: bool, batch_size: int, provider: str, input_shape,
-             **data) -> None:
+def evaluate(model: str, reference: str | None, metric: str | None, as_json: bool, batch_size: int, provider: str,
+             input_shape, **data) -> None:
     """Accuracy of MODEL on labelled data (top-1, top-5 with >= 5 classes), and its fidelity to --reference."""
     from onnxmbs.data.labelled import has_labels
     from onnxmbs.errors import MBSError
@@ -34,8 +37,9 @@ def evaluate(model: str, reference: str | None, as_json: bool, batch_size: int, 
     from onnxmbs.stats.fidelity import compare
 
     loaded = load_model(model, input_shape=input_shape)
-    labelled = has_labels(data["data"])
-    if not labelled and reference is None:
+    labelled = has_labels(data["data"]) and metric is None
+    scores = _metric(loaded, reference, metric, data, batch_size=batch_size, provider=provider) if metric else None
+    if not labelled and reference is None and scores is None:
         raise MBSError(f"{data['data']} is unlabelled — give labelled data (a .npz with images and labels, or one "
                        "folder per class), or --reference ORIGINAL.onnx to measure fidelity without labels")
     acc = source = None
@@ -50,10 +54,27 @@ def evaluate(model: str, reference: str | None, as_json: bool, batch_size: int, 
                       max_images=data["max_images"])
     if as_json:
         doc = {"model": model, "data": source or data["data"], "reference": reference,
-               **(acc.to_json() if acc else {}), **({"fidelity": fid.to_json()} if fid else {})}
+               **(acc.to_json() if acc else {}), **({"fidelity": fid.to_json()} if fid else {}),
+               **({"metric": {"spec": metric, **scores}} if scores else {})}
         click.echo(json.dumps(doc, indent=1))
         return
-    click.echo("\n".join(_lines(model, acc, fid, source or data["data"], reference)))
+    lines = _lines(model, acc, fid, source or data["data"], reference)
+    if scores:
+        lines += [f"metric {metric.rpartition(':')[2]}  {value:.6g}  ({who})" for who, value in scores.items()]
+    click.echo("\n".join(lines))
+
+
+def _metric(loaded, reference: str | None, spec: str, data: dict, *, batch_size: int, provider: str) -> dict:
+    """The user's metric of the model (and of the reference) on ``data``."""
+    from onnxmbs.stats.metric import load_metric, measure
+
+    metric = load_metric(spec)
+    how = {"batch_size": batch_size, "provider": provider, "preprocess": data["preprocess"], "mean": data["mean"],
+           "std": data["std"]}
+    scores = {"model": measure(loaded, data["data"], metric, **how)}
+    if reference is not None:
+        scores["reference"] = measure(reference, data["data"], metric, input_shape=loaded.input.shape, **how)
+    return scores
 
 
 def _lines(model: str, acc, fid, source: str, reference: str | None) -> list[str]:
