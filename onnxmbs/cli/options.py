@@ -233,6 +233,29 @@ round_to_option = click.option("--round-to", type=click.IntRange(min=1), default
                                help="Round compact widths up to a multiple of N.")
 
 
+class RoundTo(click.ParamType):
+    """``--round-to N`` (N >= 1) or ``auto`` (the rounding measured fastest: onnxmbs.compact.rounding)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).lower() == "auto":
+            return value if isinstance(value, int) else "auto"
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            self.fail(f"{value!r} is neither a whole number >= 1 nor 'auto'", param, ctx)
+        return number
+
+
+round_to_auto_option = click.option(
+    "--round-to", type=RoundTo(), default=1, show_default=True,
+    help="Round compact widths up to a multiple of N; 'auto': build the compact model at 1, 2, 4, 8 and 16, time "
+         "each here with onnxruntime and keep the fastest (ties: fewer parameters); the plan records the table.")
+
+
 def labelled_options(fn: Callable) -> Callable:
     """Options of the commands that measure accuracy on labelled data (evaluate, blocks)."""
     options = [
