@@ -52,13 +52,37 @@ def connect(address: str | None = None, *, workers: int | None = None) -> Iterat
         else:
             ray.init(num_cpus=workers, **options)
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        where = f"at {address!r}" if address else "locally"
-        raise MBSError(f"cannot start or join Ray {where} ({str(exc).splitlines()[0][:160]}) — start the "
-                       "cluster with `ray start --head` first, or leave out --ray-address for a local Ray") from None
+        raise join_error(exc, address) from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+AUTH_MARKERS = ("InvalidAuthToken", "AuthenticationError", "Authentication token is missing or incorrect")
+
+
+def join_error(exc: BaseException, address: str | None) -> MBSError:
+    """Why ``ray.init`` failed, as one line: a refused authentication token (Ray >= 2.5x enables token
+    authentication by default; the reason is in the exception's cause) or no cluster at all."""
+    where = f"at {address!r}" if address else "locally"
+    if refused_token(exc):
+        return MBSError(f"the Ray cluster {where} refused this client's authentication token — on the head run "
+                        "`ray get-auth-token` and set RAY_AUTH_MODE=token RAY_AUTH_TOKEN=<that token> here (or copy "
+                        "it to ~/.ray/auth_token), or start both sides with RAY_AUTH_MODE=disabled")
+    return MBSError(f"cannot start or join Ray {where} ({str(exc).splitlines()[0][:160]}) — start the "
+                    "cluster with `ray start --head` first, or leave out --ray-address for a local Ray")
+
+
+def refused_token(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an exception it was raised from is Ray's authentication failure."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ == "AuthenticationError" or any(m in str(exc) for m in AUTH_MARKERS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def run_ordered(fn: Callable[..., Any], calls: Sequence[tuple], *, shared: Any = None, window: int = 4,
