@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -46,9 +49,11 @@ def connect(address: str | None = None, *, workers: int | None = None) -> Iterat
         yield ray
         return
     options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    quiet_token_warnings()
     try:
         if address:
-            ray.init(address=address, **options)
+            with _native_stderr_to_debug():  # 20 C++ "Failed to get cluster ID ... InvalidAuthToken" lines
+                ray.init(address=address, **options)
         else:
             ray.init(num_cpus=workers, **options)
     except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -57,6 +62,48 @@ def connect(address: str | None = None, *, workers: int | None = None) -> Iterat
         yield ray
     finally:
         ray.shutdown()
+
+
+#: Ray's logger for its token-authentication notices, and the notices onnxmbs does not pass on
+TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+TOKEN_NOTICES = ("Token authentication is enabled for this Ray cluster",
+                 "Token authentication is disabled for this Ray cluster")
+
+
+class _TokenNoticeFilter(logging.Filter):
+    """Drops Ray's "Token authentication is enabled/disabled" warnings (logged at debug by onnxmbs instead)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text.startswith(TOKEN_NOTICES):
+            logger.debug("Ray: %s", text)
+            return False
+        return True
+
+
+def quiet_token_warnings() -> None:
+    """Keep Ray's token-authentication warnings off stderr; every other Ray message still shows."""
+    ray_logger = logging.getLogger(TOKEN_LOGGER)
+    if not any(isinstance(f, _TokenNoticeFilter) for f in ray_logger.filters):
+        ray_logger.addFilter(_TokenNoticeFilter())
+
+
+@contextlib.contextmanager
+def _native_stderr_to_debug() -> Iterator[None]:
+    """Process-level stderr (Ray's C++ client logs bypass Python) into a temporary file, logged at debug."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines()[-40:]:
+                logger.debug("Ray: %s", line)
 
 
 AUTH_MARKERS = ("InvalidAuthToken", "AuthenticationError", "Authentication token is missing or incorrect")
