@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -46,19 +49,87 @@ def connect(address: str | None = None, *, workers: int | None = None) -> Iterat
         yield ray
         return
     options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    quiet_token_warnings()
     try:
         if address:
-            ray.init(address=address, **options)
+            with _native_stderr_to_debug():  # 20 C++ "Failed to get cluster ID ... InvalidAuthToken" lines
+                ray.init(address=address, **options)
         else:
             ray.init(num_cpus=workers, **options)
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        where = f"at {address!r}" if address else "locally"
-        raise MBSError(f"cannot start or join Ray {where} ({str(exc).splitlines()[0][:160]}) — start the "
-                       "cluster with `ray start --head` first, or leave out --ray-address for a local Ray") from None
+        raise join_error(exc, address) from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+#: Ray's logger for its token-authentication notices, and the notices onnxmbs does not pass on
+TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+TOKEN_NOTICES = ("Token authentication is enabled for this Ray cluster",
+                 "Token authentication is disabled for this Ray cluster")
+
+
+class _TokenNoticeFilter(logging.Filter):
+    """Drops Ray's "Token authentication is enabled/disabled" warnings (logged at debug by onnxmbs instead)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text.startswith(TOKEN_NOTICES):
+            logger.debug("Ray: %s", text)
+            return False
+        return True
+
+
+def quiet_token_warnings() -> None:
+    """Keep Ray's token-authentication warnings off stderr; every other Ray message still shows."""
+    ray_logger = logging.getLogger(TOKEN_LOGGER)
+    if not any(isinstance(f, _TokenNoticeFilter) for f in ray_logger.filters):
+        ray_logger.addFilter(_TokenNoticeFilter())
+
+
+@contextlib.contextmanager
+def _native_stderr_to_debug() -> Iterator[None]:
+    """Process-level stderr (Ray's C++ client logs bypass Python) into a temporary file, logged at debug."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines()[-40:]:
+                logger.debug("Ray: %s", line)
+
+
+AUTH_MARKERS = ("InvalidAuthToken", "AuthenticationError", "Authentication token is missing or incorrect")
+
+
+def join_error(exc: BaseException, address: str | None) -> MBSError:
+    """Why ``ray.init`` failed, as one line: a refused authentication token (Ray >= 2.5x enables token
+    authentication by default; the reason is in the exception's cause) or no cluster at all."""
+    where = f"at {address!r}" if address else "locally"
+    if refused_token(exc):
+        return MBSError(f"the Ray cluster {where} refused this client's authentication token — on the head run "
+                        "`ray get-auth-token` and set RAY_AUTH_MODE=token RAY_AUTH_TOKEN=<that token> here (or copy "
+                        "it to ~/.ray/auth_token), or start both sides with RAY_AUTH_MODE=disabled")
+    return MBSError(f"cannot start or join Ray {where} ({str(exc).splitlines()[0][:160]}) — start the "
+                    "cluster with `ray start --head` first, or leave out --ray-address for a local Ray")
+
+
+def refused_token(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an exception it was raised from is Ray's authentication failure."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ == "AuthenticationError" or any(m in str(exc) for m in AUTH_MARKERS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def run_ordered(fn: Callable[..., Any], calls: Sequence[tuple], *, shared: Any = None, window: int = 4,

@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,13 +66,26 @@ def _stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+#: Keras 3 UserWarnings about calls onnxmbs makes on the user's behalf (not the user's to act on)
+KERAS_WARNINGS = (r"The structure of `inputs` doesn't match the expected structure",)
+
+
+def _ignore_keras_warnings() -> None:
+    """Keras' "structure of `inputs` doesn't match" UserWarning, raised when a functional model built with
+    ``inputs=[x]`` (as ``keras.Model(model.inputs, ...)`` does) is called with one array, is not shown."""
+    for message in KERAS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning, module=r"keras(\.|$)")
+
+
 def import_keras(*, tf2onnx: bool = False) -> Any:
     """``keras`` (and TensorFlow, and with ``tf2onnx`` that too) imported without TensorFlow's start-up noise.
 
     ``TF_CPP_MIN_LOG_LEVEL`` is set (unless the user set it) before TensorFlow loads; the lines TensorFlow
-    2.x prints before its logging starts are dropped. Import errors still raise as usual.
+    2.x prints before its logging starts are dropped, and so is Keras' inputs-structure UserWarning
+    (:data:`KERAS_WARNINGS`). Import errors still raise as usual.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _ignore_keras_warnings()
     wanted = ["tensorflow", "keras"] + (["tf2onnx"] if tf2onnx else [])
     if any(name not in sys.modules for name in wanted):
         with _stderr_silenced():
