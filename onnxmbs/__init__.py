@@ -15,6 +15,7 @@ _API = {
     "PlanResult": "onnxmbs.planning.pipeline", "plan_model": "onnxmbs.planning.pipeline",
     "plan_from_statistics": "onnxmbs.planning.pipeline",
     "Plan": "onnxmbs.planning.document", "read_plan": "onnxmbs.planning.document",
+    "StatsFile": "onnxmbs.stats.statsfile", "read_stats": "onnxmbs.stats.statsfile",
     "write_json": "onnxmbs.files",
     "compact_model": "onnxmbs.compact", "write_compact": "onnxmbs.compact",
     "apply_plan": "onnxmbs.adapters",
