@@ -18,6 +18,7 @@ _API = {
     "StatsFile": "onnxmbs.stats.statsfile", "read_stats": "onnxmbs.stats.statsfile",
     "write_json": "onnxmbs.files",
     "compact_model": "onnxmbs.compact", "write_compact": "onnxmbs.compact",
+    "read_compact_record": "onnxmbs.compact.record",
     "apply_plan": "onnxmbs.adapters",
     "open_labelled": "onnxmbs.data.labelled", "evaluate": "onnxmbs.stats.accuracy",
     "compare": "onnxmbs.stats.fidelity",
