@@ -79,7 +79,7 @@ def test_several_macroblocks_at_one_level_take_the_largest_beta() -> None:
     ("vgg16", plan(224, {112: 1.0}), "unknown zoo model"),
     ("resnet18", {**plan(224, {112: 1.0}).to_json(), "schema": "other/1"}, "schema"),
     ("resnet18", plan(224, {112: 1.0, 56: 1.0}), "no macroblock at 28px, 14px, 7px"),
-    ("resnet18", {"schema": "onnxmbs.plan/1", "model": {}}, "malformed"),
+    ("resnet18", {"schema": "onnxmbs.plan/1", "model": {}}, "plan model.path is missing"),
 ])
 def test_errors(name: str, doc: dict, message: str) -> None:
     with pytest.raises(MBSError, match=message):

@@ -53,10 +53,10 @@ def test_unknown_keys_are_kept():
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda d: d.pop("summary"), "malformed"),
-    (lambda d: d["layers"][0].pop("out_channels"), "malformed"),
+    (lambda d: d.pop("summary"), "plan summary is missing"),
+    (lambda d: d["layers"][0].pop("out_channels"), r"plan layers\[0\]\.out_channels is missing"),
     (lambda d: d.update(schema="onnxmbs.stats/1"), "not an onnxmbs plan"),
-    (lambda d: d["groups"][0].update(channels="many"), "malformed"),
+    (lambda d: d["groups"][0].update(channels="many"), r'plan groups\[0\]\.channels must be an integer ≥ 1, found "many"'),
 ])
 def test_one_schema_check_says_what_is_wrong(edit, message):
     raw = json.loads(FIXTURE.read_text())

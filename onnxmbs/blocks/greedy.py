@@ -25,7 +25,7 @@ from pathlib import Path
 import onnx
 
 from onnxmbs.blocks.discover import Block, find_blocks
-from onnxmbs.blocks.document import BlockRecord, BlocksPlan, RoundRecord, Summary
+from onnxmbs.blocks.document import BlockRecord, BlocksPlan, BlocksSettings, RoundRecord, Summary
 from onnxmbs.blocks.remove import remove_blocks
 from onnxmbs.blocks.scoring import RoundScores, score_blocks
 from onnxmbs.errors import MBSError
@@ -227,8 +227,9 @@ def _result(run: _Run, source, blocks: list[Block], state: _State,
     accuracy_after = state.rounds[-1].accuracy if state.rounds else state.baseline
     params, macs = _costs(run.loaded)
     params_after, macs_after = _costs(after)
-    doc_settings = {"rescore": run.rescore, **run.stop.to_json(), "images": len(run.data), "data": run.data.source,
-                    "provider": run.provider, **_normalisation(run.data), **(settings or {})}
+    doc_settings = BlocksSettings.from_json({
+        "rescore": run.rescore, **run.stop.to_json(), "images": len(run.data), "data": run.data.source,
+        "provider": run.provider, **_normalisation(run.data), **(settings or {})})
     plan = BlocksPlan.create(model=run.loaded.record(), baseline_accuracy=state.baseline,
                              blocks=tuple(BlockRecord.of(b) for b in blocks), rounds=tuple(state.rounds),
                              summary=Summary(params, params_after, macs, macs_after, accuracy_after),

@@ -25,9 +25,9 @@ def merge(files: tuple[str, ...], output: str, partial: bool) -> None:
     refuse_overwrite(output, *files)
     doc = merge_stats(files, partial=partial)
     write_json(output, doc)
-    click.echo(f"{len(files)} stats files, {doc['images']} images, {len(doc['taps'])} activations; "
+    click.echo(f"{len(files)} stats files, {doc.images} images, {len(doc.taps)} activations; "
                f"merged counts written to {output}")
-    missing = doc["data"].get("missing_shards")
+    missing = doc.data.missing_shards
     if missing:
         click.echo(f"partial merge: shard{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing "
                    "(not counted; recorded in the file as data.missing_shards)")

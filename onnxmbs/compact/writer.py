@@ -1,4 +1,4 @@
-"""Stage 8 — the compact ONNX model: channel surgery that follows a plan (``onnxmbs compact``).
+"""The compact ONNX model: channel surgery that follows a plan (``onnxmbs compact``).
 
 Each channel group of the plan keeps ``compact_channels`` of its channels (which ones:
 :mod:`onnxmbs.compact.select`); every tensor learns which original channels its compact
@@ -27,6 +27,7 @@ from onnxmbs.compact.check import Latency, measure_latency, verify
 from onnxmbs.compact.graph import Rebuilt, forwarded_constants, rebuild
 from onnxmbs.compact.index import Layout, compact_shape, identity_layouts, tensor_layouts
 from onnxmbs.compact.ranking import greedy_scores
+from onnxmbs.compact.record import SCHEMA as COMPACT_SCHEMA, CompactRecord, KeptGroup, LatencyRecord
 from onnxmbs.compact.reconstruct import Reconstruction, ReconstructOptions, reconstruct as refit
 from onnxmbs.compact.select import SELECT, Selection, select_channels
 from onnxmbs.compact.surgery import Ctx, Edits, reinitialise, surgery_rule
@@ -68,32 +69,19 @@ class CompactResult:
     normalisation: Normalisation | None = None  # how the images of --data / --eval-data were normalised
     deployment: Any = None  # onnxmbs.compact.deploy.Deployment: the INT8 model written beside it (--quantize)
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> CompactRecord:
         """The JSON sidecar: counts, sizes, latency, the kept channels of every cut group (and the reconstruction)."""
-        doc = self._counts()
-        if self.normalisation is not None:
-            doc["normalisation"] = self.normalisation.to_json()
-        if self.reconstruction is not None:
-            doc["reconstruction"] = self.reconstruction.to_json()
-        if self.accuracy is not None:
-            doc["accuracy"] = self.accuracy.to_json()
-        return doc
-
-    def _counts(self) -> dict[str, Any]:
-        lat = self.latency
-        return {
-            "schema": "onnxmbs.compact/1", "weights": self.weights, "select": self.select,
-            "params": self.params, "params_predicted": self.params_predicted, "params_compact": self.params_compact,
-            "flops": self.flops, "flops_compact": self.flops_compact,
-            "bytes_original": self.bytes_original, "bytes_compact": self.bytes_compact,
-            "latency": None if lat is None else {
-                "provider": lat.provider, "batch": lat.batch, "repeats": lat.repeats, "threads": lat.threads,
-                "original_ms": round(lat.original_ms, 4), "compact_ms": round(lat.compact_ms, 4),
-                "speedup": round(lat.speedup, 4)},
-            "inexact": list(self.inexact), "copies": list(self.copies),
-            "groups": [{"id": g, "channels": c, "compact_channels": k, "selected_by": self.selection[g],
-                        "kept": list(self.kept[g])} for g, (c, k) in self.widths.items() if k < c],
-        }
+        return CompactRecord(
+            schema=COMPACT_SCHEMA, weights=self.weights, select=self.select, params=self.params,
+            params_predicted=self.params_predicted, params_compact=self.params_compact, flops=self.flops,
+            flops_compact=self.flops_compact, bytes_original=self.bytes_original, bytes_compact=self.bytes_compact,
+            latency=None if self.latency is None else LatencyRecord.of(self.latency),
+            inexact=tuple(self.inexact), copies=tuple(self.copies),
+            groups=tuple(KeptGroup(g, c, k, self.selection[g], tuple(self.kept[g]))
+                         for g, (c, k) in self.widths.items() if k < c),
+            normalisation=self.normalisation,
+            reconstruction=None if self.reconstruction is None else self.reconstruction.to_json(),
+            accuracy=None if self.accuracy is None else self.accuracy.to_json())
 
 
 def _source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, int, bool]:

@@ -1,4 +1,4 @@
-"""Stage 0 — a user's data, read one way for every command.
+"""A user's data, read one way for every command.
 
 Calibration images (the statistics pass, reconstruction, INT8), labelled data (accuracy,
 block scoring) and training data (retrain, the handbook) are read by the same loaders

@@ -1,1 +1,1 @@
-"""Stages 1-4 — load the model, shapes and receptive fields, activations, macroblocks, channel groups."""
+"""The model graph: load it, shapes and receptive fields, activations, macroblocks, channel groups."""

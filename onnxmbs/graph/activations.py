@@ -1,4 +1,4 @@
-"""Stage 3a — the activation tap of each conv (docs/algorithm.md §5).
+"""The activation tap of each conv (docs/algorithm.md §5).
 
 From a conv's output, follow channel-preserving nodes only (BatchNormalization, Identity,
 Add/Sub/Mul/Div with a scalar or per-channel constant, a residual Add of a same-shaped

@@ -1,4 +1,4 @@
-"""Stage 3b — channel groups: which channels are tied together (docs/algorithm.md §8).
+"""Channel groups: which channels are tied together (docs/algorithm.md §8).
 
 Every tensor that carries channels gets a :class:`Chan`: the axis its channels are on and
 the list of groups laid along it (one for a conv output, several after a Concat). Groups

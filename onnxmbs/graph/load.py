@@ -1,4 +1,4 @@
-"""Stage 1 — load: read an ONNX CNN, fix its input size, find its layout, infer shapes.
+"""Load: read an ONNX CNN, fix its input size, find its layout, infer shapes.
 
 The returned :class:`LoadedModel` holds a shape-inferred *copy*; the user's file and
 the proto passed in are never modified.

@@ -1,4 +1,4 @@
-"""Stage 3c — macroblocks: convs grouped by output resolution (docs/algorithm.md §4).
+"""Macroblocks: convs grouped by output resolution (docs/algorithm.md §4).
 
 Level ``i = round(log2(L / min(H_out, W_out)))`` for every conv with a finite receptive
 field; the macroblocks are the non-empty levels, ``m_0`` the highest resolution. Convs

@@ -5,7 +5,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from onnxmbs.records import Record
+from onnxmbs.records import Record, choice, integer, items, optional, sha256, text
+
+LAYOUTS = ("NCHW", "NHWC")
+INPUT_CONVERT: Mapping[str, Any] = {  # the model's file, hash and image input (a stats file has no L)
+    "path": optional(text), "sha256": sha256, "input": text, "shape": items(integer(low=1)),
+    "layout": choice(*LAYOUTS)}
 
 
 @dataclass(frozen=True)
@@ -18,7 +23,8 @@ class ModelRecord(Record):
     layout: str
     L: int  # noqa: N815
     extra: Mapping[str, Any] = field(default_factory=dict)
-    CONVERT: ClassVar = {"shape": tuple, "L": int}
+    NAME: ClassVar = "model"
+    CONVERT: ClassVar = {**INPUT_CONVERT, "L": integer()}
 
     @property
     def input_hw(self) -> tuple[int, int] | None:

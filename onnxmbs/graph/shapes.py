@@ -1,4 +1,4 @@
-"""Stage 2 — shapes and receptive fields of every Conv (docs/algorithm.md §3).
+"""Shapes and receptive fields of every Conv (docs/algorithm.md §3).
 
 ``(rf, jump)`` is propagated from the input ``(1, 1)`` in topological order with one rule
 per op type: the registry (:mod:`onnxmbs.ops`) names the kind of each op (:data:`RF_KINDS`). Ops

@@ -1,1 +1,1 @@
-"""Stage 5b — planning (pure numpy): Algorithm 1, the typed plan document, k sweeps."""
+"""Planning (pure numpy): Algorithm 1, the typed plan document, k sweeps."""

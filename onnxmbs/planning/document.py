@@ -1,4 +1,4 @@
-"""Stage 6a — the plan document (schema ``onnxmbs.plan/1``) as typed, frozen records.
+"""The plan document (schema ``onnxmbs.plan/1``) as typed, frozen records.
 
 Every stage after planning (text, reports, the gate, compact, the adapters, the zoo,
 retrain) takes a :class:`PlanDocument`, never a dict. ``from_json``/``to_json`` are the
@@ -16,16 +16,21 @@ from typing import Any, ClassVar
 from onnxmbs.errors import MBSError
 from onnxmbs.files import read_document
 from onnxmbs.graph.record import ModelRecord
-from onnxmbs.records import Record, ints, optional, strs
+from onnxmbs.records import (FieldError, Record, boolean, choice, damaged, integer, items, mapping, number,
+                             optional, text)
 from onnxmbs.stats.source import DataSource
 from onnxmbs.stats.stopping import Convergence
 
 SCHEMA = "onnxmbs.plan/1"
 HOW = "pass the JSON written by `onnxmbs plan`"
+REWRITE = "rewrite it with `onnxmbs plan MODEL --data ... -o PLAN.json`"
 
 
 _SOURCE_KEYS = ("data", "skipped", "preprocess", "seconds", "stats_file", "normalisation")
 UNRECORDED = "unrecorded"  # a key a plan written before it existed does not have (not written back)
+
+
+FRACTION = number(low=0, high=1)
 
 
 @dataclass(frozen=True)
@@ -41,10 +46,16 @@ class Settings(Record):
     source: DataSource | None = None
     statistic: str = UNRECORDED  # "extended" | "paper" (--statistic)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    CONVERT: ClassVar = {"k": optional(number(low=0)), "z": number(low=0), "rf_boundary": optional(integer()),
+                         "images": integer(), "synthetic": boolean, "provider": optional(text),
+                         "round_to": integer(low=1), "source": optional(DataSource.from_json),
+                         "statistic": choice("extended", "paper")}
     OMIT_DEFAULT: ClassVar = frozenset({"statistic"})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Settings:
+        if not isinstance(data, Mapping):
+            return super().from_json(data)  # the error: not a JSON object
         base = {k: v for k, v in data.items() if k not in _SOURCE_KEYS}
         source = (DataSource.from_json({"synthetic": data.get("synthetic", False), **{
             k: data[k] for k in _SOURCE_KEYS if k in data}}) if "data" in data else None)
@@ -94,10 +105,16 @@ class LayerRecord(Record):
     channel_p_nonzero: tuple[float, ...] | None = None
     statistic: str | None = UNRECORDED  # "nonzero" (ReLU family, the paper) | "positive" (outputs > 0) | None
     extra: Mapping[str, Any] = field(default_factory=dict)
-    CONVERT: ClassVar = {"out_hw": ints, "kernel": ints, "stride": ints, "dilation": ints,
-                         "output_groups": ints, "input_groups": ints, "in_channels": int, "out_channels": int,
-                         "groups": int, "group": int, "compact_out_channels": int,
-                         "channel_p_nonzero": optional(lambda v: tuple(float(r) for r in v))}
+    NAME: ClassVar = "layer"
+    CONVERT: ClassVar = {
+        "name": text, "macroblock": optional(integer()), "out_hw": items(integer()), "in_channels": integer(low=1),
+        "out_channels": integer(low=1), "groups": integer(low=1), "kernel": items(integer(low=1)),
+        "stride": items(integer(low=1)), "dilation": items(integer(low=1)), "rf": optional(integer()),
+        "flops": integer(), "params": integer(), "activation": optional(text), "p_nonzero": FRACTION,
+        "measured": boolean, "base": boolean, "group": integer(), "compact_out_channels": integer(low=1),
+        "output_groups": items(integer()), "input_groups": items(integer()),
+        "channel_p_nonzero": optional(items(number(low=0, high=1, as_float=True))),
+        "statistic": optional(choice("nonzero", "positive"))}
     OMIT_NONE: ClassVar = frozenset({"channel_p_nonzero"})
     OMIT_DEFAULT: ClassVar = frozenset({"statistic"})
 
@@ -117,7 +134,10 @@ class MacroblockRecord(Record):
     redundancy: float
     beta: float
     extra: Mapping[str, Any] = field(default_factory=dict)
-    CONVERT: ClassVar = {"out_hw": ints, "layers": strs, "beta": float, "redundancy": float}
+    NAME: ClassVar = "macroblock"
+    CONVERT: ClassVar = {"index": integer(), "level": integer(), "out_hw": items(integer()), "layers": items(text),
+                         "e_total": number(low=0), "e_base": number(low=0),
+                         "redundancy": number(low=0, high=1, as_float=True), "beta": number(low=0, high=1, as_float=True)}
 
 
 @dataclass(frozen=True)
@@ -132,8 +152,10 @@ class GroupRecord(Record):
     followers: tuple[str, ...]
     multiple_of: int
     extra: Mapping[str, Any] = field(default_factory=dict)
-    CONVERT: ClassVar = {"id": int, "channels": int, "compact_channels": int, "producers": strs,
-                         "followers": strs}
+    NAME: ClassVar = "group"
+    CONVERT: ClassVar = {"id": integer(), "channels": integer(low=1), "compact_channels": integer(low=1),
+                         "beta": FRACTION, "frozen": optional(text), "producers": items(text),
+                         "followers": items(text), "multiple_of": integer(low=1)}
 
 
 @dataclass(frozen=True)
@@ -148,7 +170,9 @@ class Summary(Record):
     model_flops: int
     unknown_ops: Mapping[str, int]
     extra: Mapping[str, Any] = field(default_factory=dict)
-    CONVERT: ClassVar = {"params": int, "params_compact": int, "unknown_ops": dict}
+    CONVERT: ClassVar = {"params": integer(), "params_compact": integer(), "param_reduction": number(high=1),
+                         "flops": integer(), "flops_compact": integer(), "flop_reduction": number(high=1),
+                         "model_params": integer(), "model_flops": integer(), "unknown_ops": mapping(integer())}
 
 
 @dataclass(frozen=True)
@@ -187,23 +211,23 @@ class PlanDocument(Record):
     summary: Summary
     convergence: Convergence | None = None  # only with --until-converged: how the statistics pass ended
     extra: Mapping[str, Any] = field(default_factory=dict)
+    NAME: ClassVar = "plan"
     OMIT_NONE: ClassVar = frozenset({"convergence"})
     CONVERT: ClassVar = {
-        "convergence": optional(Convergence.from_json),
+        "schema": text, "convergence": optional(Convergence.from_json),
         "model": ModelRecord.from_json, "settings": Settings.from_json, "summary": Summary.from_json,
-        "layers": lambda v: tuple(LayerRecord.from_json(x) for x in v),
-        "macroblocks": lambda v: tuple(MacroblockRecord.from_json(x) for x in v),
-        "groups": lambda v: tuple(GroupRecord.from_json(x) for x in v)}
+        "layers": items(LayerRecord.from_json), "macroblocks": items(MacroblockRecord.from_json),
+        "groups": items(GroupRecord.from_json)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PlanDocument:
-        """The one schema check: a plan/1 document, or MBSError saying what is wrong."""
+    def from_json(cls, data: Mapping[str, Any], *, path: str | Path | None = None) -> PlanDocument:
+        """The one schema check: a plan/1 document, or one MBSError line naming the bad field (and ``path``)."""
         if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
             raise MBSError(f"not an onnxmbs plan (schema {SCHEMA!r} expected) — {HOW}")
         try:
             return super().from_json(data)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise MBSError(f"the plan is malformed ({type(exc).__name__}: {exc}) — {HOW}") from None
+        except FieldError as exc:
+            raise damaged(exc, path=path, how=REWRITE) from None
 
     def layer(self, name: str) -> LayerRecord:
         return next(l for l in self.layers if l.name == name)
@@ -234,4 +258,4 @@ def read_plan(path: str | Path) -> PlanDocument:
     """Read and check a plan file written by ``onnxmbs plan``."""
     doc = read_document(path, schema=SCHEMA, what="onnxmbs plan",
                         how="create one with `onnxmbs plan MODEL --data ... -o {output}`")
-    return PlanDocument.from_json(doc)
+    return PlanDocument.from_json(doc, path=path)

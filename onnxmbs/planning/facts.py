@@ -1,4 +1,4 @@
-"""The pure-data contract between analysis (stages 1-4) and the planner (stage 5).
+"""The pure-data contract between the analysis (graph/, stats/) and the planner.
 
 Plain frozen records with no onnx or onnxruntime in sight: the planner can be run, tested
 and reasoned about from these alone.

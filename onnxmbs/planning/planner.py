@@ -1,4 +1,4 @@
-"""Stage 5 — the plan: Algorithm 1 and the channel-coupling rules, pure numpy (docs/algorithm.md §6-8).
+"""The plan: Algorithm 1 and the channel-coupling rules, pure numpy (docs/algorithm.md §6-8).
 
 No onnx, no onnxruntime: the inputs are the records of :mod:`onnxmbs.planning.facts`.
 """

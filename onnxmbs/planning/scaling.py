@@ -1,4 +1,4 @@
-"""Stage 3d — how each parameter tensor's axes follow the channel groups.
+"""How each parameter tensor's axes follow the channel groups.
 
 One :class:`~onnxmbs.planning.facts.ParamSpec` per constant (and per further use of a shared constant
 whose axes follow other channel groups: the writer stores one copy per distinct cut) that :mod:`onnxmbs.graph.costs` counts (plus

@@ -1,1 +1,1 @@
-"""Stage 7 — renderings: terminal tables, HTML/Markdown/JSON/CSV reports, plots, the CI gate."""
+"""Renderings: terminal tables, HTML/Markdown/JSON/CSV reports, plots, the CI gate."""

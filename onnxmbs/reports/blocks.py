@@ -35,7 +35,7 @@ def blocks_text(plan: BlocksPlan) -> str:
     st = plan.settings
     removable = sum(b.removable for b in plan.blocks)
     head = (f"{plan.model.path}: {len(plan.blocks)} residual joins, {removable} removable; "
-            f"{st.get('images', '?')} labelled images, rescore {st.get('rescore', '?')}")
+            f"{st.images if st else '?'} labelled images, rescore {st.rescore if st else '?'}")
     lines = [head]
     lines.append(table(ROW_HEADERS, removal_rows(plan)) if plan.rounds else "no block removed")
     lines.append(_summary_line(plan))
@@ -61,8 +61,8 @@ def blocks_html(plan: BlocksPlan) -> str:
     notes = "".join(f"<li>{html.escape(b.id)} ({html.escape(b.join)}): {html.escape(b.reason)}</li>" for b in kept)
     return (f'<section><h2>Block pruning: {html.escape(plan.model.path)}</h2>'
             f'<p class="meta">{html.escape(_summary_line(plan))}; {len(plan.blocks)} residual joins, '
-            f'rescore {html.escape(str(plan.settings.get("rescore", "?")))}, '
-            f'{html.escape(str(plan.settings.get("images", "?")))} labelled images</p>'
+            f'rescore {html.escape(plan.settings.rescore if plan.settings else "?")}, '
+            f'{plan.settings.images if plan.settings else "?"} labelled images</p>'
             f'<div class="charts">{blocks_curve(plan)}</div>'
             f"<h3>Removal order</h3>{html_table(ROW_HEADERS, removal_rows(plan))}"
             + (f"<h3>Blocks that cannot be removed</h3><ul>{notes}</ul>" if notes else "") + "</section>")

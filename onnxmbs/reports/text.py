@@ -1,4 +1,4 @@
-"""Stage 6b — plain-text tables for the terminal (the CLI prints what these return)."""
+"""Plain-text tables for the terminal (the CLI prints what these return)."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,1 +1,1 @@
-"""Stage 5a — statistics: calibration data, the instrumented onnxruntime pass, stats files."""
+"""Statistics: the instrumented onnxruntime pass, stats files, where counts came from, accuracy."""

@@ -1,4 +1,4 @@
-"""Stage 4 — statistics: per-channel non-zero counts of every activation tap, on onnxruntime.
+"""Statistics: per-channel non-zero counts of every activation tap, on onnxruntime.
 
 A copy of the graph gets, per tapped ReLU output, a small counting subgraph whose only
 output is a vector of per-channel counts for the batch; the activations themselves never

@@ -136,20 +136,11 @@ def load_stats(path: str | Path, analysis: Analysis) -> Measured:
     doc = read_stats(path)
     check_model(doc, analysis, path)
     taps = tap_counts(doc, analysis, path)
-    stats = Statistics(images=int(doc["images"]), provider=str(doc.get("provider")), taps=taps,
-                       seconds=float(doc.get("seconds", 0.0)))
-    data = doc.get("data", {})
-    convergence = Convergence.from_json(doc["convergence"]) if doc.get("convergence") else None
+    stats = Statistics(images=doc.images, provider=doc.provider, taps=taps, seconds=float(doc.seconds))
+    data = doc.data
     return Measured(statistics=stats, source=DataSource(
-        synthetic=bool(data.get("synthetic")), data=data.get("source"), skipped=data.get("skipped", 0),
-        preprocess=data.get("preprocess"), stats_file=str(path),
-        normalisation=_recorded_normalisation(data, path)), convergence=convergence)
-
-
-def _recorded_normalisation(data: Any, path: Path) -> Normalisation | None:
-    """The normalisation a stats file records (files written before it was recorded: None)."""
-    recorded = data.get("normalisation") if isinstance(data, dict) else None
-    return None if recorded is None else Normalisation.from_json(recorded, where=f"{path}: data")
+        synthetic=data.synthetic, data=data.source, skipped=data.skipped, preprocess=data.preprocess,
+        stats_file=str(path), normalisation=data.normalisation), convergence=doc.convergence)
 
 
 def measure_or_load(analysis: Analysis, *, stats: str | Path | Sequence[str | Path] | None = None,

@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from onnxmbs.data.normalisation import Normalisation
-from onnxmbs.records import Record, optional
+from onnxmbs.records import Record, boolean, checked, integer, number, optional, text
+
+
+NORMALISATION = checked(Normalisation.from_json, "a normalisation {preset, mean, std, origin}")
 
 
 @dataclass(frozen=True)
@@ -20,5 +23,7 @@ class DataSource(Record):
     stats_file: str | None = None
     normalisation: Normalisation | None = None  # the decision: preset, mean/std, and where it came from
     extra: Mapping[str, Any] = field(default_factory=dict)
-    CONVERT: ClassVar = {"normalisation": optional(Normalisation.from_json)}
+    CONVERT: ClassVar = {"synthetic": boolean, "data": optional(text), "skipped": integer(),
+                         "preprocess": optional(text), "seconds": optional(number(low=0)),
+                         "stats_file": optional(text), "normalisation": optional(NORMALISATION)}
     OMIT_NONE: ClassVar = frozenset({"seconds", "stats_file", "normalisation"})

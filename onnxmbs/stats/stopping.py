@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from onnxmbs.records import Record, optional
+from onnxmbs.records import Record, boolean, integer, items, number, optional, text
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,8 @@ class BetaBound(Record):
     beta: float
     bound: float
     extra: Mapping[str, Any] = field(default_factory=dict)
-    CONVERT: ClassVar = {"index": int, "beta": float, "bound": float}
+    CONVERT: ClassVar = {"index": integer(), "beta": number(low=0, high=1, as_float=True),
+                         "bound": number(low=0, as_float=True)}
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,8 @@ class ConvergenceEntry(Record):
     z: float
     macroblocks: tuple[BetaBound, ...]
     extra: Mapping[str, Any] = field(default_factory=dict)
-    CONVERT: ClassVar = {"k": optional(float), "z": float,
-                         "macroblocks": lambda v: tuple(BetaBound.from_json(x) for x in v)}
+    CONVERT: ClassVar = {"k": optional(number(low=0, as_float=True)), "z": number(low=0, as_float=True),
+                         "macroblocks": items(BetaBound.from_json)}
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,9 @@ class Convergence(Record):
     entries: tuple[ConvergenceEntry, ...] = ()
     reason: str | None = None  # why the pass ended without converging (None when it converged)
     extra: Mapping[str, Any] = field(default_factory=dict)
-    CONVERT: ClassVar = {"images": int, "converged": bool, "tolerance": float, "checkpoint": int,
-                         "checkpoints": int, "entries": lambda v: tuple(ConvergenceEntry.from_json(x) for x in v),
-                         "reason": optional(str)}
+    CONVERT: ClassVar = {"images": integer(), "converged": boolean, "tolerance": number(low=0, as_float=True),
+                         "checkpoint": integer(low=1), "checkpoints": integer(),
+                         "entries": items(ConvergenceEntry.from_json), "reason": optional(text)}
     OMIT_NONE: ClassVar = frozenset({"reason"})
 
     def at(self, z: float) -> ConvergenceEntry | None:
