@@ -13,11 +13,33 @@ shrinking to zero.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+
+def one_blas_thread():
+    """A context with BLAS on one thread (threadpoolctl, when installed): OpenBLAS's multi-threaded
+    factorisations are many times slower than one thread on small shared machines."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it the solves use BLAS's own thread count
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _solve(a: np.ndarray, b: np.ndarray, w0: np.ndarray, ridge: float, dim: int) -> np.ndarray:
+    scale = max(float(np.trace(a)) / dim, 1e-12)
+    lam = ridge * scale
+    lhs = a + lam * np.eye(dim)
+    rhs = b + lam * w0
+    try:
+        return np.linalg.solve(lhs, rhs)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
 
 
 class NormalEquations:
@@ -33,8 +55,12 @@ class NormalEquations:
         """Rows ``x`` (rows, blocks, dim) and targets ``y`` (rows, blocks, outputs)."""
         xb = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=np.float32)
         yb = np.ascontiguousarray(y.transpose(1, 0, 2), dtype=np.float32)
-        self.a += xb.transpose(0, 2, 1) @ xb
-        self.b += xb.transpose(0, 2, 1) @ yb
+        if xb.shape[0] == 1:  # one block: a 2-D xᵀx, which BLAS computes as a symmetric rank-k update
+            self.a[0] += xb[0].T @ xb[0]
+            self.b[0] += xb[0].T @ yb[0]
+        else:
+            self.a += xb.transpose(0, 2, 1) @ xb
+            self.b += xb.transpose(0, 2, 1) @ yb
         self.yy += np.einsum("gro,gro->g", yb, yb, dtype=np.float64)
         self.rows += x.shape[0]
 
@@ -44,15 +70,9 @@ class NormalEquations:
             return w0
         out = np.empty_like(self.b)
         dim = self.a.shape[1]
-        for g in range(self.a.shape[0]):
-            scale = max(float(np.trace(self.a[g])) / dim, 1e-12)
-            lam = ridge * scale
-            lhs = self.a[g] + lam * np.eye(dim)
-            rhs = self.b[g] + lam * w0[g]
-            try:
-                out[g] = np.linalg.solve(lhs, rhs)
-            except np.linalg.LinAlgError:
-                out[g] = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+        with one_blas_thread():
+            for g in range(self.a.shape[0]):
+                out[g] = _solve(self.a[g], self.b[g], w0[g], ridge, dim)
         return out
 
     def residual(self, w: np.ndarray) -> float:
