@@ -37,6 +37,15 @@ def _solve(a: np.ndarray, b: np.ndarray, w0: np.ndarray, ridge: float, dim: int)
     lhs = a + lam * np.eye(dim)
     rhs = b + lam * w0
     try:
+        import scipy.linalg as sl  # optional: Cholesky, half the work of numpy's LU
+    except ImportError:
+        sl = None
+    if sl is not None:
+        try:
+            return sl.cho_solve(sl.cho_factor(lhs, check_finite=False), rhs, check_finite=False)
+        except np.linalg.LinAlgError:
+            pass
+    try:
         return np.linalg.solve(lhs, rhs)
     except np.linalg.LinAlgError:
         return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
@@ -45,27 +54,40 @@ def _solve(a: np.ndarray, b: np.ndarray, w0: np.ndarray, ridge: float, dim: int)
 class NormalEquations:
     """Σ xᵀx, Σ xᵀy and Σ y² of ``blocks`` independent systems with ``dim`` inputs and ``outputs`` targets."""
 
-    def __init__(self, blocks: int, dim: int, outputs: int) -> None:
+    def __init__(self, blocks: int, dim: int, outputs: int, *, buffer: int = 64 << 20) -> None:
         self.a = np.zeros((blocks, dim, dim))
         self.b = np.zeros((blocks, dim, outputs))
         self.yy = np.zeros(blocks)
         self.rows = 0
+        self.buffer = max(1, buffer // (4 * blocks * (dim + outputs)))  # rows held before one product
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.held = 0
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Rows ``x`` (rows, blocks, dim) and targets ``y`` (rows, blocks, outputs)."""
-        xb = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=np.float32)
-        yb = np.ascontiguousarray(y.transpose(1, 0, 2), dtype=np.float32)
-        if xb.shape[0] == 1:  # one block: a 2-D xᵀx, which BLAS computes as a symmetric rank-k update
-            self.a[0] += xb[0].T @ xb[0]
-            self.b[0] += xb[0].T @ yb[0]
-        else:
-            self.a += xb.transpose(0, 2, 1) @ xb
-            self.b += xb.transpose(0, 2, 1) @ yb
-        self.yy += np.einsum("gro,gro->g", yb, yb, dtype=np.float64)
+        """Rows ``x`` (rows, blocks, dim) and targets ``y`` (rows, blocks, outputs); the products are taken
+        over a few batches' rows at once (fewer, larger float32 products, each added to the float64 sums)."""
+        self.pending.append((np.asarray(x, np.float32), np.asarray(y, np.float32)))
+        self.held += x.shape[0]
         self.rows += x.shape[0]
+        if self.held >= self.buffer:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        x = np.concatenate([p[0] for p in self.pending]) if len(self.pending) > 1 else self.pending[0][0]
+        y = np.concatenate([p[1] for p in self.pending]) if len(self.pending) > 1 else self.pending[0][1]
+        self.pending, self.held = [], 0
+        xb = np.ascontiguousarray(x.transpose(1, 0, 2))
+        yb = np.ascontiguousarray(y.transpose(1, 0, 2))
+        xt = np.ascontiguousarray(xb.transpose(0, 2, 1))  # a copy: a general product beats syrk here
+        self.a += xt @ xb
+        self.b += xt @ yb
+        self.yy += np.einsum("gro,gro->g", yb, yb, dtype=np.float64)
 
     def solve(self, w0: np.ndarray, ridge: float) -> np.ndarray:
         """Ridge solution towards ``w0`` (blocks, dim, outputs); ``w0`` itself when there were no rows."""
+        self.flush()
         if self.rows == 0:
             return w0
         out = np.empty_like(self.b)
@@ -77,6 +99,7 @@ class NormalEquations:
 
     def residual(self, w: np.ndarray) -> float:
         """Σ ‖y − x·w‖² over all rows and blocks, divided by Σ ‖y‖² (0 = exact)."""
+        self.flush()
         total = float(self.yy.sum())
         if total <= 0:
             return 0.0

@@ -263,7 +263,10 @@ def _wave(layers: list[_Layer], segments: Segments, model: onnx.ModelProto, batc
             began = clock.add("gram", began)
         if bar is not None:
             bar.update(1)
-    clock.add("compact passes", began)
+    began = clock.add("compact passes", began)
+    for eq in eqs:
+        eq.flush()
+    clock.add("gram", began)
     for layer in layers:
         for b in range(segments.batches):
             store.drop(("y", layer.fit.name, b))
