@@ -85,7 +85,7 @@ class Store:
     """Arrays by key, kept in memory up to ``budget`` bytes and spilled to a temporary file beyond,
     so what the reconstruction keeps between passes does not grow its memory with the images."""
 
-    def __init__(self, budget: int = 256 << 20) -> None:
+    def __init__(self, budget: int = 16 << 20) -> None:
         self.budget, self.used = budget, 0
         self.memory: dict[Any, np.ndarray] = {}
         self.disk: dict[Any, tuple[int, tuple[int, ...], np.dtype]] = {}

@@ -54,7 +54,7 @@ def _solve(a: np.ndarray, b: np.ndarray, w0: np.ndarray, ridge: float, dim: int)
 class NormalEquations:
     """Σ xᵀx, Σ xᵀy and Σ y² of ``blocks`` independent systems with ``dim`` inputs and ``outputs`` targets."""
 
-    def __init__(self, blocks: int, dim: int, outputs: int, *, buffer: int = 64 << 20) -> None:
+    def __init__(self, blocks: int, dim: int, outputs: int, *, buffer: int = 16 << 20) -> None:
         self.a = np.zeros((blocks, dim, dim))
         self.b = np.zeros((blocks, dim, outputs))
         self.yy = np.zeros(blocks)
