@@ -4,12 +4,15 @@ and whether memory grows with the number of images.
 Exports ResNet-50 from the zoo once (random weights; into ``artifacts/bench/``), plans it at k = 1
 on 8 noise images, writes ``--images`` noise images as PNG files (read one at a time, like any
 image folder), then runs ``onnxmbs compact --reconstruct`` on the first 64 and on all of them, each
-in a fresh interpreter, plus one plain ``compact`` (no reconstruction) as the baseline. Peak RSS
-is the child's ``VmHWM``. Prints the figures and the ratio peak(256) / peak(64) measured in this run.
+in a fresh interpreter, plus one plain ``compact`` (no reconstruction) as the memory baseline and,
+for each count, plain onnxruntime inference of the original over the same images (same batch size) as
+the time baseline. Peak RSS is the child's ``VmHWM``. Prints the figures, the ratios against those
+baselines and peak(256) / peak(64), all measured in this run.
 
 Usage:  python tools/bench_reconstruct.py [--images 64 256] [--positions 32] [--batch-size 16]
         python tools/bench_reconstruct.py --model models/resnet20_digits.onnx --data train.npz --preprocess raw
                --images 64 1024     (any model: planned at k = 1 on --data, reconstructed on --data)
+        python tools/bench_reconstruct.py --zoo mobilenet_v2 --images 64    (another zoo model at 224, depthwise)
 """
 from __future__ import annotations
 
@@ -37,6 +40,32 @@ else:
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 print(json.dumps({"seconds": time.perf_counter() - began, "peak_mb": peak, "code": code}), file=sys.stderr)
 """
+
+
+INFER = """
+import json, sys, time
+from onnxmbs.compact.activations import open_batches
+from onnxmbs.graph.load import load_model
+from onnxmbs.runtime.session import choose_provider, make_session
+from onnxmbs.stats.measure import CalibrationOptions
+model, data, n, batch, preprocess = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+loaded = load_model(model)
+batches = open_batches(loaded, CalibrationOptions(data=data, preprocess=preprocess, max_images=n, batch_size=batch))
+session = make_session(open(model, "rb").read(), choose_provider("auto"))
+began = time.perf_counter()
+for x in batches():
+    session.run(None, {loaded.input.name: x})
+print(json.dumps({"seconds": time.perf_counter() - began, "peak_mb": 0, "code": 0}), file=sys.stderr)
+"""
+
+
+def infer(model: Path, data: Path, n: int, batch: int, preprocess: str) -> float:
+    """Plain onnxruntime inference of ``model`` over the first ``n`` images (reading them included)."""
+    proc = subprocess.run([sys.executable, "-c", INFER, str(model), str(data), str(n), str(batch), preprocess],
+                          cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"plain inference failed:\n{proc.stderr}")
+    return json.loads(proc.stderr.strip().splitlines()[-1])["seconds"]
 
 
 def child(args: list[str]) -> dict:
@@ -69,13 +98,14 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="another model instead of the zoo ResNet-50")
     parser.add_argument("--data", type=Path, default=None, help="its images (default: noise PNGs at 224)")
     parser.add_argument("--preprocess", default="imagenet")
+    parser.add_argument("--zoo", default="resnet50", help="zoo model exported at 224 when no --model is given")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
-    model = args.model or args.cache / "resnet50_torch_224.onnx"
+    model = args.model or args.cache / f"{args.zoo}_torch_224.onnx"
     if not model.exists():
         from onnxmbs.zoo import export
 
-        export("resnet50", model, framework="torch", input_size=224)
+        export(args.zoo, model, framework="torch", input_size=224)
     plan = args.cache / f"{model.stem}_plan_k1.json"
     if not plan.exists():
         source = ["--data", str(args.data), "--preprocess", args.preprocess] if args.data else ["--synthetic", "8"]
@@ -92,8 +122,12 @@ def main() -> None:
                          "--preprocess", args.preprocess,
                          "--positions", str(args.positions), "--batch-size", str(args.batch_size)])
         rec = json.loads(Path(str(out) + ".json").read_text())["reconstruction"]
+        plain = infer(model, data, n, args.batch_size, args.preprocess)
         print(f"reconstruct on {n} images: {runs[n]['seconds']:.1f} s (reconstruction {rec['seconds']:.1f} s, "
-              f"{len(rec['layers'])} layers in {rec['waves']} waves), peak RSS {runs[n]['peak_mb']:.0f} MB")
+              f"{len(rec['layers'])} layers in {rec['waves']} waves), peak RSS {runs[n]['peak_mb']:.0f} MB; "
+              f"plain inference {plain:.1f} s: reconstruction x{rec['seconds'] / plain:.2f} of inference, "
+              f"peak RSS x{runs[n]['peak_mb'] / base['peak_mb']:.2f} of plain compact")
+        print("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in rec.get("stage_seconds", {}).items()))
     lo, hi = min(args.images), max(args.images)
     print(f"peak RSS {hi} / {lo} images: x{runs[hi]['peak_mb'] / runs[lo]['peak_mb']:.3f}; "
           f"time x{runs[hi]['seconds'] / runs[lo]['seconds']:.2f}")

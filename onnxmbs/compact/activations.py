@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -78,3 +79,139 @@ class Probe:
         if self.input_name in self.tensors:
             out[self.input_name] = batch
         return out
+
+
+class Store:
+    """Arrays by key, kept in memory up to ``budget`` bytes and spilled to a temporary file beyond,
+    so what the reconstruction keeps between passes does not grow its memory with the images."""
+
+    def __init__(self, budget: int = 16 << 20) -> None:
+        self.budget, self.used = budget, 0
+        self.memory: dict[Any, np.ndarray] = {}
+        self.disk: dict[Any, tuple[int, tuple[int, ...], np.dtype]] = {}
+        self.file: Any = None
+        self.size = 0
+
+    def put(self, key: Any, value: np.ndarray) -> None:
+        value = np.ascontiguousarray(value)
+        if self.used + value.nbytes <= self.budget:
+            self.memory[key] = value
+            self.used += value.nbytes
+            return
+        if self.file is None:
+            import tempfile
+
+            self.file = tempfile.TemporaryFile(prefix="onnxmbs-reconstruct-")
+        self.file.seek(self.size)
+        self.file.write(value.tobytes())
+        self.disk[key] = (self.size, value.shape, value.dtype)
+        self.size += value.nbytes
+
+    def get(self, key: Any) -> np.ndarray:
+        if key in self.memory:
+            return self.memory[key]
+        offset, shape, dtype = self.disk[key]
+        value = np.empty(shape, dtype)
+        self.file.seek(offset)
+        self.file.readinto(memoryview(value.reshape(-1).view(np.uint8)))
+        return value
+
+    def drop(self, key: Any) -> None:
+        value = self.memory.pop(key, None)
+        if value is not None:
+            self.used -= value.nbytes
+        self.disk.pop(key, None)
+        if not self.disk and self.file is not None:
+            self.size = 0  # nothing on disk is read again: reuse the file from the start
+
+    def close(self) -> None:
+        self.memory.clear()
+        self.disk.clear()
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class Segments:
+    """The compact model run piece by piece: each pass runs only the nodes the requested tensors still
+    need, starting from the tensors earlier passes kept (in a :class:`Store`), so every node runs once,
+    with the weights that are final when it runs (the reconstruction fits a layer before its readers run)."""
+
+    def __init__(self, model: onnx.ModelProto, *, input_name: str, provider: str, store: Store) -> None:
+        self.input_name, self.provider, self.store = input_name, provider, store
+        graph = model.graph
+        self.producer = {t: i for i, n in enumerate(graph.node) for t in n.output if t}
+        self.readers: dict[str, set[int]] = {}
+        for i, n in enumerate(graph.node):
+            for t in n.input:
+                self.readers.setdefault(t, set()).add(i)
+        self.inits = {t.name for t in graph.initializer}
+        self.types = {v.name: v.type for v in graph.input}
+        self.done: set[int] = set()
+        self.kept: set[str] = set()  # tensors in the store, for every batch
+        self.batches = 0
+
+    def _nodes(self, needed: Sequence[str]) -> set[int]:
+        todo, nodes = [t for t in needed], set()
+        while todo:
+            t = todo.pop()
+            if not t or t in self.kept or t == self.input_name or t in self.inits:
+                continue
+            i = self.producer.get(t)
+            if i is None or i in self.done:
+                raise MBSError(f"reconstruction lost tensor '{t}' between passes — report this as a bug")
+            if i not in nodes:
+                nodes.add(i)
+                todo.extend(self._model.graph.node[i].input)
+        return nodes
+
+    def _segment(self, nodes: set[int], outputs: list[str]) -> tuple[Any, list[str]]:
+        graph = self._model.graph
+        chosen = [graph.node[i] for i in sorted(nodes)]
+        made = {t for n in chosen for t in n.output}
+        leaves = list(dict.fromkeys(t for n in chosen for t in n.input if t and t not in made and t not in self.inits))
+        used = {t for n in chosen for t in n.input}
+        inits = [t for t in graph.initializer if t.name in used]
+        ins = [onnx.ValueInfoProto(name=t, type=self.types[t]) for t in leaves]
+        outs = [onnx.ValueInfoProto(name=t) for t in outputs]
+        part = onnx.helper.make_graph(chosen, "segment", ins, outs, initializer=inits)
+        proto = onnx.helper.make_model(part, opset_imports=self._model.opset_import, ir_version=self._model.ir_version)
+        return make_session(proto, self.provider), leaves
+
+    def run(self, model: onnx.ModelProto, needed: Sequence[str],
+            batches: Callable[[], Iterator[np.ndarray]]) -> Iterator[Mapping[str, np.ndarray]]:
+        """One pass: per batch, ``needed`` (compact tensors whose producers' weights are final) by name."""
+        self._model = model
+        needed = list(dict.fromkeys(needed))
+        nodes = self._nodes(needed)
+        made = [t for i in sorted(nodes) for t in model.graph.node[i].output if t]
+        after = self.done | nodes
+        keep = [t for t in made if self.readers.get(t, set()) - after]
+        fresh = [t for t in needed if t in made]
+        outputs = list(dict.fromkeys(keep + fresh))
+        session, leaves = self._segment(nodes, outputs) if nodes else (None, [])
+        source = batches() if (self.input_name in leaves or self.input_name in needed or not self.batches) else None
+        b = 0
+        for b, batch in enumerate(source if source is not None else (None for _ in range(self.batches))):
+            got: dict[str, np.ndarray] = {}
+            if session is not None:
+                feeds = {t: batch if t == self.input_name else self.store.get((t, b)) for t in leaves}
+                got.update(zip(outputs, session.run(outputs, feeds)))
+            for t in keep:
+                self.store.put((t, b), got[t])
+                self.types.setdefault(t, onnx.helper.make_tensor_type_proto(
+                    onnx.helper.np_dtype_to_tensor_dtype(got[t].dtype), None))
+            values = {t: got[t] if t in got else batch if t == self.input_name else self.store.get((t, b))
+                      for t in needed}
+            yield values
+        if source is not None and not self.batches:
+            self.batches = b + 1
+        self._finish(nodes, keep)
+
+    def _finish(self, nodes: set[int], keep: list[str]) -> None:
+        self.done |= nodes
+        self.kept |= set(keep)
+        for t in [t for t in self.kept if not self.readers.get(t, set()) - self.done]:
+            self.kept.discard(t)
+            for b in range(self.batches):
+                self.store.drop((t, b))

@@ -13,6 +13,7 @@ shrinking to zero.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -20,43 +21,85 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
+def one_blas_thread():
+    """A context with BLAS on one thread (threadpoolctl, when installed): OpenBLAS's multi-threaded
+    factorisations are many times slower than one thread on small shared machines."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it the solves use BLAS's own thread count
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _solve(a: np.ndarray, b: np.ndarray, w0: np.ndarray, ridge: float, dim: int) -> np.ndarray:
+    scale = max(float(np.trace(a)) / dim, 1e-12)
+    lam = ridge * scale
+    lhs = a + lam * np.eye(dim)
+    rhs = b + lam * w0
+    try:
+        import scipy.linalg as sl  # optional: Cholesky, half the work of numpy's LU
+    except ImportError:
+        sl = None
+    if sl is not None:
+        try:
+            return sl.cho_solve(sl.cho_factor(lhs, check_finite=False), rhs, check_finite=False)
+        except np.linalg.LinAlgError:
+            pass
+    try:
+        return np.linalg.solve(lhs, rhs)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+
+
 class NormalEquations:
     """Σ xᵀx, Σ xᵀy and Σ y² of ``blocks`` independent systems with ``dim`` inputs and ``outputs`` targets."""
 
-    def __init__(self, blocks: int, dim: int, outputs: int) -> None:
+    def __init__(self, blocks: int, dim: int, outputs: int, *, buffer: int = 16 << 20) -> None:
         self.a = np.zeros((blocks, dim, dim))
         self.b = np.zeros((blocks, dim, outputs))
         self.yy = np.zeros(blocks)
         self.rows = 0
+        self.buffer = max(1, buffer // (4 * blocks * (dim + outputs)))  # rows held before one product
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.held = 0
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Rows ``x`` (rows, blocks, dim) and targets ``y`` (rows, blocks, outputs)."""
-        xb = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=np.float32)
-        yb = np.ascontiguousarray(y.transpose(1, 0, 2), dtype=np.float32)
-        self.a += xb.transpose(0, 2, 1) @ xb
-        self.b += xb.transpose(0, 2, 1) @ yb
-        self.yy += np.einsum("gro,gro->g", yb, yb, dtype=np.float64)
+        """Rows ``x`` (rows, blocks, dim) and targets ``y`` (rows, blocks, outputs); the products are taken
+        over a few batches' rows at once (fewer, larger float32 products, each added to the float64 sums)."""
+        self.pending.append((np.asarray(x, np.float32), np.asarray(y, np.float32)))
+        self.held += x.shape[0]
         self.rows += x.shape[0]
+        if self.held >= self.buffer:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        x = np.concatenate([p[0] for p in self.pending]) if len(self.pending) > 1 else self.pending[0][0]
+        y = np.concatenate([p[1] for p in self.pending]) if len(self.pending) > 1 else self.pending[0][1]
+        self.pending, self.held = [], 0
+        xb = np.ascontiguousarray(x.transpose(1, 0, 2))
+        yb = np.ascontiguousarray(y.transpose(1, 0, 2))
+        xt = np.ascontiguousarray(xb.transpose(0, 2, 1))  # a copy: a general product beats syrk here
+        self.a += xt @ xb
+        self.b += xt @ yb
+        self.yy += np.einsum("gro,gro->g", yb, yb, dtype=np.float64)
 
     def solve(self, w0: np.ndarray, ridge: float) -> np.ndarray:
         """Ridge solution towards ``w0`` (blocks, dim, outputs); ``w0`` itself when there were no rows."""
+        self.flush()
         if self.rows == 0:
             return w0
         out = np.empty_like(self.b)
         dim = self.a.shape[1]
-        for g in range(self.a.shape[0]):
-            scale = max(float(np.trace(self.a[g])) / dim, 1e-12)
-            lam = ridge * scale
-            lhs = self.a[g] + lam * np.eye(dim)
-            rhs = self.b[g] + lam * w0[g]
-            try:
-                out[g] = np.linalg.solve(lhs, rhs)
-            except np.linalg.LinAlgError:
-                out[g] = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+        with one_blas_thread():
+            for g in range(self.a.shape[0]):
+                out[g] = _solve(self.a[g], self.b[g], w0[g], ridge, dim)
         return out
 
     def residual(self, w: np.ndarray) -> float:
         """Σ ‖y − x·w‖² over all rows and blocks, divided by Σ ‖y‖² (0 = exact)."""
+        self.flush()
         total = float(self.yy.sum())
         if total <= 0:
             return 0.0

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxmbs.compact.activations import Probe, open_batches
+from onnxmbs.compact.activations import Probe, Segments, Store, open_batches
 from onnxmbs.compact.fits import Fit, FitPlan, plan_fits
 from onnxmbs.compact.index import Layout
 from onnxmbs.compact.lsq import NormalEquations
@@ -70,10 +70,11 @@ class Reconstruction:
     seconds: float
     positions: int
     ridge: float
+    stages: Mapping[str, float] = field(default_factory=dict)  # seconds per stage
 
     def to_json(self) -> dict[str, Any]:
         return {"images": self.images, "waves": self.waves, "seconds": round(self.seconds, 3),
-                "positions": self.positions, "ridge": self.ridge,
+                "positions": self.positions, "ridge": self.ridge, "stage_seconds": dict(self.stages),
                 "layers": [{"name": r.name, "op": r.op, "wave": r.wave, "rows": r.rows,
                             "error_inherited": round(r.error_inherited, 6), "error_fitted": round(r.error_fitted, 6),
                             "residual": r.residual} for r in self.layers],
@@ -162,17 +163,19 @@ class _Layer:
         return {k: v.astype(self.w.dtype if k == self.w_name else self.b.dtype) for k, v in out.items()}
 
 
-def _target(fit: Fit, layer: _Layer, orig: Mapping[str, np.ndarray], comp: Mapping[str, np.ndarray],
-            where: Positions) -> np.ndarray:
-    """The original output at the kept channels, moved by the residual partner's error when there is one."""
-    def kept(values: np.ndarray) -> np.ndarray:
-        return values if fit.out_pos is None else values[:, fit.out_pos]
+def _kept(fit: Fit, values: np.ndarray) -> np.ndarray:
+    return values if fit.out_pos is None else values[:, fit.out_pos]
 
-    y = kept(layer.values(orig[fit.y], where)).astype(np.float64)
+
+def _target(fit: Fit, layer: _Layer, y: np.ndarray, other: np.ndarray | None, comp: Mapping[str, np.ndarray],
+            where: Positions) -> np.ndarray:
+    """The original output ``y`` (kept channels, sampled), moved by the residual partner's error when there is one
+    (``other``: the partner's original values at the same positions and channels)."""
+    y = y.astype(np.float64)
     if fit.join is None:
         return y
     slope = fit.join.slope if fit.out_pos is None else fit.join.slope[fit.out_pos]
-    gap = kept(layer.values(orig[fit.join.other], where)) - layer.values(comp[fit.join.other], where)
+    gap = other - layer.values(comp[fit.join.other], where)
     safe = np.abs(slope) > 1e-12
     return y + np.where(safe, gap / np.where(safe, slope, 1.0), 0.0)
 
@@ -196,31 +199,99 @@ def _usable(plan: FitPlan, model: onnx.ModelProto, shapes) -> tuple[list[_Layer]
     return layers, skipped
 
 
-def _wave(layers: list[_Layer], original: onnx.ModelProto, model: onnx.ModelProto, batches, name: str,
-          options: ReconstructOptions, index: Mapping[str, int], bar) -> tuple[list[NormalEquations], int]:
-    """One pass over the data: the normal equations of every layer of this wave."""
-    provider = options.data.provider
-    joins = [layer.fit.join.other for layer in layers if layer.fit.join is not None]
-    orig = Probe(original, [layer.fit.y for layer in layers] + joins, input_name=name, provider=provider)
-    comp = Probe(model, [layer.fit.x for layer in layers] + joins, input_name=name, provider=provider)
-    eqs = [NormalEquations(layer.groups, layer.dim + layer.bias, layer.outputs) for layer in layers]
-    images = 0
+class _Clock:
+    """Seconds per stage of the reconstruction."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, stage: str, began: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - began
+        return now
+
+
+def _where(layer: _Layer, options: ReconstructOptions, index: Mapping[str, int], b: int, images: int) -> Positions:
+    return layer.sample(np.random.default_rng([options.seed, index[layer.fit.name], b]), images, options.positions)
+
+
+def _targets(layers: list[_Layer], original: onnx.ModelProto, batches, name: str, options: ReconstructOptions,
+             index: Mapping[str, int], store: Store, shapes, bar) -> tuple[int, int]:
+    """One pass of the original: every layer's targets (and its residual partner's values) at its sampled
+    positions, into ``store``; the number of batches and images. Large batches run in chunks so the exposed tensors stay small."""
+    names = list(dict.fromkeys([x.fit.y for x in layers] + [x.fit.join.other for x in layers if x.fit.join]))
+    probe = Probe(original, names, input_name=name, provider=options.data.provider)
+    per_image = sum(4 * int(np.prod(shapes.get(t, (1, 1))[1:])) for t in names)
+    chunk = max(1, (256 << 20) // max(per_image, 1))
+    count = images = 0
     for b, batch in enumerate(batches()):
-        o, c = orig.run(batch), comp.run(batch)
-        for layer, eq in zip(layers, eqs):
-            rng = np.random.default_rng([options.seed, index[layer.fit.name], b])
-            where = layer.sample(rng, batch.shape[0], options.positions)
-            eq.add(*layer.rows(c[layer.fit.x], _target(layer.fit, layer, o, c, where), where))
-        images += batch.shape[0]
+        wheres = [_where(x, options, index, b, batch.shape[0]) for x in layers]
+        parts: dict[tuple[str, str], list[np.ndarray]] = {}
+        for s in range(0, batch.shape[0], chunk):
+            out = probe.run(batch[s:s + chunk])
+            for layer, where in zip(layers, wheres):
+                sel = (where.image >= s) & (where.image < s + chunk)
+                sub = Positions(image=where.image[sel] - s, a=where.a[sel], b=where.b[sel])
+                tensors = [("y", layer.fit.y)] + ([("j", layer.fit.join.other)] if layer.fit.join else [])
+                for kind, t in tensors:
+                    parts.setdefault((kind, layer.fit.name), []).append(_kept(layer.fit, layer.values(out[t], sub)))
+        for (kind, layer_name), values in parts.items():
+            store.put((kind, layer_name, b), np.concatenate(values))
+        count, images = b + 1, images + batch.shape[0]
         if bar is not None:
-            bar.update(batch.shape[0])
-    return eqs, images
+            bar.update(1)
+    return count, images
+
+
+def _wave(layers: list[_Layer], segments: Segments, model: onnx.ModelProto, batches, options: ReconstructOptions,
+          index: Mapping[str, int], store: Store, clock: _Clock, bar) -> list[NormalEquations]:
+    """One pass of the compact model (only the nodes this wave still needs): the normal equations of its layers."""
+    needed = [x.fit.x for x in layers] + [x.fit.join.other for x in layers if x.fit.join is not None]
+    eqs = [NormalEquations(layer.groups, layer.dim + layer.bias, layer.outputs) for layer in layers]
+    passes = iter(segments.run(model, needed, batches))
+    began = time.perf_counter()
+    for b, comp in enumerate(passes):
+        began = clock.add("compact passes", began)
+        for layer, eq in zip(layers, eqs):
+            fit = layer.fit
+            where = _where(layer, options, index, b, comp[fit.x].shape[0])
+            other = store.get(("j", fit.name, b)) if fit.join is not None else None
+            x, y = layer.rows(comp[fit.x], _target(fit, layer, store.get(("y", fit.name, b)), other, comp, where),
+                              where)
+            began = clock.add("rows", began)
+            eq.add(x, y)
+            began = clock.add("gram", began)
+        if bar is not None:
+            bar.update(1)
+    began = clock.add("compact passes", began)
+    for eq in eqs:
+        eq.flush()
+    clock.add("gram", began)
+    for layer in layers:
+        for b in range(segments.batches):
+            store.drop(("y", layer.fit.name, b))
+            store.drop(("j", layer.fit.name, b))
+    return eqs
 
 
 def _write(model: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> None:
     for tensor in model.graph.initializer:
         if tensor.name in values:
             tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values[tensor.name]), tensor.name))
+
+
+def _solve(members: list[_Layer], eqs: list[NormalEquations], wave: int, ridge: float) -> tuple[dict, list]:
+    values: dict[str, np.ndarray] = {}
+    reports = []
+    for layer, eq in zip(members, eqs):
+        w0 = layer.w0()
+        sol = eq.solve(w0, ridge)
+        values.update(layer.weights(sol))
+        reports.append(LayerReport(layer.fit.name, layer.fit.op, wave, eq.rows, eq.residual(w0),
+                                   eq.residual(sol), layer.fit.join is not None))
+        logger.info("reconstruct %s: error %.4g -> %.4g (%d rows)", layer.fit.name, reports[-1].error_inherited,
+                    reports[-1].error_fitted, eq.rows)
+    return values, reports
 
 
 def reconstruct(analysis: Analysis, layouts: Mapping[str, Layout], consts: Mapping[str, np.ndarray],
@@ -234,33 +305,44 @@ def reconstruct(analysis: Analysis, layouts: Mapping[str, Layout], consts: Mappi
         raise MBSError("reconstruction needs positions >= 1 and ridge >= 0 — fix the options")
     options = replace(options, data=replace(options.data, provider=choose_provider(options.data.provider)))
     began = time.perf_counter()
+    clock = _Clock()
     plan = plan_fits(analysis, layouts, consts)
     model = copy.deepcopy(compact)
     layers, skipped = _usable(plan, model, analysis.loaded.shapes)
     batches = open_batches(analysis.loaded, options.data)
     index = {f.name: i for i, f in enumerate(plan.fits)}
-    reports, images = [], 0
-    waves = sorted({layer.fit.wave for layer in layers})
-    for wave in waves:
-        members = [layer for layer in layers if layer.fit.wave == wave]
-        bar = progress_bar(options.data.progress, total=None, unit="img",
-                           desc=f"reconstruct {wave + 1}/{len(waves)}")
-        eqs, images = _wave(members, original, model, batches, analysis.loaded.input.name, options, index, bar)
+    name = analysis.loaded.input.name
+    reports, waves = [], sorted({layer.fit.wave for layer in layers})
+    store = Store()
+    bar = progress_bar(options.data.progress, total=None, unit="batch", desc="reconstruct") if layers else None
+    try:
+        step = clock.add("setup", began)
+        count, images = _targets(layers, original, batches, name, options, index, store, analysis.loaded.shapes,
+                                 bar) if layers else (0, 0)
+        step = clock.add("original pass", step)
+        if bar is not None:
+            bar.total = count * (1 + len(waves))
+            bar.refresh()
+        segments = Segments(model, input_name=name, provider=options.data.provider, store=store)
+        segments.batches = count
+        for w, wave in enumerate(waves):
+            if bar is not None:
+                bar.set_postfix_str(f"wave {w + 1}/{len(waves)}")
+            members = [layer for layer in layers if layer.fit.wave == wave]
+            eqs = _wave(members, segments, model, batches, options, index, store, clock, bar)
+            step = time.perf_counter()
+            values, done = _solve(members, eqs, wave, options.ridge)
+            step = clock.add("solve", step)
+            reports += done
+            _write(model, values)
+            clock.add("write", step)
+    finally:
+        store.close()
         if bar is not None:
             bar.close()
-        values: dict[str, np.ndarray] = {}
-        for layer, eq in zip(members, eqs):
-            w0 = layer.w0()
-            sol = eq.solve(w0, options.ridge)
-            values.update(layer.weights(sol))
-            reports.append(LayerReport(layer.fit.name, layer.fit.op, wave, eq.rows, eq.residual(w0),
-                                       eq.residual(sol), layer.fit.join is not None))
-            logger.info("reconstruct %s: error %.4g -> %.4g (%d rows)", layer.fit.name, reports[-1].error_inherited,
-                        reports[-1].error_fitted, eq.rows)
-        _write(model, values)
     if skipped:
         logger.warning("%d layer(s) keep inherited weights: %s", len(skipped),
                        ", ".join(f"{n} ({why})" for n, why in skipped[:5]))
     return Reconstruction(model=model, layers=tuple(reports), skipped=tuple(skipped), images=images,
                           waves=len(waves), seconds=time.perf_counter() - began, positions=options.positions,
-                          ridge=options.ridge)
+                          ridge=options.ridge, stages={k: round(v, 3) for k, v in clock.seconds.items()})
