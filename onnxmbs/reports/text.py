@@ -111,7 +111,7 @@ def convergence_text(conv: Convergence) -> str:
     """One line: how a --until-converged pass ended."""
     state = "converged" if conv.converged else "NOT converged"
     if not conv.converged and conv.reason:
-        return f"{state} after {conv.images} images ({conv.checkpoints} checkpoints of {conv.checkpoint}): {conv.reason}"
+        return f"{state} after {conv.images} images ({conv.checkpoint} per checkpoint): {conv.reason}"
     return (f"{state} after {conv.images} images ({conv.checkpoints} checkpoints of {conv.checkpoint}; "
             f"beta bound < tolerance {conv.tolerance:.5f} and widths stable{'' if conv.converged else ': no'})")
 
