@@ -189,9 +189,9 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
                             converge=converge)
     blocks = tuple(read_blocks_plan(path) for path in blocks_files)
     handbooks = tuple(read_handbook(path) for path in handbook_files)
-    result = Report(models=report_models(list(models), options=options, stats=stats, calibration=calibration),
-                    settings=report_settings(options, stats=stats, calibration=calibration), blocks=blocks,
-                    handbooks=handbooks)
+    rows = report_models(list(models), options=options, stats=stats, calibration=calibration)
+    settings = report_settings(options, stats=stats, data=calibration.data, synthetic=calibration.synthetic)
+    result = Report(models=rows, settings=settings, blocks=blocks, handbooks=handbooks)
     for path in outputs:
         write_report(result, path)
     click.echo(report_text(result))

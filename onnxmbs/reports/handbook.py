@@ -15,7 +15,7 @@ from pathlib import Path
 
 from onnxmbs.handbook.record import Handbook, Paired, Row, Stat
 from onnxmbs.reports import plots
-from onnxmbs.reports.formats import check_outputs as check_formats, write_output
+from onnxmbs.reports import formats
 from onnxmbs.reports.markup import CSS, html_table, md_table
 from onnxmbs.reports.text import table
 
@@ -129,9 +129,9 @@ def to_html(book: Handbook) -> str:
 
 
 def check_outputs(paths: Sequence[str]) -> None:
-    check_formats(paths, kind="handbook")
+    formats.check_outputs(paths, kind="handbook")
 
 
 def write_handbook(book: Handbook, path: str | Path) -> Path:
     """Write ``book`` to ``path`` in the format its suffix names, atomically (:mod:`onnxmbs.reports.formats`)."""
-    return write_output("handbook", book, path)
+    return formats.write_output("handbook", book, path)

@@ -20,12 +20,11 @@ from onnxmbs import __version__
 from onnxmbs.blocks.document import BlocksPlan
 from onnxmbs.handbook.record import Handbook
 from onnxmbs.reports import plots
-from onnxmbs.reports.formats import check_outputs as check_formats, write_output
+from onnxmbs.reports import formats
 from onnxmbs.reports.blocks import blocks_html, blocks_markdown, blocks_text
 from onnxmbs.reports.handbook import handbook_html, handbook_markdown, handbook_text
 from onnxmbs.reports.markup import CSS, html_table, md_table
 from onnxmbs.planning.document import PlanDocument
-from onnxmbs.stats.measure import CalibrationOptions
 from onnxmbs.workflow.batch import ModelReport, ReportOptions
 from onnxmbs.reports.text import (config_text, convergence_text, is_numeric, macroblock_rows, sweep_table,
                                   table)
@@ -51,11 +50,11 @@ class Report:
         return tuple(m for m in self.models if not m.ok)
 
 
-def report_settings(options: ReportOptions, *, stats: Sequence[str] = (),
-                    calibration: CalibrationOptions = CalibrationOptions()) -> dict[str, Any]:
+def report_settings(options: ReportOptions, *, stats: Sequence[str] = (), data: Any = None,
+                    synthetic: int | None = None) -> dict[str, Any]:
     """The report's settings block: plan k, sweep, the data or stats it was measured on, version and time."""
     return {"k": options.plan_k, "sweep_k": list(options.ks), "round_to": options.round_to,
-            "data": None if calibration.data is None else str(calibration.data), "synthetic": calibration.synthetic,
+            "data": None if data is None else str(data), "synthetic": synthetic,
             "stats": [str(s) for s in stats], "onnxmbs": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
@@ -211,12 +210,12 @@ def to_html(report: Report) -> str:
 
 
 def check_outputs(paths: Sequence[str]) -> None:
-    check_formats(paths, kind="report")
+    formats.check_outputs(paths, kind="report")
 
 
 def write_report(report: Report, path: str | Path) -> Path:
     """Write ``report`` to ``path`` in the format its suffix names, atomically (:mod:`onnxmbs.reports.formats`)."""
-    return write_output("report", report, path)
+    return formats.write_output("report", report, path)
 
 
 def report_text(report: Report) -> str:
