@@ -21,3 +21,8 @@ def parse_count(text: str) -> int | None:
     if not match:
         return None
     return round(float(match.group(1).replace("_", "")) * _SUFFIX[match.group(2).lower()])
+
+
+def before_after(pairs, arrow: str = "->") -> str:
+    """``32,64 -> 30,47``: (before, after) pairs of counts, the befores then the afters."""
+    return ",".join(str(a) for a, _ in pairs) + f" {arrow} " + ",".join(str(b) for _, b in pairs)

@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from onnxmbs.cli.options import (Count, KValues, check_workers, clean_errors, converge_options, data_options,
-                                 macroblocks_option, many_stats_option, one_source, refuse_overwrite, round_to_option,
-                                 stats_option)
+from onnxmbs.cli.options import (Count, KValues, OutputFile, check_workers, clean_errors, converge_options,
+                                 data_options, macroblocks_option, many_stats_option, one_source, refuse_overwrite,
+                                 round_to_option, stats_option)
 
 logger = logging.getLogger(__name__)
 
@@ -52,29 +52,22 @@ def profile(model: str, output: str, shard: tuple[int, int] | None, input_shape,
     """Run the statistics pass once and save the counts for `plan/sweep/report/check --stats`."""
     from dataclasses import replace
 
-    from onnxmbs.graph.analysis import analyze
-    from onnxmbs.planning.convergence import monitor_for
     from onnxmbs.reports.text import convergence_text
-    from onnxmbs.stats.measure import input_shape_for, measure
-    from onnxmbs.stats.statsfile import save_stats
+    from onnxmbs.workflow import sequence
 
     one_source(calibration, None)
     refuse_overwrite(output, model, _path(calibration.data))
     if shard is not None and (converge is not None or calibration.workers or calibration.ray_address):
         raise click.UsageError("--shard counts one fixed part of the data: leave out --until-converged/--workers")
     check_workers(calibration)
-    analysis = analyze(model, input_shape=input_shape_for(model, input_shape, calibration.data), statistic=statistic)
-    monitor = monitor_for(converge, analysis)
-    stats, info = measure(analysis, replace(calibration, shard=shard), monitor=monitor,
-                          task_images=getattr(monitor, "checkpoint", None))
-    convergence = monitor.result() if monitor is not None else None
-    save_stats(output, analysis, stats, info=info, preprocess=info.preprocess, shard=shard,
-               convergence=convergence)
-    part = f" (shard {shard[0]}/{shard[1]})" if shard else ""
+    done = sequence.study(model, sequence.Request(input_shape=input_shape, statistic=statistic, converge=converge,
+                                                  calibration=replace(calibration, shard=shard)))
+    sequence.save_study(output, done, shard=shard)
+    stats, part = done.statistics, f" (shard {shard[0]}/{shard[1]})" if shard else ""
     click.echo(f"{model}: {stats.images} images{part}, {len(stats.taps)} activations counted in {stats.seconds:.1f}s"
-               f"{' (SYNTHETIC noise)' if info.synthetic else ''}; counts written to {output}")
-    if convergence is not None:
-        click.echo(convergence_text(convergence))
+               f"{' (SYNTHETIC noise)' if done.source.synthetic else ''}; counts written to {output}")
+    if done.convergence is not None:
+        click.echo(convergence_text(done.convergence))
 
 
 # ------------------------------------------------------------ sweep
@@ -111,14 +104,10 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
           target_param_reduction, target_flop_reduction, target_params, target_flops, macroblock_map: str | None,
           input_shape, statistic: str, calibration, converge) -> None:
     """One statistics pass, a plan for every k: β, configuration, params and MACs per k; or solve for a target."""
-    from onnxmbs.graph.analysis import analyze
-    from onnxmbs.planning.pipeline import read_macroblock_map
     from onnxmbs.files import write_json
-    from onnxmbs.stats.measure import input_shape_for, measure_or_load
-    from onnxmbs.planning.sweep import make_sweeper, solve
-    from onnxmbs.planning.convergence import monitor_for
+    from onnxmbs.planning.pipeline import read_macroblock_map
     from onnxmbs.reports.text import convergence_text, solution_text, sweep_text
-    from onnxmbs.planning.sweep import sweep as run_sweep
+    from onnxmbs.workflow import sequence
 
     target = _target(param_reduction=target_param_reduction, flop_reduction=target_flop_reduction,
                      params=target_params, flops=target_flops)
@@ -128,24 +117,21 @@ def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: st
     one_source(calibration, stats)
     refuse_overwrite(output, model, stats or "", _path(calibration.data))
     check_workers(calibration)
-    ks = k_range
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
-    analysis = analyze(model, input_shape=input_shape_for(model, input_shape, calibration.data),
-                       macroblock_override=override, statistic=statistic)
-    monitor = monitor_for(converge, analysis, ks=ks, round_to=round_to)
-    measured = measure_or_load(analysis, stats=stats, options=calibration, monitor=monitor)
-    sweeper = make_sweeper(analysis, measured.statistics, round_to=round_to)
-    points = run_sweep(sweeper, ks)
-    solution = solve(sweeper, target) if target is not None else None
+    request = sequence.Request(input_shape=input_shape, macroblocks=override, statistic=statistic,
+                               calibration=calibration, stats=(stats,) if stats else (), converge=converge,
+                               ks=k_range, round_to=round_to)
+    done = sequence.study(model, request)
+    points = done.sweep(k_range)
+    solution = done.solve(target) if target is not None else None
     if output and solution is not None:
-        write_json(output, sweeper.document(solution.k, source=measured.source,
-                                            convergence=measured.convergence).document)
+        write_json(output, done.plan(solution.k).document)
     if as_json:
-        click.echo(json.dumps(_sweep_json(model, measured, points, target, solution), indent=1))
+        click.echo(json.dumps(_sweep_json(model, done.measured, points, target, solution), indent=1))
         return
-    click.echo(sweep_text(points, model=model, images=measured.statistics.images))
-    if measured.convergence is not None:
-        click.echo(convergence_text(measured.convergence))
+    click.echo(sweep_text(points, model=model, images=done.statistics.images))
+    if done.convergence is not None:
+        click.echo(convergence_text(done.convergence))
     if solution is not None:
         click.echo(solution_text(solution))
     if output:
@@ -168,7 +154,7 @@ def _sweep_json(model: str, measured: Any, points: Any, target: Any, solution: A
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @data_options
 @many_stats_option
-@click.option("-o", "--output", "outputs", multiple=True, required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", "outputs", multiple=True, required=True, type=OutputFile("report"),
               help="Report file; the format follows the suffix: .html .md .json .csv (repeatable).")
 @click.option("--k", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Threshold z = k·L of each model's plan.")
@@ -189,15 +175,13 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
 
     A model that fails becomes a failure row; the others still run. Exit 1 if any failed.
     """
-    import dataclasses
-
     from onnxmbs.blocks.document import read_blocks_plan
     from onnxmbs.handbook.record import read_handbook
-    from onnxmbs.reports.report import ReportOptions, build_report, check_outputs, report_text, write_report
+    from onnxmbs.reports.report import Report, report_settings, report_text, write_report
+    from onnxmbs.workflow.batch import ReportOptions, report_models
 
     if not stats and not calibration.has_data:
         raise click.UsageError("give calibration data with --data PATH (or --synthetic N), or --stats FILE(s)")
-    check_outputs(outputs)
     for path in outputs:
         refuse_overwrite(path, *models, *stats, *blocks_files, *handbook_files, _path(calibration.data))
     check_workers(calibration)
@@ -205,8 +189,9 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
                             converge=converge)
     blocks = tuple(read_blocks_plan(path) for path in blocks_files)
     handbooks = tuple(read_handbook(path) for path in handbook_files)
-    result = dataclasses.replace(build_report(list(models), options=options, stats=stats, calibration=calibration),
-                                 blocks=blocks, handbooks=handbooks)
+    rows = report_models(list(models), options=options, stats=stats, calibration=calibration)
+    settings = report_settings(options, stats=stats, data=calibration.data, synthetic=calibration.synthetic)
+    result = Report(models=rows, settings=settings, blocks=blocks, handbooks=handbooks)
     for path in outputs:
         write_report(result, path)
     click.echo(report_text(result))
@@ -245,7 +230,8 @@ def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops
     Exit 0 when every check passes, 1 when one fails, 2 on usage errors. With
     $GITHUB_STEP_SUMMARY set, a Markdown summary is appended to it.
     """
-    from onnxmbs.reports.gate import GateLimits, append_step_summary, junit_xml, results_text, run_gate
+    from onnxmbs.reports.gate import append_step_summary, junit_xml, results_text
+    from onnxmbs.workflow.gate import GateLimits, run_gate
     from onnxmbs.files import write_atomic
 
     if stats and calibration.synthetic is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from onnxmbs.cli.options import clean_errors, normalisation_options, refuse_overwrite, training_options
+from onnxmbs.cli.options import OutputFile, clean_errors, normalisation_options, refuse_overwrite, training_options
 
 
 def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec: str | None, *, train: str,
@@ -79,7 +79,7 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
 @click.option("--ray-address", default=None, help="Join this Ray cluster (auto, or HOST:PORT) instead of a local one.")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False), default=None,
               help="Where finished runs are kept (default: beside the first -o, NAME.runs/).")
-@click.option("-o", "--output", "outputs", multiple=True, required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", "outputs", multiple=True, required=True, type=OutputFile("handbook"),
               help="Handbook file; the format follows the suffix: .json .md .csv .html (repeatable).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 @clean_errors
@@ -91,7 +91,7 @@ def handbook(model: str, zoo_name, framework, model_spec, data, stats, max_image
     from onnxmbs.handbook.engine import HandbookJob, run_handbook
     from onnxmbs.handbook.store import RunStore
     from onnxmbs.planning.sweep import parse_ks
-    from onnxmbs.reports.handbook import check_outputs, handbook_text, write_handbook
+    from onnxmbs.reports.handbook import handbook_text, write_handbook
     from onnxmbs.stats.measure import CalibrationOptions
     from onnxmbs.train import TrainConfig
 
@@ -102,7 +102,6 @@ def handbook(model: str, zoo_name, framework, model_spec, data, stats, max_image
     if zoo_name is not None and init == "inherit":
         raise MBSError("--init inherit needs trained weights — pass your trained model with --model, "
                        "or use --init scratch")
-    check_outputs(outputs)
     for out in outputs:
         refuse_overwrite(out, model, train_data, val_data, *(p for p in (data, stats) if p))
     config = TrainConfig(**train_options)

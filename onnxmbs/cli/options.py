@@ -256,6 +256,24 @@ round_to_auto_option = click.option(
          "each here with onnxruntime and keep the fastest (ties: fewer parameters); the plan records the table.")
 
 
+class OutputFile(click.ParamType):
+    """A report file (``-o``) whose suffix names its format in :mod:`onnxmbs.reports.formats`; any other
+    suffix is a bad option value (exit 2) naming the ones there are."""
+    name = "file"
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def convert(self, value, param, ctx):
+        from onnxmbs.reports.formats import format_of
+
+        try:
+            format_of(value, kind=self.kind)
+        except MBSError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+
 def labelled_options(fn: Callable) -> Callable:
     """Options of the commands that measure accuracy on labelled data (evaluate, blocks)."""
     options = [

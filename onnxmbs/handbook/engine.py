@@ -49,20 +49,18 @@ class Prepared:
 
 
 def _statistics(job: HandbookJob, store: RunStore):
-    """The analysis and one statistics pass (reloaded from the run directory when resuming)."""
-    from onnxmbs.graph.analysis import analyze
-    from onnxmbs.stats.measure import measure_or_load
+    """The workflow's sequence: analysis and one statistics pass (reloaded from the run directory when resuming)."""
     from onnxmbs.stats.statsfile import save_stats
+    from onnxmbs.workflow import sequence
 
-    analysis = analyze(job.onnx)
-    saved = [p for p in (job.stats, store.stats_path if store.stats_path.is_file() else None) if p]
+    saved = tuple(p for p in (job.stats, store.stats_path if store.stats_path.is_file() else None) if p)
     if not saved and not job.calibration.has_data:
         raise MBSError("the handbook needs calibration data (--data) or saved counts (--stats)")
-    measured = measure_or_load(analysis, stats=saved, options=job.calibration)
+    done = sequence.study(job.onnx, sequence.Request(calibration=job.calibration, stats=saved, round_to=job.round_to))
     if not store.stats_path.is_file():
-        save_stats(store.stats_path, analysis, measured.statistics, preprocess=measured.source.preprocess,
-                   normalisation=measured.source.normalisation)
-    return analysis, measured
+        save_stats(store.stats_path, done.analysis, done.statistics, preprocess=done.source.preprocess,
+                   normalisation=done.source.normalisation)
+    return done
 
 
 def _settings(job: HandbookJob, analysis: Any, images: int) -> Settings:
@@ -77,14 +75,14 @@ def _settings(job: HandbookJob, analysis: Any, images: int) -> Settings:
                     original=job.original)
 
 
-def _plans(job: HandbookJob, sweeper: Any, source: Any) -> tuple[list[Point], list[Task]]:
+def _plans(job: HandbookJob, done: Any) -> tuple[list[Point], list[Task]]:
     """A point per k; the tasks: MBS (and uniform) per k and seed, then the original per seed."""
     from onnxmbs.planning.uniform import match_alpha, uniform_at, uniform_document
 
-    points, tasks = [], []
+    points, tasks, sweeper = [], [], done.sweeper
     seeds = range(job.seeds)
     for k in job.ks:
-        at, doc = sweeper.at(k), sweeper.document(k, source=source).document
+        at, doc = done.at(k), done.plan(k, with_convergence=False).document
         point = Point(k=float(k), rf_boundary=at.rf_boundary, beta=at.beta, configuration=at.configuration,
                       params=at.params_compact, flops=at.flops_compact)
         tasks += [Task("mbs", float(k), s, doc) for s in seeds]
@@ -103,15 +101,12 @@ def _plans(job: HandbookJob, sweeper: Any, source: Any) -> tuple[list[Point], li
 
 def prepare(job: HandbookJob, store: RunStore) -> Prepared:
     """Statistics once, then every plan: points (what the table shows) and tasks (what is trained)."""
-    from onnxmbs.planning.sweep import make_sweeper
-
     if not job.ks:
         raise MBSError("no k values — pass e.g. --k 0.6:1.4:0.2")
-    analysis, measured = _statistics(job, store)
-    sweeper = make_sweeper(analysis, measured.statistics, round_to=job.round_to)
-    points, tasks = _plans(job, sweeper, measured.source)
-    base = sweeper.at(max(job.ks))
-    return Prepared(settings=_settings(job, analysis, measured.statistics.images), params=base.params,
+    done = _statistics(job, store)
+    points, tasks = _plans(job, done)
+    base = done.at(max(job.ks))
+    return Prepared(settings=_settings(job, done.analysis, done.statistics.images), params=base.params,
                     flops=base.flops, points=tuple(points), tasks=tuple(tasks))
 
 

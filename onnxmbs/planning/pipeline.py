@@ -1,6 +1,8 @@
-"""The whole job in one call: analyse -> measure -> plan -> plan document.
+"""The plan document from statistics, and the whole job in one call: analyse -> measure -> plan.
 
-``plan_model`` is what ``onnxmbs plan`` runs; the stages stay usable one by one.
+``plan_from_statistics`` is Algorithm 1 on measured counts (pure numpy). ``plan_model`` is what
+``onnxmbs plan`` runs: the one sequence, :func:`onnxmbs.workflow.sequence.study` (same stage,
+imported when called: the workflow builds on this module).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxmbs.graph.analysis import Analysis, analyze
+from onnxmbs.graph.analysis import Analysis
 from onnxmbs.errors import MBSError
 from onnxmbs.planning.facts import GroupFacts, LayerFacts
 from onnxmbs.planning.document import (SCHEMA, GroupRecord, LayerRecord, MacroblockRecord, PlanDocument, Settings,
@@ -22,7 +24,7 @@ from onnxmbs.planning.document import (SCHEMA, GroupRecord, LayerRecord, Macrobl
 from onnxmbs.planning.planner import Plan, plan
 from onnxmbs.planning.scaling import param_specs
 from onnxmbs.stats.counting import Statistics
-from onnxmbs.stats.measure import CalibrationOptions, DataSource, input_shape_for, load_stats, measure_source
+from onnxmbs.stats.measure import CalibrationOptions, DataSource
 from onnxmbs.stats.stopping import Convergence
 
 if TYPE_CHECKING:
@@ -162,20 +164,20 @@ def plan_measured(model: str | Path | onnx.ModelProto, options: CalibrationOptio
                   input_shape: tuple[int, ...] | None = None, macroblocks: Mapping[str, int] | None = None,
                   k: float | None = None, z: float | None = None, round_to: int = 1,
                   converge: ConvergeOptions | None = None, statistic: str = "extended") -> PlanResult:
-    """:func:`plan_model` with typed calibration options (what the CLI calls)."""
-    analysis = analyze(model, input_shape=input_shape_for(model, input_shape, options.data),
-                       macroblock_override=macroblocks, statistic=statistic)
-    monitor = converge.monitor(analysis, ks=(k,), z=z, round_to=round_to) if converge is not None else None
-    measured = measure_source(analysis, options, monitor=monitor)
-    return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to, source=measured.source,
-                                convergence=measured.convergence)
+    """:func:`plan_model` with typed calibration options (what the CLI calls): the workflow's sequence."""
+    from onnxmbs.workflow.sequence import Request, study
+
+    request = Request(input_shape=input_shape, macroblocks=macroblocks, statistic=statistic, calibration=options,
+                      converge=converge, ks=(k,), z=z, round_to=round_to)
+    return study(model, request).plan(k, z)
 
 
 def plan_with_stats(model: str | Path, stats: str | Path, *, input_shape: tuple[int, ...] | None = None,
                     k: float | None = None, z: float | None = None, round_to: int = 1,
                     macroblocks: Mapping[str, int] | None = None, statistic: str = "extended") -> PlanResult:
     """``onnxmbs plan --stats``: analyse, load the saved counts (same model checked), plan."""
-    analysis = analyze(model, input_shape=input_shape, macroblock_override=macroblocks, statistic=statistic)
-    measured = load_stats(stats, analysis)
-    return plan_from_statistics(analysis, measured.statistics, k=k, z=z, round_to=round_to, source=measured.source,
-                                convergence=measured.convergence)
+    from onnxmbs.workflow.sequence import Request, study
+
+    request = Request(input_shape=input_shape, macroblocks=macroblocks, statistic=statistic, stats=(stats,),
+                      ks=(k,), z=z, round_to=round_to)
+    return study(model, request).plan(k, z)

@@ -1,10 +1,14 @@
-"""A blocks plan for people: the terminal table, and the HTML section of ``onnxmbs report --blocks``."""
+"""A blocks plan for people: the terminal table, the HTML section of ``onnxmbs report --blocks``, and the
+files of :mod:`onnxmbs.reports.formats` (JSON, CSV of the removal order, Markdown, an HTML page)."""
 from __future__ import annotations
 
+import csv
 import html
+import io
+import json
 
 from onnxmbs.blocks.document import BlocksPlan
-from onnxmbs.reports.markup import html_table, md_table
+from onnxmbs.reports.markup import html_page, html_table, md_table
 from onnxmbs.reports.plots import accuracy_curves
 from onnxmbs.reports.text import short, table
 from onnxmbs.units import human
@@ -66,3 +70,23 @@ def blocks_html(plan: BlocksPlan) -> str:
             f'<div class="charts">{blocks_curve(plan)}</div>'
             f"<h3>Removal order</h3>{html_table(ROW_HEADERS, removal_rows(plan))}"
             + (f"<h3>Blocks that cannot be removed</h3><ul>{notes}</ul>" if notes else "") + "</section>")
+
+
+def to_json(plan: BlocksPlan) -> str:
+    return json.dumps(plan.to_json(), indent=1) + "\n"
+
+
+def to_csv(plan: BlocksPlan) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(ROW_HEADERS)
+    writer.writerows(removal_rows(plan))
+    return buf.getvalue()
+
+
+def to_markdown(plan: BlocksPlan) -> str:
+    return blocks_markdown(plan) + "\n"
+
+
+def to_html(plan: BlocksPlan) -> str:
+    return html_page("onnxmbs blocks", blocks_html(plan))

@@ -9,14 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
-from onnxmbs.errors import MBSError
-from onnxmbs.files import write_atomic
 from onnxmbs.handbook.record import Handbook, Paired, Row, Stat
 from onnxmbs.reports import plots
+from onnxmbs.reports import formats
 from onnxmbs.reports.markup import CSS, html_table, md_table
 from onnxmbs.reports.text import table
 
@@ -129,17 +128,10 @@ def to_html(book: Handbook) -> str:
             f"<title>onnxmbs handbook</title><style>{CSS}</style></head><body>{handbook_html(book)}</body></html>\n")
 
 
-WRITERS: dict[str, Callable[[Handbook], str]] = {".json": to_json, ".csv": to_csv, ".md": to_markdown,
-                                                 ".markdown": to_markdown, ".html": to_html, ".htm": to_html}
-
-
 def check_outputs(paths: Sequence[str]) -> None:
-    for path in paths:
-        if Path(path).suffix.lower() not in WRITERS:
-            raise MBSError(f"cannot tell the handbook format of {path!r} — end it in {', '.join(sorted(WRITERS))}")
+    formats.check_outputs(paths, kind="handbook")
 
 
 def write_handbook(book: Handbook, path: str | Path) -> Path:
-    """Write ``book`` to ``path`` in the format its suffix names, atomically."""
-    check_outputs([str(path)])
-    return write_atomic(path, WRITERS[Path(path).suffix.lower()](book))
+    """Write ``book`` to ``path`` in the format its suffix names, atomically (:mod:`onnxmbs.reports.formats`)."""
+    return formats.write_output("handbook", book, path)

@@ -44,3 +44,10 @@ def html_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, classes
         cells = "".join(f'<td{" class=num" if is_numeric(c) else ""}>{escape(str(c))}</td>' for c in row)
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def html_page(title: str, body: str) -> str:
+    """One self-contained HTML page (the shared CSS inline; no JavaScript, no network)."""
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{escape(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n")

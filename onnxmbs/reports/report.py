@@ -1,17 +1,16 @@
-"""Batch reports: one statistics pass per model, a plan and a k-sweep each, written as
-JSON (schema ``onnxmbs.report/1``), CSV (one summary row per model), Markdown or one
-self-contained HTML file (inline SVG + CSS; no JavaScript, no network).
+"""Batch reports rendered: JSON (schema ``onnxmbs.report/1``), CSV (one summary row per model),
+Markdown or one self-contained HTML file (inline SVG + CSS; no JavaScript, no network).
 
-A model that fails becomes a failure row with its reason; the batch goes on.
+The rows (:class:`ModelReport`: a plan and a k-sweep per model, or a failure with its reason)
+come from :mod:`onnxmbs.workflow.batch`, which runs the statistics; this module only renders.
 """
 from __future__ import annotations
 
 import csv
 import io
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
@@ -21,17 +20,12 @@ from onnxmbs import __version__
 from onnxmbs.blocks.document import BlocksPlan
 from onnxmbs.handbook.record import Handbook
 from onnxmbs.reports import plots
+from onnxmbs.reports import formats
 from onnxmbs.reports.blocks import blocks_html, blocks_markdown, blocks_text
 from onnxmbs.reports.handbook import handbook_html, handbook_markdown, handbook_text
 from onnxmbs.reports.markup import CSS, html_table, md_table
-from onnxmbs.graph.analysis import analyze
-from onnxmbs.errors import MBSError
-from onnxmbs.progress import progress_bar
-from onnxmbs.files import write_atomic
-from onnxmbs.planning.convergence import ConvergeOptions, monitor_for
 from onnxmbs.planning.document import PlanDocument
-from onnxmbs.stats.measure import CalibrationOptions, input_shape_for, measure_or_load
-from onnxmbs.planning.sweep import SweepPoint, curve, make_sweeper, sweep
+from onnxmbs.workflow.batch import ModelReport, ReportOptions
 from onnxmbs.reports.text import (config_text, convergence_text, is_numeric, macroblock_rows, sweep_table,
                                   table)
 from onnxmbs.units import human
@@ -42,32 +36,6 @@ SCHEMA = "onnxmbs.report/1"
 CSV_COLUMNS = ("model", "status", "error", "sha256", "L", "images", "synthetic", "k", "z", "rf_boundary",
                "macroblocks", "beta", "widths", "configuration", "max_redundancy", "params", "params_compact",
                "param_reduction", "flops", "flops_compact", "flop_reduction", "seconds")
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    k: float | None = None
-    ks: tuple[float, ...] = (0.6, 0.8, 1.0, 1.2, 1.4)
-    round_to: int = 1
-    input_shape: tuple[int, ...] | None = None
-    converge: ConvergeOptions | None = None  # --until-converged
-    statistic: str = "extended"
-
-
-@dataclass(frozen=True)
-class ModelReport:
-    path: str
-    error: str | None = None
-    sha256: str | None = None
-    seconds: float = 0.0
-    plan: PlanDocument | None = field(default=None, repr=False)  # without per-channel rates (reports stay small)
-    sweep: tuple[SweepPoint, ...] = field(default=(), repr=False)
-    curve: tuple[SweepPoint, ...] = field(default=(), repr=False)
-    point: SweepPoint | None = field(default=None, repr=False)  # the sweep point at the plan's k
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass(frozen=True)
@@ -82,55 +50,13 @@ class Report:
         return tuple(m for m in self.models if not m.ok)
 
 
-def report_model(path: str, *, options: ReportOptions, stats: Sequence[str] = (),
-                 calibration: CalibrationOptions = CalibrationOptions()) -> ModelReport:
-    """Analyse, measure (or load --stats), plan at ``options.k`` and sweep; a failure becomes an error row."""
-    start = time.perf_counter()
-    sha = None
-    try:
-        analysis = analyze(path, input_shape=input_shape_for(path, options.input_shape, calibration.data),
-                           statistic=options.statistic)
-        sha = analysis.loaded.sha256
-        k = 1.0 if options.k is None else options.k
-        monitor = monitor_for(options.converge, analysis, ks=(k, *options.ks), round_to=options.round_to)
-        measured = measure_or_load(analysis, stats=stats, options=calibration, monitor=monitor)
-        sweeper = make_sweeper(analysis, measured.statistics, round_to=options.round_to)
-        plan = sweeper.document(k, source=measured.source, convergence=measured.convergence)
-        lo, hi = min(options.ks), max(options.ks)
-        return ModelReport(path=str(path), sha256=sha, seconds=time.perf_counter() - start,
-                           plan=plan.document.slim(), sweep=sweep(sweeper, options.ks), curve=curve(sweeper, lo, hi),
-                           point=sweeper.at(k))
-    except MBSError as exc:
-        reason = str(exc)
-    except Exception as exc:  # noqa: BLE001 - one broken model must not stop the batch
-        logger.debug("report: %s failed", path, exc_info=True)
-        reason = f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    logger.warning("%s: %s", path, reason)
-    return ModelReport(path=str(path), error=reason, sha256=sha, seconds=time.perf_counter() - start)
-
-
-def _bar(models: Sequence[str], progress: bool | None):
-    return progress_bar(progress, total=len(models), unit="model", desc="report")
-
-
-def build_report(models: Sequence[str], *, options: ReportOptions = ReportOptions(), stats: Sequence[str] = (),
-                 calibration: CalibrationOptions = CalibrationOptions()) -> Report:
-    """One :class:`ModelReport` per model (a progress bar over models on a terminal)."""
-    bar, results = _bar(models, calibration.progress), []
-    quiet = replace(calibration, progress=False)
-    for path in models:
-        if bar is not None:
-            bar.set_postfix_str(Path(path).name)
-        results.append(report_model(path, options=options, stats=stats, calibration=quiet))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    settings = {"k": options.k if options.k is not None else 1.0, "sweep_k": list(options.ks),
-                "round_to": options.round_to,
-                "data": None if calibration.data is None else str(calibration.data), "synthetic": calibration.synthetic, "stats": [str(s) for s in stats],
-                "onnxmbs": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    return Report(models=tuple(results), settings=settings)
+def report_settings(options: ReportOptions, *, stats: Sequence[str] = (), data: Any = None,
+                    synthetic: int | None = None) -> dict[str, Any]:
+    """The report's settings block: plan k, sweep, the data or stats it was measured on, version and time."""
+    return {"k": options.plan_k, "sweep_k": list(options.ks), "round_to": options.round_to,
+            "data": None if data is None else str(data), "synthetic": synthetic,
+            "stats": [str(s) for s in stats], "onnxmbs": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 # ------------------------------------------------------------ rows shared by the formats
@@ -283,21 +209,13 @@ def to_html(report: Report) -> str:
             + "</body></html>\n")
 
 
-WRITERS: dict[str, Callable[[Report], str]] = {".json": to_json, ".csv": to_csv, ".md": to_markdown,
-                                               ".markdown": to_markdown, ".html": to_html, ".htm": to_html}
-
-
 def check_outputs(paths: Sequence[str]) -> None:
-    for path in paths:
-        if Path(path).suffix.lower() not in WRITERS:
-            raise MBSError(f"cannot tell the report format of {path!r} — end it in "
-                           f"{', '.join(sorted(WRITERS))}")
+    formats.check_outputs(paths, kind="report")
 
 
 def write_report(report: Report, path: str | Path) -> Path:
-    """Write ``report`` to ``path`` in the format its suffix names, atomically."""
-    check_outputs([str(path)])
-    return write_atomic(path, WRITERS[Path(path).suffix.lower()](report))
+    """Write ``report`` to ``path`` in the format its suffix names, atomically (:mod:`onnxmbs.reports.formats`)."""
+    return formats.write_output("report", report, path)
 
 
 def report_text(report: Report) -> str:

@@ -10,7 +10,7 @@ from onnxmbs.graph.analysis import Analysis
 from onnxmbs.planning.document import MacroblockWidths, PlanDocument
 from onnxmbs.planning.sweep import Solution, SweepPoint
 from onnxmbs.stats.stopping import Convergence
-from onnxmbs.units import human
+from onnxmbs.units import before_after, human
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -69,7 +69,7 @@ def analysis_text(analysis: Analysis) -> str:
 
 def widths_text(widths: MacroblockWidths, arrow: str = "->") -> str:
     """``32,64 -> 30,47``: the distinct widths of a macroblock's convs before and after."""
-    return (",".join(str(a) for a, _ in widths.pairs) + f" {arrow} " + ",".join(str(b) for _, b in widths.pairs))
+    return before_after(widths.pairs, arrow)
 
 
 def macroblock_rows(plan: PlanDocument, *, arrow: str = "->") -> list[tuple]:
