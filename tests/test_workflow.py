@@ -261,7 +261,7 @@ def test_an_unknown_suffix_through_the_api_is_one_mbserror(tmp_path):
 
 def _blocks_plan(model: Path):
     """Two blocks, the second removed in round 1 (accuracy 0.9 -> 0.85)."""
-    from onnxmbs.blocks.document import SCHEMA, BlockRecord, BlocksPlan, RoundRecord, Summary
+    from onnxmbs.blocks.document import SCHEMA, BlockRecord, BlocksPlan, BlocksSettings, RoundRecord, Summary
     from onnxmbs.graph.analysis import analyze
 
     blocks = tuple(BlockRecord(id=f"b{i}", join=f"add_{i}", nodes=(f"conv_{i}",), params=p, macs=10 * p, removable=True,
@@ -269,7 +269,9 @@ def _blocks_plan(model: Path):
     return BlocksPlan(schema=SCHEMA, model=analyze(model).loaded.record(), baseline_accuracy=0.9, blocks=blocks,
                       rounds=(RoundRecord(round=1, scores={"b0": 0.7, "b1": 0.85}, removed="b1", accuracy=0.85),),
                       removed=("b1",), summary=Summary(params=1000, params_after=950, macs=10000, macs_after=9500,
-                                                       accuracy_after=0.85), settings={"images": 10, "rescore": "every"})
+                                                       accuracy_after=0.85), settings=BlocksSettings(
+                          rescore="every", remove=1, max_accuracy_drop=None, target_param_reduction=None,
+                          target_flop_reduction=None, images=10, data=None, provider="CPUExecutionProvider"))
 
 
 def test_blocks_plans_have_every_format(model, tmp_path):

@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from onnxmbs.handbook.engine import HandbookJob, ray_executor, run_handbook  # noqa: E402
 from onnxmbs.handbook.store import RunStore  # noqa: E402
 from onnxmbs.handbook.training import ModelSource, Trainer, set_threads  # noqa: E402
-from onnxmbs.reports.handbook import handbook_text, to_markdown, write_handbook  # noqa: E402
+from onnxmbs.reports.formats import write_handbook  # noqa: E402
+from onnxmbs.reports.handbook import handbook_text, to_markdown  # noqa: E402
 from onnxmbs.stats.measure import CalibrationOptions  # noqa: E402
 from onnxmbs.train import TrainConfig  # noqa: E402
 from onnxmbs.data.training import Dataset  # noqa: E402

@@ -177,7 +177,8 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
     """
     from onnxmbs.blocks.document import read_blocks_plan
     from onnxmbs.handbook.record import read_handbook
-    from onnxmbs.reports.report import Report, report_settings, report_text, write_report
+    from onnxmbs.reports.formats import write_report
+    from onnxmbs.reports.report import Report, report_settings, report_text
     from onnxmbs.workflow.batch import ReportOptions, report_models
 
     if not stats and not calibration.has_data:

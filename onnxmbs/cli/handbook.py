@@ -91,7 +91,8 @@ def handbook(model: str, zoo_name, framework, model_spec, data, stats, max_image
     from onnxmbs.handbook.engine import HandbookJob, run_handbook
     from onnxmbs.handbook.store import RunStore
     from onnxmbs.planning.sweep import parse_ks
-    from onnxmbs.reports.handbook import handbook_text, write_handbook
+    from onnxmbs.reports.formats import write_handbook
+    from onnxmbs.reports.handbook import handbook_text
     from onnxmbs.stats.measure import CalibrationOptions
     from onnxmbs.train import TrainConfig
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis
-from onnxmbs.planning.pipeline import group_facts, layer_facts
+from onnxmbs.planning.gather import group_facts, layer_facts
 from onnxmbs.planning.planner import plan, rf_boundary, threshold
 from onnxmbs.planning.scaling import param_specs
 from onnxmbs.stats.counting import Instrumented

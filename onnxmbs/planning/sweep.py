@@ -18,7 +18,8 @@ from onnxmbs.graph.analysis import Analysis
 from onnxmbs.errors import MBSError
 from onnxmbs.planning.facts import GroupFacts, LayerFacts, ParamSpec
 from onnxmbs.planning.document import macroblock_widths
-from onnxmbs.planning.pipeline import PlanResult, group_facts, layer_facts, plan_from_statistics
+from onnxmbs.planning.build import PlanResult, plan_from_statistics
+from onnxmbs.planning.gather import group_facts, layer_facts
 from onnxmbs.planning.planner import Plan, Summary, plan
 from onnxmbs.planning.scaling import param_specs
 from onnxmbs.stats.counting import Statistics

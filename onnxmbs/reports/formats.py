@@ -47,3 +47,13 @@ def check_outputs(paths: Iterable[str | Path], *, kind: str = "report") -> None:
 def write_output(kind: str, document: Any, path: str | Path) -> Path:
     """Write ``document`` (a report, a handbook or a blocks plan) to ``path`` in its suffix's format, atomically."""
     return write_atomic(path, writers(kind)[format_of(path, kind=kind)](document))
+
+
+def write_report(report: Any, path: str | Path) -> Path:
+    """Write an ``onnxmbs report`` to ``path`` in the format its suffix names, atomically."""
+    return write_output("report", report, path)
+
+
+def write_handbook(book: Any, path: str | Path) -> Path:
+    """Write a handbook to ``path`` in the format its suffix names, atomically."""
+    return write_output("handbook", book, path)

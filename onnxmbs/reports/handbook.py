@@ -11,11 +11,9 @@ import io
 import json
 from collections.abc import Sequence
 from html import escape
-from pathlib import Path
 
 from onnxmbs.handbook.record import Handbook, Paired, Row, Stat
 from onnxmbs.reports import plots
-from onnxmbs.reports import formats
 from onnxmbs.reports.markup import CSS, html_table, md_table
 from onnxmbs.reports.text import table
 
@@ -126,12 +124,3 @@ def to_html(book: Handbook) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>onnxmbs handbook</title><style>{CSS}</style></head><body>{handbook_html(book)}</body></html>\n")
-
-
-def check_outputs(paths: Sequence[str]) -> None:
-    formats.check_outputs(paths, kind="handbook")
-
-
-def write_handbook(book: Handbook, path: str | Path) -> Path:
-    """Write ``book`` to ``path`` in the format its suffix names, atomically (:mod:`onnxmbs.reports.formats`)."""
-    return formats.write_output("handbook", book, path)

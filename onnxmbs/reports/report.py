@@ -13,14 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from html import escape
-from pathlib import Path
 from typing import Any
 
 from onnxmbs import __version__
 from onnxmbs.blocks.document import BlocksPlan
 from onnxmbs.handbook.record import Handbook
 from onnxmbs.reports import plots
-from onnxmbs.reports import formats
 from onnxmbs.reports.blocks import blocks_html, blocks_markdown, blocks_text
 from onnxmbs.reports.handbook import handbook_html, handbook_markdown, handbook_text
 from onnxmbs.reports.markup import CSS, html_table, md_table
@@ -207,15 +205,6 @@ def to_html(report: Report) -> str:
             + "".join(blocks_html(plan) for plan in report.blocks)
             + "".join(handbook_html(book, title=_handbook_title(book), heading="h2") for book in report.handbooks)
             + "</body></html>\n")
-
-
-def check_outputs(paths: Sequence[str]) -> None:
-    formats.check_outputs(paths, kind="report")
-
-
-def write_report(report: Report, path: str | Path) -> Path:
-    """Write ``report`` to ``path`` in the format its suffix names, atomically (:mod:`onnxmbs.reports.formats`)."""
-    return formats.write_output("report", report, path)
 
 
 def report_text(report: Report) -> str:

@@ -19,7 +19,7 @@ from onnxmbs.data.calibration import CalibrationInfo
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.analysis import Analysis, analyze
 from onnxmbs.planning.convergence import ConvergeOptions, monitor_for
-from onnxmbs.planning.pipeline import PlanResult, plan_from_statistics
+from onnxmbs.planning.build import PlanResult, plan_from_statistics
 from onnxmbs.planning.sweep import Solution, SweepPoint, Sweeper, Target, curve, make_sweeper, solve, sweep
 from onnxmbs.stats.counting import Statistics
 from onnxmbs.stats.measure import CalibrationOptions, Measured, input_shape_for, measure_or_load, measure_source
