@@ -212,10 +212,6 @@ def ints(value: Iterable[Any]) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-def strs(value: Iterable[Any]) -> tuple[str, ...]:
-    return tuple(str(v) for v in value)
-
-
 class Record:
     """A frozen record whose fields are its JSON keys, in order; ``extra`` keeps unknown keys."""
 
