@@ -26,31 +26,47 @@ Convert = Callable[[Any], Any]
 class FieldError(MBSError, ValueError):
     """An MBSError that names the field at fault: missing, or of the wrong type or range.
 
+    ``refs`` names the other fields a check compares with (``{"channels": ("channels",)}``, relative to
+    the record that raised it); ``{channels}`` in ``problem`` is written as that field's full path.
     Also a ValueError, so that code which skips damaged records (``except ValueError``) still does."""
 
-    def __init__(self, problem: str, *, path: tuple[str | int, ...] = (), record: str = "") -> None:
-        self.problem, self.path, self.record = problem, path, record
+    def __init__(self, problem: str, *, path: tuple[str | int, ...] = (), record: str = "",
+                 refs: Mapping[str, tuple[str | int, ...]] | None = None, found: str | None = None) -> None:
+        self.problem, self.path, self.record, self.refs, self.found = problem, path, record, dict(refs or {}), found
         super().__init__(str(self))
 
     def within(self, key: str | int, *, record: str = "") -> FieldError:
         """The same error one level up: ``key`` is the field (or list index) that holds the bad value."""
-        return FieldError(self.problem, path=(key, *self.path), record=record or self.record)
+        return FieldError(self.problem, path=(key, *self.path), record=record or self.record,
+                          refs={name: (key, *ref) for name, ref in self.refs.items()}, found=self.found)
 
     @property
     def field(self) -> str:
-        out = ""
-        for key in self.path:
-            out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
-        return out
+        return field_path(self.path)
 
     def __str__(self) -> str:
-        return " ".join(part for part in (self.record, self.field, self.problem) if part)
+        problem = self.problem
+        for name, ref in self.refs.items():
+            problem = problem.replace("{" + name + "}", field_path(ref))
+        if self.found is not None:
+            problem += f", found {self.found}"
+        return " ".join(part for part in (self.record, self.field, problem) if part)
+
+
+def field_path(path: tuple[str | int, ...]) -> str:
+    """``("layers", 3, "p_nonzero")`` as ``layers[3].p_nonzero``."""
+    out = ""
+    for key in path:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+    return out
 
 
 def damaged(exc: FieldError, *, path: str | Path | None, how: str) -> MBSError:
-    """The one line a reader gives for a bad field: the file, the field, expected vs found, the fix."""
-    where = f"{path}: " if path is not None else ""
-    return MBSError(f"{where}{exc}; the file is damaged or was not written by onnxmbs — {how}")
+    """The one line a reader gives for a bad field: the file, the field, expected vs found, the fix
+    (a document given as a dict, without ``path``: "the plan is malformed: ...")."""
+    if path is None:
+        return MBSError(f"the {exc.record or 'document'} is malformed: {exc} — {how}")
+    return MBSError(f"{path}: {exc}; the file is damaged or was not written by onnxmbs — {how}")
 
 
 def shown(value: Any) -> str:
@@ -62,9 +78,11 @@ def shown(value: Any) -> str:
     return out if len(out) <= 40 else out[:39] + "…"
 
 
-def wrong(expected: str, value: Any, *, path: tuple[str | int, ...] = (), record: str = "") -> FieldError:
-    """The error of a value that is not what ``expected`` says (at ``path``, when known)."""
-    return FieldError(f"must be {expected}, found {shown(value)}", path=path, record=record)
+def wrong(expected: str, value: Any, *, path: tuple[str | int, ...] = (), record: str = "",
+          refs: Mapping[str, tuple[str | int, ...]] | None = None) -> FieldError:
+    """The error of a value that is not what ``expected`` says (at ``path``, when known); ``{name}`` in
+    ``expected`` is the path of the field ``refs[name]`` it is compared with."""
+    return FieldError(f"must be {expected}", path=path, record=record, refs=refs, found=shown(value))
 
 
 def _range(low: float | None, high: float | None) -> str:
@@ -192,10 +210,6 @@ def plain(value: Any) -> Any:
 
 def ints(value: Iterable[Any]) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
-
-
-def strs(value: Iterable[Any]) -> tuple[str, ...]:
-    return tuple(str(v) for v in value)
 
 
 class Record:

@@ -63,8 +63,9 @@ class KeptGroup(Record):
     def from_json(cls, data: Mapping[str, Any]) -> KeptGroup:
         group = super().from_json(data)
         if len(group.kept) != group.compact_channels or any(c >= group.channels for c in group.kept):
-            raise wrong(f"{group.compact_channels} channel indices below {group.channels}", list(group.kept),
-                        path=("kept",))
+            raise wrong(f"{{compact_channels}} = {group.compact_channels} channel indices, each below {{channels}} = "
+                        f"{group.channels}", list(group.kept), path=("kept",),
+                        refs={"compact_channels": ("compact_channels",), "channels": ("channels",)})
         return group
 
 

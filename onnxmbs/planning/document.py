@@ -57,8 +57,8 @@ class Settings(Record):
         if not isinstance(data, Mapping):
             return super().from_json(data)  # the error: not a JSON object
         base = {k: v for k, v in data.items() if k not in _SOURCE_KEYS}
-        source = (DataSource.from_json({"synthetic": data.get("synthetic", False), **{
-            k: data[k] for k in _SOURCE_KEYS if k in data}}) if "data" in data else None)
+        source = (DataSource.from_json({"synthetic": data.get("synthetic", False), **{  # a source needs its data
+            k: data[k] for k in _SOURCE_KEYS if k in data}}) if any(k in data for k in _SOURCE_KEYS) else None)
         return replace(super().from_json({**base, "source": None}), source=source)
 
     def to_json(self) -> dict[str, Any]:

@@ -70,7 +70,7 @@ class StatsData(Record):
     def from_json(cls, data: Mapping[str, Any]) -> StatsData:
         record = super().from_json(data)
         if record.shard is not None and not record.shard[0] < record.shard[1]:
-            raise wrong("[i, n] with i < n", list(record.shard), path=("shard",))
+            raise wrong("[i, n] with 0 ≤ i < n", list(record.shard), path=("shard",))
         return record
 
 
@@ -90,7 +90,8 @@ class TapRecord(Record):
     def from_json(cls, data: Mapping[str, Any]) -> TapRecord:
         tap = super().from_json(data)
         if len(tap.nonzero) != tap.channels:
-            raise wrong(f"a list of {tap.channels} counts (its channels)", list(tap.nonzero), path=("nonzero",))
+            raise wrong(f"a list of {{channels}} = {tap.channels} counts", list(tap.nonzero), path=("nonzero",),
+                        refs={"channels": ("channels",)})
         return tap
 
 
@@ -134,8 +135,9 @@ class StatsFile(Record):
             top = self.images * tap.per_image
             for c, count in enumerate(tap.nonzero):
                 if count > top:
-                    raise wrong(f"≤ images × per_image = {top}", count, path=("taps", i, "nonzero", c),
-                                record=self.NAME)
+                    raise wrong(f"≤ {{images}} × {{per_image}} = {self.images} × {tap.per_image} = {top}", count,
+                                path=("taps", i, "nonzero", c), record=self.NAME,
+                                refs={"images": ("images",), "per_image": ("taps", i, "per_image")})
         return self
 
     def to_json(self) -> dict[str, Any]:
