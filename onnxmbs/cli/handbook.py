@@ -15,7 +15,8 @@ from pathlib import Path
 
 import click
 
-from onnxmbs.cli.options import OutputFile, clean_errors, normalisation_options, refuse_overwrite, training_options
+from onnxmbs.cli.options import (OutputFile, clean_errors, normalisation_options, refuse_overwrite, round_to_option,
+                                 training_options)
 
 
 def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec: str | None, *, train: str,
@@ -65,7 +66,7 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
 @normalisation_options
 @click.option("--k", "k_range", default="0.6:1.4:0.2", show_default=True,
               help="k values: start:stop:step (stop included) or a list 0.6,1,1.4.")
-@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True)
+@round_to_option
 @click.option("--uniform", is_flag=True, help="Also train uniform α-scaling at each k's parameter budget.")
 @click.option("--original/--no-original", default=True, show_default=True,
               help="Also train the original (full-width) model with the same recipe and seeds.")
