@@ -3,8 +3,9 @@ names each op's MAC kind and parameter inputs).
 
 Parameters are the learnable elements a framework would count: Conv/ConvTranspose weights
 and biases, Gemm/MatMul weights and biases, BatchNormalization scale and bias (not the
-running statistics), PRelu slopes and per-channel affine constants (Mul/Add/Sub/Div with a
-constant of more than one element, as tf2onnx leaves unfused BatchNorm). Each initializer
+running statistics), LayerNorm/GroupNorm scale and bias, PRelu slopes and per-channel affine
+constants (Mul/Add/Sub/Div with a float constant of more than one element, as tf2onnx leaves
+unfused BatchNorm; integer constants there are index arithmetic). Each initializer
 counts once however often it is used. MACs are per image.
 """
 from __future__ import annotations
@@ -82,7 +83,7 @@ def param_tensors(graph: onnx.GraphProto, constants: Mapping[str, object], *,
         for idx in params.inputs if params else ():
             if idx >= len(node.input) or node.input[idx] not in constants:
                 continue
-            if params.vectors_only and getattr(constants[node.input[idx]], "size", 1) <= 1:
+            if params.vectors_only and not _affine_constant(constants[node.input[idx]]):
                 continue
             if node.input[idx] in learnable:
                 names.add(node.input[idx])
@@ -97,6 +98,13 @@ def _from_initializers(graph: onnx.GraphProto) -> set[str]:
         if node.op_type in ("Identity", "Cast") and node.input and node.input[0] in found:
             found.update(node.output)
     return found
+
+
+def _affine_constant(value: object) -> bool:
+    """A per-channel float constant of an elementwise op; not ``x * 0.5``, nor integer index arithmetic
+    (the dynamo exporter's ``Add(Range(..), [0, 1, ..., C-1])`` around an adaptive pooling)."""
+    dtype = getattr(value, "dtype", None)
+    return getattr(value, "size", 1) > 1 and (dtype is None or dtype.kind in "fc")
 
 
 def count_costs(graph: onnx.GraphProto, shapes: Mapping[str, Shape], constants: Mapping[str, object],

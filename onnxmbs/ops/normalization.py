@@ -11,7 +11,10 @@ RULES = (
             surgery="batchnorm", fit="channelwise", index="join", **_NORM),
     OpRules("InstanceNormalization", channels="first", params=NO_PARAMS, tap_walk=STOPS_WALK, spec=NO_SPEC,
             surgery="norm", fit="channelwise", index="join", **_NORM),
-    *(OpRules(op, channels=FROZEN, params=NO_PARAMS, tap_walk=STOPS_WALK, spec=NO_SPEC, surgery=NO_SURGERY, fit=MIXES,
-              index=NO_CHANNELS, **_NORM)
-      for op in ("LayerNormalization", "GroupNormalization", "LRN")),
+    # LayerNorm's and GroupNorm's scale and bias are learnable (ConvNeXt, ViT); counted, never resized
+    *(OpRules(op, channels=FROZEN, params=Params((1, 2)), tap_walk=STOPS_WALK, spec=NO_SPEC, surgery=NO_SURGERY,
+              fit=MIXES, index=NO_CHANNELS, **_NORM)
+      for op in ("LayerNormalization", "GroupNormalization")),
+    OpRules("LRN", channels=FROZEN, params=NO_PARAMS, tap_walk=STOPS_WALK, spec=NO_SPEC, surgery=NO_SURGERY, fit=MIXES,
+            index=NO_CHANNELS, **_NORM),
 )

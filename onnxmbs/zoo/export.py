@@ -132,6 +132,7 @@ def export_torch(model, input_shape: Sequence[int], path: str | os.PathLike[str]
         except Exception as exc:
             raise MBSError(f"torch.onnx.export failed for {what}: {exc} — "
                            "check the model is exportable with torch.export") from exc
+        _unshare_parameters(tmp, model)
         _set_metadata(tmp, metadata)
         check_onnx(tmp, x, expected, what=what)
     log.info("exported %s to %s", what, path)
@@ -150,6 +151,46 @@ def _export_external(model, input_shape: Sequence[int], path: Path, **how) -> Pa
         staged = export_torch(model, input_shape, Path(scratch) / path.name, **how)
         save_model(onnx.load(str(staged)), path, external=True)
     return path
+
+
+def _unshare_parameters(path: Path, model) -> None:
+    """One initializer per torch parameter again where the dynamo exporter merged equal ones.
+
+    Its optimizer stores identical small tensors once (an untrained model's LayerNorm γ = 1 and
+    β = 0, ConvNeXt's layer scale γ = 1e-6), so the file would hold, and onnxmbs count, fewer
+    parameters than the model has. A merged initializer read as a parameter by several nodes gets a
+    copy per reader, as many as the model has distinct parameters of that size and value (a
+    parameter the model really shares stays shared).
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from onnxmbs.ops.registry import param_inputs
+
+    proto = onnx.load(str(path))
+    inits = {i.name: i for i in proto.graph.initializer}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in proto.graph.node:
+        rules = param_inputs(node.op_type)
+        for idx in rules.inputs if rules else ():
+            if idx < len(node.input) and node.input[idx] in inits:
+                readers.setdefault(node.input[idx], []).append((node, idx))
+    shared = {name: uses for name, uses in readers.items() if len(uses) > 1}
+    if not shared:
+        return
+    owners: dict[bytes, int] = {}
+    for p in model.parameters():
+        key = np.ascontiguousarray(p.detach().cpu().numpy(), np.float32).tobytes()
+        owners[key] = owners.get(key, 0) + 1
+    for name, uses in shared.items():
+        value = numpy_helper.to_array(inits[name])
+        copies = min(len(uses), owners.get(np.ascontiguousarray(value, np.float32).tobytes(), 0))
+        for n, (node, idx) in enumerate(uses[1:copies], start=1):
+            node.input[idx] = f"{name}.{n}"
+            proto.graph.initializer.append(numpy_helper.from_array(value, f"{name}.{n}"))
+    log.debug("un-merged %d shared initializers", len(shared))
+    onnx.save_model(proto, str(path))
 
 
 def _torch_onnx_export(model, x, tmp: Path, *, opset: int, dynamo: bool, dynamic_hw: bool = False) -> None:
