@@ -181,3 +181,20 @@ def test_ray_workers_give_the_sequential_results(files, resumed, tmp_path):
     book = run_handbook(_job(files), RunStore(tmp_path / "runs"), execute=ray_executor(workers=2))
     assert {r.key: (r.accuracy, r.params) for r in book.runs} == {r.key: (r.accuracy, r.params)
                                                                  for r in resumed[0].runs}
+
+
+def test_round_to_auto_plans_each_k_at_its_measured_rounding(files, tmp_path):
+    """``--round-to auto`` in the handbook: each point keeps the rounding timed fastest at its k, and the
+    plan trained there (and the uniform model matched to it) uses that rounding."""
+    from dataclasses import replace
+
+    from onnxmbs.compact.rounding import ROUNDINGS
+    from onnxmbs.handbook.engine import prepare
+
+    prepared = prepare(replace(_job(files), round_to="auto"), RunStore(tmp_path / "runs"))
+    assert prepared.settings.round_to == "auto"
+    for point in prepared.points:
+        assert point.round_to in ROUNDINGS
+        (mbs,) = [t for t in prepared.tasks if t.variant == "mbs" and t.k == point.k]
+        assert mbs.plan.settings.round_to == point.round_to
+        assert [c["round_to"] for c in mbs.plan.extra["rounding"]["candidates"]] == list(ROUNDINGS)

@@ -100,7 +100,7 @@ def _target(**options: float | None):
 @macroblocks_option
 @converge_options()
 @clean_errors
-def sweep(model: str, stats: str | None, k_range: str, round_to: int, output: str | None, as_json: bool,
+def sweep(model: str, stats: str | None, k_range: str, round_to: int | str, output: str | None, as_json: bool,
           target_param_reduction, target_flop_reduction, target_params, target_flops, macroblock_map: str | None,
           input_shape, statistic: str, calibration, converge) -> None:
     """One statistics pass, a plan for every k: β, configuration, params and MACs per k; or solve for a target."""
@@ -169,7 +169,7 @@ def _sweep_json(model: str, measured: Any, points: Any, target: Any, solution: A
                    "(repeatable).")
 @clean_errors
 def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, ...], k: float, k_range: str,
-           round_to: int, blocks_files: tuple[str, ...], handbook_files: tuple[str, ...], input_shape,
+           round_to: int | str, blocks_files: tuple[str, ...], handbook_files: tuple[str, ...], input_shape,
            statistic: str, calibration, converge) -> None:
     """Batch report: one statistics pass per model, plan + k-sweep each, as HTML/Markdown/JSON/CSV.
 
@@ -224,7 +224,7 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
 @converge_options("--converge-tolerance")
 @clean_errors
 def check(models: tuple[str, ...], stats: tuple[str, ...], max_params, max_flops, max_redundancy,
-          baselines: tuple[str, ...], tolerance, k, round_to: int, junit: str | None, input_shape, statistic: str,
+          baselines: tuple[str, ...], tolerance, k, round_to: int | str, junit: str | None, input_shape, statistic: str,
           calibration, converge) -> None:
     """CI gate: static limits need no data; --max-redundancy and --baseline need statistics.
 

@@ -229,10 +229,6 @@ stats_option = click.option("--stats", "stats", type=click.Path(dir_okay=False),
 many_stats_option = click.option("--stats", "stats", type=click.Path(dir_okay=False), multiple=True,
                                  help="Counts saved by `onnxmbs profile` (repeatable; matched to models by sha256; "
                                       "models without one are measured on --data).")
-round_to_option = click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
-                               help="Round compact widths up to a multiple of N.")
-
-
 class RoundTo(click.ParamType):
     """``--round-to N`` (N >= 1) or ``auto`` (the rounding measured fastest: onnxmbs.compact.rounding)."""
 
@@ -250,10 +246,10 @@ class RoundTo(click.ParamType):
         return number
 
 
-round_to_auto_option = click.option(
+round_to_option = click.option(
     "--round-to", type=RoundTo(), default=1, show_default=True,
-    help="Round compact widths up to a multiple of N; 'auto': build the compact model at 1, 2, 4, 8 and 16, time "
-         "each here with onnxruntime and keep the fastest (ties: fewer parameters); the plan records the table.")
+    help="Round compact widths up to a multiple of N; 'auto': per k, build the compact model at 1, 2, 4, 8 and 16, "
+         "time each here with onnxruntime and keep the fastest (ties: fewer parameters); plans record the table.")
 
 
 class OutputFile(click.ParamType):

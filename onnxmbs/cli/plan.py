@@ -6,7 +6,7 @@ import json
 import click
 
 from onnxmbs.cli.options import (check_workers, clean_errors, converge_options, data_options, input_shape_option,
-                                 macroblocks_option, one_source, positive_float, refuse_overwrite, round_to_auto_option,
+                                 macroblocks_option, one_source, positive_float, refuse_overwrite, round_to_option,
                                  statistic_option, stats_option)
 
 
@@ -36,7 +36,7 @@ def analyze(model: str, input_shape, macroblock_map, statistic: str, as_json: bo
 @data_options
 @click.option("--k", type=positive_float, default=None, help="Threshold z = k·L (default 1.0).")
 @click.option("--z", type=positive_float, default=None, help="Threshold z in pixels (instead of --k).")
-@round_to_auto_option
+@round_to_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the plan JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON to stdout instead of the table.")
 @stats_option
@@ -56,17 +56,12 @@ def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: s
     refuse_overwrite(output, model, *([stats] if stats else []))
     check_workers(calibration)
     override = read_macroblock_map(macroblock_map) if macroblock_map else None
-    rounding = 1 if round_to == "auto" else round_to  # auto: measure once, then time the roundings
     if stats:
-        result = plan_with_stats(model, stats, input_shape=input_shape, k=k, z=z, round_to=rounding,
+        result = plan_with_stats(model, stats, input_shape=input_shape, k=k, z=z, round_to=round_to,
                                  macroblocks=override, statistic=statistic)
     else:
-        result = plan_measured(model, calibration, input_shape=input_shape, k=k, z=z, round_to=rounding,
+        result = plan_measured(model, calibration, input_shape=input_shape, k=k, z=z, round_to=round_to,
                                macroblocks=override, converge=converge, statistic=statistic)
-    if round_to == "auto":
-        from onnxmbs.compact.rounding import plan_auto
-
-        result = plan_auto(result)
     if output:
         write_json(output, result.document)
     if as_json:

@@ -8,13 +8,14 @@ fastest counts as a tie, and among ties the one with fewer parameters wins. The 
 chosen rounding as ``settings.round_to`` (an integer, as every consumer of plans expects) and the
 whole table under ``rounding``, so the choice can be checked.
 
-The timer is injectable (``timer(models) -> latencies``) so the choice is tested without timing.
+:class:`onnxmbs.workflow.sequence.Study` asks for the choice once per k (plan, sweep, report, check,
+handbook all plan through it). The timer is injectable (``timer(models) -> latencies``) so the choice is tested without timing.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def choose_rounding(analysis: Analysis, statistics: Any, *, k: float | None = No
                     repeats: int = 20, timer: Timer | None = None) -> RoundingChoice:
     """Plan at each rounding, build each compact model (inherited weights), time them with the original."""
     from onnxmbs.compact.writer import compact_model
-    from onnxmbs.planning.pipeline import plan_from_statistics
+    from onnxmbs.planning.build import plan_from_statistics
 
     loaded = analysis.loaded
     batch = batch or loaded.input.shape[0]
@@ -96,19 +97,3 @@ def choose_rounding(analysis: Analysis, statistics: Any, *, k: float | None = No
     logger.info("round-to auto: %s -> %d", ", ".join(f"{r.round_to}: {r.latency_ms:.3f} ms" for r in rows),
                 chosen.round_to)
     return RoundingChoice(chosen.round_to, original_ms, rows, batch, threads, repeats)
-
-
-def plan_auto(base: Any, *, timer: Timer | None = None, threads: int = 1, repeats: int = 20) -> Any:
-    """``base`` (a PlanResult) re-planned at the measured fastest rounding, with the table under the plan's
-    ``rounding`` key; the statistics, source and convergence are ``base``'s."""
-    from onnxmbs.planning.pipeline import plan_from_statistics
-
-    settings = base.document.settings
-    threshold = {"k": settings.k} if settings.k is not None else {"z": settings.z}
-    choice = choose_rounding(base.analysis, base.statistics, timer=timer, threads=threads, repeats=repeats,
-                             **threshold)
-    result = plan_from_statistics(base.analysis, base.statistics, round_to=choice.chosen, source=settings.source,
-                                  **threshold)
-    doc = replace(result.document, convergence=base.document.convergence,
-                  extra={**result.document.extra, "rounding": choice.to_json()})
-    return replace(result, document=doc)

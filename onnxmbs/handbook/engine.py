@@ -34,7 +34,7 @@ class HandbookJob:
     seeds: int = 1
     uniform: bool = False
     original: bool = True
-    round_to: int = 1
+    round_to: int | str = 1  # or "auto" (per k: onnxmbs.compact.rounding)
     train_data: str = ""
     val_data: str = ""
 
@@ -84,11 +84,12 @@ def _plans(job: HandbookJob, done: Any) -> tuple[list[Point], list[Task]]:
     for k in job.ks:
         at, doc = done.at(k), done.plan(k, with_convergence=False).document
         point = Point(k=float(k), rf_boundary=at.rf_boundary, beta=at.beta, configuration=at.configuration,
-                      params=at.params_compact, flops=at.flops_compact)
+                      params=at.params_compact, flops=at.flops_compact,
+                      round_to=at.round_to if job.round_to == "auto" else None)
         tasks += [Task("mbs", float(k), s, doc) for s in seeds]
         if job.uniform:
             uni = match_alpha(sweeper.groups, sweeper.layers, sweeper.specs, at.params_compact,
-                              round_to=job.round_to)
+                              round_to=at.round_to)
             point = replace(point, alpha=uni.alpha, uniform_params=uni.summary.params_compact,
                             uniform_flops=uni.summary.flops_compact, uniform_step=uni.step)
             tasks += [Task("uniform", float(k), s, uniform_document(doc, uni), uni.alpha) for s in seeds]

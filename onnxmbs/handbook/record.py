@@ -44,9 +44,10 @@ class Point(Record):
     uniform_params: int | None = None
     uniform_flops: int | None = None
     uniform_step: int | None = None
+    round_to: int | None = None  # under --round-to auto: the rounding measured fastest at this k
     extra: Mapping[str, Any] = field(default_factory=dict)
     CONVERT: ClassVar = {"beta": _floats, "configuration": _widths, "k": float}
-    OMIT_NONE: ClassVar = frozenset({"alpha", "uniform_params", "uniform_flops", "uniform_step"})
+    OMIT_NONE: ClassVar = frozenset({"alpha", "uniform_params", "uniform_flops", "uniform_step", "round_to"})
 
 
 def run_key(variant: str, k: float | None, seed: int) -> str:
@@ -87,7 +88,7 @@ class Settings(Record):
     calibration: str | None
     preprocess: str | None
     images: int
-    round_to: int
+    round_to: int | str  # or "auto" (each point keeps its own rounding)
     ks: tuple[float, ...]
     seeds: int
     uniform: bool

@@ -42,6 +42,7 @@ class SweepPoint(Summary):
     redundancy: tuple[float, ...]
     widths: tuple[tuple[int, ...], ...]  # original widths per macroblock
     configuration: tuple[tuple[int, ...], ...]  # compact widths per macroblock
+    round_to: int = 1  # the rounding of these widths (under --round-to auto: the one measured fastest at k)
 
     def as_dict(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -73,7 +74,7 @@ class Sweeper:
                           beta=tuple(m.beta for m in result.macroblocks),
                           redundancy=tuple(m.redundancy for m in result.macroblocks), widths=widths,
                           configuration=config, params=s.params, params_compact=s.params_compact,
-                          flops=s.flops, flops_compact=s.flops_compact)
+                          flops=s.flops, flops_compact=s.flops_compact, round_to=self.round_to)
 
     def document(self, k: float, source: DataSource | None = None, convergence: Convergence | None = None) -> PlanResult:
         """The full plan (document included) at ``k`` (``convergence``: from ``--until-converged``)."""

@@ -129,7 +129,10 @@ def sweep_table(points: Sequence[SweepPoint], *, terminal: bool = True) -> tuple
              " ".join(f"{b:.{digits}f}" for b in p.beta), config_text(p.configuration), f"{p.params_compact:,}",
              f"{100 * p.param_reduction:.2f}%", human(p.flops_compact), f"{100 * p.flop_reduction:.2f}%")
             for p in points]
-    return (*headers, "configuration", "params", "param red.", "MACs", "MAC red."), rows
+    headers = (*headers, "configuration", "params", "param red.", "MACs", "MAC red.")
+    if any(p.round_to != 1 for p in points):  # --round-to N, or auto (the rounding measured fastest per k)
+        headers, rows = (*headers, "round-to"), [(*row, p.round_to) for row, p in zip(rows, points)]
+    return headers, rows
 
 
 def sweep_text(points: Sequence[SweepPoint], *, model: str = "", images: int | None = None) -> str:

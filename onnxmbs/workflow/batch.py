@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 class ReportOptions:
     k: float | None = None
     ks: tuple[float, ...] = (0.6, 0.8, 1.0, 1.2, 1.4)
-    round_to: int = 1
+    round_to: int | str = 1  # or "auto"
     input_shape: tuple[int, ...] | None = None
     converge: ConvergeOptions | None = None  # --until-converged
     statistic: str = "extended"

@@ -52,7 +52,7 @@ class GateLimits:
     baselines: tuple[str, ...] = ()
     tolerance: float = 0.02
     k: float | None = None
-    round_to: int = 1
+    round_to: int | str = 1  # or "auto"
     input_shape: tuple[int, ...] | None = None
     converge: ConvergeOptions | None = None  # --until-converged (monitored at k)
     statistic: str = "extended"
@@ -84,7 +84,7 @@ def _count_check(model: str, check: str, what: str, value: int, limit: int | Non
                                             f"({100 * over / limit:.1f}%)", value, limit)
 
 
-def _replan(done: Study, *, k: float | None, z: float | None = None, round_to: int) -> PlanDocument:
+def _replan(done: Study, *, k: float | None, z: float | None = None, round_to: int | str) -> PlanDocument:
     return replace(done, round_to=round_to).plan(k, z, with_convergence=False).document
 
 

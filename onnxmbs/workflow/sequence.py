@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -41,15 +41,23 @@ class Request:
     converge: ConvergeOptions | None = None  # --until-converged
     ks: tuple[float | None, ...] = (1.0,)  # the thresholds a --until-converged pass watches
     z: float | None = None
-    round_to: int = 1
+    round_to: int | str = 1  # or "auto": the rounding measured fastest (onnxmbs.compact.rounding), per k
 
 
 @dataclass(frozen=True)
 class Study:
-    """A model analysed and (unless asked not to) measured; every plan and sweep comes from here."""
+    """A model analysed and (unless asked not to) measured; every plan and sweep comes from here.
+
+    ``round_to="auto"``: each plan and sweep point is made at the rounding whose compact model was timed
+    fastest for that k (:func:`onnxmbs.compact.rounding.choose_rounding`, once per k; ``timer`` replaces
+    the onnxruntime timing in tests). The curve and target solving run at rounding 1 (the β frontier;
+    timing every breakpoint would cost minutes): a solved k is then planned at its own fastest rounding.
+    """
     analysis: Analysis = field(repr=False)
     measured: Measured | None = field(default=None, repr=False)  # None: analysed only (p = 1 everywhere)
-    round_to: int = 1
+    round_to: int | str = 1
+    timer: Any = field(default=None, repr=False, compare=False)
+    _choices: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # k, z -> RoundingChoice
 
     @property
     def statistics(self) -> Statistics | None:
@@ -63,21 +71,48 @@ class Study:
     def convergence(self) -> Convergence | None:
         return self.measured.convergence if self.measured is not None else None
 
+    @property
+    def auto(self) -> bool:
+        return self.round_to == "auto"
+
     @cached_property
     def sweeper(self) -> Sweeper:
-        """Algorithm 1's inputs prepared once (a frozen record may still cache: it is never mutated)."""
-        return make_sweeper(self.analysis, self.statistics, round_to=self.round_to)
+        """Algorithm 1's inputs prepared once (a frozen record may still cache: it is never mutated);
+        at rounding 1 under ``auto``."""
+        return make_sweeper(self.analysis, self.statistics, round_to=1 if self.auto else int(self.round_to))
+
+    def rounding(self, k: float | None = None, z: float | None = None) -> Any:
+        """The measured rounding table at ``k``/``z`` (a RoundingChoice), or None without ``auto``."""
+        if not self.auto:
+            return None
+        if (k, z) not in self._choices:
+            from onnxmbs.compact.rounding import choose_rounding
+
+            self._choices[(k, z)] = choose_rounding(self.analysis, self.statistics, k=k, z=z, timer=self.timer)
+        return self._choices[(k, z)]
+
+    def round_to_at(self, k: float | None = None, z: float | None = None) -> int:
+        choice = self.rounding(k, z)
+        return choice.chosen if choice is not None else int(self.round_to)
 
     def plan(self, k: float | None = None, z: float | None = None, *, with_convergence: bool = True) -> PlanResult:
-        """The plan (document included) at ``k`` or ``z``; ``with_convergence``: the β bounds of the pass."""
-        return plan_from_statistics(self.analysis, self.statistics, k=k, z=z, round_to=self.round_to,
-                                    source=self.source, convergence=self.convergence if with_convergence else None)
+        """The plan (document included) at ``k`` or ``z``; ``with_convergence``: the β bounds of the pass.
+        Under ``auto`` the plan keeps the measured table as its ``rounding`` entry."""
+        result = plan_from_statistics(self.analysis, self.statistics, k=k, z=z, round_to=self.round_to_at(k, z),
+                                      source=self.source, convergence=self.convergence if with_convergence else None)
+        choice = self.rounding(k, z)
+        if choice is None:
+            return result
+        doc = replace(result.document, extra={**result.document.extra, "rounding": choice.to_json()})
+        return replace(result, document=doc)
 
     def at(self, k: float) -> SweepPoint:
-        return self.sweeper.at(k)
+        if not self.auto:
+            return self.sweeper.at(k)
+        return replace(self.sweeper, round_to=self.round_to_at(k)).at(k)
 
     def sweep(self, ks: Sequence[float]) -> tuple[SweepPoint, ...]:
-        return sweep(self.sweeper, ks)
+        return tuple(self.at(k) for k in ks) if self.auto else sweep(self.sweeper, ks)
 
     def curve(self, lo: float, hi: float) -> tuple[SweepPoint, ...]:
         return curve(self.sweeper, lo, hi)
@@ -93,18 +128,20 @@ def analyse(model: Any, request: Request = Request()) -> Analysis:
 
 
 def _measure(analysis: Analysis, request: Request) -> Measured:
-    monitor = monitor_for(request.converge, analysis, ks=request.ks, z=request.z, round_to=request.round_to)
+    round_to = 1 if request.round_to == "auto" else int(request.round_to)  # auto: the widths at 1 converge first
+    monitor = monitor_for(request.converge, analysis, ks=request.ks, z=request.z, round_to=round_to)
     if request.stats:
         return measure_or_load(analysis, stats=request.stats, options=request.calibration, monitor=monitor)
     return measure_source(analysis, request.calibration, monitor=monitor)
 
 
-def study(model: Any, request: Request = Request(), *, measure: bool = True) -> Study:
+def study(model: Any, request: Request = Request(), *, measure: bool = True, timer: Any = None) -> Study:
     """Analyse ``model`` (a path, a ModelProto, or an :class:`Analysis` already made) and, with ``measure``,
-    measure its statistics on ``request.calibration`` or load them from ``request.stats``."""
+    measure its statistics on ``request.calibration`` or load them from ``request.stats``. ``timer``:
+    what times the candidate roundings of ``round_to="auto"`` (default: onnxruntime here)."""
     analysis = model if isinstance(model, Analysis) else analyse(model, request)
     return Study(analysis=analysis, measured=_measure(analysis, request) if measure else None,
-                 round_to=request.round_to)
+                 round_to=request.round_to, timer=timer)
 
 
 def save_study(path: str | Path, done: Study, *, shard: tuple[int, int] | None = None) -> Path:
