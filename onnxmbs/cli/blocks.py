@@ -8,7 +8,8 @@ import json
 
 import click
 
-from onnxmbs.cli.options import clean_errors, labelled_options, open_labelled_data, refuse_overwrite
+from onnxmbs.cli.options import (clean_errors, labelled_options, open_labelled_data, progress_option, refuse_overwrite,
+                                 threads_option)
 
 _FRACTION = click.FloatRange(0, 1)
 
@@ -25,12 +26,12 @@ _FRACTION = click.FloatRange(0, 1)
               help="Stop once MACs are down by R (a fraction, e.g. 0.3).")
 @click.option("--rescore", type=click.Choice(["every", "once"]), default="every", show_default=True,
               help="every: score the remaining blocks again after each removal; once: one ranking.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime threads (default: all).")
+@threads_option()
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the blocks plan JSON.")
 @click.option("--output-model", type=click.Path(dir_okay=False), default=None,
               help="Write the shallow ONNX model (the removed blocks bypassed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the blocks plan JSON instead of the table.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@progress_option()
 @clean_errors
 def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, target_param_reduction: float | None,
            target_flop_reduction: float | None, rescore: str, threads: int | None, output: str | None,

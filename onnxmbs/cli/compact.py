@@ -11,7 +11,8 @@ import click
 
 from onnxmbs.units import human
 
-from onnxmbs.cli.options import clean_errors, input_shape_option, normalisation_options, refuse_overwrite
+from onnxmbs.cli.options import (batch_size_option, classes_option, clean_errors, input_shape_option, max_images_option,
+                                 normalisation_options, progress_option, refuse_overwrite, seed_option, threads_option)
 
 if TYPE_CHECKING:
     from onnxmbs.compact.writer import CompactResult
@@ -136,29 +137,26 @@ def _evaluation(path: str, preprocess: str | None, mean, std):
               help="Keep the channels most often non-zero (measured), those with the largest filter L1 norm, or "
                    "those that best reconstruct the layers reading them (greedy, needs --data).")
 @click.option("--force", is_flag=True, help="Accept a plan made for a different model file (sha256 mismatch).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --weights random.")
+@seed_option(help="Seed of --weights random.")
 @click.option("--repeats", type=click.IntRange(min=0), default=5, show_default=True,
               help="Latency runs per model (median; 0 skips the timing).")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="onnxruntime intra-op threads for the timing.")
+@threads_option(default=1, help="onnxruntime intra-op threads for the timing.")
 @click.option("--reconstruct", is_flag=True,
               help="Re-fit the layers behind every cut (least squares) so the outputs match the original's on --data.")
 @click.option("--data", type=click.Path(exists=True), default=None,
               help="Images for --reconstruct / --select greedy: a folder (recursive) or a .npy/.npz array.")
 @normalisation_options
-@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images of --data.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Images per onnxruntime run while reconstructing.")
+@max_images_option(help="Use at most N images of --data.")
+@batch_size_option(default=16, help="Images per onnxruntime run while reconstructing.")
 @click.option("--positions", type=click.IntRange(min=1), default=32, show_default=True,
               help="Sampled output positions per image and layer (bounds the memory of the least squares).")
 @click.option("--ridge", type=click.FloatRange(min=0), default=1e-3, show_default=True,
               help="Ridge strength towards the inherited weights, relative to the data's scale.")
-@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
+@progress_option(help="Progress bars (default: on a terminal).")
 @click.option("--eval-data", type=click.Path(exists=True), default=None,
               help="Labelled images (a .npz with labels, or one folder per class) to measure the top-1 of original "
                    "and compact and their agreement; use images that --data does not hold.")
-@click.option("--classes", type=click.Path(dir_okay=False), default=None,
-              help="Class folder names of --eval-data, one a line, in class-index order (default: sorted).")
+@classes_option(help="Class folder names of --eval-data, one a line, in class-index order (default: sorted).")
 @click.option("--quantize", type=click.Choice(QUANTIZE), default=None,
               help="Also write the compact model quantized to INT8 (QDQ, onnxruntime's quantizer) as "
                    "OUTPUT-stem.int8.onnx, calibrated on --data.")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from onnxmbs.cli.options import (OutputFile, clean_errors, normalisation_options, refuse_overwrite, round_to_option,
-                                 training_options)
+from onnxmbs.cli.options import (OutputFile, clean_errors, max_images_option, normalisation_options, progress_option,
+                                 ray_options, refuse_overwrite, round_to_option, threads_option, training_options)
 
 
 def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec: str | None, *, train: str,
@@ -58,7 +58,7 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
               help="Calibration images for the statistics pass: a folder or a .npy/.npz array.")
 @click.option("--stats", default=None, type=click.Path(dir_okay=False, exists=True),
               help="Counts saved by `onnxmbs profile` instead of --data.")
-@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Calibration: use at most N images.")
+@max_images_option(help="Calibration: use at most N images.")
 @click.option("--train", "train_data", required=True, type=click.Path(exists=True),
               help="Training data: .npz (x, y) or a folder of class folders.")
 @click.option("--val", "val_data", required=True, type=click.Path(exists=True),
@@ -74,15 +74,13 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
 @click.option("--init", type=click.Choice(["scratch", "inherit"]), default="scratch", show_default=True,
               help="scratch: re-initialise (the paper); inherit: keep the surviving channels' weights.")
 @training_options
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads per training (1 makes CPU runs repeatable run to run).")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Run the trainings as N Ray tasks.")
-@click.option("--ray-address", default=None, help="Join this Ray cluster (auto, or HOST:PORT) instead of a local one.")
+@threads_option(help="CPU threads per training (1 makes CPU runs repeatable run to run).")
+@ray_options(workers_help="Run the trainings as N Ray tasks.")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False), default=None,
               help="Where finished runs are kept (default: beside the first -o, NAME.runs/).")
 @click.option("-o", "--output", "outputs", multiple=True, required=True, type=OutputFile("handbook"),
               help="Handbook file; the format follows the suffix: .json .md .csv .html (repeatable).")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@progress_option()
 @clean_errors
 def handbook(model: str, zoo_name, framework, model_spec, data, stats, max_images, train_data, val_data, preprocess,
              mean, std, k_range, round_to, uniform, original, seeds, init, threads, workers, ray_address, runs_dir, outputs,

@@ -157,6 +157,48 @@ def provider_option(*, default: str) -> Callable[[Callable], Callable]:
                         help="onnxruntime provider: auto (CUDA when it really works), cpu or cuda.")
 
 
+def max_images_option(*, help: str = "Use at most N images.") -> Callable[[Callable], Callable]:
+    """``--max-images``: the one declaration (commands differ only in the help's wording)."""
+    return click.option("--max-images", type=click.IntRange(min=1), default=None, help=help)
+
+
+def batch_size_option(*, default: int, help: str | None = None) -> Callable[[Callable], Callable]:
+    """``--batch-size``: the one declaration; the default is the command's (inference 32/64, training 128)."""
+    return click.option("--batch-size", type=click.IntRange(min=1), default=default, show_default=True, help=help)
+
+
+def threads_option(*, default: int | None = None,
+                   help: str = "onnxruntime threads (default: all).") -> Callable[[Callable], Callable]:
+    """``--threads``: the one declaration."""
+    return click.option("--threads", type=click.IntRange(min=1), default=default, show_default=default is not None,
+                        help=help)
+
+
+def progress_option(*, help: str = "Progress bar (default: on a terminal).") -> Callable[[Callable], Callable]:
+    """``--progress/--no-progress``: the one declaration (None: a bar only on a terminal)."""
+    return click.option("--progress/--no-progress", default=None, help=help)
+
+
+def seed_option(*, help: str | None = None) -> Callable[[Callable], Callable]:
+    """``--seed``: the one declaration."""
+    return click.option("--seed", type=int, default=0, show_default=True, help=help)
+
+
+def classes_option(*, help: str = "Class folder names, one a line, in class-index order (default: sorted folder "
+                                  "names).") -> Callable[[Callable], Callable]:
+    """``--classes``: the one declaration."""
+    return click.option("--classes", type=click.Path(dir_okay=False), default=None, help=help)
+
+
+def ray_options(*, workers_help: str) -> Callable[[Callable], Callable]:
+    """``--workers N`` and ``--ray-address``: the one declaration of each."""
+    workers = click.option("--workers", type=click.IntRange(min=1), default=None, help=workers_help)
+    address = click.option("--ray-address", default=None,
+                           help="Join this Ray cluster (auto = the one started with `ray start`, or HOST:PORT) "
+                                "instead of a local Ray.")
+    return lambda fn: workers(address(fn))
+
+
 def one_calibration_source(data: str | None, synthetic: int | None) -> None:
     """Calibration images or noise, never both: a usage error (exit 2) in every command with both options."""
     if data is not None and synthetic is not None:
@@ -172,14 +214,12 @@ def data_options(fn: Callable) -> Callable:
         click.option("--synthetic", type=click.IntRange(min=1), default=None,
                      help="Use N images of random noise instead of data (the plan says so)."),
         *NORMALISATION_OPTIONS,
-        click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        max_images_option(),
+        batch_size_option(default=32),
         provider_option(default="auto"),
-        click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."),
-        click.option("--workers", type=click.IntRange(min=1), default=None,
-                     help="Split the statistics pass over N Ray workers (exact; needs pip install 'onnxmbs[ray]')."),
-        click.option("--ray-address", default=None,
-                     help="Join this Ray cluster (auto = the one started with `ray start`) instead of a local Ray."),
+        progress_option(),
+        ray_options(workers_help="Split the statistics pass over N Ray workers (exact; needs pip install "
+                                  "'onnxmbs[ray]')."),
         input_shape_option,
         statistic_option,
     ]
@@ -275,11 +315,10 @@ def labelled_options(fn: Callable) -> Callable:
     options = [
         click.option("--data", required=True, type=click.Path(),
                      help="Labelled images: a .npz (images + labels) or a folder with one sub-folder per class."),
-        click.option("--classes", type=click.Path(dir_okay=False), default=None,
-                     help="Class folder names, one a line, in class-index order (default: sorted folder names)."),
+        classes_option(),
         *NORMALISATION_OPTIONS,
-        click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most N images."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        max_images_option(),
+        batch_size_option(default=64),
         provider_option(default="cpu"),
         input_shape_option,
     ]
@@ -350,7 +389,7 @@ def training_options(fn: Callable) -> Callable:
     """The training recipe of ``retrain`` and ``handbook`` (fields of :class:`onnxmbs.train.TrainConfig`)."""
     options = [
         click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True),
-        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+        batch_size_option(default=128),
         click.option("--lr", type=float, default=0.1, show_default=True),
         click.option("--momentum", type=float, default=0.9, show_default=True),
         click.option("--weight-decay", type=float, default=1e-4, show_default=True),

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from onnxmbs.cli.options import clean_errors, normalisation_options, training_options
+from onnxmbs.cli.options import clean_errors, normalisation_options, progress_option, seed_option, training_options
 from onnxmbs.errors import MBSError
 
 if TYPE_CHECKING:
@@ -108,11 +108,10 @@ def _save(model: Any, framework: str, path: str) -> None:
 @normalisation_options
 @click.option("--init", type=click.Choice(["scratch", "inherit"]), default="scratch", show_default=True)
 @training_options
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option()
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the compact model as ONNX.")
 @click.option("--save", type=click.Path(dir_okay=False), default=None, help="Save the trained model (.pt or .keras).")
-@click.option("--progress/--no-progress", default=None,
-              help="A progress bar per epoch with loss and accuracy (default: on a terminal).")
+@progress_option(help="A progress bar per epoch with loss and accuracy (default: on a terminal).")
 @clean_errors
 def retrain(plan_path: str | None, blocks_path: str | None, zoo_name: str | None, framework: str | None,
             model_spec: str | None, data: str, val: str | None, val_split: float, preprocess: str | None, mean, std,
