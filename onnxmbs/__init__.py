@@ -12,7 +12,7 @@ from onnxmbs.errors import MBSError
 __version__ = "0.1.0"
 _API = {
     "Analysis": "onnxmbs.graph.analysis", "analyze": "onnxmbs.graph.analysis",
-    "PlanResult": "onnxmbs.planning.pipeline", "plan_model": "onnxmbs.planning.pipeline",
+    "PlanResult": "onnxmbs.planning.pipeline", "plan_model": "onnxmbs.workflow.plan",
     "plan_from_statistics": "onnxmbs.planning.pipeline",
     "Plan": "onnxmbs.planning.document", "read_plan": "onnxmbs.planning.document",
     "StatsFile": "onnxmbs.stats.statsfile", "read_stats": "onnxmbs.stats.statsfile",

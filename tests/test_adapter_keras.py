@@ -23,7 +23,8 @@ from keras import layers  # noqa: E402
 import onnxmbs  # noqa: E402
 from onnxmbs.adapters import apply_plan, folded_params  # noqa: E402
 from onnxmbs.errors import MBSError  # noqa: E402
-from onnxmbs.planning.pipeline import plan_from_statistics, plan_model  # noqa: E402
+from onnxmbs.planning.pipeline import plan_from_statistics  # noqa: E402
+from onnxmbs.workflow.plan import plan_model  # noqa: E402
 from onnxmbs.zoo import keras_models  # noqa: E402
 from onnxmbs.zoo.export import export_keras  # noqa: E402
 

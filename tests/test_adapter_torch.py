@@ -27,7 +27,8 @@ import onnxmbs
 from onnxmbs.adapters import apply_plan, folded_params
 from onnxmbs.adapters.torch_adapter import layer_map
 from onnxmbs.errors import MBSError
-from onnxmbs.planning.pipeline import plan_from_statistics, plan_model
+from onnxmbs.planning.pipeline import plan_from_statistics
+from onnxmbs.workflow.plan import plan_model
 from onnxmbs.zoo.torch_mobilenet import mobilenet_v1
 from onnxmbs.zoo.torch_resnet import resnet20_cifar
 

@@ -129,7 +129,7 @@ def test_blocks_then_mbs_widths_planned_on_the_shallow_model(resnet20, tmp_path)
     import onnx
 
     from onnxmbs.adapters import apply_plan
-    from onnxmbs.planning.pipeline import plan_model
+    from onnxmbs.workflow.plan import plan_model
 
     model, path, plan = resnet20
     onnx.save(shallow_model(path, plan), tmp_path / "shallow.onnx")

@@ -15,7 +15,8 @@ from onnxmbs.graph.analysis import analyze
 from onnxmbs.cli.compact import compact as compact_cmd
 from onnxmbs.compact.writer import compact_model, sidecar_path, write_compact
 from onnxmbs.errors import MBSError
-from onnxmbs.planning.pipeline import plan_from_statistics, plan_model
+from onnxmbs.planning.pipeline import plan_from_statistics
+from onnxmbs.workflow.plan import plan_model
 from onnxmbs.planning.planner import compact_width, summarize
 from onnxmbs.planning.scaling import param_specs
 

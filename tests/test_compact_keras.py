@@ -16,7 +16,7 @@ from keras import layers  # noqa: E402
 
 from onnxmbs.graph.analysis import analyze  # noqa: E402
 from onnxmbs.compact.writer import compact_model  # noqa: E402
-from onnxmbs.planning.pipeline import plan_model  # noqa: E402
+from onnxmbs.workflow.plan import plan_model  # noqa: E402
 from onnxmbs.zoo import keras_models  # noqa: E402
 from onnxmbs.zoo.configuration import configuration_from_plan  # noqa: E402
 from onnxmbs.zoo.export import export_keras  # noqa: E402

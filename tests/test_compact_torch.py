@@ -19,7 +19,7 @@ from torch import nn  # noqa: E402
 
 from onnxmbs.graph.analysis import analyze
 from onnxmbs.compact.writer import compact_model
-from onnxmbs.planning.pipeline import plan_model
+from onnxmbs.workflow.plan import plan_model
 from onnxmbs.planning.planner import summarize
 from onnxmbs.planning.scaling import param_specs
 from onnxmbs.zoo.configuration import InvertedResidualWidths as IRW

@@ -14,7 +14,7 @@ from torch import nn  # noqa: E402
 import onnxmbs  # noqa: E402
 from onnxmbs.adapters import folded_params  # noqa: E402
 from onnxmbs.compact.writer import compact_model  # noqa: E402
-from onnxmbs.planning.pipeline import plan_model  # noqa: E402
+from onnxmbs.workflow.plan import plan_model  # noqa: E402
 
 
 def conv_bn(cin, cout, k=1, stride=1, groups=1, relu=True):

@@ -1,7 +1,7 @@
 """The package layout is the pipeline: a lower stage never imports a higher one.
 
 Stages, in the order data flows (rank): base modules (errors, files, units, progress, records, runtime, ops) 0,
-data (a user's images) and graph 1, stats 2, planning/workflow 3, compact/blocks 4, adapters 5, train 6, zoo/handbook 7, reports 8,
+data (a user's images) and graph 1, stats 2, planning 3, compact/blocks/workflow 4, adapters 5, train 6, zoo/handbook 7, reports 8,
 cli 9. Every import — module-level or lazy inside a function — is checked.
 """
 from __future__ import annotations
@@ -15,8 +15,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "onnxmbs"
 RANK = {"errors": 0, "files": 0, "units": 0, "progress": 0, "records": 0, "runtime": 0, "ops": 0, "data": 1, "graph": 1, "stats": 2,
-        "planning": 3, "workflow": 3,  # workflow: the one analyse -> measure -> plan sequence (planning's API runs it)
-        "compact": 4,
+        "planning": 3,
+        "compact": 4, "workflow": 4,  # workflow: the one analyse -> measure -> plan sequence (--round-to auto times
+                                      # compact models)
         "blocks": 4, "adapters": 5, "train": 6,
         "zoo": 7, "handbook": 7,  # handbook: builds zoo models and trains them; reports render it
         "reports": 8, "cli": 9}

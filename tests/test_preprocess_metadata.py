@@ -8,7 +8,7 @@ import pytest
 
 from graphs import GraphBuilder, classifier
 from onnxmbs import MBSError
-from onnxmbs.planning.pipeline import plan_model
+from onnxmbs.workflow.plan import plan_model
 from onnxmbs.data.normalisation import METADATA_KEYS, PRESETS, make_preprocess, preprocess_for, preprocess_metadata
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from onnxmbs.runtime.cluster import connect, run_ordered  # noqa: E402
 from onnxmbs.errors import MBSError  # noqa: E402
 from onnxmbs.graph.analysis import analyze  # noqa: E402
 from onnxmbs.planning.convergence import ConvergeOptions  # noqa: E402
-from onnxmbs.planning.pipeline import plan_model  # noqa: E402
+from onnxmbs.workflow.plan import plan_model  # noqa: E402
 from onnxmbs.runtime.session import choose_provider  # noqa: E402
 from onnxmbs.stats.counting import instrument  # noqa: E402
 from onnxmbs.stats.measure import CalibrationOptions, measure  # noqa: E402

@@ -285,7 +285,8 @@ def test_every_field_of_every_record_read_from_a_file_is_checked():
                plan.PlanDocument, plan.Settings, plan.LayerRecord, plan.MacroblockRecord, plan.GroupRecord,
                plan.Summary, statsfile.StatsFile, statsfile.StatsModel, statsfile.StatsData, statsfile.TapRecord,
                blocks.BlocksPlan, blocks.BlocksSettings, blocks.BlockRecord, blocks.RoundRecord, blocks.Summary,
-               compact.CompactRecord, compact.LatencyRecord, compact.KeptGroup]
+               compact.CompactRecord, compact.LatencyRecord, compact.KeptGroup, compact.Int8Record,
+               compact.DeploymentRow, compact.DeploymentTable]
     assert {r.__name__: unchecked_fields(r) for r in records if unchecked_fields(r)} == {}
 
 

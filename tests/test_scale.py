@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from onnxmbs.cli import main
 from onnxmbs.graph.analysis import analyze
 from onnxmbs.planning.convergence import ConvergeOptions, default_tolerance
-from onnxmbs.planning.pipeline import plan_from_statistics, plan_model
+from onnxmbs.planning.pipeline import plan_from_statistics
+from onnxmbs.workflow.plan import plan_model
 from onnxmbs.data.calibration import open_calibration
 from onnxmbs.stats.measure import CalibrationOptions, measure
 from onnxmbs.data.sources import Order, shard_rows

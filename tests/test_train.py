@@ -137,7 +137,7 @@ def test_keras_mixed_precision_trains_a_float16_clone_and_writes_back():
 def test_retrain_command_on_a_users_model_file(tmp_path):
     torch = pytest.importorskip("torch")
     from onnxmbs.cli import main
-    from onnxmbs.planning.pipeline import plan_model
+    from onnxmbs.workflow.plan import plan_model
     from onnxmbs.files import write_json
 
     (tmp_path / "net.py").write_text(textwrap.dedent("""

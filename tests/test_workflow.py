@@ -96,7 +96,7 @@ def test_an_analysis_is_reused_not_redone(model, monkeypatch):
 
 # ------------------------------------------------------------ every caller goes through it
 def test_plan_model_and_plan_with_stats_run_the_sequence(model, tmp_path, calls):
-    from onnxmbs.planning.pipeline import plan_model, plan_with_stats
+    from onnxmbs.workflow.plan import plan_model, plan_with_stats
 
     result = plan_model(model, synthetic=4, progress=False, k=0.9)
     assert result.document.settings.k == 0.9 and result.statistics.images == 4

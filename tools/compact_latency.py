@@ -21,7 +21,7 @@ from pathlib import Path
 
 from onnxmbs.compact.writer import write_compact
 from onnxmbs.errors import MBSError
-from onnxmbs.planning.pipeline import plan_model
+from onnxmbs.workflow.plan import plan_model
 from onnxmbs.zoo import ZOO, export
 
 DEFAULT = "resnet20,resnet18,mobilenet_v1,mobilenet_v2,shufflenet_v1_g3,densenet121"

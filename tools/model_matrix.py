@@ -159,7 +159,7 @@ def run_one(row: Row, model: Any, path: Path, *, size: int, framework: str, data
             input_shape: tuple[int, ...] | None = None) -> None:
     from onnxmbs import analyze, apply_plan
     from onnxmbs.compact.writer import write_compact
-    from onnxmbs.planning.pipeline import plan_model
+    from onnxmbs.workflow.plan import plan_model
 
     analysis = _stage(row, "analyze", lambda: analyze(str(path), input_shape=input_shape or _shape(path, data)))
     if analysis is not None:

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import onnxmbs  # noqa: E402
 from onnxmbs.files import write_json  # noqa: E402
-from onnxmbs.planning.pipeline import plan_model  # noqa: E402
+from onnxmbs.workflow.plan import plan_model  # noqa: E402
 from onnxmbs.planning.sweep import make_sweeper  # noqa: E402
 from onnxmbs.planning.uniform import match_alpha, uniform_document  # noqa: E402
 from onnxmbs.train import TrainConfig  # noqa: E402

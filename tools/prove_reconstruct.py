@@ -123,7 +123,7 @@ def torch_pruning(model, target: int, split, out: Path, tag: str):
 def prove_model(name: str, torch_model, onnx_path: Path, split, args, out: Path) -> list[dict]:
     import onnx
 
-    from onnxmbs.planning.pipeline import plan_model
+    from onnxmbs.workflow.plan import plan_model
 
     train_npz = out / "train.npz"
     rows = [{"model": name, "variant": "original", "k": None, "select": None,

@@ -167,15 +167,20 @@ def _sweep_json(model: str, measured: Any, points: Any, target: Any, solution: A
 @click.option("--handbook", "handbook_files", multiple=True, type=click.Path(dir_okay=False),
               help="Also show an accuracy handbook (JSON from `onnxmbs handbook`) with its Figure 5 chart "
                    "(repeatable).")
+@click.option("--deployment", "compact_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Also show the deployment table of an `onnxmbs compact -o COMPACT.onnx` output (original, "
+                   "compact, INT8 with --quantize: params, MACs, size, latency, accuracy or fidelity; repeatable; "
+                   "shown in the section of the model it was made from).")
 @clean_errors
 def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, ...], k: float, k_range: str,
-           round_to: int | str, blocks_files: tuple[str, ...], handbook_files: tuple[str, ...], input_shape,
-           statistic: str, calibration, converge) -> None:
+           round_to: int | str, blocks_files: tuple[str, ...], handbook_files: tuple[str, ...],
+           compact_files: tuple[str, ...], input_shape, statistic: str, calibration, converge) -> None:
     """Batch report: one statistics pass per model, plan + k-sweep each, as HTML/Markdown/JSON/CSV.
 
     A model that fails becomes a failure row; the others still run. Exit 1 if any failed.
     """
     from onnxmbs.blocks.document import read_blocks_plan
+    from onnxmbs.compact.record import read_deployment
     from onnxmbs.handbook.record import read_handbook
     from onnxmbs.reports.formats import write_report
     from onnxmbs.reports.report import Report, report_settings, report_text
@@ -184,15 +189,16 @@ def report(models: tuple[str, ...], stats: tuple[str, ...], outputs: tuple[str, 
     if not stats and not calibration.has_data:
         raise click.UsageError("give calibration data with --data PATH (or --synthetic N), or --stats FILE(s)")
     for path in outputs:
-        refuse_overwrite(path, *models, *stats, *blocks_files, *handbook_files, _path(calibration.data))
+        refuse_overwrite(path, *models, *stats, *blocks_files, *handbook_files, *compact_files, _path(calibration.data))
     check_workers(calibration)
     options = ReportOptions(k=k, ks=k_range, round_to=round_to, input_shape=input_shape, statistic=statistic,
                             converge=converge)
     blocks = tuple(read_blocks_plan(path) for path in blocks_files)
     handbooks = tuple(read_handbook(path) for path in handbook_files)
+    deployments = tuple(read_deployment(path) for path in compact_files)
     rows = report_models(list(models), options=options, stats=stats, calibration=calibration)
     settings = report_settings(options, stats=stats, data=calibration.data, synthetic=calibration.synthetic)
-    result = Report(models=rows, settings=settings, blocks=blocks, handbooks=handbooks)
+    result = Report(models=rows, settings=settings, blocks=blocks, handbooks=handbooks, deployments=deployments)
     for path in outputs:
         write_report(result, path)
     click.echo(report_text(result))

@@ -47,7 +47,8 @@ def plan(model: str, output: str | None, as_json: bool, k, z, round_to, stats: s
          input_shape, statistic: str, calibration, converge) -> None:
     """Statistics pass + Algorithm 1: per-macroblock width multipliers and the compact widths."""
     from onnxmbs.files import write_json
-    from onnxmbs.planning.pipeline import plan_measured, plan_with_stats, read_macroblock_map
+    from onnxmbs.planning.pipeline import read_macroblock_map
+    from onnxmbs.workflow.plan import plan_measured, plan_with_stats
     from onnxmbs.reports.text import plan_text
 
     if k is not None and z is not None:

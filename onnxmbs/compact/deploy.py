@@ -19,6 +19,7 @@ import onnx
 from onnxmbs.compact.activations import open_batches
 from onnxmbs.compact.check import median_latencies
 from onnxmbs.compact.quantize import Quantized, QuantizeOptions, quantize_int8
+from onnxmbs.compact.record import INT8_SCHEMA, VARIANTS, Int8Record
 from onnxmbs.data.labelled import open_labelled
 from onnxmbs.data.normalisation import Normalisation
 from onnxmbs.files import write_atomic, write_json
@@ -29,8 +30,6 @@ from onnxmbs.stats.measure import CalibrationOptions
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "onnxmbs.int8/1"
-VARIANTS = ("original", "compact", "int8")
 
 
 def int8_path(output: str | Path) -> Path:
@@ -67,16 +66,15 @@ class Deployment:
     def speedup(self) -> float:
         return self.latency_ms["original"] / self.latency_ms["int8"] if self.latency_ms["int8"] > 0 else float("nan")
 
-    def record(self) -> dict[str, Any]:
-        doc = {"schema": SCHEMA, "made_by": "onnxmbs compact --quantize int8", "model": self.path,
-               "source": self.source, "quantization": self.quantized.to_json(),
-               "normalisation": self.normalisation.to_json(), "bytes": dict(self.bytes),
-               "latency": {**self.latency, **{f"{k}_ms": round(v, 4) for k, v in self.latency_ms.items()}}}
-        if self.accuracy is not None:
-            doc["accuracy"] = {k: v.to_json() for k, v in self.accuracy.items()}
-        if self.fidelity is not None:
-            doc["fidelity"] = {"data": "the calibration images", **{k: v.to_json() for k, v in self.fidelity.items()}}
-        return doc
+    def record(self) -> Int8Record:
+        fid = self.fidelity
+        return Int8Record(
+            schema=INT8_SCHEMA, made_by="onnxmbs compact --quantize int8", model=self.path, source=self.source,
+            quantization=self.quantized.to_json(), normalisation=self.normalisation, bytes=dict(self.bytes),
+            latency={**self.latency, **{f"{k}_ms": round(v, 4) for k, v in self.latency_ms.items()}},
+            accuracy=None if self.accuracy is None else {k: v.to_json() for k, v in self.accuracy.items()},
+            fidelity=None if fid is None else {"data": "the calibration images",
+                                               **{k: v.to_json() for k, v in fid.items()}})
 
 
 def measure_int8(loaded: LoadedModel, compact: onnx.ModelProto, output: str | Path, options: QuantizeOptions, *,

@@ -68,6 +68,7 @@ class CompactResult:
     external_data: bool = False  # the original keeps its weights in external-data files (so will the output)
     normalisation: Normalisation | None = None  # how the images of --data / --eval-data were normalised
     deployment: Any = None  # onnxmbs.compact.deploy.Deployment: the INT8 model written beside it (--quantize)
+    original: Mapping[str, str] | None = None  # the model it was made from: path and sha256
 
     def record(self) -> CompactRecord:
         """The JSON sidecar: counts, sizes, latency, the kept channels of every cut group (and the reconstruction)."""
@@ -81,7 +82,7 @@ class CompactResult:
                          for g, (c, k) in self.widths.items() if k < c),
             normalisation=self.normalisation,
             reconstruction=None if self.reconstruction is None else self.reconstruction.to_json(),
-            accuracy=None if self.accuracy is None else self.accuracy.to_json())
+            accuracy=None if self.accuracy is None else self.accuracy.to_json(), original=self.original)
 
 
 def _source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, int, bool]:
@@ -239,7 +240,8 @@ def compact_model(model: str | Path | onnx.ModelProto, plan: PlanDocument | str 
         kept={g: tuple(int(c) for c in np.asarray(k)) for g, k in parts.chosen.keep.items()},
         selection=dict(parts.chosen.source), inexact=tuple(parts.inexact), copies=built.copies, weights=weights,
         select=select, latency=latency, reconstruction=rebuilt, accuracy=accuracy,
-        normalisation=_normalisation(loaded, data, reconstruct, evaluation))
+        normalisation=_normalisation(loaded, data, reconstruct, evaluation),
+        original={"path": str(loaded.path), "sha256": loaded.sha256})
 
 
 def _normalisation(loaded: Any, *options: Any) -> Normalisation | None:

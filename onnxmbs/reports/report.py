@@ -19,7 +19,9 @@ from onnxmbs import __version__
 from onnxmbs.blocks.document import BlocksPlan
 from onnxmbs.handbook.record import Handbook
 from onnxmbs.reports import plots
+from onnxmbs.compact.record import DeploymentTable
 from onnxmbs.reports.blocks import blocks_html, blocks_markdown, blocks_text
+from onnxmbs.reports.deployment import deployment_html, deployment_markdown, deployment_text
 from onnxmbs.reports.handbook import handbook_html, handbook_markdown, handbook_text
 from onnxmbs.reports.markup import CSS, html_table, md_table
 from onnxmbs.planning.document import PlanDocument
@@ -42,10 +44,21 @@ class Report:
     settings: Mapping[str, Any]
     blocks: tuple[BlocksPlan, ...] = ()  # block-pruning plans shown after the models
     handbooks: tuple[Handbook, ...] = ()  # accuracy handbooks (the paper's Figures 4 and 5) shown last
+    deployments: tuple[DeploymentTable, ...] = ()  # compact outputs: original / compact / INT8 side by side
 
     @property
     def failed(self) -> tuple[ModelReport, ...]:
         return tuple(m for m in self.models if not m.ok)
+
+    def deployments_of(self, m: ModelReport) -> tuple[DeploymentTable, ...]:
+        """The deployment tables made from this model (matched by sha256), shown in its section."""
+        return tuple(d for d in self.deployments if m.sha256 and d.sha256 == m.sha256)
+
+    @property
+    def unmatched_deployments(self) -> tuple[DeploymentTable, ...]:
+        """Deployment tables of models not in the report (shown after the models)."""
+        shas = {m.sha256 for m in self.models if m.sha256}
+        return tuple(d for d in self.deployments if d.sha256 not in shas)
 
 
 def report_settings(options: ReportOptions, *, stats: Sequence[str] = (), data: Any = None,
@@ -123,6 +136,8 @@ def to_json(report: Report) -> str:
         doc["blocks"] = [plan.to_json() for plan in report.blocks]
     if report.handbooks:
         doc["handbooks"] = [book.to_json() for book in report.handbooks]
+    if report.deployments:
+        doc["deployments"] = [dep.to_json() for dep in report.deployments]
     return json.dumps(doc, indent=1) + "\n"
 
 
@@ -156,13 +171,15 @@ def to_markdown(report: Report) -> str:
                   md_table(*sweep_table(m.sweep, terminal=False))]
         notes = _notes(doc)
         parts += ([""] + [f"- note: {n}" for n in notes]) if notes else []
+        parts += [part for dep in report.deployments_of(m) for part in ("", "#" + deployment_markdown(dep))]
+    parts += [part for dep in report.unmatched_deployments for part in ("", deployment_markdown(dep))]
     parts += [part for plan in report.blocks for part in ("", blocks_markdown(plan))]
     parts += [part for book in report.handbooks
               for part in ("", handbook_markdown(book, title=f"## {_handbook_title(book)}"))]
     return "\n".join(parts) + "\n"
 
 
-def _html_model(i: int, m: ModelReport) -> str:
+def _html_model(i: int, m: ModelReport, deployments: tuple[DeploymentTable, ...] = ()) -> str:
     head = f'<section id="model-{i}"><h2>{escape(m.path)}</h2>'
     if not m.ok:
         return head + f'<p class="error">FAILED: {escape(m.error or "")}</p></section>'
@@ -178,7 +195,8 @@ def _html_model(i: int, m: ModelReport) -> str:
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in _notes(doc))
     return (head + f'<p class="meta">{meta}</p>{notes}<div class="charts">{"".join(charts)}</div>'
             f"<h3>Macroblocks</h3>{html_table(MB_HEADERS, macroblock_rows(doc, arrow='→'))}"
-            f"<h3>k sweep</h3>{html_table(*sweep_table(m.sweep, terminal=False))}</section>")
+            f"<h3>k sweep</h3>{html_table(*sweep_table(m.sweep, terminal=False))}"
+            + "".join(deployment_html(dep).replace("h2>", "h3>") for dep in deployments) + "</section>")
 
 
 def _html_summary_row(i: int, m: ModelReport) -> str:
@@ -201,7 +219,8 @@ def to_html(report: Report) -> str:
             f"<title>onnxmbs report</title><style>{CSS}</style></head><body>"
             f"<h1>onnxmbs report</h1><p class=\"meta\">{len(report.models)} model(s), {len(report.failed)} failed; "
             f"plan at k = {st['k']:g}; onnxmbs {escape(st['onnxmbs'])}; {escape(st['created'])}</p>{summary}"
-            + "".join(_html_model(i, m) for i, m in enumerate(report.models))
+            + "".join(_html_model(i, m, report.deployments_of(m)) for i, m in enumerate(report.models))
+            + "".join(deployment_html(dep) for dep in report.unmatched_deployments)
             + "".join(blocks_html(plan) for plan in report.blocks)
             + "".join(handbook_html(book, title=_handbook_title(book), heading="h2") for book in report.handbooks)
             + "</body></html>\n")
@@ -212,5 +231,6 @@ def report_text(report: Report) -> str:
     ok = [m for m in report.models if m.ok]
     lines = [table(SUMMARY_HEADERS, [_summary_cells(m) for m in ok])] if ok else []
     lines += [f"FAILED {m.path}: {m.error}" for m in report.failed]
-    return "\n\n".join(["\n".join(lines), *(blocks_text(plan) for plan in report.blocks),
+    return "\n\n".join(["\n".join(lines), *(deployment_text(dep) for dep in report.deployments),
+                         *(blocks_text(plan) for plan in report.blocks),
                          *(handbook_text(book) for book in report.handbooks)])
