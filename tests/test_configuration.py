@@ -90,7 +90,7 @@ def test_real_plan_of_the_digits_model_gives_the_planned_widths(tmp_path: Path) 
     """End to end: plan the embedded ResNet-20, rebuild it from the configuration, compare conv widths."""
     pytest.importorskip("torch")
     from onnxmbs.graph.analysis import analyze
-    from onnxmbs.planning import pipeline
+    from onnxmbs.workflow import plan as pipeline
     from onnxmbs.zoo import export
 
     data = np.load(ROOT / "models" / "digits_calib.npz")["x"][:64]
