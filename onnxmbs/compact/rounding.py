@@ -94,6 +94,10 @@ def choose_rounding(analysis: Analysis, statistics: Any, *, k: float | None = No
     rows = tuple(RoundingRow(r, built[widths_of[r]].params_compact, built[widths_of[r]].flops_compact,
                              latency[widths_of[r]]) for r in roundings)
     chosen = pick(rows)
+    if chosen.latency_ms > original_ms * (1 + TIE):
+        logger.warning("round-to auto: no rounding made the compact model faster than the original here (best %d: "
+                       "%.3f ms vs %.3f ms) — its kernels do not gain from these widths; a lower k cuts more",
+                       chosen.round_to, chosen.latency_ms, original_ms)
     logger.info("round-to auto: %s -> %d", ", ".join(f"{r.round_to}: {r.latency_ms:.3f} ms" for r in rows),
                 chosen.round_to)
     return RoundingChoice(chosen.round_to, original_ms, rows, batch, threads, repeats)
