@@ -96,13 +96,14 @@ class BlocksSettings(Record):
     provider: str
     preprocess: str | None = None  # the normalisation's name, when it was decided
     normalisation: Normalisation | None = None
+    metric: str = "top-1"  # what the scores are: top-1, fidelity (to the original) or python:FILE.py:FUNCTION
     extra: Mapping[str, Any] = field(default_factory=dict)
     NAME: ClassVar = "settings"
     CONVERT: ClassVar = {"rescore": choice(*RESCORE), "remove": optional(integer(low=1)),
                          "max_accuracy_drop": optional(FRACTION), "target_param_reduction": optional(FRACTION),
                          "target_flop_reduction": optional(FRACTION), "images": integer(),
                          "data": optional(text), "provider": text, "preprocess": optional(text),
-                         "normalisation": optional(NORMALISATION)}
+                         "normalisation": optional(NORMALISATION), "metric": text}
     OMIT_NONE: ClassVar = frozenset({"preprocess", "normalisation"})
 
 

@@ -1,8 +1,9 @@
 """Greedy block pruning: score every removable block, remove the best, repeat until a stop rule.
 
 Each round scores the current model's removable blocks (:func:`~onnxmbs.blocks.scoring.score_blocks`)
-and removes the one whose removal keeps the highest top-1 accuracy (ties: the block with more
-MACs, then the earlier one). ``rescore="once"`` ranks the blocks of the original model once and
+and removes the one whose removal keeps the highest score (ties: the block with more MACs, then the
+earlier one). The score (:mod:`onnxmbs.blocks.quality`) is top-1 accuracy on labelled data, the
+fidelity to the original model's outputs on unlabelled data, or the user's metric. ``rescore="once"`` ranks the blocks of the original model once and
 removes them in that order. The accuracy after each removal is measured on the new model itself:
 by the next round's prefix pass (which runs the whole current model), by a final plain run after
 the last round, and with ``rescore="once"`` by a plain run each round. Stop rules, any
@@ -27,13 +28,14 @@ import onnx
 from onnxmbs.blocks.discover import Block, find_blocks
 from onnxmbs.blocks.document import BlockRecord, BlocksPlan, BlocksSettings, RoundRecord, Summary
 from onnxmbs.blocks.remove import remove_blocks
+from onnxmbs.blocks.quality import FIDELITY, TOP1, Quality, fidelity_to, top1, user_metric
 from onnxmbs.blocks.scoring import RoundScores, score_blocks
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.costs import count_costs
 from onnxmbs.graph.load import LoadedModel, load_model
-from onnxmbs.stats.accuracy import num_classes, open_predictor, predictions, runnable
+from onnxmbs.stats.accuracy import num_classes, runnable
 from onnxmbs.runtime.session import choose_provider
-from onnxmbs.data.labelled import LabelledData, open_labelled
+from onnxmbs.data.labelled import LabelledData, has_labels, open_images, open_labelled
 from onnxmbs.data.normalisation import resolve_normalisation
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ class _Run:
 
     loaded: LoadedModel  # the original model
     data: LabelledData
+    quality: Quality
     stop: Stop
     rescore: str
     ids: Mapping[str, str]  # join name -> block id on the original model
@@ -101,15 +104,14 @@ class _Run:
     progress: bool | None
 
     def top1(self, loaded: LoadedModel) -> float:
-        """Top-1 of a model with a plain run (what the written model scores)."""
-        predictor = open_predictor(loaded, provider=self.provider, threads=self.threads)
-        scores = predictions(predictor, self.data, batch_size=self.batch_size)
-        return float((scores.argmax(axis=1) == self.data.y).mean())
+        """The score of a model with a plain run (what the written model scores)."""
+        return self.score(loaded, [], 0).accuracy
 
     def score(self, loaded: LoadedModel, candidates: list[Block], round_no: int) -> RoundScores:
         fixed = None if loaded.batch_dynamic else loaded.input.shape[0]
-        return score_blocks(runnable(loaded), loaded.input.name, candidates, self.data, batch_size=self.batch_size,
-                            fixed_batch=fixed, provider=self.provider, threads=self.threads, progress=self.progress,
+        return score_blocks(runnable(loaded), loaded.input.name, candidates, self.data, quality=self.quality,
+                            batch_size=self.batch_size, fixed_batch=fixed, provider=self.provider,
+                            threads=self.threads, progress=self.progress if candidates else False,
                             desc=f"round {round_no}")
 
 
@@ -138,24 +140,27 @@ def _costs(loaded: LoadedModel) -> tuple[int, int]:
 
 
 def prune_blocks(source: str | Path | onnx.ModelProto | LoadedModel, data: LabelledData | object, *, stop: Stop,
-                 rescore: str = "every", batch_size: int = 64, provider: str = "cpu", threads: int | None = None,
-                 progress: bool | None = None, input_shape: tuple[int, ...] | None = None,
+                 metric: str | Quality | None = None, rescore: str = "every", batch_size: int = 64, provider: str = "cpu",
+                 threads: int | None = None, progress: bool | None = None,
+                 input_shape: tuple[int, ...] | None = None,
                  settings: Mapping[str, object] | None = None) -> BlocksResult:
-    """Remove residual blocks from ``source`` greedily by measured accuracy on ``data``.
+    """Remove residual blocks from ``source`` greedily by the score measured on ``data``.
 
-    ``data``: :class:`LabelledData`, or anything :func:`open_labelled` reads (a ``.npz`` path, a folder
-    of class folders, ``(x, y)`` arrays or batches; images already preprocessed when float).
+    ``metric``: ``"top-1"`` (labelled data), ``"fidelity"`` (to the original's outputs; any images),
+    ``"python:FILE.py:FUNCTION"`` or a :class:`Quality`; None: top-1 where ``data`` has labels, else fidelity.
+    ``data``: :class:`LabelledData`, or anything :func:`open_labelled` (or, without labels,
+    :func:`open_images`) reads; images already preprocessed when float.
     """
     if rescore not in RESCORE:
         raise MBSError(f"rescore must be one of {RESCORE}, got {rescore!r}")
     loaded = source if isinstance(source, LoadedModel) else load_model(source, input_shape=input_shape)
-    if not isinstance(data, LabelledData):
-        data = open_labelled(data, shape=loaded.input.shape, layout=loaded.input.layout,
-                             preprocess=resolve_normalisation(loaded.metadata, where=loaded.path))
-    data.check_classes(num_classes(loaded))
+    quality = metric if isinstance(metric, Quality) else _quality(metric, data, loaded)
+    data = _data(data, loaded, labels=quality.needs_labels)
+    if quality.needs_labels:
+        data.check_classes(num_classes(loaded))
     blocks = find_blocks(loaded)
-    run = _Run(loaded, data, stop, rescore, {b.join: b.id for b in blocks}, batch_size, choose_provider(provider),
-               threads, progress)
+    run = _Run(loaded, data, quality, stop, rescore, {b.join: b.id for b in blocks}, batch_size,
+               choose_provider(provider), threads, progress)
     state = _State(loaded)
     while not stop.reached(len(state.removed), *zip(_costs(loaded), _costs(state.loaded))):
         start, cpu = time.perf_counter(), time.process_time()
@@ -167,6 +172,31 @@ def prune_blocks(source: str | Path | onnx.ModelProto | LoadedModel, data: Label
     if not state.confirmed:
         state.confirm(run.top1(state.loaded))
     return _result(run, source, blocks, state, settings)
+
+
+def _quality(metric: str | None, data: object, loaded: LoadedModel) -> Quality:
+    """The score named by ``metric`` (None: top-1 with labels, else fidelity)."""
+    if metric is None:
+        metric = TOP1 if (isinstance(data, LabelledData) and data.labelled) or has_labels(data) else FIDELITY
+    if metric in (TOP1, "accuracy"):
+        return top1()
+    if metric == FIDELITY:
+        return fidelity_to(runnable(loaded))
+    if str(metric).startswith("python:"):
+        if not isinstance(data, (str, Path)):
+            raise MBSError("--metric python:... reads its targets from the data file: give --data FILE.npz")
+        return user_metric(str(metric), data)
+    raise MBSError(f"unknown metric {metric!r} — use accuracy, fidelity or python:FILE.py:FUNCTION")
+
+
+def _data(data: LabelledData | object, loaded: LoadedModel, *, labels: bool) -> LabelledData:
+    if isinstance(data, LabelledData):
+        if labels and not data.labelled:
+            raise MBSError("top-1 accuracy needs labels: give labelled data, or score by --metric fidelity")
+        return data
+    how = {"shape": loaded.input.shape, "layout": loaded.input.layout,
+           "preprocess": resolve_normalisation(loaded.metadata, where=loaded.path)}
+    return open_labelled(data, **how) if labels else open_images(data, **how)
 
 
 def _round(run: _Run, state: _State) -> bool:
@@ -229,6 +259,7 @@ def _result(run: _Run, source, blocks: list[Block], state: _State,
     params_after, macs_after = _costs(after)
     doc_settings = BlocksSettings.from_json({
         "rescore": run.rescore, **run.stop.to_json(), "images": len(run.data), "data": run.data.source,
+        "metric": run.quality.kind,
         "provider": run.provider, **_normalisation(run.data), **(settings or {})})
     plan = BlocksPlan.create(model=run.loaded.record(), baseline_accuracy=state.baseline,
                              blocks=tuple(BlockRecord.of(b) for b in blocks), rounds=tuple(state.rounds),

@@ -1,4 +1,5 @@
-"""Direct scoring: the top-1 accuracy of the model with each candidate block removed.
+"""Direct scoring: the score (:mod:`onnxmbs.blocks.quality`: top-1, fidelity to the original, or the
+user's metric) of the model with each candidate block removed.
 
 Removing block *k* changes only what runs after its shortcut tensor. So per round the current
 model runs **once** per batch with the inputs of every candidate's *suffix* as extra outputs
@@ -19,6 +20,7 @@ import numpy as np
 import onnx
 
 from onnxmbs.blocks.discover import Block, GraphIndex
+from onnxmbs.blocks.quality import Quality, top1
 from onnxmbs.blocks.remove import remove_blocks
 from onnxmbs.graph.edit import expose, extract
 from onnxmbs.progress import progress_bar
@@ -65,48 +67,48 @@ def build_suffix(model: onnx.ModelProto, block: Block, data_input: str) -> Suffi
     return Suffix(block, extract(removed, inputs, [removed.graph.output[0].name]), inputs)
 
 
-def padded_batches(data: LabelledData, batch_size: int, fixed: int | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(images, labels): ``fixed``-size batches (the last padded with zeros, labels not) or free ones."""
+def padded_batches(data: LabelledData, batch_size: int,
+                   fixed: int | None) -> Iterator[tuple[np.ndarray, np.ndarray | None, int]]:
+    """(images, labels or None, real rows): ``fixed``-size batches (the last padded with zeros) or free ones."""
     size = fixed or batch_size
     for x, y in data.batches(size):
-        if fixed and len(x) < fixed:
-            x = np.concatenate([x, np.zeros((fixed - len(x), *x.shape[1:]), x.dtype)])
-        yield np.ascontiguousarray(x, dtype=np.float32), y
+        n = len(x)
+        if fixed and n < fixed:
+            x = np.concatenate([x, np.zeros((fixed - n, *x.shape[1:]), x.dtype)])
+        yield np.ascontiguousarray(x, dtype=np.float32), y, n
 
 
 @dataclass(frozen=True)
 class RoundScores:
-    accuracy: float  # the current model's top-1
-    scores: Mapping[str, float]  # block id -> top-1 with that block removed
+    accuracy: float  # the current model's score
+    scores: Mapping[str, float]  # block id -> score with that block removed
 
 
 def score_blocks(model: onnx.ModelProto, data_input: str, candidates: Sequence[Block], data: LabelledData, *,
-                 batch_size: int = 64, fixed_batch: int | None = None, provider: str = "CPUExecutionProvider",
-                 threads: int | None = None, progress: bool | None = None, desc: str = "scoring") -> RoundScores:
-    """Top-1 accuracy of ``model`` and of ``model`` without each candidate, on ``data``."""
+                 quality: Quality | None = None, batch_size: int = 64, fixed_batch: int | None = None,
+                 provider: str = "CPUExecutionProvider", threads: int | None = None, progress: bool | None = None,
+                 desc: str = "scoring") -> RoundScores:
+    """The score (``quality``; default top-1) of ``model`` and of ``model`` without each candidate, on ``data``."""
+    quality = quality or top1()
     suffixes = [build_suffix(model, b, data_input) for b in candidates]
     wanted = list(dict.fromkeys(t for s in suffixes for t in s.inputs))
     output = model.graph.output[0].name
     prefix = make_session(expose(model, wanted), provider, threads=threads)
     sessions = [make_session(s.model, provider, threads=threads) for s in suffixes]
-    correct, base = np.zeros(len(suffixes), np.int64), 0
+    reference = make_session(quality.reference, provider, threads=threads) if quality.needs_reference else None
+    base, tallies = quality.tally(), [quality.tally() for _ in suffixes]
     batches = -(-len(data) // (fixed_batch or batch_size))
     bar = progress_bar(progress, total=batches * len(suffixes), unit="pass", desc=desc)
-    for x, y in padded_batches(data, batch_size, fixed_batch):
+    for x, y, n in padded_batches(data, batch_size, fixed_batch):
         values = dict(zip([output, *wanted], prefix.run([output, *wanted], {data_input: x})))
-        base += _hits(values[output], y)
-        for k, (suffix, session) in enumerate(zip(suffixes, sessions)):
-            (scores,) = session.run(None, {t: values[t] for t in suffix.inputs})
-            correct[k] += _hits(scores, y)
+        ref = reference.run(None, {reference.get_inputs()[0].name: x})[0] if reference is not None else None
+        base.add(values[output], y, ref, n)
+        for tally, suffix, session in zip(tallies, suffixes, sessions):
+            (out,) = session.run(None, {t: values[t] for t in suffix.inputs})
+            tally.add(out, y, ref, n)
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
-    n = len(data)
-    return RoundScores(base / n, {s.block.id: float(c) / n for s, c in zip(suffixes, correct)})
-
-
-def _hits(scores: np.ndarray, labels: np.ndarray) -> int:
-    """Top-1 hits of the first ``len(labels)`` rows (the rest is padding)."""
-    return int((scores[:len(labels)].reshape(len(labels), -1).argmax(axis=1) == labels).sum())
+    return RoundScores(base.value(), {s.block.id: t.value() for s, t in zip(suffixes, tallies)})
 

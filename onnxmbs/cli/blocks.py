@@ -1,6 +1,7 @@
-"""``onnxmbs blocks``: remove whole residual blocks, ranked by the accuracy measured without each.
+"""``onnxmbs blocks``: remove whole residual blocks, ranked by the score measured without each.
 
     onnxmbs blocks model.onnx --data val/ --remove 3 -o blocks.json --output-model shallow.onnx
+    onnxmbs blocks detector.onnx --data images/ --metric fidelity --max-fidelity-loss 0.05
 """
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import json
 
 import click
 
-from onnxmbs.cli.options import (clean_errors, labelled_options, open_labelled_data, progress_option, refuse_overwrite,
-                                 threads_option)
+from onnxmbs.cli.options import (clean_errors, labelled_options, open_images_data, open_labelled_data, progress_option,
+                                 refuse_overwrite, threads_option)
 
 _FRACTION = click.FloatRange(0, 1)
 
@@ -20,6 +21,12 @@ _FRACTION = click.FloatRange(0, 1)
 @click.option("--remove", "remove", type=click.IntRange(min=1), default=None, help="Remove N blocks.")
 @click.option("--max-accuracy-drop", type=_FRACTION, default=None,
               help="Stop before top-1 falls more than A below the original (a fraction: 0.01 = one point).")
+@click.option("--metric", default=None, metavar="accuracy|fidelity|python:FILE.py:FUNCTION",
+              help="What a removal is scored by: top-1 accuracy (labelled data; the default where the data has "
+                   "labels), fidelity of the outputs to the original model's (any images; the default without "
+                   "labels), or your FUNCTION(outputs, targets) -> score in [0, 1] on a .npz's other arrays.")
+@click.option("--max-fidelity-loss", type=_FRACTION, default=None,
+              help="With --metric fidelity: stop before the relative L2 error to the original's outputs exceeds E.")
 @click.option("--target-param-reduction", type=_FRACTION, default=None,
               help="Stop once parameters are down by R (a fraction, e.g. 0.3).")
 @click.option("--target-flop-reduction", type=_FRACTION, default=None,
@@ -33,14 +40,18 @@ _FRACTION = click.FloatRange(0, 1)
 @click.option("--json", "as_json", is_flag=True, help="Print the blocks plan JSON instead of the table.")
 @progress_option()
 @clean_errors
-def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, target_param_reduction: float | None,
-           target_flop_reduction: float | None, rescore: str, threads: int | None, output: str | None,
-           output_model: str | None, as_json: bool, progress: bool | None, batch_size: int, provider: str,
-           input_shape, **data) -> None:
-    """Block pruning: score each residual block by the accuracy without it, remove the best, repeat."""
-    if all(v is None for v in (remove, max_accuracy_drop, target_param_reduction, target_flop_reduction)):
-        raise click.UsageError("give a stop rule: --remove N, --max-accuracy-drop A, --target-param-reduction R "
-                               "or --target-flop-reduction R")
+def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, metric: str | None,
+           max_fidelity_loss: float | None, target_param_reduction: float | None, target_flop_reduction: float | None,
+           rescore: str, threads: int | None, output: str | None, output_model: str | None, as_json: bool,
+           progress: bool | None, batch_size: int, provider: str, input_shape, **data) -> None:
+    """Block pruning: score each residual block by the accuracy (or fidelity) without it, remove the best, repeat."""
+    from onnxmbs.data.labelled import has_labels
+
+    metric = _metric(metric, max_fidelity_loss, max_accuracy_drop, labelled=has_labels(data["data"]))
+    drop = max_fidelity_loss if max_fidelity_loss is not None else max_accuracy_drop
+    if all(v is None for v in (remove, drop, target_param_reduction, target_flop_reduction)):
+        raise click.UsageError("give a stop rule: --remove N, --max-accuracy-drop A (--max-fidelity-loss E), "
+                               "--target-param-reduction R or --target-flop-reduction R")
     for path in (output, output_model):
         refuse_overwrite(path, model, data["data"])
     from onnxmbs.blocks.greedy import Stop, prune_blocks
@@ -49,10 +60,11 @@ def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, targ
     from onnxmbs.reports.blocks import blocks_text
 
     loaded = load_model(model, input_shape=input_shape)
-    labelled = open_labelled_data(loaded, **data)
-    stop = Stop(remove, max_accuracy_drop, target_param_reduction, target_flop_reduction)
-    result = prune_blocks(model, labelled, stop=stop, rescore=rescore, batch_size=batch_size, provider=provider,
-                          threads=threads, progress=progress, input_shape=input_shape)
+    images = open_labelled_data(loaded, **data) if metric == "top-1" else open_images_data(loaded, **data)
+    stop = Stop(remove, drop, target_param_reduction, target_flop_reduction)
+    result = prune_blocks(model, images, stop=stop, metric=_user_metric(metric, data["data"]) or metric,
+                          rescore=rescore, batch_size=batch_size, provider=provider, threads=threads,
+                          progress=progress, input_shape=input_shape)
     if output:
         write_json(output, result.plan)
     if output_model:
@@ -64,6 +76,32 @@ def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, targ
     for what, path in (("blocks plan", output), ("shallow model", output_model)):
         if path:
             click.echo(f"{what} written to {path}")
+
+
+def _metric(metric: str | None, fidelity_loss: float | None, accuracy_drop: float | None, *, labelled: bool) -> str:
+    """The score's name: the given one, else top-1 with labels and fidelity without."""
+    if metric is None:
+        metric = "fidelity" if fidelity_loss is not None or not labelled else "top-1"
+    metric = "top-1" if metric == "accuracy" else metric
+    if metric not in ("top-1", "fidelity") and not metric.startswith("python:"):
+        raise click.BadParameter(f"{metric!r} — use accuracy, fidelity or python:FILE.py:FUNCTION",
+                                 param_hint="--metric")
+    if fidelity_loss is not None and metric != "fidelity":
+        raise click.UsageError("--max-fidelity-loss applies to --metric fidelity; with other scores use "
+                               "--max-accuracy-drop")
+    if fidelity_loss is not None and accuracy_drop is not None:
+        raise click.UsageError("give either --max-fidelity-loss or --max-accuracy-drop, not both")
+    if metric == "top-1" and not labelled:
+        raise click.UsageError("--metric accuracy needs labelled data (a .npz with labels, or one folder per class); "
+                               "without labels score by --metric fidelity")
+    return metric
+
+
+def _user_metric(metric: str, data: str):
+    """The user's metric on the .npz's other arrays (None for the built-in scores)."""
+    from onnxmbs.blocks.quality import user_metric
+
+    return user_metric(metric, data) if metric.startswith("python:") else None
 
 
 def _external(model: str) -> bool:

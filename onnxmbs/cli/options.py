@@ -338,6 +338,17 @@ def open_labelled_data(loaded: Any, *, data: str, classes: str | None, preproces
                          preprocess=pre, max_images=max_images)
 
 
+def open_images_data(loaded: Any, *, data: str, preprocess: str | None, mean, std, max_images: int | None,
+                     **_: Any) -> Any:
+    """The images of ``labelled_options``' ``--data`` without labels (for scores against the original)."""
+    from onnxmbs.data.labelled import open_images
+    from onnxmbs.data.normalisation import resolve_normalisation
+
+    pre = resolve_normalisation(loaded.metadata, preprocess, mean=mean, std=std, where=loaded.path)
+    return open_images(data, shape=loaded.input.shape, layout=loaded.input.layout, preprocess=pre,
+                       max_images=max_images)
+
+
 def converge_options(tolerance: str = "--tolerance") -> Callable[[Callable], Callable]:
     """``--until-converged [TOLERANCE T] [--checkpoint N]`` as one ``converge`` argument (a
     ConvergeOptions, or None without the flag); ``check`` names its tolerance differently.

@@ -35,24 +35,29 @@ _HOW = ("give labelled data: a .npz with 'images' and 'labels', a folder with on
 
 @dataclass(frozen=True)
 class LabelledData:
-    """Images (float32, batch first, in ``layout``) and their int64 class indices."""
+    """Images (float32, batch first, in ``layout``) and their int64 class indices (``y`` None: images
+    without labels, from :func:`open_images`, for the measures that compare with the original model)."""
 
     x: np.ndarray = field(repr=False)
-    y: np.ndarray = field(repr=False)
+    y: np.ndarray | None = field(repr=False)
     layout: str
     source: str = "arrays"
     classes: tuple[str, ...] = ()  # class names where known (image folders, --classes)
     normalisation: Normalisation | None = None  # how uint8 pixels were normalised, when it was decided
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.x)
+
+    @property
+    def labelled(self) -> bool:
+        return self.y is not None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes) or int(self.y.max()) + 1
 
     def take(self, index: np.ndarray) -> LabelledData:
-        return replace(self, x=self.x[index], y=self.y[index])
+        return replace(self, x=self.x[index], y=None if self.y is None else self.y[index])
 
     def split(self, fraction: float, *, seed: int = 0) -> tuple[LabelledData, LabelledData]:
         """(train, held out): a seeded, per-class split keeping ``fraction`` of each class out."""
@@ -63,16 +68,18 @@ class LabelledData:
         mask[held] = True
         return self.take(np.flatnonzero(~mask)), self.take(np.flatnonzero(mask))
 
-    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(images, labels) in order, ``batch_size`` rows at a time (the last batch may be shorter)."""
-        for start in range(0, len(self.y), batch_size):
-            yield self.x[start:start + batch_size], self.y[start:start + batch_size]
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(images, labels or None) in order, ``batch_size`` rows at a time (the last batch may be shorter)."""
+        for start in range(0, len(self.x), batch_size):
+            yield self.x[start:start + batch_size], None if self.y is None else self.y[start:start + batch_size]
 
     def check_classes(self, num_classes: int, *, what: str = "the model") -> None:
         """Labels and class names must fit ``num_classes`` outputs."""
         if self.classes and len(self.classes) != num_classes:
             raise MBSError(f"{self.source} has {len(self.classes)} classes but {what} outputs {num_classes} — "
                            f"give data with one class folder (or --classes entry) per model output")
+        if self.y is None:
+            return
         top = int(self.y.max())
         if top >= num_classes:
             raise MBSError(f"{self.source} has label {top}, out of range for {what} with {num_classes} outputs "
@@ -240,3 +247,13 @@ def open_labelled(data, *, shape: Sequence[int], layout: str, preprocess: Prepro
     if isinstance(preprocess, Normalisation):
         labelled = replace(labelled, normalisation=preprocess)
     return labelled
+
+
+def open_images(data, *, shape: Sequence[int], layout: str, preprocess: Preprocess | Normalisation | None = None,
+                max_images: int | None = None) -> LabelledData:
+    """Images without labels (any data the calibration reads: a folder, a .npy/.npz, an array), held in
+    memory as a :class:`LabelledData` whose ``y`` is None, for measures against the original model."""
+    x = _images(data, shape=shape, layout=str(layout).upper(), preprocess=preprocess, max_images=max_images)
+    norm = preprocess if isinstance(preprocess, Normalisation) else None
+    label = str(data) if isinstance(data, (str, os.PathLike)) else "arrays"
+    return LabelledData(x, None, str(layout).upper(), label, normalisation=norm)

@@ -14,34 +14,68 @@ from onnxmbs.reports.text import short, table
 from onnxmbs.units import human
 
 
+def metric_of(plan: BlocksPlan) -> str:
+    """What the plan's scores are: top-1, fidelity (to the original) or the user's metric."""
+    return plan.settings.metric if plan.settings else "top-1"
+
+
+def _label(metric: str) -> str:
+    return metric.rpartition(":")[2] if metric.startswith("python:") else metric
+
+
+def _value(metric: str, value: float) -> str:
+    return f"{100 * value:.2f}%" if metric == "top-1" else f"{value:.4f}"
+
+
+def _drop(metric: str, value: float) -> str:
+    return f"{100 * value:+.2f}" if metric == "top-1" else f"{value:+.4f}"
+
+
 def removal_rows(plan: BlocksPlan) -> list[tuple]:
-    """Per removed block, in removal order: round, id, join, params, MACs, accuracy and the drop it caused."""
-    rows, before = [], plan.baseline_accuracy
+    """Per removed block, in removal order: round, id, join, params, MACs, score and the drop it caused."""
+    rows, before, metric = [], plan.baseline_accuracy, metric_of(plan)
     for r in plan.rounds:
         block = plan.block(r.removed)
         rows.append((r.round, r.removed, short(block.join, 40), f"{block.params:,}", human(block.macs),
-                     f"{100 * r.accuracy:.2f}%", f"{100 * (before - r.accuracy):+.2f}"))
+                     _value(metric, r.accuracy), _drop(metric, before - r.accuracy)))
         before = r.accuracy
     return rows
+
+
+def row_headers(plan: BlocksPlan) -> tuple[str, ...]:
+    metric = metric_of(plan)
+    if metric == "top-1":
+        return ROW_HEADERS
+    return (*ROW_HEADERS[:5], f"{_label(metric)} after", "drop")
 
 
 ROW_HEADERS = ("round", "block", "join", "params", "MACs", "accuracy after", "drop (points)")
 
 
 def _summary_line(plan: BlocksPlan) -> str:
-    s = plan.summary
+    s, metric = plan.summary, metric_of(plan)
+    score = f"{_label(metric)} {_value(metric, plan.baseline_accuracy)} -> {_value(metric, s.accuracy_after)}"
+    if metric == "fidelity":
+        score += f" (relative L2 error to the original {1 - s.accuracy_after:.4f})"
     return (f"params {s.params:,} -> {s.params_after:,} ({100 * (1 - s.params_after / s.params):.2f}% fewer); "
             f"MACs {human(s.macs)} -> {human(s.macs_after)} ({100 * (1 - s.macs_after / s.macs):.2f}% fewer); "
-            f"top-1 {100 * plan.baseline_accuracy:.2f}% -> {100 * s.accuracy_after:.2f}%")
+            + score)
+
+
+def _images(plan: BlocksPlan) -> str:
+    st = plan.settings
+    kind = "labelled images" if metric_of(plan) == "top-1" else "images (scored against the original)" \
+        if metric_of(plan) == "fidelity" else f"images (metric {_label(metric_of(plan))})"
+    return f"{st.images if st else '?'} {kind}"
 
 
 def blocks_text(plan: BlocksPlan) -> str:
     st = plan.settings
     removable = sum(b.removable for b in plan.blocks)
     head = (f"{plan.model.path}: {len(plan.blocks)} residual joins, {removable} removable; "
-            f"{st.images if st else '?'} labelled images, rescore {st.rescore if st else '?'}")
+            f"{_images(plan)}, rescore {st.rescore if st else '?'}")
     lines = [head]
-    lines.append(table(ROW_HEADERS, removal_rows(plan)) if plan.rounds else "no block removed")
+    lines.append(table(row_headers(plan), removal_rows(plan)) if plan.rounds else "no block removed")
     lines.append(_summary_line(plan))
     return "\n".join(lines)
 
@@ -49,14 +83,15 @@ def blocks_text(plan: BlocksPlan) -> str:
 def blocks_curve(plan: BlocksPlan) -> str:
     """The SVG of top-1 accuracy after each removal (0 removed: the baseline)."""
     points = [(0, plan.baseline_accuracy)] + [(r.round, r.accuracy) for r in plan.rounds]
-    return accuracy_curves({"top-1 (no fine-tuning)": points}, title="Top-1 accuracy vs blocks removed")
+    label = _label(metric_of(plan))
+    return accuracy_curves({f"{label} (no fine-tuning)": points}, title=f"{label} vs blocks removed")
 
 
 def blocks_markdown(plan: BlocksPlan) -> str:
     """A Markdown section: the summary and the removal order."""
     rows = removal_rows(plan) or [("-",) * len(ROW_HEADERS)]
     return "\n".join([f"## Block pruning: {plan.model.path}", "", _summary_line(plan), "",
-                      md_table(ROW_HEADERS, rows)])
+                      md_table(row_headers(plan), rows)])
 
 
 def blocks_html(plan: BlocksPlan) -> str:
@@ -66,9 +101,9 @@ def blocks_html(plan: BlocksPlan) -> str:
     return (f'<section><h2>Block pruning: {html.escape(plan.model.path)}</h2>'
             f'<p class="meta">{html.escape(_summary_line(plan))}; {len(plan.blocks)} residual joins, '
             f'rescore {html.escape(plan.settings.rescore if plan.settings else "?")}, '
-            f'{plan.settings.images if plan.settings else "?"} labelled images</p>'
+            f'{html.escape(_images(plan))}</p>'
             f'<div class="charts">{blocks_curve(plan)}</div>'
-            f"<h3>Removal order</h3>{html_table(ROW_HEADERS, removal_rows(plan))}"
+            f"<h3>Removal order</h3>{html_table(row_headers(plan), removal_rows(plan))}"
             + (f"<h3>Blocks that cannot be removed</h3><ul>{notes}</ul>" if notes else "") + "</section>")
 
 
@@ -79,7 +114,7 @@ def to_json(plan: BlocksPlan) -> str:
 def to_csv(plan: BlocksPlan) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(ROW_HEADERS)
+    writer.writerow(row_headers(plan))
     writer.writerows(removal_rows(plan))
     return buf.getvalue()
 
