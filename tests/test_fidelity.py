@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import onnxruntime as ort
 from click.testing import CliRunner
 
@@ -81,3 +82,36 @@ def test_bad_reference_and_missing_labels_are_one_line(tmp_path: Path):
         errors = [line for line in result.output.splitlines() if line.startswith("error")]
         assert result.exit_code == 1 and len(errors) == 1 and words in errors[0], result.output
         assert "Traceback" not in result.output
+
+
+def test_compact_eval_data_without_labels_records_fidelity(tmp_path):
+    """``compact --eval-data`` on unlabelled images: the record keeps the fidelity of the compact model's
+    outputs to the original's, computed here with numpy from both files."""
+    import json
+
+    import onnxruntime as ort
+    from click.testing import CliRunner
+
+    from onnxmbs.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    model, npz = root / "models" / "resnet20_digits.onnx", root / "models" / "digits_calib.npz"
+    x = np.load(npz)["x"][:40]
+    np.save(tmp_path / "unlabelled.npy", x)
+    plan, out = tmp_path / "plan.json", tmp_path / "c.onnx"
+    run = CliRunner().invoke
+    assert run(main, ["plan", str(model), "--data", str(npz), "--max-images", "64", "-o", str(plan)]).exit_code == 0
+    res = run(main, ["compact", str(model), "--plan", str(plan), "-o", str(out), "--eval-data",
+                     str(tmp_path / "unlabelled.npy"), "--repeats", "0"])
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "c.onnx.json").read_text())
+    assert "accuracy" not in record and record["fidelity"]["images"] == 40
+    (got,) = record["fidelity"]["outputs"]
+
+    def outputs(path):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.float64)
+
+    y, ref = outputs(out), outputs(model)
+    assert got["relative_l2"] == pytest.approx(np.linalg.norm(y - ref) / np.linalg.norm(ref), rel=1e-4)
+    assert "fidelity" in res.output and "relative L2 error to the original" in res.output

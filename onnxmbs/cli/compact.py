@@ -55,6 +55,10 @@ def compact_text(result: CompactResult, output: str) -> str:
         lines.append(reconstruction_text(rec))
     if result.accuracy is not None:
         lines.append(accuracy_text(result.accuracy))
+    if result.fidelity is not None:
+        fid = result.fidelity
+        lines += [f"fidelity    {o.name}: relative L2 error to the original {o.relative_l2:.4g}, cosine {o.cosine:.6f} "
+                  f"(on {fid.fidelity.images} unlabelled images of {fid.data})" for o in fid.fidelity.outputs]
     if result.deployment is not None:
         lines.append(deployment_text(result.deployment))
     if result.inexact and rec is None:
@@ -102,7 +106,7 @@ def deployment_text(dep) -> str:
         fid = dep.fidelity
         text += (f"\nint8        relative L2 error to the original's outputs: compact "
                  f"{fid['compact'].worst_relative_l2:.4f}, INT8 {fid['int8'].worst_relative_l2:.4f} "
-                 "(on the calibration images; pass --eval-data for accuracy)")
+                 f"(on {dep.fidelity_data}; pass labelled --eval-data for accuracy)")
     return text
 
 
@@ -154,8 +158,9 @@ def _evaluation(path: str, preprocess: str | None, mean, std):
               help="Ridge strength towards the inherited weights, relative to the data's scale.")
 @progress_option(help="Progress bars (default: on a terminal).")
 @click.option("--eval-data", type=click.Path(exists=True), default=None,
-              help="Labelled images (a .npz with labels, or one folder per class) to measure the top-1 of original "
-                   "and compact and their agreement; use images that --data does not hold.")
+              help="Images to measure the compact model on: with labels (a .npz with labels, or one folder per "
+                   "class) the top-1 of original and compact and their agreement; without labels the fidelity of "
+                   "its outputs to the original's. Use images that --data does not hold.")
 @classes_option(help="Class folder names of --eval-data, one a line, in class-index order (default: sorted).")
 @click.option("--quantize", type=click.Choice(QUANTIZE), default=None,
               help="Also write the compact model quantized to INT8 (QDQ, onnxruntime's quantizer) as "

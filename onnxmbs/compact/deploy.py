@@ -52,6 +52,7 @@ class Deployment:
     latency: dict[str, Any]  # batch, repeats, threads, provider
     accuracy: dict[str, Accuracy] | None = None  # per variant, with labels
     fidelity: dict[str, Fidelity] | None = None  # compact / int8 vs original, without labels
+    fidelity_data: str = "the calibration images"  # what the fidelity was measured on
 
     def write(self, *, compact_bytes: int | None = None) -> Deployment:
         """Write the INT8 model and its record ``<path>.json`` atomically; ``compact_bytes``: the compact
@@ -73,7 +74,7 @@ class Deployment:
             quantization=self.quantized.to_json(), normalisation=self.normalisation, bytes=dict(self.bytes),
             latency={**self.latency, **{f"{k}_ms": round(v, 4) for k, v in self.latency_ms.items()}},
             accuracy=None if self.accuracy is None else {k: v.to_json() for k, v in self.accuracy.items()},
-            fidelity=None if fid is None else {"data": "the calibration images",
+            fidelity=None if fid is None else {"data": self.fidelity_data,
                                                **{k: v.to_json() for k, v in fid.items()}})
 
 
@@ -99,8 +100,11 @@ def measure_int8(loaded: LoadedModel, compact: onnx.ModelProto, output: str | Pa
 
 def _quality(loaded: LoadedModel, compact: onnx.ModelProto, int8: onnx.ModelProto, options: QuantizeOptions,
              evaluation: CalibrationOptions | None, classes: Any) -> dict[str, Any]:
-    """Accuracy of the three on labelled images; else fidelity to the original on the calibration images."""
-    if evaluation is not None:
+    """Accuracy of the three on labelled ``--eval-data``; else the fidelity to the original on the unlabelled
+    ``--eval-data``, or on the calibration images without it."""
+    from onnxmbs.data.labelled import has_labels
+
+    if evaluation is not None and has_labels(evaluation.data):
         labelled = open_labelled(evaluation.data, shape=loaded.input.shape, layout=loaded.input.layout,
                                  preprocess=evaluation.normalisation(loaded), classes=classes,
                                  max_images=evaluation.max_images)
@@ -111,6 +115,7 @@ def _quality(loaded: LoadedModel, compact: onnx.ModelProto, int8: onnx.ModelProt
                                 input_shape=shape),
             "int8": evaluate(int8, labelled, reference=loaded, batch_size=evaluation.batch_size, input_shape=shape)}}
     reference = runnable(loaded)
-    batches = open_batches(loaded, options.data)
+    batches = open_batches(loaded, evaluation if evaluation is not None else options.data)
     return {"fidelity": {"compact": fidelity(compact, reference, batches(), names=("compact model", "original")),
-                         "int8": fidelity(int8, reference, batches(), names=("INT8 model", "original"))}}
+                         "int8": fidelity(int8, reference, batches(), names=("INT8 model", "original"))},
+            "fidelity_data": str(evaluation.data) if evaluation is not None else "the calibration images"}

@@ -90,6 +90,7 @@ class CompactRecord(Record):
     reconstruction: Mapping[str, Any] | None = None  # --reconstruct: what was re-fitted (Reconstruction.to_json)
     accuracy: Mapping[str, Any] | None = None  # --eval-data: top-1 of both (AccuracyCheck.to_json)
     original: Mapping[str, Any] | None = None  # the model it was made from: {"path", "sha256"}
+    fidelity: Mapping[str, Any] | None = None  # --eval-data without labels: {data, images, outputs} vs the original
     extra: Mapping[str, Any] = field(default_factory=dict)
     NAME: ClassVar = "compact record"
     CONVERT: ClassVar = {
@@ -98,8 +99,8 @@ class CompactRecord(Record):
         "bytes_original": integer(), "bytes_compact": integer(), "latency": optional(LatencyRecord.from_json),
         "inexact": items(text), "copies": items(text), "groups": items(KeptGroup.from_json),
         "normalisation": optional(NORMALISATION), "reconstruction": optional(json_object),
-        "accuracy": optional(json_object), "original": optional(json_object)}
-    OMIT_NONE: ClassVar = frozenset({"normalisation", "reconstruction", "accuracy", "original"})
+        "accuracy": optional(json_object), "original": optional(json_object), "fidelity": optional(json_object)}
+    OMIT_NONE: ClassVar = frozenset({"normalisation", "reconstruction", "accuracy", "original", "fidelity"})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, path: str | Path | None = None) -> CompactRecord:
@@ -219,7 +220,7 @@ def _timing(record: CompactRecord, int8: Int8Record | None) -> dict[str, Any]:
 def _quality_kind(record: CompactRecord, int8: Int8Record | None) -> str | None:
     if int8 is not None:
         return "accuracy" if int8.accuracy else "fidelity" if int8.fidelity else None
-    return "accuracy" if record.accuracy else None
+    return "accuracy" if record.accuracy else "fidelity" if record.fidelity else None
 
 
 def _rows(record: CompactRecord, int8: Int8Record | None) -> tuple[DeploymentRow, ...]:
@@ -231,7 +232,8 @@ def _rows(record: CompactRecord, int8: Int8Record | None) -> tuple[DeploymentRow
     else:
         times = {}
     accuracy = (int8.accuracy if int8 is not None and int8.accuracy else record.accuracy) or {}
-    fidelity = (int8.fidelity if int8 is not None else None) or {}
+    fidelity = (int8.fidelity if int8 is not None else None) or ({"compact": record.fidelity}
+                                                                 if record.fidelity else {})
     counts = {"original": (record.params, record.flops), "compact": (record.params_compact, record.flops_compact),
               "int8": (record.params_compact, record.flops_compact)}
     return tuple(DeploymentRow(variant=v, params=counts[v][0], flops=counts[v][1], bytes=sizes.get(v),

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from onnxmbs.graph.analysis import Analysis, analyze
-from onnxmbs.compact.accuracy import AccuracyCheck, check_accuracy
+from onnxmbs.compact.accuracy import AccuracyCheck, FidelityCheck, check_quality
 from onnxmbs.compact.check import Latency, measure_latency, verify
 from onnxmbs.compact.graph import Rebuilt, forwarded_constants, rebuild
 from onnxmbs.compact.index import Layout, compact_shape, identity_layouts, tensor_layouts
@@ -64,7 +64,8 @@ class CompactResult:
     select: str
     latency: Latency | None = None
     reconstruction: Reconstruction | None = None
-    accuracy: AccuracyCheck | None = None
+    accuracy: AccuracyCheck | None = None  # --eval-data with labels
+    fidelity: FidelityCheck | None = None  # --eval-data without labels: outputs vs the original's
     external_data: bool = False  # the original keeps its weights in external-data files (so will the output)
     normalisation: Normalisation | None = None  # how the images of --data / --eval-data were normalised
     deployment: Any = None  # onnxmbs.compact.deploy.Deployment: the INT8 model written beside it (--quantize)
@@ -82,7 +83,8 @@ class CompactResult:
                          for g, (c, k) in self.widths.items() if k < c),
             normalisation=self.normalisation,
             reconstruction=None if self.reconstruction is None else self.reconstruction.to_json(),
-            accuracy=None if self.accuracy is None else self.accuracy.to_json(), original=self.original)
+            accuracy=None if self.accuracy is None else self.accuracy.to_json(), original=self.original,
+            fidelity=None if self.fidelity is None else self.fidelity.to_json())
 
 
 def _source(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, bytes, int, bool]:
@@ -229,7 +231,9 @@ def compact_model(model: str | Path | onnx.ModelProto, plan: PlanDocument | str 
                        "groups): %s — retrain or fine-tune", len(parts.inexact), ", ".join(parts.inexact[:5]))
     costs, predicted = _verified(analysis, built, data_bytes, doc, parts.expected, widths)
     loaded = analysis.loaded
-    accuracy = check_accuracy(analysis, built.model, evaluation, classes=classes) if evaluation else None
+    quality = check_quality(analysis, built.model, evaluation, classes=classes) if evaluation else None
+    accuracy = quality if isinstance(quality, AccuracyCheck) else None
+    fid = quality if isinstance(quality, FidelityCheck) else None
     latency = (measure_latency(data_bytes, built.model.SerializeToString(), loaded.input, batch=loaded.input.shape[0],
                                repeats=latency_repeats, threads=threads) if latency_repeats > 0 else None)
     return CompactResult(
@@ -239,7 +243,7 @@ def compact_model(model: str | Path | onnx.ModelProto, plan: PlanDocument | str 
         widths={g.id: (g.channels, widths[g.id]) for g in analysis.channels.groups},
         kept={g: tuple(int(c) for c in np.asarray(k)) for g, k in parts.chosen.keep.items()},
         selection=dict(parts.chosen.source), inexact=tuple(parts.inexact), copies=built.copies, weights=weights,
-        select=select, latency=latency, reconstruction=rebuilt, accuracy=accuracy,
+        select=select, latency=latency, reconstruction=rebuilt, accuracy=accuracy, fidelity=fid,
         normalisation=_normalisation(loaded, data, reconstruct, evaluation),
         original={"path": str(loaded.path), "sha256": loaded.sha256})
 
