@@ -16,6 +16,8 @@ Recipe: SGD momentum 0.9, weight decay 1e-4, lr ``--lr`` with the ``--schedule``
 50 %/75 %; cosine per step), random crop, no flip, one CPU thread per training. Keras BatchNorm
 momentum 0.9 (as tools/prove_digits.py).
 
+``--dataset mnist`` runs the same on real MNIST (``tools/mnist.py``; use ``--out artifacts/handbook_mnist``).
+
 Usage (what docs/handbook.md reports; started together on the 2-core machine, the ResNet-20 runs as
 two Ray workers; each schedule was chosen so the original architecture is stable across seeds):
   python tools/handbook_evidence.py --model resnet20 --size 32 --k 0.6,1,1.4 --seeds 8 --epochs 10 \
@@ -55,7 +57,14 @@ NAMES = {"resnet20": "ResNet-20 (PyTorch)", "mobilenet": "MobileNetV1-0.25 (Kera
 
 
 def _data(args: argparse.Namespace, layout: str) -> tuple[Dataset, Dataset]:
-    split = load_split(size=args.size)
+    """(train, held out): digits at ``--size``, or real MNIST (``--dataset mnist``: tools/mnist.py's 3,500
+    train / 1,000 held out, 32 px; its 500 calibration images are not used here)."""
+    if args.dataset == "mnist":
+        import mnist
+
+        split = mnist.load_split()
+    else:
+        split = load_split(size=args.size)
     fix = (lambda x: x) if layout == "NCHW" else (lambda x: np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
     return (Dataset(fix(split.x_train), split.y_train, layout), Dataset(fix(split.x_test), split.y_test, layout))
 
@@ -132,6 +141,8 @@ def _pilot(args: argparse.Namespace, out: Path, train: Dataset, val: Dataset, co
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(NAMES), required=True)
+    parser.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
+                        help="mnist: tools/mnist.py's real MNIST split (32 px)")
     parser.add_argument("--size", type=int, default=32, help="input size in px (digits are upscaled from 8x8)")
     parser.add_argument("--k", default="0.6,1,1.4")
     parser.add_argument("--seeds", type=int, default=8)

@@ -76,6 +76,7 @@ def one_k(k: float, train: Path, out: Path, args: argparse.Namespace) -> list[di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
     parser.add_argument("--ks", type=float, nargs="+", default=[0.6, 1.0, 1.4])
     parser.add_argument("--round-to", default="1")
     parser.add_argument("--repeats", type=int, default=50)
