@@ -52,7 +52,9 @@ def torchvision_model(name: str):
     import torchvision
 
     torch.manual_seed(0)
-    net = torchvision.models.get_model(name, weights=None)
+    segmentation = set(torchvision.models.list_models(module=torchvision.models.segmentation))
+    extra = {"weights_backbone": None} if name in segmentation else {}  # offline: no pretrained backbone
+    net = torchvision.models.get_model(name, weights=None, **extra)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)

@@ -14,7 +14,9 @@ a child process. Accuracy and latency
 come from the records the commands write (latency: onnxruntime CPU, batch 1, one thread, median of
 ``--repeats``, every variant measured in the same run of ``compact``).
 
-Usage:  python tools/prove_deploy.py [--dataset digits|mnist] [--ks 0.6 1.0 1.4] [--round-to 1] [--repeats 50]
+``--net mobilenet`` (digits): the MobileNetV1-0.25 of ``tools/prove_reconstruct.py`` (20 epochs here).
+
+Usage:  python tools/prove_deploy.py [--dataset digits|mnist] [--net resnet20|mobilenet] [--ks 0.6 1.0 1.4] [--round-to 1] [--repeats 50]
                                      [--out artifacts/prove_deploy]
 Prints a Markdown table; writes results.json under --out.
 """
@@ -77,12 +79,16 @@ def one_k(k: float, train: Path, out: Path, args: argparse.Namespace) -> list[di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
+    parser.add_argument("--net", choices=("resnet20", "mobilenet"), default="resnet20",
+                        help="digits only: mobilenet = tools/prove_reconstruct.py's MobileNetV1-0.25, trained here")
     parser.add_argument("--ks", type=float, nargs="+", default=[0.6, 1.0, 1.4])
     parser.add_argument("--round-to", default="1")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--out", type=Path, default=None, help="default artifacts/prove_deploy[_mnist]")
     args = parser.parse_args()
     args.out = args.out or ROOT / "artifacts" / ("prove_deploy" if args.dataset == "digits" else "prove_deploy_mnist")
+    if args.net != "resnet20":
+        args.out = args.out.with_name(f"{args.out.name}_{args.net}")
     args.out.mkdir(parents=True, exist_ok=True)
     train = args.out / "train.npz"
     if args.dataset == "mnist":
@@ -90,6 +96,13 @@ def main() -> None:
 
         split, args.model = mnist.prepare()
         args.held_out, calibration = args.model.parent / "mnist_test.npz", split.x_calib
+    elif args.net == "mobilenet":
+        from prove_reconstruct import mobilenet
+
+        split = load_split()
+        saved = args.out / "mobilenet_digits.onnx"
+        args.model = saved if saved.is_file() else mobilenet(split, args.out, 20)[1]
+        args.held_out, calibration = HELD_OUT, split.x_train
     else:
         args.model, args.held_out, calibration = MODEL, HELD_OUT, load_split().x_train
     np.savez(train, x=calibration)  # float [0, 1]: the model input as it is (raw)

@@ -314,6 +314,8 @@ def apply_plan_keras(model: Any, plan: Mapping[str, Any] | str | Path, *, init: 
     ``keras.models.load_model``.
     """
     check_init(init)
+    if init == "onnx":
+        raise MBSError("init='onnx' is PyTorch only for now — for Keras use init='inherit' or 'scratch'")
     view = load_plan(plan)
     _kind(model)
     cfg = model.get_config()

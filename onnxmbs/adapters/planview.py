@@ -23,7 +23,7 @@ from onnxmbs.planning.document import LayerRecord, PlanDocument, as_plan
 
 logger = logging.getLogger(__name__)
 
-INITS = ("scratch", "inherit")
+INITS = ("scratch", "inherit", "onnx")
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ class PlanView:
 
 def check_init(init: str) -> str:
     if init not in INITS:
-        raise MBSError(f"unknown init {init!r} — use init='scratch' (retrain from scratch, the paper's way) "
-                       "or init='inherit' (keep the surviving channels' weights)")
+        raise MBSError(f"unknown init {init!r} — use init='scratch' (retrain from scratch, the paper's way), "
+                       "init='inherit' (keep the surviving channels' weights) or init='onnx' with compact_onnx= "
+                       "(the weights of a compact ONNX file, e.g. a reconstructed one; PyTorch)")
     return init
 
 

@@ -14,7 +14,9 @@ module is never touched.
 defaults; the paper retrains from scratch). ``init="inherit"`` keeps the surviving channels'
 weights: per coupled channel group the channels with the highest measured non-zero rate
 (the plan's ``channel_p_nonzero``), else the largest L1 filter norm — the same channels in
-every layer of a residual chain.
+every layer of a residual chain. ``init="onnx"`` with ``compact_onnx="c.onnx"`` takes the weights
+of that compact ONNX file (:mod:`onnxmbs.adapters.torch_onnx_weights`), e.g. one re-fitted by
+``compact --reconstruct``, and checks that the module computes what the file computes.
 """
 from __future__ import annotations
 
@@ -39,16 +41,20 @@ logger = logging.getLogger(__name__)
 
 
 def apply_plan_torch(module: nn.Module, plan: Mapping[str, Any] | str | Path, example_inputs: Any, *,
-                     init: str = "scratch", onnx_path: str | Path | None = None) -> nn.Module:
+                     init: str = "scratch", onnx_path: str | Path | None = None,
+                     compact_onnx: str | Path | None = None) -> nn.Module:
     """A new module with the plan's compact widths (``module`` is left untouched).
 
     ``example_inputs``: a tensor (or tuple of tensors) the model accepts, e.g. ``torch.rand(1, 3, 32, 32)``.
     ``onnx_path``: the ONNX file the plan was made from, when the plan's ``model.path`` is not
-    reachable from here (it only improves how layers are matched).
+    reachable from here (it only improves how layers are matched). ``compact_onnx``: with
+    ``init="onnx"``, the compact ONNX file whose weights the module takes.
     """
     if not isinstance(module, nn.Module):
         raise MBSError(f"apply_plan_torch needs a torch.nn.Module, got {type(module).__name__} — pass your model")
     check_init(init)
+    if (init == "onnx") != (compact_onnx is not None):
+        raise MBSError("init='onnx' takes the weights of compact_onnx='c.onnx' — give both, or neither")
     view = load_plan(plan)
     reference = run_model(module, example_inputs)
     compact = copy.deepcopy(module)
@@ -60,6 +66,10 @@ def apply_plan_torch(module: nn.Module, plan: Mapping[str, Any] | str | Path, ex
     if init == "scratch":
         reinitialise(compact)
     verify(compact, view, mapping, example_inputs, [tuple(t.shape) for t in reference])
+    if init == "onnx":
+        from onnxmbs.adapters.torch_onnx_weights import load_onnx_weights
+
+        load_onnx_weights(compact, trace, mapping, compact_onnx, example_inputs)
     layer_of = _inverse(mapping)
     narrowed = sum(u.module.out_channels < view.layer(layer_of[u.name]).out_channels for u in trace.convs)
     logger.info("applied plan: %d of %d convs narrowed, params %d -> %d", narrowed, len(trace.convs),
