@@ -132,3 +132,21 @@ def test_subclassed_model_is_refused(exported):
     _, path = exported["resnet20"]
     with pytest.raises(MBSError, match="subclassed Keras model"):
         apply_plan(net, plan_from_statistics(onnxmbs.analyze(path), None).document)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v1"])
+@pytest.mark.parametrize("select", ["nonzero", "l1"])
+def test_inherit_keeps_the_channels_compact_keeps(exported, name, select, tmp_path):
+    """One channel-selection rule: with trained-looking BatchNorm and depthwise convs, the Keras model from
+    apply_plan(init="inherit") computes what the compact ONNX of the same plan computes."""
+    from onnxmbs.compact.writer import compact_model
+    from onnxmbs.runtime.session import open_session
+
+    model, path = exported[name]
+    plan = plan_model(path, data=np.random.default_rng(2).random((16, 32, 32, 3), dtype=np.float32), k=0.5).document
+    assert plan.summary.params_compact < plan.summary.params
+    sess = open_session(compact_model(path, plan, select=select).model)
+    x = np.random.default_rng(3).random((4, 32, 32, 3), dtype=np.float32)
+    want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    got = np.asarray(apply_plan(model, plan, init="inherit", select=select)(x, training=False))
+    assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))

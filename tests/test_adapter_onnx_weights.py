@@ -86,3 +86,20 @@ def test_wrong_use_is_one_error(made):
         apply_plan(model, plan, X, init="onnx", compact_onnx=onnx_path, onnx_path=onnx_path)  # the original
     with pytest.raises(MBSError, match="not found"):
         apply_plan(model, plan, X, init="onnx", compact_onnx=compact.with_name("missing.onnx"), onnx_path=onnx_path)
+
+
+@pytest.mark.parametrize("select", ["nonzero", "l1"])
+def test_inherit_keeps_the_channels_compact_keeps(made, select, tmp_path):
+    """One channel-selection rule: with trained-looking BatchNorm (folded into the convs' L1 norms by the
+    exporter) and a depthwise conv in the group (MobileNetV1), the adapter keeps what compact keeps."""
+    model, onnx_path, plan, _ = made
+    out = tmp_path / "c.onnx"
+    res = CliRunner().invoke(main, ["compact", str(onnx_path), "--plan", str(plan), "-o", str(out), "--select",
+                                    select, "--repeats", "0"])
+    assert res.exit_code == 0, res.output
+    ours = apply_plan(model, plan, X, init="inherit", onnx_path=onnx_path, select=select)
+    x = np.random.default_rng(7).random((4, 3, 32, 32), dtype=np.float32)
+    want = onnx_out(out, x)
+    with torch.no_grad():
+        got = ours(torch.from_numpy(x)).numpy()
+    assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want))

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from onnxmbs.adapters.planview import (
-    Candidate, ChannelBook, Layout, PlanView, Resolution, channel_scores, check_init, check_supported, keep_top, load_plan, match_layers,
+    Candidate, ChannelBook, Layout, PlanView, Resolution, check_init, check_supported, group_layers, kept_channels, load_plan, match_layers,
     onnx_weight_names, plan_groups, resolve_splits, whole_key,
 )
 from onnxmbs.errors import MBSError
@@ -207,8 +207,9 @@ def _guesses(text: str, model_name: str) -> list[str]:
     return [g for seg in segs for g in ((_strip(seg), seg) if suffixed else (seg, _strip(seg)))]
 
 
-def resolve(model: Any, view: PlanView, w: Walk, mapping: Mapping[str, str]) -> Resolution:
+def resolve(model: Any, view: PlanView, w: Walk, mapping: Mapping[str, str], *, select: str = "nonzero") -> Resolution:
     layer_of = {v: k for k, v in mapping.items()}
+    norms = {u.source: u.name for u in w.uses if u.kind == "norm" and u.source}  # conv -> BatchNorm after it
     channels, widths, keep = {}, {}, {}
     for root, keys in w.sets.members().items():
         if all(k in w.sets.parts for k in keys):
@@ -224,17 +225,24 @@ def resolve(model: Any, view: PlanView, w: Walk, mapping: Mapping[str, str]) -> 
         if width != original and any(whole_key(k)[0] == "fixed" for k in keys):
             raise MBSError(f"the plan narrows channels tied to a fixed-width tensor ({keys[0][1]}) — "
                            "make the plan from this model's ONNX export")
-        scores = channel_scores(specs, original, lambda s: _l1(model, mapping[s.name]))
-        kept = keep_top(scores, width) if width != original else np.arange(original)
+        l1 = lambda s: _l1(model, mapping[s.name], norms.get(mapping[s.name]))  # noqa: E731
+        kept = (kept_channels(specs, original, width, l1, measured=group_layers(view, groups) or specs,
+                              select=select) if width != original else np.arange(original))
         for key in keys:
             channels[key], widths[key], keep[key] = original, width, kept
     resolve_splits(w.sets, channels, widths, keep)
     return Resolution(channels=channels, widths=widths, keep=keep)
 
 
-def _l1(model: Any, name: str) -> np.ndarray:
-    kernel = np.abs(np.asarray(model.get_layer(name).get_weights()[0]))
-    return kernel.reshape(-1, kernel.shape[-1]).sum(0)
+def _l1(model: Any, name: str, norm: str | None = None) -> np.ndarray:
+    """Per-filter L1 norm as tf2onnx writes the conv: a BatchNorm right after it folded in (|γ| / sqrt(var + ε))."""
+    kernel = np.abs(np.asarray(model.get_layer(name).get_weights()[0], np.float64))
+    norms = kernel.reshape(-1, kernel.shape[-1]).sum(0)
+    if norm is not None:
+        bn = model.get_layer(norm)
+        gamma = np.asarray(bn.gamma, np.float64) if getattr(bn, "gamma", None) is not None else 1.0
+        norms = norms * np.abs(gamma) / np.sqrt(np.asarray(bn.moving_variance, np.float64) + bn.epsilon)
+    return norms
 
 
 # ---------------------------------------------------------------- rebuild, weights, checks
@@ -306,12 +314,13 @@ def verify(new: Any, view: PlanView, mapping: Mapping[str, str], expected: tuple
 
 
 def apply_plan_keras(model: Any, plan: Mapping[str, Any] | str | Path, *, init: str = "scratch",
-                     onnx_path: str | Path | None = None, custom_objects: Mapping[str, Any] | None = None) -> Any:
+                     onnx_path: str | Path | None = None, custom_objects: Mapping[str, Any] | None = None,
+                     select: str = "nonzero") -> Any:
     """A new Keras model with the plan's compact widths (``model`` is left untouched).
 
     ``init="scratch"``: fresh weights from each layer's own initializers. ``init="inherit"``:
-    the surviving channels' weights. ``custom_objects``: your custom layers, as for
-    ``keras.models.load_model``.
+    the surviving channels' weights, chosen by the rule of ``onnxmbs compact --select`` (``select``:
+    nonzero or l1). ``custom_objects``: your custom layers, as for ``keras.models.load_model``.
     """
     check_init(init)
     if init == "onnx":
@@ -321,7 +330,7 @@ def apply_plan_keras(model: Any, plan: Mapping[str, Any] | str | Path, *, init: 
     cfg = model.get_config()
     w = walk(model, cfg)
     mapping = _match(model, w, view, onnx_path)
-    res = resolve(model, view, w, mapping)
+    res = resolve(model, view, w, mapping, select=select)
     check_supported(w.unsupported, res)
     filters = {u.name: res.widths[u.out_layout.segs[0]] for u in w.uses if u.kind == "conv"}
     try:

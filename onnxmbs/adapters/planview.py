@@ -24,6 +24,7 @@ from onnxmbs.planning.document import LayerRecord, PlanDocument, as_plan
 logger = logging.getLogger(__name__)
 
 INITS = ("scratch", "inherit", "onnx")
+SELECTS = ("nonzero", "l1")  # compact's --select rules an adapter can follow (greedy needs data: use init="onnx")
 
 
 @dataclass(frozen=True)
@@ -198,24 +199,33 @@ def plan_groups(specs: Sequence[LayerRecord], view: PlanView, where: str) -> set
     return {g for s in specs for g in s.output_groups}
 
 
-def keep_top(scores: np.ndarray, count: int) -> np.ndarray:
-    """The ``count`` highest-scoring channel indices, ascending (ties: lower index first)."""
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:count]
-    return np.sort(order).astype(np.int64)
+def kept_channels(specs: Sequence[LayerRecord], width: int, count: int,
+                  l1: Callable[[LayerRecord], np.ndarray | None], *,
+                  measured: Sequence[LayerRecord] | None = None, select: str = "nonzero") -> np.ndarray:
+    """The ``count`` channels of a ``width``-channel group to keep — the rule ``onnxmbs compact`` uses
+    (:func:`onnxmbs.compact.select.pick`), so an adapter with ``init="inherit"`` keeps the channels the
+    compact ONNX keeps: the measured non-zero rate first (mean over the group's layers), ties broken by
+    the producers' filter L1 norms (each producer's norms over their mean, summed; ``l1`` gives a
+    layer's norms as the exporter folds them, BatchNorm scale included), then the channel index.
+    ``measured``: every plan layer whose output is this group (a depthwise conv's too: it writes the
+    channels it reads), whose rates are averaged; default ``specs``. ``select="l1"``: the L1 norms alone
+    (as ``compact --select l1``)."""
+    if select not in SELECTS:
+        raise MBSError(f"select must be one of {', '.join(SELECTS)} (the rules of `onnxmbs compact --select`), "
+                       f"got {select!r}")
+    from onnxmbs.compact.select import pick
+
+    norms = [n / n.mean() if n.mean() > 0 else n for n in (l1(s) for s in specs) if n is not None and len(n) == width]
+    secondary = np.sum(norms, axis=0) if norms else -np.arange(width, dtype=np.float64)
+    rates = [np.asarray(s.channel_p_nonzero, np.float64) for s in (specs if measured is None else measured)
+             if s.channel_p_nonzero is not None and len(s.channel_p_nonzero) == width] if select == "nonzero" else []
+    primary = np.mean(rates, axis=0) if rates else secondary
+    return np.asarray(pick(primary, secondary, count), dtype=np.int64)
 
 
-def channel_scores(specs: Sequence[LayerRecord], width: int,
-                   l1: Callable[[LayerRecord], np.ndarray | None]) -> np.ndarray:
-    """Per-channel importance of a group: the producers' measured non-zero rates (mean), else the
-    L1 norm of their filters (sum), else channel order."""
-    rates = [np.asarray(s.channel_p_nonzero, np.float64) for s in specs
-             if s.channel_p_nonzero is not None and len(s.channel_p_nonzero) == width]
-    if rates:
-        return np.mean(rates, axis=0)
-    norms = [n for n in (l1(s) for s in specs) if n is not None and len(n) == width]
-    if norms:
-        return np.sum(norms, axis=0)
-    return -np.arange(width, dtype=np.float64)
+def group_layers(view: PlanView, groups: set[int]) -> tuple[LayerRecord, ...]:
+    """The plan layers whose output is exactly ``groups`` (what ``onnxmbs compact`` averages rates over)."""
+    return tuple(spec for spec in view.layers if spec.output_groups and set(spec.output_groups) == groups)
 
 
 # ---------------------------------------------------------------- plan layer -> framework layer

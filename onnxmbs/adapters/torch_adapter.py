@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from onnxmbs.adapters.planview import (
-    Candidate, Layout, PlanView, Resolution, channel_scores, check_init, check_supported, keep_top, load_plan,
+    Candidate, Layout, PlanView, Resolution, check_init, check_supported, group_layers, kept_channels, load_plan,
     match_layers, onnx_weight_names, plan_groups, resolve_splits, scope_path, whole_key,
 )
 from onnxmbs.adapters.torch_trace import ConvUse, Trace, run_model, trace_model
@@ -42,13 +42,15 @@ logger = logging.getLogger(__name__)
 
 def apply_plan_torch(module: nn.Module, plan: Mapping[str, Any] | str | Path, example_inputs: Any, *,
                      init: str = "scratch", onnx_path: str | Path | None = None,
-                     compact_onnx: str | Path | None = None) -> nn.Module:
+                     compact_onnx: str | Path | None = None, select: str = "nonzero") -> nn.Module:
     """A new module with the plan's compact widths (``module`` is left untouched).
 
     ``example_inputs``: a tensor (or tuple of tensors) the model accepts, e.g. ``torch.rand(1, 3, 32, 32)``.
     ``onnx_path``: the ONNX file the plan was made from, when the plan's ``model.path`` is not
     reachable from here (it only improves how layers are matched). ``compact_onnx``: with
-    ``init="onnx"``, the compact ONNX file whose weights the module takes.
+    ``init="onnx"``, the compact ONNX file whose weights the module takes. ``select``: with
+    ``init="inherit"``, the channel rule of ``onnxmbs compact --select`` to follow (nonzero or l1), so
+    that module and compact ONNX keep the same channels.
     """
     if not isinstance(module, nn.Module):
         raise MBSError(f"apply_plan_torch needs a torch.nn.Module, got {type(module).__name__} — pass your model")
@@ -60,7 +62,7 @@ def apply_plan_torch(module: nn.Module, plan: Mapping[str, Any] | str | Path, ex
     compact = copy.deepcopy(module)
     trace = trace_model(compact, example_inputs)
     mapping = _match(view, trace, example_inputs, onnx_path)
-    res = resolve(view, trace, mapping)
+    res = resolve(view, trace, mapping, select=select)
     check_supported(trace.unsupported, res)
     resize(trace, res, inherit=init == "inherit")
     if init == "scratch":
@@ -117,10 +119,11 @@ def _match(view: PlanView, trace: Trace, example_inputs: Any, onnx_path: str | P
 
 
 # ---------------------------------------------------------------- widths and kept channels
-def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str]) -> Resolution:
+def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str], *, select: str = "nonzero") -> Resolution:
     """Each traced channel key -> original width, compact width, surviving channel indices."""
     layer_of = {module: name for name, module in mapping.items()}
     uses = {u.name: u for u in trace.convs}
+    folded = {n.source: n.module for n in trace.norms if n.source and trace.readers.get(n.source) == 1}
     sets = trace.sets.members()
     channels, widths, keep = {}, {}, {}
     for root, keys in sets.items():
@@ -131,8 +134,9 @@ def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str]) -> Resolut
         groups = plan_groups(specs, view, _names(keys))
         original = trace.widths[root]
         compact = _set_width(view, groups, keys, original)
-        scores = channel_scores(specs, original, lambda s: _l1(uses[mapping[s.name]].module))
-        kept = keep_top(scores, compact) if compact != original else np.arange(original)
+        l1 = lambda s: _l1(uses[mapping[s.name]].module, folded.get(mapping[s.name]))  # noqa: E731
+        kept = (kept_channels(specs, original, compact, l1, measured=group_layers(view, groups) or specs,
+                              select=select) if compact != original else np.arange(original))
         for key in keys:
             channels[key], widths[key], keep[key] = original, compact, kept
     resolve_splits(trace.sets, channels, widths, keep)
@@ -161,9 +165,15 @@ def _names(keys: list[Hashable]) -> str:
     return ", ".join(str(k[1]) for k in keys[:4]) + (" …" if len(keys) > 4 else "")
 
 
-def _l1(module: nn.Module) -> np.ndarray:
-    w = module.weight.detach().abs().float()
-    return w.reshape(w.shape[0], -1).sum(1).cpu().numpy()
+def _l1(module: nn.Module, norm: nn.Module | None = None) -> np.ndarray:
+    """Per-output-channel L1 norm of a conv's filters as the exporter writes them: a BatchNorm folded
+    into the conv scales each filter by |γ| / sqrt(var + ε)."""
+    w = module.weight.detach().abs().double()
+    norms = w.reshape(w.shape[0], -1).sum(1)
+    if norm is not None:
+        gamma = norm.weight.detach().double() if norm.weight is not None else torch.ones_like(norms)
+        norms = norms * gamma.abs() / torch.sqrt(norm.running_var.double() + norm.eps)
+    return norms.cpu().numpy()
 
 
 # ---------------------------------------------------------------- resizing
