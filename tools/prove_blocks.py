@@ -13,7 +13,9 @@ for the figures reported.
    (b) **L1** — the blocks with the smallest L1 norm of their branch weights first;
    (c) **output norm** — the blocks whose branch output is smallest relative to their shortcut
        (mean over the scoring split of ||branch(x)|| / ||shortcut(x)||) first.
-3. Held-out accuracy of each shallow ONNX model, for 1 .. all removable blocks, without fine-tuning.
+3. Held-out accuracy of each shallow ONNX model, for 1 .. all removable blocks, without fine-tuning;
+   for the direct order also after ``blocks --reconstruct``'s least squares (the layers after each
+   removed block re-fitted on the scoring split, :mod:`onnxmbs.blocks.refit`).
 4. For ``--removed`` block counts: remove the same number of blocks from the trained PyTorch model
    (``onnxmbs.adapters.blocks.remove_blocks_from``) and fine-tune it the same way for every
    method (``--ft-epochs`` epochs of SGD, lr 0.01 cosine), over ``--seeds`` seeds; held-out
@@ -59,6 +61,7 @@ from train_digits import load_split  # noqa: E402
 
 log = logging.getLogger("prove_blocks")
 METHODS = ("direct", "L1", "output norm")
+RECONSTRUCTED = "direct + reconstruction"
 
 
 def train(model, x, y, val, *, epochs: int, lr: float, schedule: str, seed: int) -> float:
@@ -99,6 +102,22 @@ def plan_for(base: BlocksPlan, order: list[str], count: int) -> BlocksPlan:
     """``base`` with its rounds replaced: the first ``count`` blocks of ``order`` removed."""
     rounds = tuple(RoundRecord(i + 1, {}, b, float("nan")) for i, b in enumerate(order[:count]))
     return dataclasses.replace(base, rounds=rounds, removed=tuple(order[:count]))
+
+
+def refitted(path: Path, loaded, removable, ids: list[str], x: np.ndarray):
+    """The shallow model without ``ids``, its layers after each removed block re-fitted on ``x``."""
+    import onnx
+
+    from onnxmbs.blocks.refit import reconstruct_shallow
+    from onnxmbs.blocks.remove import remove_blocks
+    from onnxmbs.compact.reconstruct import ReconstructOptions
+    from onnxmbs.stats.measure import CalibrationOptions
+
+    by_id = {b.id: b for b in removable}
+    original = onnx.load(str(path))
+    shallow = remove_blocks(original, [by_id[i] for i in ids], check=True)
+    options = ReconstructOptions(data=CalibrationOptions(data=x, batch_size=64, progress=False))
+    return reconstruct_shallow(shallow, original, [by_id[i] for i in ids], loaded, options).model
 
 
 def _data(dataset: str):
@@ -166,6 +185,10 @@ def main() -> None:
         for n in range(1, len(order) + 1):
             shallow = shallow_model(path, plan_for(direct.plan, order, n))
             curves[method].append((n, evaluate(shallow, held).top1))
+    curves[RECONSTRUCTED] = [curves["direct"][0]]
+    for n in range(1, len(orders["direct"]) + 1):
+        curves[RECONSTRUCTED].append((n, evaluate(refitted(path, loaded, removable, orders["direct"][:n], x_score),
+                                                  held).top1))
     tuned = {}
     for n in args.removed:
         for method in METHODS:
@@ -191,16 +214,17 @@ def _ms(values: list[float]) -> str:
 
 def picture(curves, title: str = "digits") -> str:
     """Held-out top-1 vs blocks removed (no fine-tuning), one line per method."""
-    return accuracy_curves({m: curves[m] for m in METHODS}, title=f"ResNet-20, {title}: held-out top-1, no fine-tuning",
+    return accuracy_curves({m: curves[m] for m in (*METHODS, RECONSTRUCTED) if m in curves}, title=f"ResNet-20, {title}: held-out top-1, no fine-tuning",
                            width=640)
 
 
 def report(args, base_acc, orders, curves, tuned, params, began) -> None:
     lines = [f"ResNet-20 trained on {_title(args)}: held-out top-1 {base_acc:.2%}, {params:,} parameters", "",
              "Held-out top-1 of the shallow model, no fine-tuning:", "",
-             "| blocks removed | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
+             "| blocks removed | " + " | ".join((*METHODS, RECONSTRUCTED)) + " |",
+             "|---|" + "---|" * (len(METHODS) + 1)]
     for n in range(1, len(orders["direct"]) + 1):
-        lines.append(f"| {n} | " + " | ".join(f"{dict(curves[m])[n]:.2%}" for m in METHODS) + " |")
+        lines.append(f"| {n} | " + " | ".join(f"{dict(curves[m])[n]:.2%}" for m in (*METHODS, RECONSTRUCTED)) + " |")
     lines += ["", f"After fine-tuning ({args.ft_epochs} epochs, lr 0.01 cosine; mean ± std over {args.seeds} seeds):",
               "", "| blocks removed | method | blocks (removal order) | params | held-out top-1 |", "|---|---|---|---|---|"]
     for (n, method), (p, accs) in tuned.items():

@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -30,6 +31,7 @@ from onnxmbs.blocks.document import BlockRecord, BlocksPlan, BlocksSettings, Rou
 from onnxmbs.blocks.remove import remove_blocks
 from onnxmbs.blocks.quality import FIDELITY, TOP1, Quality, fidelity_to, top1, user_metric
 from onnxmbs.blocks.scoring import RoundScores, score_blocks
+from onnxmbs.compact.reconstruct import ReconstructOptions
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.costs import count_costs
 from onnxmbs.graph.load import LoadedModel, load_model
@@ -142,14 +144,16 @@ def _costs(loaded: LoadedModel) -> tuple[int, int]:
 def prune_blocks(source: str | Path | onnx.ModelProto | LoadedModel, data: LabelledData | object, *, stop: Stop,
                  metric: str | Quality | None = None, rescore: str = "every", batch_size: int = 64, provider: str = "cpu",
                  threads: int | None = None, progress: bool | None = None,
-                 input_shape: tuple[int, ...] | None = None,
-                 settings: Mapping[str, object] | None = None) -> BlocksResult:
+                 input_shape: tuple[int, ...] | None = None, settings: Mapping[str, object] | None = None,
+                 reconstruct: ReconstructOptions | None = None) -> BlocksResult:
     """Remove residual blocks from ``source`` greedily by the score measured on ``data``.
 
     ``metric``: ``"top-1"`` (labelled data), ``"fidelity"`` (to the original's outputs; any images),
     ``"python:FILE.py:FUNCTION"`` or a :class:`Quality`; None: top-1 where ``data`` has labels, else fidelity.
     ``data``: :class:`LabelledData`, or anything :func:`open_labelled` (or, without labels,
-    :func:`open_images`) reads; images already preprocessed when float.
+    :func:`open_images`) reads; images already preprocessed when float. ``reconstruct``: re-fit the
+    layers after each removed block on ``reconstruct.data`` (:mod:`onnxmbs.blocks.refit`); the plan's
+    ``reconstruction`` entry says what was fitted and the score after it.
     """
     if rescore not in RESCORE:
         raise MBSError(f"rescore must be one of {RESCORE}, got {rescore!r}")
@@ -171,7 +175,7 @@ def prune_blocks(source: str | Path | onnx.ModelProto | LoadedModel, data: Label
         state.baseline = run.top1(loaded)
     if not state.confirmed:
         state.confirm(run.top1(state.loaded))
-    return _result(run, source, blocks, state, settings)
+    return _result(run, source, blocks, state, settings, reconstruct)
 
 
 def _quality(metric: str | None, data: object, loaded: LoadedModel) -> Quality:
@@ -247,12 +251,24 @@ def _original_proto(source: str | Path | onnx.ModelProto | LoadedModel, loaded: 
     return onnx.load(str(source))
 
 
-def _result(run: _Run, source, blocks: list[Block], state: _State,
-            settings: Mapping[str, object] | None) -> BlocksResult:
-    shallow = _original_proto(source, run.loaded)
+def _shallow(run: _Run, source, state: _State, reconstruct: ReconstructOptions | None) -> tuple[onnx.ModelProto, Any]:
+    """The original proto without the removed blocks (checked), re-fitted with ``reconstruct``."""
+    original = _original_proto(source, run.loaded)
+    shallow = original
     for block in state.removed:
         shallow = remove_blocks(shallow, [block], check=False)
     shallow = remove_blocks(shallow, [], check=True)
+    if reconstruct is None or not state.removed:
+        return shallow, None
+    from onnxmbs.blocks.refit import reconstruct_shallow
+
+    refitted = reconstruct_shallow(shallow, original, state.removed, run.loaded, reconstruct)
+    return refitted.model, refitted
+
+
+def _result(run: _Run, source, blocks: list[Block], state: _State,
+            settings: Mapping[str, object] | None, reconstruct: ReconstructOptions | None = None) -> BlocksResult:
+    shallow, refitted = _shallow(run, source, state, reconstruct)
     after = load_model(shallow, input_shape=run.loaded.input.shape)
     accuracy_after = state.rounds[-1].accuracy if state.rounds else state.baseline
     params, macs = _costs(run.loaded)
@@ -265,6 +281,11 @@ def _result(run: _Run, source, blocks: list[Block], state: _State,
                              blocks=tuple(BlockRecord.of(b) for b in blocks), rounds=tuple(state.rounds),
                              summary=Summary(params, params_after, macs, macs_after, accuracy_after),
                              settings=doc_settings)
+    if refitted is not None:
+        score = run.top1(after)
+        plan = dataclasses.replace(plan, summary=dataclasses.replace(plan.summary, accuracy_after=score),
+                                   extra={**plan.extra, "reconstruction": {
+                                       **refitted.to_json(), "score_before": accuracy_after, "score_after": score}})
     return BlocksResult(plan, shallow, tuple(w for w, _ in state.times), tuple(c for _, c in state.times))
 
 

@@ -34,6 +34,13 @@ _FRACTION = click.FloatRange(0, 1)
 @click.option("--rescore", type=click.Choice(["every", "once"]), default="every", show_default=True,
               help="every: score the remaining blocks again after each removal; once: one ranking.")
 @threads_option()
+@click.option("--reconstruct", is_flag=True,
+              help="After removing the blocks, re-fit the layers that read each removed block's join (least squares) "
+                   "so the shallow model matches the original's values there, on the --data images.")
+@click.option("--positions", type=click.IntRange(min=1), default=32, show_default=True,
+              help="--reconstruct: sampled output positions per image and layer.")
+@click.option("--ridge", type=click.FloatRange(min=0), default=1e-3, show_default=True,
+              help="--reconstruct: ridge strength towards the weights the layer had.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the blocks plan JSON.")
 @click.option("--output-model", type=click.Path(dir_okay=False), default=None,
               help="Write the shallow ONNX model (the removed blocks bypassed).")
@@ -42,8 +49,9 @@ _FRACTION = click.FloatRange(0, 1)
 @clean_errors
 def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, metric: str | None,
            max_fidelity_loss: float | None, target_param_reduction: float | None, target_flop_reduction: float | None,
-           rescore: str, threads: int | None, output: str | None, output_model: str | None, as_json: bool,
-           progress: bool | None, batch_size: int, provider: str, input_shape, **data) -> None:
+           rescore: str, threads: int | None, reconstruct: bool, positions: int, ridge: float, output: str | None,
+           output_model: str | None, as_json: bool, progress: bool | None, batch_size: int, provider: str,
+           input_shape, **data) -> None:
     """Block pruning: score each residual block by the accuracy (or fidelity) without it, remove the best, repeat."""
     from onnxmbs.data.labelled import has_labels
 
@@ -62,9 +70,10 @@ def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, metr
     loaded = load_model(model, input_shape=input_shape)
     images = open_labelled_data(loaded, **data) if metric == "top-1" else open_images_data(loaded, **data)
     stop = Stop(remove, drop, target_param_reduction, target_flop_reduction)
+    refit = _refit_options(images, batch_size, provider, progress, positions, ridge) if reconstruct else None
     result = prune_blocks(model, images, stop=stop, metric=_user_metric(metric, data["data"]) or metric,
                           rescore=rescore, batch_size=batch_size, provider=provider, threads=threads,
-                          progress=progress, input_shape=input_shape)
+                          progress=progress, input_shape=input_shape, reconstruct=refit)
     if output:
         write_json(output, result.plan)
     if output_model:
@@ -95,6 +104,15 @@ def _metric(metric: str | None, fidelity_loss: float | None, accuracy_drop: floa
         raise click.UsageError("--metric accuracy needs labelled data (a .npz with labels, or one folder per class); "
                                "without labels score by --metric fidelity")
     return metric
+
+
+def _refit_options(images, batch_size: int, provider: str, progress, positions: int, ridge: float):
+    """--reconstruct: the scoring images (already normalised by the one rule) feed the least squares."""
+    from onnxmbs.compact.reconstruct import ReconstructOptions
+    from onnxmbs.stats.measure import CalibrationOptions
+
+    data = CalibrationOptions(data=images.x, batch_size=batch_size, provider=provider, progress=progress)
+    return ReconstructOptions(data=data, positions=positions, ridge=ridge)
 
 
 def _user_metric(metric: str, data: str):

@@ -301,23 +301,33 @@ def reconstruct(analysis: Analysis, layouts: Mapping[str, Layout], consts: Mappi
     ``original`` is the model as the user gave it (its input's batch size as in the file), ``analysis``
     its analysis, ``layouts``/``consts`` what the channel surgery used.
     """
+    began = time.perf_counter()
+    plan = plan_fits(analysis, layouts, consts)
+    return refit(plan, original, compact, analysis.loaded, options, began=began)
+
+
+def refit(plan: FitPlan, original: onnx.ModelProto, model: onnx.ModelProto, loaded: Any,
+          options: ReconstructOptions, *, began: float | None = None) -> Reconstruction:
+    """``model`` (a new proto) with the layers of ``plan`` re-fitted, wave by wave, so that each layer's
+    output matches ``original``'s same-named tensor on ``options.data``; ``loaded``: the original's
+    LoadedModel (its input and tensor shapes). The one loop behind ``compact --reconstruct`` and
+    ``blocks --reconstruct``."""
     if options.positions < 1 or options.ridge < 0:
         raise MBSError("reconstruction needs positions >= 1 and ridge >= 0 — fix the options")
     options = replace(options, data=replace(options.data, provider=choose_provider(options.data.provider)))
-    began = time.perf_counter()
+    began = time.perf_counter() if began is None else began
     clock = _Clock()
-    plan = plan_fits(analysis, layouts, consts)
-    model = copy.deepcopy(compact)
-    layers, skipped = _usable(plan, model, analysis.loaded.shapes)
-    batches = open_batches(analysis.loaded, options.data)
+    model = copy.deepcopy(model)
+    layers, skipped = _usable(plan, model, loaded.shapes)
+    batches = open_batches(loaded, options.data)
     index = {f.name: i for i, f in enumerate(plan.fits)}
-    name = analysis.loaded.input.name
+    name = loaded.input.name
     reports, waves = [], sorted({layer.fit.wave for layer in layers})
     store = Store()
     bar = progress_bar(options.data.progress, total=None, unit="batch", desc="reconstruct") if layers else None
     try:
         step = clock.add("setup", began)
-        count, images = _targets(layers, original, batches, name, options, index, store, analysis.loaded.shapes,
+        count, images = _targets(layers, original, batches, name, options, index, store, loaded.shapes,
                                  bar) if layers else (0, 0)
         step = clock.add("original pass", step)
         if bar is not None:

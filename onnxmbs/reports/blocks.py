@@ -77,7 +77,19 @@ def blocks_text(plan: BlocksPlan) -> str:
     lines = [head]
     lines.append(table(row_headers(plan), removal_rows(plan)) if plan.rounds else "no block removed")
     lines.append(_summary_line(plan))
-    return "\n".join(lines)
+    rec = reconstruction_line(plan)
+    return "\n".join(lines + ([rec] if rec else []))
+
+
+def reconstruction_line(plan: BlocksPlan) -> str | None:
+    """What ``--reconstruct`` re-fitted and the score before and after it (None without it)."""
+    rec = plan.extra.get("reconstruction")
+    if not rec:
+        return None
+    metric = metric_of(plan)
+    return (f"reconstruct {len(rec['layers'])} layer(s) after the removed blocks re-fitted on {rec['images']} images "
+            f"({rec['seconds']:.1f} s): {_label(metric)} {_value(metric, rec['score_before'])} -> "
+            f"{_value(metric, rec['score_after'])}")
 
 
 def blocks_curve(plan: BlocksPlan) -> str:
@@ -90,8 +102,9 @@ def blocks_curve(plan: BlocksPlan) -> str:
 def blocks_markdown(plan: BlocksPlan) -> str:
     """A Markdown section: the summary and the removal order."""
     rows = removal_rows(plan) or [("-",) * len(ROW_HEADERS)]
+    rec = reconstruction_line(plan)
     return "\n".join([f"## Block pruning: {plan.model.path}", "", _summary_line(plan), "",
-                      md_table(row_headers(plan), rows)])
+                      *([rec, ""] if rec else []), md_table(row_headers(plan), rows)])
 
 
 def blocks_html(plan: BlocksPlan) -> str:
