@@ -183,10 +183,12 @@ class DeploymentTable(Record):
     timing: Mapping[str, Any]  # provider, batch, repeats, threads of the latencies
     quality: str | None  # "accuracy" (labels), "fidelity" (outputs vs the original's) or None
     rows: tuple[DeploymentRow, ...]
+    quality_data: str | None = None  # the images the accuracy or fidelity was measured on
     extra: Mapping[str, Any] = field(default_factory=dict)
     NAME: ClassVar = "deployment table"
     CONVERT: ClassVar = {"compact": text, "model": optional(text), "sha256": optional(text), "timing": json_object,
-                         "quality": optional(choice("accuracy", "fidelity")), "rows": items(DeploymentRow.from_json)}
+                         "quality": optional(choice("accuracy", "fidelity")), "rows": items(DeploymentRow.from_json),
+                         "quality_data": optional(text)}
 
 
 def read_deployment(compact: str | Path) -> DeploymentTable:
@@ -206,7 +208,7 @@ def read_deployment(compact: str | Path) -> DeploymentTable:
     original = record.original or {}
     return DeploymentTable(compact=str(onnx_path), model=original.get("path"), sha256=original.get("sha256"),
                            timing=_timing(record, int8), quality=_quality_kind(record, int8),
-                           rows=_rows(record, int8))
+                           rows=_rows(record, int8), quality_data=_quality_data(record, int8))
 
 
 def _timing(record: CompactRecord, int8: Int8Record | None) -> dict[str, Any]:
@@ -215,6 +217,13 @@ def _timing(record: CompactRecord, int8: Int8Record | None) -> dict[str, Any]:
     lat = record.latency
     return {} if lat is None else {"provider": lat.provider, "batch": lat.batch, "repeats": lat.repeats,
                                    "threads": lat.threads}
+
+
+def _quality_data(record: CompactRecord, int8: Int8Record | None) -> str | None:
+    for doc in ((int8.accuracy or int8.fidelity) if int8 is not None else None, record.accuracy, record.fidelity):
+        if doc and isinstance(doc.get("data"), str):
+            return doc["data"]
+    return None
 
 
 def _quality_kind(record: CompactRecord, int8: Int8Record | None) -> str | None:

@@ -53,8 +53,9 @@ def _meta(dep: DeploymentTable) -> str:
     t = dep.timing
     timing = (f"latency: onnxruntime {t.get('provider', '?')}, batch {t.get('batch', '?')}, "
               f"{t.get('threads', '?')} thread(s), median of {t.get('repeats', '?')}" if t else "latency not measured")
-    quality = {"accuracy": "top-1 on the labelled --eval-data", "fidelity": "fidelity of the outputs to the "
-               "original's on the calibration images (no labels)"}.get(dep.quality or "", "no accuracy measured")
+    where = dep.quality_data or ("the labelled --eval-data" if dep.quality == "accuracy" else "the calibration images")
+    quality = {"accuracy": f"top-1 on {where}", "fidelity": f"fidelity of the outputs to the original's on {where} "
+               "(no labels)"}.get(dep.quality or "", "no accuracy measured")
     return f"from {dep.model or 'the original'}; {timing}; {quality}"
 
 
