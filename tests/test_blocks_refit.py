@@ -76,3 +76,25 @@ def test_the_last_block_reaches_the_classifier_through_pooling(tmp_path):
     top1 = float(np.mean(sess.run(None, {"input": x})[0].argmax(1) == y))
     assert abs(top1 - rec["score_after"]) < 1e-9  # the written model scores what the plan says
     assert "reconstruct" in res.output
+
+
+def test_rescore_refit_scores_the_rounds_on_the_refitted_model(tmp_path):
+    """``--rescore refit``: after each removal the model is re-fitted, and the next round's scores (and the
+    accuracy recorded for the removal) are those of the re-fitted model — recomputed here."""
+    from onnxmbs.blocks.greedy import Stop, prune_blocks
+    from onnxmbs.data.labelled import open_labelled
+
+    model = dynamic(residual_net())
+    loaded = load_model(model)
+    x, y = data_for(model)
+    data = open_labelled((x, y), shape=loaded.input.shape, layout="NCHW")
+    options = ReconstructOptions(data=CalibrationOptions(data=x, batch_size=16, progress=False))
+    plan = prune_blocks(model, data, stop=Stop(remove=2), rescore="refit", reconstruct=options).plan
+    assert plan.settings.rescore == "refit" and len(plan.rounds) == 2
+    first = {b.id: b for b in find_blocks(loaded)}[plan.rounds[0].removed]
+    refitted = reconstruct_shallow(remove_blocks(model, [first], check=True), model, [first], loaded, options).model
+    sess = open_session(refitted)
+    top1 = float(np.mean(sess.run(None, {"input": x})[0].argmax(1) == y))
+    assert plan.rounds[0].accuracy == top1  # confirmed by round 2's pass over the re-fitted model
+    res = CliRunner().invoke(main, ["blocks", "m.onnx", "--data", "d.npz", "--remove", "1", "--rescore", "refit"])
+    assert res.exit_code == 2 and "add --reconstruct" in res.output

@@ -95,7 +95,7 @@ FIELDS = {
     "blocks": {**MODEL_FIELDS, ("baseline_accuracy",): FRACTION, ("removed",): lambda v: False,
                ("blocks", 0, "removable"): boolean, ("blocks", 0, "params"): count(), ("blocks", 1, "nodes"): list_of(string),
                ("blocks", 1, "reason"): string, ("rounds", 0, "accuracy"): FRACTION, ("rounds", 0, "round"): count(1),
-               ("summary", "macs_after"): count(), ("settings", "rescore"): one_of("every", "once"),
+               ("summary", "macs_after"): count(), ("settings", "rescore"): one_of("every", "once", "refit"),
                ("settings", "remove"): maybe(count(1)), ("settings", "max_accuracy_drop"): maybe(FRACTION),
                ("settings", "images"): count(), ("settings", "provider"): string},
     "compact": {("weights",): one_of("inherit", "random"), ("select",): one_of("nonzero", "l1", "greedy"),
@@ -222,7 +222,7 @@ def test_the_unmutated_files_load_and_write_back_key_for_key(files, tmp_path):
     ("plan", ("model", "L"), True, "plan model.L must be an integer ≥ 0, found true"),
     ("plan", ("settings", "statistic"), -1, 'plan settings.statistic must be one of "extended", "paper", found -1'),
     ("plan", ("layers", 0, "statistic"), -1, "plan layers[0].statistic must be one of"),
-    ("blocks", ("settings", "rescore"), "sometimes", 'blocks plan settings.rescore must be one of "every", "once"'),
+    ("blocks", ("settings", "rescore"), "sometimes", 'blocks plan settings.rescore must be one of "every", "once", "refit"'),
 ])
 def test_the_issues_cases(files, tmp_path, kind, path, value, message):
     file = tmp_path / "bad.json"

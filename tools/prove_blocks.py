@@ -15,7 +15,8 @@ for the figures reported.
        (mean over the scoring split of ||branch(x)|| / ||shortcut(x)||) first.
 3. Held-out accuracy of each shallow ONNX model, for 1 .. all removable blocks, without fine-tuning;
    for the direct order also after ``blocks --reconstruct``'s least squares (the layers after each
-   removed block re-fitted on the scoring split, :mod:`onnxmbs.blocks.refit`).
+   removed block re-fitted on the scoring split, :mod:`onnxmbs.blocks.refit`), and for the order that
+   ``--rescore refit`` chooses (each round scored on the model re-fitted after the previous removals).
 4. For ``--removed`` block counts: remove the same number of blocks from the trained PyTorch model
    (``onnxmbs.adapters.blocks.remove_blocks_from``) and fine-tune it the same way for every
    method (``--ft-epochs`` epochs of SGD, lr 0.01 cosine), over ``--seeds`` seeds; held-out
@@ -51,6 +52,8 @@ from onnxmbs.blocks.apply import shallow_model  # noqa: E402
 from onnxmbs.blocks.discover import find_blocks  # noqa: E402
 from onnxmbs.blocks.document import BlocksPlan, RoundRecord  # noqa: E402
 from onnxmbs.blocks.greedy import Stop, prune_blocks  # noqa: E402
+from onnxmbs.compact.reconstruct import ReconstructOptions  # noqa: E402
+from onnxmbs.stats.measure import CalibrationOptions  # noqa: E402
 from onnxmbs.graph.edit import expose  # noqa: E402
 from onnxmbs.graph.load import load_model  # noqa: E402
 from onnxmbs.reports.plots import accuracy_curves  # noqa: E402
@@ -62,6 +65,7 @@ from train_digits import load_split  # noqa: E402
 log = logging.getLogger("prove_blocks")
 METHODS = ("direct", "L1", "output norm")
 RECONSTRUCTED = "direct + reconstruction"
+REFIT = "refit-scored + reconstruction"  # blocks --rescore refit --reconstruct
 
 
 def train(model, x, y, val, *, epochs: int, lr: float, schedule: str, seed: int) -> float:
@@ -189,6 +193,12 @@ def main() -> None:
     for n in range(1, len(orders["direct"]) + 1):
         curves[RECONSTRUCTED].append((n, evaluate(refitted(path, loaded, removable, orders["direct"][:n], x_score),
                                                   held).top1))
+    options = ReconstructOptions(data=CalibrationOptions(data=x_score, batch_size=64, progress=False))
+    orders[REFIT] = list(prune_blocks(loaded, scoring, stop=Stop(remove=len(removable)), rescore="refit",
+                                      reconstruct=options).plan.removed)
+    curves[REFIT] = [curves["direct"][0]]
+    for n in range(1, len(orders[REFIT]) + 1):
+        curves[REFIT].append((n, evaluate(refitted(path, loaded, removable, orders[REFIT][:n], x_score), held).top1))
     tuned = {}
     for n in args.removed:
         for method in METHODS:
@@ -214,17 +224,19 @@ def _ms(values: list[float]) -> str:
 
 def picture(curves, title: str = "digits") -> str:
     """Held-out top-1 vs blocks removed (no fine-tuning), one line per method."""
-    return accuracy_curves({m: curves[m] for m in (*METHODS, RECONSTRUCTED) if m in curves}, title=f"ResNet-20, {title}: held-out top-1, no fine-tuning",
+    return accuracy_curves({m: curves[m] for m in (*METHODS, RECONSTRUCTED, REFIT) if m in curves}, title=f"ResNet-20, {title}: held-out top-1, no fine-tuning",
                            width=640)
 
 
 def report(args, base_acc, orders, curves, tuned, params, began) -> None:
     lines = [f"ResNet-20 trained on {_title(args)}: held-out top-1 {base_acc:.2%}, {params:,} parameters", "",
              "Held-out top-1 of the shallow model, no fine-tuning:", "",
-             "| blocks removed | " + " | ".join((*METHODS, RECONSTRUCTED)) + " |",
-             "|---|" + "---|" * (len(METHODS) + 1)]
+             "| blocks removed | " + " | ".join((*METHODS, RECONSTRUCTED, REFIT)) + " |",
+             "|---|" + "---|" * (len(METHODS) + 2)]
     for n in range(1, len(orders["direct"]) + 1):
-        lines.append(f"| {n} | " + " | ".join(f"{dict(curves[m])[n]:.2%}" for m in (*METHODS, RECONSTRUCTED)) + " |")
+        lines.append(f"| {n} | " + " | ".join(f"{dict(curves[m])[n]:.2%}" for m in (*METHODS, RECONSTRUCTED, REFIT))
+                     + " |")
+    lines += ["", f"Order chosen by --rescore refit: {' '.join(orders[REFIT])}"]
     lines += ["", f"After fine-tuning ({args.ft_epochs} epochs, lr 0.01 cosine; mean ± std over {args.seeds} seeds):",
               "", "| blocks removed | method | blocks (removal order) | params | held-out top-1 |", "|---|---|---|---|---|"]
     for (n, method), (p, accs) in tuned.items():

@@ -28,7 +28,7 @@ from onnxmbs.stats.source import NORMALISATION
 SCHEMA = "onnxmbs.blocks/1"
 HOW = "write it with `onnxmbs blocks MODEL --data LABELLED -o BLOCKS.json`"
 REWRITE = "re" + HOW  # a file that is damaged
-RESCORE = ("every", "once")
+RESCORE = ("every", "once", "refit")
 FRACTION = number(low=0, high=1)
 FRACTION_FLOAT = number(low=0, high=1, as_float=True)
 

@@ -42,7 +42,7 @@ from onnxmbs.data.normalisation import resolve_normalisation
 
 logger = logging.getLogger(__name__)
 
-RESCORE = ("every", "once")
+RESCORE = ("every", "once", "refit")  # refit: re-fit after each removal (reconstruct), score on the re-fitted model
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ class _Run:
     """What stays the same for every round of one :func:`prune_blocks` call."""
 
     loaded: LoadedModel  # the original model
+    source: object  # what the user gave (path, proto or LoadedModel): the shallow model is cut from it
     data: LabelledData
     quality: Quality
     stop: Stop
@@ -104,6 +105,7 @@ class _Run:
     provider: str
     threads: int | None
     progress: bool | None
+    reconstruct: ReconstructOptions | None = None
 
     def top1(self, loaded: LoadedModel) -> float:
         """The score of a model with a plain run (what the written model scores)."""
@@ -163,8 +165,11 @@ def prune_blocks(source: str | Path | onnx.ModelProto | LoadedModel, data: Label
     if quality.needs_labels:
         data.check_classes(num_classes(loaded))
     blocks = find_blocks(loaded)
-    run = _Run(loaded, data, quality, stop, rescore, {b.join: b.id for b in blocks}, batch_size,
-               choose_provider(provider), threads, progress)
+    if rescore == "refit" and reconstruct is None:
+        raise MBSError("rescore='refit' scores the blocks after each re-fit — give reconstruct= options "
+                       "(--reconstruct)")
+    run = _Run(loaded, source, data, quality, stop, rescore, {b.join: b.id for b in blocks}, batch_size,
+               choose_provider(provider), threads, progress, reconstruct)
     state = _State(loaded)
     while not stop.reached(len(state.removed), *zip(_costs(loaded), _costs(state.loaded))):
         start, cpu = time.perf_counter(), time.process_time()
@@ -212,7 +217,7 @@ def _round(run: _Run, state: _State) -> bool:
         return False
     round_no = len(state.removed) + 1
     scores: Mapping[str, float] = {}
-    if run.rescore == "every" or state.baseline is None:
+    if run.rescore in ("every", "refit") or state.baseline is None:
         measured = run.score(state.loaded, list(candidates.values()), round_no)
         state.confirm(measured.accuracy)  # the prefix pass is a plain run of the current model
         state.baseline = measured.accuracy if state.baseline is None else state.baseline
@@ -227,8 +232,13 @@ def _remove(run: _Run, state: _State, block: Block, scores: Mapping[str, float],
     """Remove ``block`` from the current model unless that breaks the accuracy budget.
 
     With scores, the block's score is the accuracy after its removal (confirmed by the next round's
-    prefix pass or a final plain run); without (``rescore="once"``), a plain run measures it."""
-    model = remove_blocks(runnable(state.loaded), [block], check=False)
+    prefix pass or a final plain run); without (``rescore="once"``), a plain run measures it. With
+    ``rescore="refit"`` the model after the removal is re-fitted (:mod:`onnxmbs.blocks.refit`) before the
+    next round scores on it."""
+    if run.rescore == "refit":
+        model, _ = _shallow(run, run.source, [*state.removed, block], run.reconstruct)
+    else:
+        model = remove_blocks(runnable(state.loaded), [block], check=False)
     loaded = load_model(model, input_shape=state.loaded.input.shape)
     accuracy = scores[block.id] if scores else run.top1(loaded)
     drop = run.stop.max_accuracy_drop
@@ -251,24 +261,25 @@ def _original_proto(source: str | Path | onnx.ModelProto | LoadedModel, loaded: 
     return onnx.load(str(source))
 
 
-def _shallow(run: _Run, source, state: _State, reconstruct: ReconstructOptions | None) -> tuple[onnx.ModelProto, Any]:
-    """The original proto without the removed blocks (checked), re-fitted with ``reconstruct``."""
+def _shallow(run: _Run, source, removed: list[Block],
+             reconstruct: ReconstructOptions | None) -> tuple[onnx.ModelProto, Any]:
+    """The original proto without the ``removed`` blocks (checked), re-fitted with ``reconstruct``."""
     original = _original_proto(source, run.loaded)
     shallow = original
-    for block in state.removed:
+    for block in removed:
         shallow = remove_blocks(shallow, [block], check=False)
     shallow = remove_blocks(shallow, [], check=True)
-    if reconstruct is None or not state.removed:
+    if reconstruct is None or not removed:
         return shallow, None
     from onnxmbs.blocks.refit import reconstruct_shallow
 
-    refitted = reconstruct_shallow(shallow, original, state.removed, run.loaded, reconstruct)
+    refitted = reconstruct_shallow(shallow, original, removed, run.loaded, reconstruct)
     return refitted.model, refitted
 
 
 def _result(run: _Run, source, blocks: list[Block], state: _State,
             settings: Mapping[str, object] | None, reconstruct: ReconstructOptions | None = None) -> BlocksResult:
-    shallow, refitted = _shallow(run, source, state, reconstruct)
+    shallow, refitted = _shallow(run, source, state.removed, reconstruct)
     after = load_model(shallow, input_shape=run.loaded.input.shape)
     accuracy_after = state.rounds[-1].accuracy if state.rounds else state.baseline
     params, macs = _costs(run.loaded)

@@ -31,8 +31,9 @@ _FRACTION = click.FloatRange(0, 1)
               help="Stop once parameters are down by R (a fraction, e.g. 0.3).")
 @click.option("--target-flop-reduction", type=_FRACTION, default=None,
               help="Stop once MACs are down by R (a fraction, e.g. 0.3).")
-@click.option("--rescore", type=click.Choice(["every", "once"]), default="every", show_default=True,
-              help="every: score the remaining blocks again after each removal; once: one ranking.")
+@click.option("--rescore", type=click.Choice(["every", "once", "refit"]), default="every", show_default=True,
+              help="every: score the remaining blocks again after each removal; once: one ranking; refit (with "
+                   "--reconstruct): re-fit after each removal and score the remaining blocks on the re-fitted model.")
 @threads_option()
 @click.option("--reconstruct", is_flag=True,
               help="After removing the blocks, re-fit the layers that read each removed block's join (least squares) "
@@ -55,6 +56,8 @@ def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, metr
     """Block pruning: score each residual block by the accuracy (or fidelity) without it, remove the best, repeat."""
     from onnxmbs.data.labelled import has_labels
 
+    if rescore == "refit" and not reconstruct:
+        raise click.UsageError("--rescore refit scores the blocks after each re-fit: add --reconstruct")
     metric = _metric(metric, max_fidelity_loss, max_accuracy_drop, labelled=has_labels(data["data"]))
     drop = max_fidelity_loss if max_fidelity_loss is not None else max_accuracy_drop
     if all(v is None for v in (remove, drop, target_param_reduction, target_flop_reduction)):
