@@ -306,6 +306,27 @@ def reconstruct(analysis: Analysis, layouts: Mapping[str, Layout], consts: Mappi
     return refit(plan, original, compact, analysis.loaded, options, began=began)
 
 
+def _waves(layers: list[_Layer], model: onnx.ModelProto, batches, options: ReconstructOptions,
+           index: Mapping[str, int], store: Store, clock: _Clock, bar, *, name: str, count: int) -> list[LayerReport]:
+    """Wave by wave: accumulate the normal equations of its layers in one pass, solve, write into ``model``."""
+    waves = sorted({layer.fit.wave for layer in layers})
+    segments = Segments(model, input_name=name, provider=options.data.provider, store=store)
+    segments.batches = count
+    reports: list[LayerReport] = []
+    for w, wave in enumerate(waves):
+        if bar is not None:
+            bar.set_postfix_str(f"wave {w + 1}/{len(waves)}")
+        members = [layer for layer in layers if layer.fit.wave == wave]
+        eqs = _wave(members, segments, model, batches, options, index, store, clock, bar)
+        step = time.perf_counter()
+        values, done = _solve(members, eqs, wave, options.ridge)
+        step = clock.add("solve", step)
+        reports += done
+        _write(model, values)
+        clock.add("write", step)
+    return reports
+
+
 def refit(plan: FitPlan, original: onnx.ModelProto, model: onnx.ModelProto, loaded: Any,
           options: ReconstructOptions, *, began: float | None = None) -> Reconstruction:
     """``model`` (a new proto) with the layers of ``plan`` re-fitted, wave by wave, so that each layer's
@@ -322,7 +343,7 @@ def refit(plan: FitPlan, original: onnx.ModelProto, model: onnx.ModelProto, load
     batches = open_batches(loaded, options.data)
     index = {f.name: i for i, f in enumerate(plan.fits)}
     name = loaded.input.name
-    reports, waves = [], sorted({layer.fit.wave for layer in layers})
+    waves = sorted({layer.fit.wave for layer in layers})
     store = Store()
     bar = progress_bar(options.data.progress, total=None, unit="batch", desc="reconstruct") if layers else None
     try:
@@ -333,19 +354,7 @@ def refit(plan: FitPlan, original: onnx.ModelProto, model: onnx.ModelProto, load
         if bar is not None:
             bar.total = count * (1 + len(waves))
             bar.refresh()
-        segments = Segments(model, input_name=name, provider=options.data.provider, store=store)
-        segments.batches = count
-        for w, wave in enumerate(waves):
-            if bar is not None:
-                bar.set_postfix_str(f"wave {w + 1}/{len(waves)}")
-            members = [layer for layer in layers if layer.fit.wave == wave]
-            eqs = _wave(members, segments, model, batches, options, index, store, clock, bar)
-            step = time.perf_counter()
-            values, done = _solve(members, eqs, wave, options.ridge)
-            step = clock.add("solve", step)
-            reports += done
-            _write(model, values)
-            clock.add("write", step)
+        reports = _waves(layers, model, batches, options, index, store, clock, bar, name=name, count=count)
     finally:
         store.close()
         if bar is not None:
