@@ -150,3 +150,33 @@ def test_inherit_keeps_the_channels_compact_keeps(exported, name, select, tmp_pa
     want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     got = np.asarray(apply_plan(model, plan, init="inherit", select=select)(x, training=False))
     assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))
+
+
+@pytest.mark.parametrize("name, k", [("resnet20", 0.5), ("mobilenet_v1", 0.1)])
+def test_init_onnx_carries_the_reconstructed_weights(exported, name, k, tmp_path):
+    """``init="onnx"``: the Keras model takes a reconstructed compact ONNX's weights and computes what it
+    computes (onnxruntime, images the reconstruction did not see), unlike ``init="inherit"``."""
+    from onnxmbs.compact.writer import CalibrationOptions, ReconstructOptions, write_compact
+    from onnxmbs.errors import MBSError
+    from onnxmbs.runtime.session import open_session
+
+    model, path = exported[name]
+    fit = np.random.default_rng(2).random((16, 32, 32, 3), dtype=np.float32)
+    plan = plan_model(path, data=fit, k=k).document
+    out = tmp_path / "c.onnx"
+    write_compact(path, plan, out, reconstruct=ReconstructOptions(data=CalibrationOptions(data=fit, progress=False)))
+    x = np.random.default_rng(3).random((4, 32, 32, 3), dtype=np.float32)
+    sess = open_session(str(out))
+    want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    ours = apply_plan(model, plan, init="onnx", compact_onnx=out)
+    got = np.asarray(ours(x, training=False))
+    assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))
+    plain = tmp_path / "plain.onnx"  # the same plan without reconstruction: other weights
+    write_compact(path, plan, plain)
+    other = apply_plan(model, plan, init="onnx", compact_onnx=plain)
+    convs = [layer.name for layer in ours.layers if type(layer).__name__ in ("Conv2D", "DepthwiseConv2D")]
+    moved = [n for n in convs if not np.allclose(ours.get_layer(n).get_weights()[0],
+                                                 other.get_layer(n).get_weights()[0], atol=1e-6)]
+    assert moved  # the re-fitted kernels of c.onnx, not the inherited ones of plain.onnx
+    with pytest.raises(MBSError, match="give both"):
+        apply_plan(model, plan, init="onnx")

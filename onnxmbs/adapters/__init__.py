@@ -31,7 +31,7 @@ def apply_plan(model: Any, plan: Mapping[str, Any] | str | Path, example_inputs:
     PyTorch needs ``example_inputs`` (a tensor or tuple the model accepts); Keras models know
     their input shape. ``onnx_path``: the ONNX file the plan was made from, when the plan's
     ``model.path`` does not reach it from here (it only helps matching layers by name).
-    ``init="onnx", compact_onnx="c.onnx"`` (PyTorch): the weights of that compact ONNX file — e.g. one
+    ``init="onnx", compact_onnx="c.onnx"``: the weights of that compact ONNX file — e.g. one
     re-fitted by ``compact --reconstruct`` — carried back for fine-tuning.
     Other keyword options go to the framework adapter (Keras: ``custom_objects``).
     """

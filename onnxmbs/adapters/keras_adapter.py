@@ -315,16 +315,18 @@ def verify(new: Any, view: PlanView, mapping: Mapping[str, str], expected: tuple
 
 def apply_plan_keras(model: Any, plan: Mapping[str, Any] | str | Path, *, init: str = "scratch",
                      onnx_path: str | Path | None = None, custom_objects: Mapping[str, Any] | None = None,
-                     select: str = "nonzero") -> Any:
+                     select: str = "nonzero", compact_onnx: str | Path | None = None) -> Any:
     """A new Keras model with the plan's compact widths (``model`` is left untouched).
 
     ``init="scratch"``: fresh weights from each layer's own initializers. ``init="inherit"``:
     the surviving channels' weights, chosen by the rule of ``onnxmbs compact --select`` (``select``:
-    nonzero or l1). ``custom_objects``: your custom layers, as for ``keras.models.load_model``.
+    nonzero or l1). ``init="onnx"`` with ``compact_onnx``: the weights of that compact ONNX file
+    (:mod:`onnxmbs.adapters.keras_onnx_weights`). ``custom_objects``: your custom layers, as for
+    ``keras.models.load_model``.
     """
     check_init(init)
-    if init == "onnx":
-        raise MBSError("init='onnx' is PyTorch only for now — for Keras use init='inherit' or 'scratch'")
+    if (init == "onnx") != (compact_onnx is not None):
+        raise MBSError("init='onnx' takes the weights of compact_onnx='c.onnx' — give both, or neither")
     view = load_plan(plan)
     _kind(model)
     cfg = model.get_config()
@@ -341,6 +343,10 @@ def apply_plan_keras(model: Any, plan: Mapping[str, Any] | str | Path, *, init: 
     if init == "inherit":
         _inherit(model, new, w, res)
     verify(new, view, mapping, tuple(model.outputs[0].shape))
+    if init == "onnx":
+        from onnxmbs.adapters.keras_onnx_weights import load_onnx_weights_keras
+
+        load_onnx_weights_keras(new, w.uses, mapping, compact_onnx)
     logger.info("applied plan to %s: params %d -> %d", model.name, model.count_params(), new.count_params())
     return new
 

@@ -43,7 +43,7 @@ def check_init(init: str) -> str:
     if init not in INITS:
         raise MBSError(f"unknown init {init!r} — use init='scratch' (retrain from scratch, the paper's way), "
                        "init='inherit' (keep the surviving channels' weights) or init='onnx' with compact_onnx= "
-                       "(the weights of a compact ONNX file, e.g. a reconstructed one; PyTorch)")
+                       "(the weights of a compact ONNX file, e.g. a reconstructed one)")
     return init
 
 

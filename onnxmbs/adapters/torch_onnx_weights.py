@@ -19,42 +19,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 from torch import nn
 
+from onnxmbs.adapters.onnx_weights import TOLERANCE, CompactWeights, relative_error, run_onnx
 from onnxmbs.adapters.torch_trace import Trace, run_model
 from onnxmbs.errors import MBSError
 
 logger = logging.getLogger(__name__)
 
-TOLERANCE = 1e-3  # max |torch - onnxruntime| relative to max |onnxruntime|
-
 
 def load_onnx_weights(model: nn.Module, trace: Trace, mapping: Mapping[str, str], compact_onnx: str | Path,
                       example_inputs: Any) -> None:
     """Copy the compact ONNX file's weights into ``model`` (already at its widths) in place, then check it."""
-    proto = _load(compact_onnx)
-    values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    nodes = {n.name: n for n in proto.graph.node}
+    weights = CompactWeights(compact_onnx)
     modules = dict(model.named_modules())
     bias_in_norm = _norms_after_convs(trace, compact_onnx)
     for layer, path in mapping.items():
-        node = nodes.get(layer)
-        if node is None or node.op_type != "Conv":
-            raise MBSError(f"{compact_onnx} has no Conv node '{layer}' — give the compact ONNX made from this plan")
-        weight = _initializer(values, node, 1, compact_onnx)
-        bias = _initializer(values, node, 2, compact_onnx) if len(node.input) > 2 and node.input[2] else None
+        weight, bias = weights.conv(layer)
         _set_conv(modules[path], path, weight, bias, bias_in_norm.get(path), compact_onnx)
-    _set_linears(trace, proto, values, compact_onnx)
-    _check(model, proto, example_inputs, compact_onnx)
-
-
-def _load(path: str | Path) -> onnx.ModelProto:
-    if not Path(path).is_file():
-        raise MBSError(f"compact ONNX file not found: {path} — give the -o file of `onnxmbs compact`")
-    return onnx.load(str(path))
+    _set_linears(trace, weights.linears(), compact_onnx)
+    _check(model, weights, example_inputs)
 
 
 def _norms_after_convs(trace: Trace, where: str | Path) -> dict[str, nn.Module]:
@@ -66,14 +51,6 @@ def _norms_after_convs(trace: Trace, where: str | Path) -> dict[str, nn.Module]:
                            f"node; init='onnx' carries over folded BatchNorms only — use init='inherit' ({where})")
         folded[norm.source] = norm.module
     return folded
-
-
-def _initializer(values: Mapping[str, np.ndarray], node: onnx.NodeProto, index: int, where: str | Path) -> np.ndarray:
-    name = node.input[index]
-    if name not in values:
-        raise MBSError(f"input {index} of '{node.name}' in {where} is not a stored weight — init='onnx' needs the "
-                       "compact file as onnxmbs compact writes it")
-    return values[name]
 
 
 def _tensor(value: np.ndarray, like: torch.Tensor) -> nn.Parameter:
@@ -99,26 +76,7 @@ def _set_conv(conv: nn.Module, path: str, weight: np.ndarray, bias: np.ndarray |
                        "init='onnx' cannot carry it over")
 
 
-def _linear_nodes(proto: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """(weight as [out, in], bias) of every Gemm / MatMul(+Add) with a stored weight, in graph order."""
-    readers = {t: n for n in proto.graph.node for t in n.input}
-    found = []
-    for node in proto.graph.node:
-        if node.op_type == "Gemm" and node.input[1] in values:
-            w = values[node.input[1]]
-            trans = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            bias = values.get(node.input[2]) if len(node.input) > 2 else None
-            found.append((w if trans else w.T, bias))
-        elif node.op_type == "MatMul" and node.input[1] in values:
-            add = readers.get(node.output[0])
-            bias = next((values[t] for t in (add.input if add is not None and add.op_type == "Add" else ())
-                         if t in values), None)
-            found.append((values[node.input[1]].T, bias))
-    return found
-
-
-def _set_linears(trace: Trace, proto: onnx.ModelProto, values: Mapping[str, np.ndarray], where: str | Path) -> None:
-    nodes = _linear_nodes(proto, values)
+def _set_linears(trace: Trace, nodes: list[tuple[np.ndarray, np.ndarray | None]], where: str | Path) -> None:
     if len(nodes) != len(trace.linears):
         raise MBSError(f"the model has {len(trace.linears)} Linear layer(s), {where} {len(nodes)} Gemm/MatMul "
                        "node(s) with weights — init='onnx' matches them in order")
@@ -131,17 +89,12 @@ def _set_linears(trace: Trace, proto: onnx.ModelProto, values: Mapping[str, np.n
             m.bias = _tensor(bias if bias is not None else np.zeros(weight.shape[0], np.float32), m.bias)
 
 
-def _check(model: nn.Module, proto: onnx.ModelProto, example_inputs: Any, where: str | Path) -> None:
+def _check(model: nn.Module, weights: CompactWeights, example_inputs: Any) -> None:
     """The module computes what the ONNX model computes (onnxruntime, CPU) on ``example_inputs``."""
-    from onnxmbs.runtime.session import open_session
-
     x = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
-    sess = open_session(proto)
-    want = sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().numpy().astype(np.float32)})[0]
-    got = run_model(model, example_inputs)[0].detach().cpu().numpy()
-    scale = max(float(np.max(np.abs(want))), 1e-12)
-    err = float(np.max(np.abs(got - want))) / scale if got.shape == want.shape else float("inf")
+    want = run_onnx(weights.proto, x.detach().cpu().numpy())
+    err = relative_error(run_model(model, example_inputs)[0].detach().cpu().numpy(), want)
     if err > TOLERANCE:
-        raise MBSError(f"with the weights of {where} the PyTorch model differs from it by {err:.2g} (relative max) — "
-                       "a layer with weights init='onnx' does not carry over; use init='inherit'")
-    logger.info("init='onnx': weights of %s loaded (max relative difference %.2g)", where, err)
+        raise MBSError(f"with the weights of {weights.path} the PyTorch model differs from it by {err:.2g} (relative "
+                       "max) — a layer with weights init='onnx' does not carry over; use init='inherit'")
+    logger.info("init='onnx': weights of %s loaded (max relative difference %.2g)", weights.path, err)
