@@ -314,7 +314,9 @@ def labelled_options(fn: Callable) -> Callable:
     """Options of the commands that measure accuracy on labelled data (evaluate, blocks)."""
     options = [
         click.option("--data", required=True, type=click.Path(),
-                     help="Labelled images: a .npz (images + labels) or a folder with one sub-folder per class."),
+                     help="Images: labelled (a .npz with images + labels, or a folder with one sub-folder per class) "
+                          "for accuracy; without labels (a folder, .npy/.npz) for fidelity to the original "
+                          "(evaluate --reference, blocks --metric fidelity).")),
         classes_option(),
         *NORMALISATION_OPTIONS,
         max_images_option(),
