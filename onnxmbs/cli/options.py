@@ -316,7 +316,7 @@ def labelled_options(fn: Callable) -> Callable:
         click.option("--data", required=True, type=click.Path(),
                      help="Images: labelled (a .npz with images + labels, or a folder with one sub-folder per class) "
                           "for accuracy; without labels (a folder, .npy/.npz) for fidelity to the original "
-                          "(evaluate --reference, blocks --metric fidelity).")),
+                          "(evaluate --reference, blocks --metric fidelity)."),
         classes_option(),
         *NORMALISATION_OPTIONS,
         max_images_option(),
