@@ -157,6 +157,7 @@ def main() -> None:
 
     from onnxmbs.train.torch_trainer import evaluate_torch
     from onnxmbs.zoo import build
+    from onnxmbs.data.normalisation import preprocess_metadata
     from onnxmbs.zoo.export import export_torch
 
     if args.threads:
@@ -174,7 +175,8 @@ def main() -> None:
         model = build("resnet20", num_classes=10)
         base_acc = train(model, x_fit, y_fit, val, epochs=args.epochs, lr=0.1, schedule="step", seed=0)
         torch.save(model, saved)
-    path = export_torch(model, (3, 32, 32), args.out / f"resnet20_{args.dataset}_full.onnx")
+    path = export_torch(model, (3, 32, 32), args.out / f"resnet20_{args.dataset}_full.onnx",
+                        metadata=preprocess_metadata("raw"))
     log.info("trained: held-out %.4f (%.0f s)", base_acc, time.perf_counter() - began)
     loaded = load_model(path)
     removable = [b for b in find_blocks(loaded) if b.removable]

@@ -60,7 +60,7 @@ def check_fidelity(analysis: Analysis, compact: onnx.ModelProto, options: Calibr
     provider = "cpu" if options.provider == "auto" else options.provider
     fid = compare(compact, loaded, options.data, batch_size=options.batch_size, provider=provider,
                   input_shape=loaded.input.shape, preprocess=options.preprocess, mean=options.mean, std=options.std,
-                  max_images=options.max_images)
+                  max_images=options.max_images, where=f"the compact model of {loaded.path}")
     return FidelityCheck(str(options.data), fid)
 
 

@@ -106,10 +106,10 @@ def fidelity(model: Any, reference: Any, batches: Iterable[np.ndarray], *, provi
 def compare(model: Any, reference: Any, data: Any, *, batch_size: int = 64, provider: str = "cpu",
             input_shape: tuple[int, ...] | None = None, preprocess: str | None = None,
             mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-            max_images: int | None = None) -> Fidelity:
+            max_images: int | None = None, where: str | None = None) -> Fidelity:
     """Fidelity of ``model`` to ``reference`` (paths, protos or loaded models with the same input) on
     ``data`` — any images :func:`~onnxmbs.data.calibration.open_calibration` reads, labels not needed —
-    normalised by the one rule for ``model``."""
+    normalised by the one rule for ``model`` (``where``: how messages name it; default its path)."""
     from onnxmbs.data.calibration import open_calibration
     from onnxmbs.data.normalisation import resolve_normalisation
     from onnxmbs.graph.load import LoadedModel, load_model
@@ -121,7 +121,7 @@ def compare(model: Any, reference: Any, data: Any, *, batch_size: int = 64, prov
     if tuple(ref.input.shape[1:]) != tuple(loaded.input.shape[1:]):
         raise MBSError(f"the reference {ref.path} takes input {ref.input.shape}, {loaded.path} takes "
                        f"{loaded.input.shape} — compare models with the same input")
-    norm = resolve_normalisation(loaded.metadata, preprocess, mean=mean, std=std, where=loaded.path)
+    norm = resolve_normalisation(loaded.metadata, preprocess, mean=mean, std=std, where=where or loaded.path)
     fixed = None if loaded.batch_dynamic else loaded.input.shape[0]
     calib = open_calibration(data, shape=loaded.input.shape, layout=loaded.input.layout, preprocess=norm,
                              max_images=max_images, batch_size=fixed or batch_size)
