@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxmbs.cli import main
-from onnxmbs.cli.options import Count
+from onnxmbs.cli.values import Count
 from onnxmbs.planning.document import PlanDocument, read_plan
 from onnxmbs.reports.gate import CheckResult, GateLimits, junit_xml, summary_markdown
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from graphs import GraphBuilder, classifier
 from onnxmbs.cli import main
-from onnxmbs.compact.deploy import int8_path
+from onnxmbs.compact.record import int8_path
 from onnxmbs.compact.quantize import QuantizeOptions, quantize_int8
 from onnxmbs.data.normalisation import preprocess_metadata, set_metadata
 from onnxmbs.graph.load import load_model

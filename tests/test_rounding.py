@@ -84,7 +84,7 @@ def test_every_command_with_round_to_accepts_auto():
     import click
 
     from onnxmbs.cli import main
-    from onnxmbs.cli.options import RoundTo
+    from onnxmbs.cli.values import RoundTo
 
     def commands(group):
         for cmd in group.commands.values():

@@ -217,7 +217,7 @@ def _commands(group, prefix=()):
 
 
 def test_every_command_writing_a_report_uses_the_registry():
-    from onnxmbs.cli.options import OutputFile
+    from onnxmbs.cli.values import OutputFile
 
     suffixed = {name: p for name, cmd in _commands(main) for p in cmd.params
                 if "format follows the suffix" in (getattr(p, "help", "") or "")}

@@ -31,19 +31,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+from train_digits import Split as DigitsSplit  # noqa: E402
 log = logging.getLogger("mnist")
 SEED, SIZE = 0, 32
 OUT = ROOT / "artifacts" / "mnist"
 
 
 @dataclass(frozen=True)
-class Split:
-    """The fixed split; the fields of ``train_digits.Split`` plus the calibration images."""
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    test_index: np.ndarray
+class Split(DigitsSplit):
+    """The fixed split: ``train_digits.Split``'s fields plus the calibration images."""
     x_calib: np.ndarray
     y_calib: np.ndarray
 

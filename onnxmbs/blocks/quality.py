@@ -36,6 +36,8 @@ class Quality:
     reference: onnx.ModelProto | None = field(default=None, repr=False)  # fidelity: the original model
     metric: Any = field(default=None, repr=False)  # onnxmbs.stats.metric.Metric
     targets: Mapping[str, np.ndarray] | None = field(default=None, repr=False)
+    # the reference's outputs per batch, computed once per data and batching (the original never changes)
+    cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def needs_reference(self) -> bool:

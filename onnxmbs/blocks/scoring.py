@@ -95,13 +95,13 @@ def score_blocks(model: onnx.ModelProto, data_input: str, candidates: Sequence[B
     output = model.graph.output[0].name
     prefix = make_session(expose(model, wanted), provider, threads=threads)
     sessions = [make_session(s.model, provider, threads=threads) for s in suffixes]
-    reference = make_session(quality.reference, provider, threads=threads) if quality.needs_reference else None
+    refs = _reference_outputs(quality, data, batch_size, fixed_batch, provider, threads)
     base, tallies = quality.tally(), [quality.tally() for _ in suffixes]
     batches = -(-len(data) // (fixed_batch or batch_size))
     bar = progress_bar(progress, total=batches * len(suffixes), unit="pass", desc=desc)
-    for x, y, n in padded_batches(data, batch_size, fixed_batch):
+    for b, (x, y, n) in enumerate(padded_batches(data, batch_size, fixed_batch)):
         values = dict(zip([output, *wanted], prefix.run([output, *wanted], {data_input: x})))
-        ref = reference.run(None, {reference.get_inputs()[0].name: x})[0] if reference is not None else None
+        ref = refs[b] if refs is not None else None
         base.add(values[output], y, ref, n)
         for tally, suffix, session in zip(tallies, suffixes, sessions):
             (out,) = session.run(None, {t: values[t] for t in suffix.inputs})
@@ -112,3 +112,16 @@ def score_blocks(model: onnx.ModelProto, data_input: str, candidates: Sequence[B
         bar.close()
     return RoundScores(base.value(), {s.block.id: t.value() for s, t in zip(suffixes, tallies)})
 
+
+def _reference_outputs(quality: Quality, data: LabelledData, batch_size: int, fixed: int | None, provider: str,
+                       threads: int | None) -> list[np.ndarray] | None:
+    """The reference model's first output per batch (fidelity), run once per data and batching and kept on
+    ``quality``: every round compares with the same original."""
+    if not quality.needs_reference:
+        return None
+    key = (id(data), batch_size, fixed)
+    if key not in quality.cache:
+        session = make_session(quality.reference, provider, threads=threads)
+        name = session.get_inputs()[0].name
+        quality.cache[key] = [session.run(None, {name: x})[0] for x, _, _ in padded_batches(data, batch_size, fixed)]
+    return quality.cache[key]

@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from onnxmbs.cli.options import (Count, KValues, OutputFile, check_workers, clean_errors, converge_options,
-                                 data_options, macroblocks_option, many_stats_option, one_source, refuse_overwrite,
-                                 round_to_option, stats_option)
+from onnxmbs.cli.options import (check_workers, clean_errors, converge_options, data_options, macroblocks_option,
+                                 many_stats_option, one_source, refuse_overwrite, round_to_option, stats_option)
+from onnxmbs.cli.values import Count, KValues, OutputFile
 
 logger = logging.getLogger(__name__)
 

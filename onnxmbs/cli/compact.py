@@ -177,7 +177,7 @@ def compact(model: str, plan_path: str, output: str, weights: str, select: str, 
     """Write the compact ONNX model of a plan: real channel surgery, checked, timed."""
     from onnxmbs.compact.writer import write_compact
 
-    from onnxmbs.compact.deploy import int8_path
+    from onnxmbs.compact.record import int8_path
 
     refuse_overwrite(output, model, plan_path)
     if (reconstruct or select == "greedy" or quantize) and data is None:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import click
 
-from onnxmbs.cli.options import (OutputFile, clean_errors, max_images_option, normalisation_options, progress_option,
-                                 ray_options, refuse_overwrite, round_to_option, threads_option, training_options)
+from onnxmbs.cli.options import (clean_errors, max_images_option, normalisation_options, progress_option, ray_options,
+                                 refuse_overwrite, round_to_option, threads_option, training_options)
+from onnxmbs.cli.values import OutputFile
 
 
 def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec: str | None, *, train: str,

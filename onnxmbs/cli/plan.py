@@ -6,8 +6,9 @@ import json
 import click
 
 from onnxmbs.cli.options import (check_workers, clean_errors, converge_options, data_options, input_shape_option,
-                                 macroblocks_option, one_source, positive_float, refuse_overwrite, round_to_option,
-                                 statistic_option, stats_option)
+                                 macroblocks_option, one_source, refuse_overwrite, round_to_option, statistic_option,
+                                 stats_option)
+from onnxmbs.cli.values import positive_float
 
 
 @click.command()

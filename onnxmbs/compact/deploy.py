@@ -31,14 +31,6 @@ from onnxmbs.stats.measure import CalibrationOptions
 logger = logging.getLogger(__name__)
 
 
-
-def int8_path(output: str | Path) -> Path:
-    """Where the INT8 model of compact output ``c.onnx`` goes: ``c.int8.onnx`` beside it."""
-    output = Path(output)
-    stem = output.name[:-5] if output.name.lower().endswith(".onnx") else output.name
-    return output.with_name(f"{stem}.int8.onnx")
-
-
 @dataclass(frozen=True)
 class Deployment:
     """The INT8 model and what was measured of it against the fp32 models."""

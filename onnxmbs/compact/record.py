@@ -146,6 +146,13 @@ class Int8Record(Record):
     OMIT_NONE: ClassVar = frozenset({"accuracy", "fidelity"})
 
 
+def int8_path(output: str | Path) -> Path:
+    """Where the INT8 model of compact output ``c.onnx`` goes: ``c.int8.onnx`` beside it."""
+    output = Path(output)
+    stem = output.name[:-5] if output.name.lower().endswith(".onnx") else output.name
+    return output.with_name(f"{stem}.int8.onnx")
+
+
 def read_int8_record(path: str | Path) -> Int8Record:
     doc = read_document(path, schema=INT8_SCHEMA, what="onnxmbs INT8 record", how=REWRITE_INT8)
     try:
@@ -202,9 +209,8 @@ def read_deployment(compact: str | Path) -> DeploymentTable:
                        "written beside it)")
     record = read_compact_record(record_path)
     onnx_path = record_path.with_name(record_path.name[:-5])
-    stem = onnx_path.name[:-5] if onnx_path.name.lower().endswith(".onnx") else onnx_path.name
-    int8_path = onnx_path.with_name(f"{stem}.int8.onnx.json")
-    int8 = read_int8_record(int8_path) if int8_path.is_file() else None
+    int8_record = Path(f"{int8_path(onnx_path)}.json")
+    int8 = read_int8_record(int8_record) if int8_record.is_file() else None
     original = record.original or {}
     return DeploymentTable(compact=str(onnx_path), model=original.get("path"), sha256=original.get("sha256"),
                            timing=_timing(record, int8), quality=_quality_kind(record, int8),

@@ -326,7 +326,8 @@ def write_compact(model: str | Path | onnx.ModelProto, plan: PlanDocument | str 
 def _int8(model: Any, plan: Any, result: CompactResult, output: str | Path, quantize: Any, *,
           input_shape: tuple[int, ...] | None, evaluation: CalibrationOptions | None, classes: Any, repeats: int,
           threads: int) -> Any:
-    from onnxmbs.compact.deploy import int8_path, measure_int8
+    from onnxmbs.compact.deploy import measure_int8
+    from onnxmbs.compact.record import int8_path
 
     _, data_bytes, size, _ = _source(model)
     loaded = load_model(model, input_shape=_input_shape(as_plan(plan), input_shape))
