@@ -114,8 +114,9 @@ def _refit_options(images, batch_size: int, provider: str, progress, positions: 
     from onnxmbs.compact.reconstruct import ReconstructOptions
     from onnxmbs.stats.measure import CalibrationOptions
 
-    norm = images.normalisation  # the one rule's decision for --data (float arrays are used as they are)
-    how = {} if norm is None else {"preprocess": norm.preset, "mean": norm.mean, "std": norm.std}
+    norm = images.normalisation  # the one rule's decision for --data: the same flags decide it again here
+    given = norm is not None and norm.origin == "flag"
+    how = {"preprocess": norm.preset, "mean": norm.mean, "std": norm.std} if given else {}
     data = CalibrationOptions(data=images.x, batch_size=batch_size, provider=provider, progress=progress, **how)
     return ReconstructOptions(data=data, positions=positions, ridge=ridge)
 
