@@ -14,7 +14,7 @@ from test_reconstruct import cut_plan, grouped_graph, images, options, residual_
 from onnxmbs.compact import writer
 from onnxmbs.compact.activations import Store
 from onnxmbs.compact.fits import plan_fits
-from onnxmbs.compact.reconstruct import _kept, _usable
+from onnxmbs.compact.systems import kept as _kept, usable as _usable
 from onnxmbs.compact.writer import compact_model
 from onnxmbs.graph.edit import expose
 

@@ -12,7 +12,8 @@ import click
 from onnxmbs.units import human
 
 from onnxmbs.cli.options import (batch_size_option, classes_option, clean_errors, input_shape_option, max_images_option,
-                                 normalisation_options, progress_option, refuse_overwrite, seed_option, threads_option)
+                                 normalisation_options, progress_option, ray_options, refuse_overwrite, seed_option,
+                                 threads_option)
 
 if TYPE_CHECKING:
     from onnxmbs.compact.writer import CompactResult
@@ -76,7 +77,8 @@ def reconstruction_text(rec) -> str:
     n = len(rec.layers)
     before = sum(r.error_inherited for r in rec.layers) / n if n else 0.0
     after = sum(r.error_fitted for r in rec.layers) / n if n else 0.0
-    text = (f"reconstruct {n} layer(s) re-fitted in {rec.waves} wave(s) on {rec.images} images "
+    where = f" in {rec.shards} shards on Ray" if rec.shards > 1 else ""
+    text = (f"reconstruct {n} layer(s) re-fitted in {rec.waves} wave(s) on {rec.images} images{where} "
             f"({rec.seconds:.1f} s); mean relative error {before:.4f} -> {after:.4f}")
     if rec.skipped:
         names = ", ".join(f"{name} ({why})" for name, why in rec.skipped[:3])
@@ -110,11 +112,13 @@ def deployment_text(dep) -> str:
     return text
 
 
-def _reconstruct_options(data, preprocess, mean, std, max_images, batch_size, positions, ridge, seed, progress):
+def _reconstruct_options(data, preprocess, mean, std, max_images, batch_size, positions, ridge, seed, progress, *,
+                         workers: int | None = None, ray_address: str | None = None):
     from onnxmbs.compact.writer import CalibrationOptions, ReconstructOptions
 
     options = CalibrationOptions(data=data, preprocess=preprocess, mean=mean, std=std, max_images=max_images,
-                                 batch_size=batch_size, progress=progress, seed=seed)
+                                 batch_size=batch_size, progress=progress, seed=seed, workers=workers,
+                                 ray_address=ray_address)
     return options, ReconstructOptions(data=options, positions=positions, ridge=ridge, seed=seed)
 
 
@@ -156,6 +160,8 @@ def _evaluation(path: str, preprocess: str | None, mean, std):
               help="Sampled output positions per image and layer (bounds the memory of the least squares).")
 @click.option("--ridge", type=click.FloatRange(min=0), default=1e-3, show_default=True,
               help="Ridge strength towards the inherited weights, relative to the data's scale.")
+@ray_options(workers_help="--reconstruct: split the data into N shards, one Ray worker each, and sum their normal "
+                          "equations (equal to one process to float rounding; needs pip install 'onnxmbs[ray]').")
 @progress_option(help="Progress bars (default: on a terminal).")
 @click.option("--eval-data", type=click.Path(exists=True), default=None,
               help="Images to measure the compact model on: with labels (a .npz with labels, or one folder per "
@@ -171,8 +177,8 @@ def _evaluation(path: str, preprocess: str | None, mean, std):
 @clean_errors
 def compact(model: str, plan_path: str, output: str, weights: str, select: str, force: bool, seed: int,
             repeats: int, threads: int, reconstruct: bool, data: str | None, preprocess: str | None, mean, std,
-            max_images: int | None, batch_size: int, positions: int, ridge: float, progress: bool | None,
-            eval_data: str | None, classes: str | None, quantize: str | None, quantize_method: str,
+            max_images: int | None, batch_size: int, positions: int, ridge: float, workers: int | None,
+            ray_address: str | None, progress: bool | None, eval_data: str | None, classes: str | None, quantize: str | None, quantize_method: str,
             input_shape) -> None:
     """Write the compact ONNX model of a plan: real channel surgery, checked, timed."""
     from onnxmbs.compact.writer import write_compact
@@ -188,8 +194,11 @@ def compact(model: str, plan_path: str, output: str, weights: str, select: str, 
         raise click.UsageError("--reconstruct starts from the inherited weights; drop --weights random")
     if eval_data is not None and data is not None and os.path.realpath(eval_data) == os.path.realpath(data):
         raise click.UsageError("--eval-data is --data: measure on images the reconstruction did not see")
+    if (workers or ray_address) and not reconstruct:
+        raise click.UsageError("--workers and --ray-address split the reconstruction: add --reconstruct")
     options, rec = _reconstruct_options(data, preprocess, mean, std, max_images, batch_size, positions, ridge, seed,
-                                        progress) if data is not None else (None, None)
+                                        progress, workers=workers,
+                                        ray_address=ray_address) if data is not None else (None, None)
     evaluation = _evaluation(eval_data, preprocess, mean, std) if eval_data is not None else None
     quantizing = _quantize_options(options, quantize_method) if quantize else None
     result = write_compact(model, plan_path, output, weights=weights, select=select, input_shape=input_shape,

@@ -22,30 +22,23 @@ from onnxmbs.errors import MBSError
 from onnxmbs.graph.edit import expose
 from onnxmbs.graph.load import LoadedModel
 from onnxmbs.data.calibration import open_calibration
+from onnxmbs.data.sources import Order
 from onnxmbs.runtime.session import choose_provider, make_session
 from onnxmbs.stats.measure import CalibrationOptions
 
 logger = logging.getLogger(__name__)
 
 
-def open_batches(loaded: LoadedModel, options: CalibrationOptions) -> Callable[[], Iterator[np.ndarray]]:
+def open_batches(loaded: LoadedModel, options: CalibrationOptions, *,
+                 rows: tuple[int, int] | None = None) -> Callable[[], Iterator[np.ndarray]]:
     """A function that starts a new pass over the data: float32 batches in ``loaded``'s layout, normalised
-    by the one rule (``options``' flags, else the model's metadata, else imagenet).
+    by the one rule (``options``' flags, else the model's metadata, else imagenet); ``rows``: only
+    rows [start, stop) of the data (a shard, cut between whole batches by the caller).
 
     A model with a fixed batch size gets batches of exactly that size (a short last batch
     is dropped with a warning).
     """
-    if isinstance(options.data, Iterator):
-        raise MBSError("reconstruction reads its data several times; pass a path, an array or a list, "
-                       "not a generator")
-    model_input = loaded.input
-    fixed = None if loaded.batch_dynamic else model_input.shape[0]
-    if options.data is None and options.synthetic is None:
-        raise MBSError("reconstruction needs calibration images — pass --data PATH (image folder, .npy/.npz)")
-    calib = open_calibration(options.data, shape=model_input.shape, layout=model_input.layout,
-                             preprocess=options.normalisation(loaded),
-                             synthetic=options.synthetic, max_images=options.max_images,
-                             batch_size=fixed or options.batch_size, seed=options.seed)
+    calib, fixed = _calibration(loaded, options, rows)
 
     def batches() -> Iterator[np.ndarray]:
         for batch in calib.batches():
@@ -58,17 +51,40 @@ def open_batches(loaded: LoadedModel, options: CalibrationOptions) -> Callable[[
     return batches
 
 
+def batch_rows(loaded: LoadedModel, options: CalibrationOptions) -> tuple[int | None, int]:
+    """(images, batch size) of the passes :func:`open_batches` makes: where shards must be cut."""
+    calib, fixed = _calibration(loaded, options, None)
+    return calib.total, fixed or options.batch_size
+
+
+def _calibration(loaded: LoadedModel, options: CalibrationOptions, rows: tuple[int, int] | None):
+    if isinstance(options.data, Iterator):
+        raise MBSError("reconstruction reads its data several times; pass a path, an array or a list, "
+                       "not a generator")
+    model_input = loaded.input
+    fixed = None if loaded.batch_dynamic else model_input.shape[0]
+    if options.data is None and options.synthetic is None:
+        raise MBSError("reconstruction needs calibration images — pass --data PATH (image folder, .npy/.npz)")
+    calib = open_calibration(options.data, shape=model_input.shape, layout=model_input.layout,
+                             preprocess=options.normalisation(loaded),
+                             synthetic=options.synthetic, max_images=options.max_images,
+                             batch_size=fixed or options.batch_size, seed=options.seed,
+                             order=Order(rows=rows) if rows is not None else None)
+    return calib, fixed
+
+
 class Probe:
     """A session computing some intermediate tensors of a model; ``run(batch)`` -> {name: array}."""
 
     def __init__(self, model: onnx.ModelProto, tensors: Sequence[str], *, input_name: str,
-                 provider: str = "auto") -> None:
+                 provider: str = "auto", threads: int | None = None) -> None:
         self.input_name = input_name
         self.tensors = list(dict.fromkeys(tensors))
         inner = [t for t in self.tensors if t != input_name]
         self.session = None
         if inner:
-            self.session = make_session(expose(model, inner, keep_outputs=False), choose_provider(provider))
+            self.session = make_session(expose(model, inner, keep_outputs=False), choose_provider(provider),
+                                        threads=threads)
         self.inner = inner
 
     def run(self, batch: np.ndarray) -> Mapping[str, np.ndarray]:
@@ -137,8 +153,9 @@ class Segments:
     need, starting from the tensors earlier passes kept (in a :class:`Store`), so every node runs once,
     with the weights that are final when it runs (the reconstruction fits a layer before its readers run)."""
 
-    def __init__(self, model: onnx.ModelProto, *, input_name: str, provider: str, store: Store) -> None:
-        self.input_name, self.provider, self.store = input_name, provider, store
+    def __init__(self, model: onnx.ModelProto, *, input_name: str, provider: str, store: Store,
+                 threads: int | None = None) -> None:
+        self.input_name, self.provider, self.store, self.threads = input_name, provider, store, threads
         graph = model.graph
         self.producer = {t: i for i, n in enumerate(graph.node) for t in n.output if t}
         self.readers: dict[str, set[int]] = {}
@@ -176,7 +193,7 @@ class Segments:
         outs = [onnx.ValueInfoProto(name=t) for t in outputs]
         part = onnx.helper.make_graph(chosen, "segment", ins, outs, initializer=inits)
         proto = onnx.helper.make_model(part, opset_imports=self._model.opset_import, ir_version=self._model.ir_version)
-        return make_session(proto, self.provider), leaves
+        return make_session(proto, self.provider, threads=self.threads), leaves
 
     def run(self, model: onnx.ModelProto, needed: Sequence[str],
             batches: Callable[[], Iterator[np.ndarray]]) -> Iterator[Mapping[str, np.ndarray]]:

@@ -21,14 +21,21 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
-def one_blas_thread():
-    """A context with BLAS on one thread (threadpoolctl, when installed): OpenBLAS's multi-threaded
-    factorisations are many times slower than one thread on small shared machines."""
+def blas_threads(threads: int | None):
+    """A context with BLAS on ``threads`` threads (threadpoolctl, when installed; None: as it is)."""
+    if threads is None:
+        return contextlib.nullcontext()
     try:
         from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: without it the solves use BLAS's own thread count
+    except ImportError:  # optional: without it BLAS keeps its own thread count
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def one_blas_thread():
+    """A context with BLAS on one thread: OpenBLAS's multi-threaded factorisations are many times slower
+    than one thread on small shared machines."""
+    return blas_threads(1)
 
 
 def _solve(a: np.ndarray, b: np.ndarray, w0: np.ndarray, ridge: float, dim: int) -> np.ndarray:
@@ -84,6 +91,21 @@ class NormalEquations:
         self.a += xt @ xb
         self.b += xt @ yb
         self.yy += np.einsum("gro,gro->g", yb, yb, dtype=np.float64)
+
+    def merge(self, other: NormalEquations) -> None:
+        """Add ``other``'s sums (the same layer's equations over other rows) to these."""
+        self.flush()
+        other.flush()
+        if self.a.shape != other.a.shape or self.b.shape != other.b.shape:
+            raise ValueError(f"cannot add normal equations of shape {other.b.shape} to {self.b.shape}")
+        self.a = self.a + other.a  # new arrays: either side may be a read-only view from Ray's object store
+        self.b = self.b + other.b
+        self.yy = self.yy + other.yy
+        self.rows += other.rows
+
+    def __getstate__(self) -> dict:
+        self.flush()  # what travels (to or from a Ray worker) is the sums, never pending rows
+        return self.__dict__.copy()
 
     def solve(self, w0: np.ndarray, ridge: float) -> np.ndarray:
         """Ridge solution towards ``w0`` (blocks, dim, outputs); ``w0`` itself when there were no rows."""

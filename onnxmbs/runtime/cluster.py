@@ -11,6 +11,11 @@ shard of the calibration data per task, and any later stage can run its own task
 A task whose worker process dies is re-run by Ray (``retries`` times); each call's result is
 yielded exactly once, so adding results up never counts a re-run twice. Closing the generator
 early (``break``) cancels the tasks not yet finished.
+
+A stage that keeps state between rounds (the reconstruction keeps each shard's targets between
+its waves) uses :func:`actors` instead: one Ray actor per share, made as ``cls(shared, *args)``;
+an actor whose process dies is made again from the same arguments and its pending call re-run,
+so the class must be able to catch up from what each call passes.
 """
 from __future__ import annotations
 
@@ -180,3 +185,43 @@ def _result(ray: Any, ref: Any, retries: int) -> Any:
     except ray.exceptions.RayError as exc:
         raise MBSError(f"a Ray task failed after {retries} retries ({type(exc).__name__}) — check the "
                        "workers' logs with `ray logs`") from None
+
+
+class Actors:
+    """Ray actors of one class; :meth:`call` runs a method on all of them and returns the results in actor order."""
+
+    def __init__(self, ray: Any, handles: list[Any], retries: int) -> None:
+        self.ray, self.handles, self.retries = ray, handles, retries
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    def call(self, method: str, *args: Any, done: Callable[[int], None] | None = None) -> list[Any]:
+        """``method(*args)`` on every actor; ``done(i)`` as actor i's result arrives (in any order)."""
+        pending = {getattr(h, method).remote(*args): i for i, h in enumerate(self.handles)}
+        results: list[Any] = [None] * len(self.handles)
+        while pending:
+            ready, _ = self.ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ready[0])
+            results[i] = _result(self.ray, ready[0], self.retries)
+            if done is not None:
+                done(i)
+        return results
+
+
+@contextlib.contextmanager
+def actors(cls: type, calls: Sequence[tuple], *, shared: Any = None, retries: int = 3,
+           num_cpus: float = 1) -> Iterator[Actors]:
+    """One actor per call, made as ``cls(shared, *call)`` (``shared`` put in the object store once); a
+    dead actor is restarted (``retries`` times) and its pending call re-run. The actors end with the block."""
+    ray = require_ray()
+    remote = ray.remote(max_restarts=retries, max_task_retries=retries, num_cpus=num_cpus)(cls)
+    shared_ref = ray.put(shared)
+    with _native_stderr_to_debug():  # Ray's C++ notice that restarts need the arguments kept: they are, here
+        handles = [remote.remote(shared_ref, *call) for call in calls]
+    try:
+        yield Actors(ray, handles, retries)
+    finally:
+        for handle in handles:
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
