@@ -10,7 +10,7 @@ import json
 import click
 
 from onnxmbs.cli.options import (clean_errors, labelled_options, open_images_data, open_labelled_data, progress_option,
-                                 refuse_overwrite, threads_option)
+                                 ray_options, refuse_overwrite, threads_option)
 
 _FRACTION = click.FloatRange(0, 1)
 
@@ -42,6 +42,8 @@ _FRACTION = click.FloatRange(0, 1)
               help="--reconstruct: sampled output positions per image and layer.")
 @click.option("--ridge", type=click.FloatRange(min=0), default=1e-3, show_default=True,
               help="--reconstruct: ridge strength towards the weights the layer had.")
+@ray_options(workers_help="--reconstruct: split the re-fit's data into N shards, one Ray worker each (equal to one "
+                          "process to float rounding; needs pip install 'onnxmbs[ray]').")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the blocks plan JSON.")
 @click.option("--output-model", type=click.Path(dir_okay=False), default=None,
               help="Write the shallow ONNX model (the removed blocks bypassed).")
@@ -50,7 +52,8 @@ _FRACTION = click.FloatRange(0, 1)
 @clean_errors
 def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, metric: str | None,
            max_fidelity_loss: float | None, target_param_reduction: float | None, target_flop_reduction: float | None,
-           rescore: str, threads: int | None, reconstruct: bool, positions: int, ridge: float, output: str | None,
+           rescore: str, threads: int | None, reconstruct: bool, positions: int, ridge: float, workers: int | None,
+           ray_address: str | None, output: str | None,
            output_model: str | None, as_json: bool, progress: bool | None, batch_size: int, provider: str,
            input_shape, **data) -> None:
     """Block pruning: score each residual block by the accuracy (or fidelity) without it, remove the best, repeat."""
@@ -58,6 +61,8 @@ def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, metr
 
     if rescore == "refit" and not reconstruct:
         raise click.UsageError("--rescore refit scores the blocks after each re-fit: add --reconstruct")
+    if (workers or ray_address) and not reconstruct:
+        raise click.UsageError("--workers and --ray-address split the re-fit: add --reconstruct")
     metric = _metric(metric, max_fidelity_loss, max_accuracy_drop, labelled=has_labels(data["data"]))
     drop = max_fidelity_loss if max_fidelity_loss is not None else max_accuracy_drop
     if all(v is None for v in (remove, drop, target_param_reduction, target_flop_reduction)):
@@ -73,7 +78,8 @@ def blocks(model: str, remove: int | None, max_accuracy_drop: float | None, metr
     loaded = load_model(model, input_shape=input_shape)
     images = open_labelled_data(loaded, **data) if metric == "top-1" else open_images_data(loaded, **data)
     stop = Stop(remove, drop, target_param_reduction, target_flop_reduction)
-    refit = _refit_options(images, batch_size, provider, progress, positions, ridge) if reconstruct else None
+    refit = _refit_options(images, batch_size, provider, progress, positions, ridge, workers=workers,
+                           ray_address=ray_address) if reconstruct else None
     result = prune_blocks(model, images, stop=stop, metric=_user_metric(metric, data["data"]) or metric,
                           rescore=rescore, batch_size=batch_size, provider=provider, threads=threads,
                           progress=progress, input_shape=input_shape, reconstruct=refit)
@@ -109,7 +115,8 @@ def _metric(metric: str | None, fidelity_loss: float | None, accuracy_drop: floa
     return metric
 
 
-def _refit_options(images, batch_size: int, provider: str, progress, positions: int, ridge: float):
+def _refit_options(images, batch_size: int, provider: str, progress, positions: int, ridge: float, *,
+                   workers: int | None = None, ray_address: str | None = None):
     """--reconstruct: the scoring images (already normalised by the one rule) feed the least squares."""
     from onnxmbs.compact.reconstruct import ReconstructOptions
     from onnxmbs.stats.measure import CalibrationOptions
@@ -117,7 +124,8 @@ def _refit_options(images, batch_size: int, provider: str, progress, positions: 
     norm = images.normalisation  # the one rule's decision for --data: the same flags decide it again here
     given = norm is not None and norm.origin == "flag"
     how = {"preprocess": norm.preset, "mean": norm.mean, "std": norm.std} if given else {}
-    data = CalibrationOptions(data=images.x, batch_size=batch_size, provider=provider, progress=progress, **how)
+    data = CalibrationOptions(data=images.x, batch_size=batch_size, provider=provider, progress=progress,
+                              workers=workers, ray_address=ray_address, **how)
     return ReconstructOptions(data=data, positions=positions, ridge=ridge)
 
 
