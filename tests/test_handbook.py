@@ -198,3 +198,51 @@ def test_round_to_auto_plans_each_k_at_its_measured_rounding(files, tmp_path):
         (mbs,) = [t for t in prepared.tasks if t.variant == "mbs" and t.k == point.k]
         assert mbs.plan.settings.round_to == point.round_to
         assert [c["round_to"] for c in mbs.plan.extra["rounding"]["candidates"]] == list(ROUNDINGS)
+
+
+METRIC = '''
+import numpy as np
+
+
+def top1(outputs, targets):
+    return float((outputs[0].argmax(1) == targets["y"]).mean())
+
+
+def balanced(outputs, targets):
+    pred, y = outputs[0].argmax(1), targets["y"]
+    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
+'''
+
+
+def test_cli_user_metric_scores_every_run_and_the_table_compares_it(files, tmp_path):
+    """--metric python:F:FN: each run's score is FN(outputs over --val, the .npz's other arrays); a metric
+    recomputing top-1 equals the recorded top-1, and a different one (balanced accuracy) is what the table
+    compares, in the metric's own units."""
+    (tmp_path / "m.py").write_text(METRIC)
+    books = {}
+    for name in ("top1", "balanced"):
+        args = ["handbook", str(files["onnx"]), "--zoo", "resnet20", "--data", str(files["calib"]),
+                "--train", str(files["train"]), "--val", str(files["val"]), "--k", "1.4", "--no-original",
+                "--metric", f"python:{tmp_path / 'm.py'}:{name}", "--runs", str(tmp_path / f"runs_{name}"), *FLAGS,
+                "-o", str(tmp_path / f"{name}.json")]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        books[name] = Handbook.from_json(json.loads((tmp_path / f"{name}.json").read_text()))
+        assert "MBS score" in result.output and f"scored by python:{tmp_path / 'm.py'}:{name}" in result.output
+    (run,) = books["top1"].runs
+    assert run.score == pytest.approx(run.accuracy)
+    (run,) = books["balanced"].runs
+    y = np.load(files["val"])["y"]
+    assert run.accuracy == books["top1"].runs[0].accuracy  # the same training (seed 0, one thread)
+    assert run.score is not None and 0 <= run.score <= 1 and books["balanced"].rows()[0].mbs.mean == run.score
+    assert len(np.unique(y)) == 3
+
+
+def test_cli_user_metric_bad_file_is_one_line(files, tmp_path):
+    (tmp_path / "m.py").write_text("def other(outputs, targets):\n    return 0.0\n")
+    args = ["handbook", str(files["onnx"]), "--zoo", "resnet20", "--data", str(files["calib"]),
+            "--train", str(files["train"]), "--val", str(files["val"]), "--k", "1.4",
+            "--metric", f"python:{tmp_path / 'm.py'}:top1", *FLAGS, "-o", str(tmp_path / "x.json")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "defines no function 'top1'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "x.json").exists()

@@ -21,7 +21,7 @@ from onnxmbs.cli.values import OutputFile
 
 
 def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec: str | None, *, train: str,
-             val: str, normalisation: tuple, init: str, threads: int | None, config):
+             val: str, normalisation: tuple, init: str, threads: int | None, config, metric: str | None = None):
     """The model source and the two data sets, in the framework's layout at the ONNX input size."""
     from onnxmbs.graph.load import load_model
     from onnxmbs.handbook.training import ModelSource, Trainer
@@ -45,7 +45,28 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
               "size": chw[1:], "channels": chw[0]}
     train_set, val_set = load_dataset(train, **kwargs), load_dataset(val, **kwargs)
     source = replace(source, num_classes=train_set.num_classes)
-    return Trainer(source=source, train=train_set, val=val_set, config=config, init=init, threads=threads)
+    return Trainer(source=source, train=train_set, val=val_set, config=config, init=init, threads=threads,
+                   **_metric(metric, val, len(val_set.y)))
+
+
+def _metric(metric: str | None, val: str, images: int) -> dict:
+    """--metric python:FILE.py:FUNCTION: the spec (absolute path: Ray workers load it too) and its targets,
+    the --val .npz's other arrays; checked here, before any training."""
+    if metric is None or metric in ("accuracy", "top-1"):
+        return {}
+    from onnxmbs.errors import MBSError
+    from onnxmbs.stats.metric import PREFIX, load_metric, read_targets
+
+    if not metric.startswith(PREFIX):
+        raise click.BadParameter(f"{metric!r} — use accuracy or python:FILE.py:FUNCTION", param_hint="--metric")
+    loaded = load_metric(metric)
+    file = metric[len(PREFIX):].rpartition(":")[0]
+    targets = read_targets(val)
+    short = [k for k, v in targets.items() if len(v) != images]
+    if short:
+        raise MBSError(f"--metric: {val} has {images} images but {', '.join(short)} "
+                       f"{'has' if len(short) == 1 else 'have'} a different length — save one target per image")
+    return {"metric": f"{PREFIX}{Path(file).resolve()}:{loaded.name}", "targets": targets}
 
 
 @click.command()
@@ -75,6 +96,10 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
 @click.option("--init", type=click.Choice(["scratch", "inherit"]), default="scratch", show_default=True,
               help="scratch: re-initialise (the paper); inherit: keep the surviving channels' weights.")
 @training_options
+@click.option("--metric", default=None, metavar="accuracy|python:FILE.py:FUNCTION",
+              help="What the handbook compares: held-out top-1 (default), or your FUNCTION(outputs, targets) -> float "
+                   "(higher is better) on the trained models' outputs over --val, with targets the --val .npz's "
+                   "other arrays. Top-1 is recorded too.")
 @threads_option(help="CPU threads per training (1 makes CPU runs repeatable run to run).")
 @ray_options(workers_help="Run the trainings as N Ray tasks.")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False), default=None,
@@ -84,8 +109,8 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
 @progress_option()
 @clean_errors
 def handbook(model: str, zoo_name, framework, model_spec, data, stats, max_images, train_data, val_data, preprocess,
-             mean, std, k_range, round_to, uniform, original, seeds, init, threads, workers, ray_address, runs_dir, outputs,
-             progress, **train_options) -> None:
+             mean, std, k_range, round_to, uniform, original, seeds, init, metric, threads, workers, ray_address,
+             runs_dir, outputs, progress, **train_options) -> None:
     """Retrain and evaluate MBS at every k (and uniform scaling at the same size): the accuracy handbook."""
     from onnxmbs.errors import MBSError
     from onnxmbs.handbook.engine import HandbookJob, run_handbook
@@ -107,7 +132,8 @@ def handbook(model: str, zoo_name, framework, model_spec, data, stats, max_image
         refuse_overwrite(out, model, train_data, val_data, *(p for p in (data, stats) if p))
     config = TrainConfig(**train_options)
     trainer = _trainer(model, zoo_name, framework, model_spec, train=train_data, val=val_data,
-                       normalisation=(preprocess, mean, std), init=init, threads=threads, config=config)
+                       normalisation=(preprocess, mean, std), init=init, threads=threads, config=config,
+                       metric=metric)
     job = HandbookJob(onnx=model, trainer=trainer, stats=stats, ks=parse_ks(k_range), seeds=seeds, uniform=uniform,
                       original=original, round_to=round_to, train_data=train_data, val_data=val_data,
                       calibration=CalibrationOptions(data=data, preprocess=preprocess, mean=mean, std=std,

@@ -72,7 +72,7 @@ def _settings(job: HandbookJob, analysis: Any, images: int) -> Settings:
                     train_data=job.train_data, val_data=job.val_data, calibration=calib,
                     preprocess=norm.name, normalisation=norm, images=images,
                     round_to=job.round_to, ks=tuple(job.ks), seeds=job.seeds, uniform=job.uniform,
-                    original=job.original)
+                    original=job.original, metric=job.trainer.metric)
 
 
 def _plans(job: HandbookJob, done: Any) -> tuple[list[Point], list[Task]]:

@@ -63,11 +63,19 @@ class Run(Record):
     seed: int
     alpha: float | None
     params: int
-    accuracy: float
+    accuracy: float  # held-out top-1
     seconds: float
     epochs: int
+    score: float | None = None  # the settings' user metric on the held-out data (None: top-1 is the score)
     extra: Mapping[str, Any] = field(default_factory=dict)
-    CONVERT: ClassVar = {"k": optional(float), "alpha": optional(float), "params": int, "seed": int}
+    CONVERT: ClassVar = {"k": optional(float), "alpha": optional(float), "params": int, "seed": int,
+                         "score": optional(float)}
+    OMIT_NONE: ClassVar = frozenset({"score"})
+
+    @property
+    def value(self) -> float:
+        """What the handbook compares: the user metric's score when there is one, else top-1."""
+        return self.accuracy if self.score is None else self.score
 
     @property
     def key(self) -> str:
@@ -94,9 +102,11 @@ class Settings(Record):
     uniform: bool
     original: bool
     normalisation: Normalisation | None = None  # how calibration and training images were normalised
+    metric: str | None = None  # python:FILE.py:FUNCTION scoring the held-out data (None: top-1)
     extra: Mapping[str, Any] = field(default_factory=dict)
-    CONVERT: ClassVar = {"ks": _floats, "train": dict, "normalisation": optional(Normalisation.from_json)}
-    OMIT_NONE: ClassVar = frozenset({"normalisation"})
+    CONVERT: ClassVar = {"ks": _floats, "train": dict, "normalisation": optional(Normalisation.from_json),
+                         "metric": optional(str)}
+    OMIT_NONE: ClassVar = frozenset({"normalisation", "metric"})
     RESUMABLE: ClassVar = frozenset({"ks", "seeds", "uniform", "original", "model", "train_data", "val_data",
                                      "calibration", "extra"})
 
@@ -193,8 +203,8 @@ class Handbook(Record):
                            "`onnxmbs handbook`") from None
 
     def accuracies(self, variant: str, k: float | None = None) -> dict[int, float]:
-        """Seed -> accuracy of ``variant`` at ``k``."""
-        return {r.seed: r.accuracy for r in self.runs if r.variant == variant and r.k == k}
+        """Seed -> score of ``variant`` at ``k`` (top-1, or the settings' metric)."""
+        return {r.seed: r.value for r in self.runs if r.variant == variant and r.k == k}
 
     def original(self) -> Stat | None:
         return Stat.of(list(self.accuracies("original").values()))

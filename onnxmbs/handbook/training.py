@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from collections.abc import Mapping
 
 from onnxmbs.handbook.record import Run, run_key
 from onnxmbs.planning.document import PlanDocument
@@ -62,6 +63,8 @@ class Trainer:
     config: TrainConfig
     init: str = "scratch"
     threads: int | None = None  # framework CPU threads per run (1: deterministic and parallel-friendly)
+    metric: str | None = None  # python:FILE.py:FUNCTION (absolute path) scoring the held-out outputs
+    targets: Mapping[str, Any] | None = field(default=None, repr=False)  # the metric's: val data's other arrays
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,19 @@ def run_task(trainer: Trainer, task: Task) -> Run:
                          progress=False)
     run = Run(variant=task.variant, k=task.k, seed=task.seed, alpha=task.alpha,
               params=count_params(model, source.framework, source.chw), accuracy=float(result.val_accuracy),
-              seconds=round(time.perf_counter() - began, 3), epochs=len(result.epochs))
-    logger.info("%s: %.2f%% held-out accuracy, %d params, %.0f s", run.key, 100 * run.accuracy, run.params,
-                run.seconds)
+              seconds=round(time.perf_counter() - began, 3), epochs=len(result.epochs),
+              score=_score(trainer, model))
+    logger.info("%s: %.2f%% held-out accuracy%s, %d params, %.0f s", run.key, 100 * run.accuracy,
+                "" if run.score is None else f", metric {run.score:.4f}", run.params, run.seconds)
     return run
+
+
+def _score(trainer: Trainer, model: Any) -> float | None:
+    """The user metric on the trained model's held-out outputs (None without a metric)."""
+    if trainer.metric is None:
+        return None
+    from onnxmbs.stats.metric import load_metric, score
+    from onnxmbs.train.frameworks import predict
+
+    outputs = predict(model, trainer.source.framework, trainer.val.x)
+    return score(load_metric(trainer.metric), outputs, dict(trainer.targets or {}))

@@ -24,53 +24,74 @@ CSV_COLUMNS = ("k", "rf_boundary", "beta", "configuration", "params", "flops", "
                "difference_low", "difference_high")
 
 
-def _stat(stat: Stat | None) -> str:
+def _stat(stat: Stat | None, *, percent: bool = True) -> str:
     if stat is None:
         return "-"
+    if not percent:  # a user metric, in its own units
+        return f"{stat.mean:.4f}" if stat.n == 1 else f"{stat.mean:.4f} ± {stat.std:.4f} ({stat.n})"
     return f"{100 * stat.mean:.2f}%" if stat.n == 1 else f"{100 * stat.mean:.2f} ± {100 * stat.std:.2f}% ({stat.n})"
 
 
-def _paired(diff: Paired | None) -> str:
+def _paired(diff: Paired | None, *, percent: bool = True) -> str:
     if diff is None:
         return "-"
+    if not percent:
+        return f"{diff.mean:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}] ({diff.n})"
     return f"{100 * diff.mean:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}] pts ({diff.n})"
+
+
+def _headers(book: Handbook) -> tuple[str, ...]:
+    """The table's headers: "accuracy" columns are "score" columns under a user metric."""
+    if book.settings.metric is None:
+        return HEADERS
+    return tuple(h.replace("accuracy", "score") for h in HEADERS)
 
 
 def _config(configuration: Sequence[Sequence[int]]) -> str:
     return " / ".join(",".join(str(w) for w in ws) for ws in configuration)
 
 
-def _cells(row: Row) -> tuple:
+def _cells(row: Row, *, percent: bool = True) -> tuple:
     p = row.point
     return (f"{p.k:g}", p.rf_boundary if p.rf_boundary is not None else "none",
             " ".join(f"{b:.3f}" for b in p.beta), _config(p.configuration), f"{p.params:,}", f"{p.flops:,}",
-            _stat(row.mbs), "-" if p.alpha is None else f"{p.alpha:.4f}",
-            "-" if p.uniform_params is None else f"{p.uniform_params:,}", _stat(row.uniform), _paired(row.difference))
+            _stat(row.mbs, percent=percent), "-" if p.alpha is None else f"{p.alpha:.4f}",
+            "-" if p.uniform_params is None else f"{p.uniform_params:,}", _stat(row.uniform, percent=percent),
+            _paired(row.difference, percent=percent))
+
+
+def _rows(book: Handbook) -> list[tuple]:
+    percent = book.settings.metric is None
+    return [_cells(r, percent=percent) for r in book.rows()]
 
 
 def _caption(book: Handbook) -> str:
     st = book.settings
     original = book.original()
+    what = "accuracy" if st.metric is None else "score"
+    scored = "" if st.metric is None else f"; scored by {st.metric}"
     return (f"{st.model} ({st.source}, {st.framework}); init {st.init}, {st.train.get('epochs')} epochs, "
             f"{st.seeds} seed(s); original {book.params:,} params, {book.flops:,} MACs"
-            + (f", accuracy {_stat(original)}" if original else "") + f"; {len(book.runs)} runs")
+            + (f", {what} {_stat(original, percent=st.metric is None)}" if original else "")
+            + f"; {len(book.runs)} runs{scored}")
 
 
 def _pooled(book: Handbook) -> str:
     """One line under the table: MBS − uniform over all k (empty without uniform runs at several k)."""
     pooled = book.pooled()
-    return "" if pooled is None else f"MBS − uniform over all k (seed-paired, 95% CI): {_paired(pooled)}"
+    percent = book.settings.metric is None
+    return "" if pooled is None else f"MBS − uniform over all k (seed-paired, 95% CI): {_paired(pooled, percent=percent)}"
 
 
 def handbook_text(book: Handbook) -> str:
-    lines = [_caption(book), table(HEADERS, [_cells(r) for r in book.rows()]), _pooled(book)]
+    lines = [_caption(book), table(_headers(book), _rows(book)), _pooled(book)]
     return "\n".join(line for line in lines if line)
 
 
 def handbook_markdown(book: Handbook, *, title: str = "# onnxmbs handbook") -> str:
     """The handbook in Markdown: ``title``, the caption, the table and the pooled difference."""
     pooled = _pooled(book)
-    return "\n".join([title, "", _caption(book), "", md_table(HEADERS, (_cells(r) for r in book.rows())),
+    return "\n".join([title, "", _caption(book), "", md_table(_headers(book), _rows(book)),
                       *(["", pooled] if pooled else [])])
 
 
@@ -116,7 +137,7 @@ def handbook_html(book: Handbook, *, title: str = "onnxmbs handbook", heading: s
     """The handbook as an HTML section: caption, the Figure 5 chart, the table and the pooled difference."""
     pooled = _pooled(book)
     return (f"<section><{heading}>{escape(title)}</{heading}><p class=\"meta\">{escape(_caption(book))}</p>"
-            f"<div class=\"charts\">{figure(book)}</div>{html_table(HEADERS, [_cells(r) for r in book.rows()])}"
+            f"<div class=\"charts\">{figure(book)}</div>{html_table(_headers(book), _rows(book))}"
             + (f"<p>{escape(pooled)}</p>" if pooled else "") + "</section>")
 
 

@@ -16,6 +16,7 @@ from onnxmbs.errors import MBSError
 from onnxmbs.runtime.frameworks import import_keras, require_framework
 
 if TYPE_CHECKING:
+    import numpy as np
     from onnxmbs.train import TrainConfig, TrainResult
 
 KERAS_SUFFIXES = (".keras", ".h5")
@@ -83,3 +84,14 @@ def train_model(model: Any, framework: str, train: Any, val: Any, config: TrainC
     from onnxmbs.train.keras_trainer import train_keras
 
     return train_keras(model, train, config=config, val=val, progress=progress)
+
+
+def predict(model: Any, framework: str, x: np.ndarray) -> list[np.ndarray]:
+    """The trained model's outputs over ``x`` (the framework's layout), one array per output, batch first."""
+    if framework == "torch":
+        from onnxmbs.train.torch_trainer import predict_torch
+
+        return predict_torch(model, x)
+    from onnxmbs.train.keras_trainer import predict_keras
+
+    return predict_keras(model, x)

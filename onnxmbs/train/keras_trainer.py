@@ -29,13 +29,20 @@ def _from_logits(model: Any) -> bool:
     return type(last).__name__ != "Softmax" and getattr(activation, "__name__", "") != "softmax"
 
 
+def predict_keras(model: Any, x: np.ndarray, *, batch_size: int = 256) -> list[np.ndarray]:
+    """The model's outputs over ``x`` (inference mode), one array per output, batch first."""
+    parts: list[list[np.ndarray]] = []
+    for idx in batches(len(x), batch_size, None):
+        out = model(x[idx], training=False)
+        outs = [np.asarray(o) for o in (out if isinstance(out, (tuple, list)) else (out,))]
+        parts = [[o] for o in outs] if not parts else [p + [o] for p, o in zip(parts, outs)]
+    return [np.concatenate(p) for p in parts]
+
+
 def evaluate_keras(model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> float:
     """Top-1 accuracy (inference mode)."""
-    correct = 0
-    for idx in batches(len(y), batch_size, None):
-        logits = np.asarray(model(x[idx], training=False))
-        correct += int((logits.argmax(1) == y[idx]).sum())
-    return correct / len(y)
+    logits = predict_keras(model, x, batch_size=batch_size)[0]
+    return int((logits.argmax(1) == y).sum()) / len(y)
 
 
 def _compile(model: Any, config: TrainConfig) -> None:

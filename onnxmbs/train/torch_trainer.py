@@ -26,20 +26,28 @@ def pick_device(config: TrainConfig) -> torch.device:
     return torch.device(config.device)
 
 
-def evaluate_torch(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` (eval mode; the training flag is restored)."""
+def predict_torch(model: nn.Module, x: np.ndarray, *, batch_size: int = 256) -> list[np.ndarray]:
+    """The model's outputs over ``x`` (eval mode, no gradients; the training flag is restored), one array per
+    output, batch first."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    correct = 0
+    parts: list[list[np.ndarray]] = []
     try:
         with torch.no_grad():
-            for idx in batches(len(y), batch_size, None):
-                logits = model(torch.from_numpy(np.ascontiguousarray(x[idx])).to(device))
-                correct += int((logits.argmax(1).cpu().numpy() == y[idx]).sum())
+            for idx in batches(len(x), batch_size, None):
+                out = model(torch.from_numpy(np.ascontiguousarray(x[idx])).to(device))
+                outs = [o.cpu().numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+                parts = [[o] for o in outs] if not parts else [p + [o] for p, o in zip(parts, outs)]
     finally:
         model.train(was_training)
-    return correct / len(y)
+    return [np.concatenate(p) for p in parts]
+
+
+def evaluate_torch(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` (eval mode; the training flag is restored)."""
+    logits = predict_torch(model, x, batch_size=batch_size)[0]
+    return int((logits.argmax(1) == y).sum()) / len(y)
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
