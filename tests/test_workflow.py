@@ -149,7 +149,8 @@ def test_the_handbook_runs_the_sequence(model, tmp_path, calls):
     from onnxmbs.handbook.store import RunStore
     from onnxmbs.stats.measure import CalibrationOptions
 
-    trainer = SimpleNamespace(config=_Recipe(), init="scratch", source=SimpleNamespace(name="zoo:x", framework="torch"))
+    trainer = SimpleNamespace(config=_Recipe(), init="scratch", metric=None,
+                              source=SimpleNamespace(name="zoo:x", framework="torch"))
     job = HandbookJob(onnx=str(model), trainer=trainer, calibration=CalibrationOptions(synthetic=4, progress=False),
                       ks=(0.5, 1.0), original=False)
     store = RunStore(tmp_path / "runs")
