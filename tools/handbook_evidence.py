@@ -24,7 +24,8 @@ two Ray workers; each schedule was chosen so the original architecture is stable
       --lr 0.1 --schedule cosine --workers 2 &
   python tools/handbook_evidence.py --model mobilenet --size 32 --k 0.6,1,1.4 --seeds 8 --epochs 24 \
       --lr 0.05 --schedule cosine
-then the same two commands with ``--seeds 16`` (and ``--workers 2``), one after the other: they
+``--report-only`` prints and writes the tables of the runs finished so far (nothing is trained).
+Then the same two commands with ``--seeds 16`` (and ``--workers 2``), one after the other: they
 resume and train seeds 8-15 only.
 """
 from __future__ import annotations
@@ -139,6 +140,12 @@ def _pilot(args: argparse.Namespace, out: Path, train: Dataset, val: Dataset, co
           f"{np.mean(finals):.2f} ± {np.std(finals, ddof=1) if len(finals) > 1 else 0:.2f} % over {len(finals)} seeds")
 
 
+def _nothing(trainer, tasks, progress):
+    """--report-only: an executor that trains none of the missing runs."""
+    log.info("--report-only: %d run(s) not trained yet are left out of the tables", len(tasks))
+    return iter(())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(NAMES), required=True)
@@ -155,6 +162,9 @@ def main() -> None:
     parser.add_argument("--crop-pad", type=int, default=None, help="default: size / 16")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("artifacts/handbook"))
+    parser.add_argument("--report-only", action="store_true",
+                        help="print and write the tables from the runs saved so far; train nothing (an unfinished "
+                             "run directory shows what is done)")
     parser.add_argument("--pilot", action="store_true",
                         help="only train the original architecture per seed and print its accuracy per epoch")
     args = parser.parse_args()
@@ -183,6 +193,8 @@ def main() -> None:
                       ks=parse_ks(args.k), seeds=args.seeds, uniform=True, original=True,
                       train_data=f"{_NAME[args.dataset]} train split", val_data=f"{_NAME[args.dataset]} held-out split")
     execute = ray_executor(workers=args.workers) if args.workers else None
+    if args.report_only:
+        execute = _nothing
     book = run_handbook(job, RunStore(out / "runs"), progress=True, **({"execute": execute} if execute else {}))
     for suffix in ("json", "md", "html"):
         write_handbook(book, out / f"{args.model}.{suffix}")
