@@ -81,7 +81,9 @@ def mobilenet(split, out: Path, epochs: int):
     config = TrainConfig(epochs=epochs, batch_size=32, lr=0.1, schedule="cosine", flip=False, crop_pad=2, seed=0)
     train_torch(model, (split.x_train, split.y_train), config=config)
     model.eval()
-    return model, export_torch(model, (3, 32, 32), out / "mobilenet_digits.onnx")
+    from onnxmbs.data.normalisation import preprocess_metadata
+
+    return model, export_torch(model, (3, 32, 32), out / "mobilenet_digits.onnx", metadata=preprocess_metadata("raw"))
 
 
 def resnet20(path: Path):
@@ -115,7 +117,9 @@ def torch_pruning(model, target: int, split, out: Path, tag: str):
         lo, hi = (mid, hi) if folded_params(pruned(mid), example) > target else (lo, mid)
     best = min((lo, hi), key=lambda r: abs(folded_params(pruned(r), example) - target))
     m = pruned(best).eval()
-    path = export_torch(m, (3, 32, 32), out / f"tp_{tag}.onnx")
+    from onnxmbs.data.normalisation import preprocess_metadata
+
+    path = export_torch(m, (3, 32, 32), out / f"tp_{tag}.onnx", metadata=preprocess_metadata("raw"))
     return path, folded_params(m, example), best
 
 
