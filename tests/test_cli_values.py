@@ -35,6 +35,15 @@ def test_sweep_k_range_is_a_bad_parameter(tmp_path):
     assert result.exit_code == 2 and "Invalid value for '--k'" in result.output
 
 
+def test_handbook_k_range_is_the_same_bad_parameter(tmp_path):
+    """The handbook reads --k with the sweep's type: a bad range is exit 2 before any training."""
+    model = tiny(tmp_path / "m.onnx")
+    result = run("handbook", model, "--zoo", "resnet20", "--data", model, "--train", model, "--val", model,
+                 "--k", "1:x", "-o", tmp_path / "h.json")
+    assert result.exit_code == 2 and "Invalid value for '--k'" in result.output
+    assert not (tmp_path / "h.json").exists()
+
+
 def test_preprocess_errors_name_only_what_the_user_gave():
     with pytest.raises(MBSError) as err:
         make_preprocess("imagenet", std=(0.0,))

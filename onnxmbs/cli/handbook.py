@@ -17,7 +17,7 @@ import click
 
 from onnxmbs.cli.options import (clean_errors, max_images_option, normalisation_options, progress_option, ray_options,
                                  refuse_overwrite, round_to_option, threads_option, training_options)
-from onnxmbs.cli.values import OutputFile
+from onnxmbs.cli.values import KValues, OutputFile
 
 
 def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec: str | None, *, train: str,
@@ -86,7 +86,7 @@ def _metric(metric: str | None, val: str, images: int) -> dict:
 @click.option("--val", "val_data", required=True, type=click.Path(exists=True),
               help="Held-out evaluation data: .npz (x, y) or a folder of class folders.")
 @normalisation_options
-@click.option("--k", "k_range", default="0.6:1.4:0.2", show_default=True,
+@click.option("--k", "k_range", type=KValues(), default="0.6:1.4:0.2", show_default=True,
               help="k values: start:stop:step (stop included) or a list 0.6,1,1.4.")
 @round_to_option
 @click.option("--uniform", is_flag=True, help="Also train uniform α-scaling at each k's parameter budget.")
@@ -115,7 +115,6 @@ def handbook(model: str, zoo_name, framework, model_spec, data, stats, max_image
     from onnxmbs.errors import MBSError
     from onnxmbs.handbook.engine import HandbookJob, run_handbook
     from onnxmbs.handbook.store import RunStore
-    from onnxmbs.planning.sweep import parse_ks
     from onnxmbs.reports.formats import write_handbook
     from onnxmbs.reports.handbook import handbook_text
     from onnxmbs.stats.measure import CalibrationOptions
@@ -134,7 +133,7 @@ def handbook(model: str, zoo_name, framework, model_spec, data, stats, max_image
     trainer = _trainer(model, zoo_name, framework, model_spec, train=train_data, val=val_data,
                        normalisation=(preprocess, mean, std), init=init, threads=threads, config=config,
                        metric=metric)
-    job = HandbookJob(onnx=model, trainer=trainer, stats=stats, ks=parse_ks(k_range), seeds=seeds, uniform=uniform,
+    job = HandbookJob(onnx=model, trainer=trainer, stats=stats, ks=tuple(k_range), seeds=seeds, uniform=uniform,
                       original=original, round_to=round_to, train_data=train_data, val_data=val_data,
                       calibration=CalibrationOptions(data=data, preprocess=preprocess, mean=mean, std=std,
                                                      max_images=max_images, progress=progress))
