@@ -169,3 +169,11 @@ def test_blocks_reconstruct_with_workers_writes_what_one_process_writes(tmp_path
     assert one.keys() == two.keys()
     for name in one:
         assert relative(two[name], one[name]) < 1e-3, name  # float32 Gram products summed in another grouping
+
+
+def test_an_address_nothing_answers_on_is_one_line_not_a_hang():
+    from onnxmbs.errors import MBSError
+    from onnxmbs.runtime.cluster import _reachable
+
+    with pytest.raises(MBSError, match="no Ray cluster answers at '127.0.0.1:1'"):
+        _reachable("127.0.0.1:1", timeout=2)

@@ -55,6 +55,8 @@ def connect(address: str | None = None, *, workers: int | None = None) -> Iterat
         return
     options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
     quiet_token_warnings()
+    if address and address != "auto":
+        _reachable(address)
     try:
         if address:
             with _native_stderr_to_debug():  # 20 C++ "Failed to get cluster ID ... InvalidAuthToken" lines
@@ -67,6 +69,21 @@ def connect(address: str | None = None, *, workers: int | None = None) -> Iterat
         yield ray
     finally:
         ray.shutdown()
+
+
+def _reachable(address: str, *, timeout: float = 5.0) -> None:
+    """A HOST:PORT nothing answers on is one line (``ray.init`` would retry silently for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # not HOST:PORT: let Ray say what it makes of it
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise MBSError(f"no Ray cluster answers at {address!r} ({exc.strerror or exc}) — start it with "
+                       "`ray start --head` on that machine, check the address, or leave out --ray-address for a "
+                       "local Ray") from None
 
 
 #: Ray's logger for its token-authentication notices, and the notices onnxmbs does not pass on
