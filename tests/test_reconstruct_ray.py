@@ -161,8 +161,9 @@ def test_blocks_reconstruct_with_workers_writes_what_one_process_writes(tmp_path
         outs[name] = tmp_path / f"{name}.onnx"
         res = CliRunner().invoke(blocks_cmd, [str(model_path), "--data", str(data), "--preprocess", "raw",
                                               "--remove", "1", "--rescore", "once", "--reconstruct",
-                                              "--output-model", str(outs[name]), *extra])
+                                              "--batch-size", "16", "--output-model", str(outs[name]), *extra])
         assert res.exit_code == 0, res.output
+        assert ("in 2 shards on Ray" in res.output) == bool(extra)
     one, two = weights(onnx.load(str(outs["one"]))), weights(onnx.load(str(outs["two"])))
     original = weights(onnx.load(str(model_path)))
     assert any(n in original and not np.array_equal(one[n], original[n]) for n in one)  # something was re-fitted

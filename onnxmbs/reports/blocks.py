@@ -87,8 +87,10 @@ def reconstruction_line(plan: BlocksPlan) -> str | None:
     if not rec:
         return None
     metric = metric_of(plan)
-    return (f"reconstruct {len(rec['layers'])} layer(s) after the removed blocks re-fitted on {rec['images']} images "
-            f"({rec['seconds']:.1f} s): {_label(metric)} {_value(metric, rec['score_before'])} -> "
+    shards = rec.get("shards", 1)
+    where = f" in {shards} shards on Ray" if shards > 1 else ""
+    return (f"reconstruct {len(rec['layers'])} layer(s) after the removed blocks re-fitted on {rec['images']} images"
+            f"{where} ({rec['seconds']:.1f} s): {_label(metric)} {_value(metric, rec['score_before'])} -> "
             f"{_value(metric, rec['score_after'])}")
 
 
