@@ -54,6 +54,7 @@ def test_connect_translates_the_refusal(monkeypatch):
         raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6391") from RuntimeError(REFUSED)
 
     monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(cluster, "_reachable", lambda address: None)  # a head that answers, then refuses the token
     with pytest.raises(MBSError, match="refused this client's authentication token"):
         with cluster.connect("127.0.0.1:6391"):
             pass
