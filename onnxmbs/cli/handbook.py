@@ -60,13 +60,12 @@ def _metric(metric: str | None, val: str, images: int) -> dict:
     if not metric.startswith(PREFIX):
         raise click.BadParameter(f"{metric!r} — use accuracy or python:FILE.py:FUNCTION", param_hint="--metric")
     loaded = load_metric(metric)
-    file = metric[len(PREFIX):].rpartition(":")[0]
     targets = read_targets(val)
     short = [k for k, v in targets.items() if len(v) != images]
     if short:
         raise MBSError(f"--metric: {val} has {images} images but {', '.join(short)} "
                        f"{'has' if len(short) == 1 else 'have'} a different length — save one target per image")
-    return {"metric": f"{PREFIX}{Path(file).resolve()}:{loaded.name}", "targets": targets}
+    return {"metric": f"{PREFIX}{loaded.path.resolve()}:{loaded.name}", "targets": targets}
 
 
 @click.command()

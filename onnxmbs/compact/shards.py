@@ -80,9 +80,6 @@ class RayFitters:
                 eq.merge(other)
         return total
 
-    def close(self) -> None:
-        pass
-
 
 def shard_ranges(job: FitJob, workers: int) -> list[tuple[int, int]]:
     """``workers`` row ranges of the data, cut between whole batches (empty ones left out)."""

@@ -35,6 +35,7 @@ class Metric:
     spec: str
     name: str
     function: Callable[[list[np.ndarray], dict[str, np.ndarray]], Any]
+    path: Path | None = None  # the file that defines it
 
 
 def load_metric(spec: str) -> Metric:
@@ -54,7 +55,7 @@ def load_metric(spec: str) -> Metric:
     function = getattr(module, name, None)
     if not callable(function):
         raise MBSError(f"--metric: {path} defines no function {name!r} — define {name}(outputs, targets) -> float")
-    return Metric(spec, name, function)
+    return Metric(spec, name, function, path=path)
 
 
 def read_targets(path: str | Path) -> dict[str, np.ndarray]:
