@@ -246,3 +246,29 @@ def test_cli_user_metric_bad_file_is_one_line(files, tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and "defines no function 'top1'" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "x.json").exists()
+
+
+def test_cli_user_metric_that_raises_fails_before_any_training(files, tmp_path, monkeypatch):
+    """The metric is tried on the given ONNX model's outputs first: a broken one costs no training run."""
+    import onnxmbs.train.frameworks as frameworks
+
+    trained = []
+    monkeypatch.setattr(frameworks, "train_model", lambda *a, **k: trained.append(1) or pytest.fail("trained"))
+    (tmp_path / "m.py").write_text("def broken(outputs, targets):\n    return targets['boxes'].mean()\n")
+    runs = tmp_path / "runs"
+    args = ["handbook", str(files["onnx"]), "--zoo", "resnet20", "--data", str(files["calib"]),
+            "--train", str(files["train"]), "--val", str(files["val"]), "--k", "1.4", "--runs", str(runs),
+            "--metric", f"python:{tmp_path / 'm.py'}:broken", *FLAGS, "-o", str(tmp_path / "x.json")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "--metric broken raised KeyError" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "x.json").exists()
+    assert not list(runs.glob("runs/*.json")) and not trained
+
+
+@pytest.mark.parametrize("spec", ["python:m.py", "iou"])
+def test_cli_user_metric_spec_without_function_is_a_usage_error(files, tmp_path, spec):
+    args = ["handbook", str(files["onnx"]), "--zoo", "resnet20", "--data", str(files["calib"]),
+            "--train", str(files["train"]), "--val", str(files["val"]), "--k", "1.4",
+            "--metric", spec, *FLAGS, "-o", str(tmp_path / "x.json")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "python:FILE.py:FUNCTION" in result.output, result.output

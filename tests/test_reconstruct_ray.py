@@ -77,6 +77,14 @@ def test_shards_are_cut_between_whole_batches(monkeypatch):
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
 
 
+def test_fewer_batches_than_workers_says_so(monkeypatch, caplog):
+    """12 images in batches of 8 are 2 batches: 3 workers get 2 shards, and the log says why."""
+    sharded = job(images(12), workers=3, monkeypatch=monkeypatch)
+    with caplog.at_level("WARNING", logger="onnxmbs.compact.shards"), open_fitters(sharded) as fitters:
+        assert fitters.shards == 2 and fitters.images == 12
+    assert "--workers 3" in caplog.text and "runs in 2 shard(s)" in caplog.text
+
+
 def test_sharded_equations_equal_one_process(monkeypatch):
     x = images(36)
     local_job, sharded_job = job(x, monkeypatch=monkeypatch), job(x, workers=2, monkeypatch=monkeypatch)

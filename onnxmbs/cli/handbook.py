@@ -46,18 +46,19 @@ def _trainer(onnx: str, zoo_name: str | None, framework: str | None, model_spec:
     train_set, val_set = load_dataset(train, **kwargs), load_dataset(val, **kwargs)
     source = replace(source, num_classes=train_set.num_classes)
     return Trainer(source=source, train=train_set, val=val_set, config=config, init=init, threads=threads,
-                   **_metric(metric, val, len(val_set.y)))
+                   **_metric(metric, val, len(val_set.y), onnx=loaded, normalisation=normalisation))
 
 
-def _metric(metric: str | None, val: str, images: int) -> dict:
+def _metric(metric: str | None, val: str, images: int, *, onnx, normalisation: tuple) -> dict:
     """--metric python:FILE.py:FUNCTION: the spec (absolute path: Ray workers load it too) and its targets,
-    the --val .npz's other arrays; checked here, before any training."""
+    the --val .npz's other arrays; checked here, before any training, by scoring the given ONNX model
+    (a metric that fails on its outputs fails now, not after the first training)."""
     if metric is None or metric in ("accuracy", "top-1"):
         return {}
     from onnxmbs.errors import MBSError
-    from onnxmbs.stats.metric import PREFIX, load_metric, read_targets
+    from onnxmbs.stats.metric import PREFIX, load_metric, measure, read_targets
 
-    if not metric.startswith(PREFIX):
+    if not metric.startswith(PREFIX) or metric.count(":") < 2:
         raise click.BadParameter(f"{metric!r} — use accuracy or python:FILE.py:FUNCTION", param_hint="--metric")
     loaded = load_metric(metric)
     targets = read_targets(val)
@@ -65,6 +66,8 @@ def _metric(metric: str | None, val: str, images: int) -> dict:
     if short:
         raise MBSError(f"--metric: {val} has {images} images but {', '.join(short)} "
                        f"{'has' if len(short) == 1 else 'have'} a different length — save one target per image")
+    preset, mean, std = normalisation
+    measure(onnx, val, loaded, preprocess=preset, mean=mean, std=std)
     return {"metric": f"{PREFIX}{loaded.path.resolve()}:{loaded.name}", "targets": targets}
 
 
@@ -110,7 +113,8 @@ def _metric(metric: str | None, val: str, images: int) -> dict:
 def handbook(model: str, zoo_name, framework, model_spec, data, stats, max_images, train_data, val_data, preprocess,
              mean, std, k_range, round_to, uniform, original, seeds, init, metric, threads, workers, ray_address,
              runs_dir, outputs, progress, **train_options) -> None:
-    """Retrain and evaluate MBS at every k (and uniform scaling at the same size): the accuracy handbook."""
+    """Retrain and evaluate MBS at every k (with --uniform, also uniform scaling at the same size): the accuracy
+    handbook."""
     from onnxmbs.errors import MBSError
     from onnxmbs.handbook.engine import HandbookJob, run_handbook
     from onnxmbs.handbook.store import RunStore

@@ -12,6 +12,7 @@ updates and answers the same call, so every shard is counted once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -23,6 +24,8 @@ from onnxmbs.compact.lsq import NormalEquations
 from onnxmbs.compact.passes import Clock, FitJob, Fitter
 from onnxmbs.data.sources import shard_rows
 from onnxmbs.errors import MBSError
+
+logger = logging.getLogger(__name__)
 
 
 class RemoteFitter(Fitter):
@@ -112,5 +115,9 @@ def open_fitters(job: FitJob, *, tick: Callable[[int], None] | None = None,
         shared = FitJob(plan=job.plan, original=job.original, compact=job.compact, loaded=job.loaded,
                         options=job.options, threads=threads)
         ranges = shard_ranges(shared, workers)
+        if len(ranges) < workers:
+            logger.warning("--workers %d: the data is only %d batch(es) of %d images, so it runs in %d shard(s) — "
+                           "pass more images or a smaller --batch-size to use every worker", workers, len(ranges),
+                           batch_rows(shared.loaded, data)[1], len(ranges))
         with actors(fitter, [(r,) for r in ranges], shared=shared) as pool:
             yield RayFitters(ray, pool, tick)
