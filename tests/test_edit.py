@@ -1,4 +1,4 @@
-"""Graph edits through onnx-graphsurgeon: expose, extract, rewire — new models, inputs untouched."""
+"""Graph edits through onnx-graphsurgeon: expose, extract, rewire, gather_at — new models, inputs untouched."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 
 from graphs import GraphBuilder
 from onnxmbs.errors import MBSError
-from onnxmbs.graph.edit import expose, extract, rewire
+from onnxmbs.graph.edit import expose, extract, gather_at, rewire
 
 
 def _residual():
@@ -86,3 +86,20 @@ def test_unknown_tensors_are_refused():
         expose(model, ["nope"])
     with pytest.raises(MBSError, match="not in the model"):
         rewire(model, {"nope": "input"})
+
+
+def test_gather_at_reads_the_tensors_at_the_positions_fed_with_each_run():
+    """Two taps of one NCHW tensor at different positions, one of the input, one as (N, M, K) rows: each output is
+    the tensor indexed by hand at the fed positions; the given model is unchanged."""
+    model, t = _residual()
+    before = model.SerializeToString()
+    x = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    a, join = _reference(model, [t["a"], t["join"]], x)
+    g = gather_at(model, [(t["a"], None), (t["a"], None), ("input", None), (t["join"], 8)])
+    at = [np.array([[0, 1, 2], [0, 7, 0]]), np.array([[0, 3, 3]]), np.array([[0, 5, 6]]), np.array([[0, 3], [0, 4]])]
+    got = _run(g, {"input": x, **{f"at_{i}": v for i, v in enumerate(at)}})
+    np.testing.assert_array_equal(got[0], a[0, :, [1, 7], [2, 0]])
+    np.testing.assert_array_equal(got[1], a[0, :, [3], [3]])
+    np.testing.assert_array_equal(got[2], x[0, :, [5], [6]])
+    np.testing.assert_array_equal(got[3], join.reshape(1, -1, 8)[0, [3, 4]])
+    assert model.SerializeToString() == before

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from click.testing import CliRunner
 from graphs import GraphBuilder
 from onnx import numpy_helper
@@ -244,3 +245,21 @@ def test_ridge_pulls_towards_the_inherited_weights():
     fitted = eq.solve(w0, 1e-9)
     assert eq.residual(fitted) < 1e-8 < eq.residual(w0)  # weak ridge: fits the rows exactly
     assert np.isfinite(eq.solve(w0, 0.0)).all()  # a singular system without a ridge still gets an answer
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1e-3, 1.0])
+def test_fitted_error_without_the_product_equals_the_direct_one(ridge):
+    """fit()'s error of the solution (from the normal equations' identity) is residual(solution), and its
+    error of the inherited weights is residual(w0), for grouped blocks with noisy targets."""
+    from onnxmbs.compact.lsq import NormalEquations
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((40, 3, 8))
+    y = np.einsum("rgd,gdo->rgo", x, rng.standard_normal((3, 8, 4))) + 0.3 * rng.standard_normal((40, 3, 4))
+    w0 = rng.standard_normal((3, 8, 4))
+    eq = NormalEquations(3, 8, 4)
+    eq.add(x, y)
+    sol, inherited, fitted = eq.fit(w0, ridge)
+    np.testing.assert_allclose(sol, eq.solve(w0, ridge))
+    assert inherited == pytest.approx(eq.residual(w0), rel=1e-9)
+    assert fitted == pytest.approx(eq.residual(sol), rel=1e-6) and 0 < fitted < inherited

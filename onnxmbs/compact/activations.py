@@ -3,7 +3,8 @@
 :class:`Probe` exposes the requested tensors as the outputs of a copy of the model cut down to
 the nodes they need (:func:`onnxmbs.graph.edit.expose`), runs it on one batch at a time and
 returns the tensors by name, so only one batch's activations of the requested tensors are ever
-held.
+held. :class:`SampledProbe` gathers tensors at positions fed with each batch inside the session,
+so only the sampled rows come back.
 
 :func:`open_batches` opens the reconstruction data for a model input: a function that
 starts a fresh pass over the data each time it is called (the reconstruction makes one
@@ -19,7 +20,7 @@ import numpy as np
 import onnx
 
 from onnxmbs.errors import MBSError
-from onnxmbs.graph.edit import expose
+from onnxmbs.graph.edit import expose, gather_at
 from onnxmbs.graph.load import LoadedModel
 from onnxmbs.data.calibration import open_calibration
 from onnxmbs.data.sources import Order
@@ -95,6 +96,21 @@ class Probe:
         if self.input_name in self.tensors:
             out[self.input_name] = batch
         return out
+
+
+class SampledProbe:
+    """A session giving tensors of a model at positions chosen per run (:func:`onnxmbs.graph.edit.gather_at`):
+    ``run(batch, indices)`` -> one ``(rows, C)`` array per tap, so whole tensors never leave onnxruntime."""
+
+    def __init__(self, model: onnx.ModelProto, taps: Sequence[tuple[str, int | None]], *, input_name: str,
+                 provider: str = "auto", threads: int | None = None) -> None:
+        self.input_name, self.count = input_name, len(taps)
+        self.session = make_session(gather_at(model, taps), choose_provider(provider), threads=threads)
+        self.names = [f"sampled_{i}" for i in range(len(taps))]
+
+    def run(self, batch: np.ndarray, indices: Sequence[np.ndarray]) -> list[np.ndarray]:
+        feeds = {self.input_name: batch, **{f"at_{i}": idx for i, idx in enumerate(indices)}}
+        return self.session.run(self.names, feeds)
 
 
 class Store:

@@ -38,10 +38,9 @@ def one_blas_thread():
     return blas_threads(1)
 
 
-def _solve(a: np.ndarray, b: np.ndarray, w0: np.ndarray, ridge: float, dim: int) -> np.ndarray:
-    scale = max(float(np.trace(a)) / dim, 1e-12)
-    lam = ridge * scale
-    lhs = a + lam * np.eye(dim)
+def _solve(a: np.ndarray, b: np.ndarray, w0: np.ndarray, lam: float) -> tuple[np.ndarray, bool]:
+    """The solution of ``(a + lam·I) w = b + lam·w0`` and whether it is exact (False: a least-squares fallback)."""
+    lhs = a + lam * np.eye(a.shape[0])
     rhs = b + lam * w0
     try:
         import scipy.linalg as sl  # optional: Cholesky, half the work of numpy's LU
@@ -49,13 +48,14 @@ def _solve(a: np.ndarray, b: np.ndarray, w0: np.ndarray, ridge: float, dim: int)
         sl = None
     if sl is not None:
         try:
-            return sl.cho_solve(sl.cho_factor(lhs, check_finite=False), rhs, check_finite=False)
+            return sl.cho_solve(sl.cho_factor(lhs, check_finite=False, overwrite_a=True), rhs,
+                                check_finite=False, overwrite_b=True), True
         except np.linalg.LinAlgError:
-            pass
+            lhs = a + lam * np.eye(a.shape[0])  # cho_factor may have overwritten it
     try:
-        return np.linalg.solve(lhs, rhs)
+        return np.linalg.solve(lhs, rhs), True
     except np.linalg.LinAlgError:
-        return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+        return np.linalg.lstsq(lhs, rhs, rcond=None)[0], False
 
 
 class NormalEquations:
@@ -109,15 +109,32 @@ class NormalEquations:
 
     def solve(self, w0: np.ndarray, ridge: float) -> np.ndarray:
         """Ridge solution towards ``w0`` (blocks, dim, outputs); ``w0`` itself when there were no rows."""
+        return self.fit(w0, ridge)[0]
+
+    def fit(self, w0: np.ndarray, ridge: float) -> tuple[np.ndarray, float, float]:
+        """The ridge solution towards ``w0`` and the relative errors (:meth:`residual`) of ``w0`` and of it.
+
+        The solution's error needs no ``A·w`` product: ``(A + λI)·w = B + λ·w0`` gives
+        ``wᵀA w = wᵀB + λ·wᵀ(w0 − w)``, so only ``w0``'s costs a ``dim² × outputs`` product."""
         self.flush()
+        inherited = self.residual(w0)
         if self.rows == 0:
-            return w0
+            return w0, inherited, inherited
         out = np.empty_like(self.b)
         dim = self.a.shape[1]
+        quad, exact = 0.0, True
         with one_blas_thread():
             for g in range(self.a.shape[0]):
-                out[g] = _solve(self.a[g], self.b[g], w0[g], ridge, dim)
-        return out
+                lam = ridge * max(float(np.trace(self.a[g])) / dim, 1e-12)
+                out[g], ok = _solve(self.a[g], self.b[g], w0[g], lam)
+                exact &= ok
+                quad += float(np.einsum("do,do->", out[g], self.b[g])) + lam * float(
+                    np.einsum("do,do->", out[g], w0[g] - out[g]))
+        total = float(self.yy.sum())
+        if not exact:
+            return out, inherited, self.residual(out)
+        fitted = 0.0 if total <= 0 else max(total - 2 * float(np.einsum("gdo,gdo->", out, self.b)) + quad, 0.0) / total
+        return out, inherited, fitted
 
     def residual(self, w: np.ndarray) -> float:
         """Σ ‖y − x·w‖² over all rows and blocks, divided by Σ ‖y‖² (0 = exact)."""

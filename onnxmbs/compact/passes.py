@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxmbs.compact.activations import Probe, Segments, Store, open_batches
+from onnxmbs.compact.activations import SampledProbe, Segments, Store, open_batches
 from onnxmbs.compact.fits import FitPlan
 from onnxmbs.compact.lsq import NormalEquations, blas_threads
 from onnxmbs.compact.sampling import Positions
@@ -103,28 +103,18 @@ class Fitter:
 
     def _targets(self) -> tuple[int, int]:
         """One pass of the original: every layer's targets (and its residual partner's values) at its sampled
-        positions, into the store; the number of batches and images. Large batches run in chunks so the
-        exposed tensors stay small."""
-        layers, shapes = self.layers, self.job.loaded.shapes
-        names = list(dict.fromkeys([x.fit.y for x in layers] + [x.fit.join.other for x in layers if x.fit.join]))
-        probe = Probe(self.job.original, names, input_name=self.input_name, provider=self.options.data.provider,
-                      threads=self.job.threads)
-        per_image = sum(4 * int(np.prod(shapes.get(t, (1, 1))[1:])) for t in names)
-        chunk = max(1, (256 << 20) // max(per_image, 1))
+        positions, gathered inside the session, into the store; the number of batches and images."""
+        shapes = self.job.loaded.shapes
+        taps = [(kind, layer, t) for layer in self.layers
+                for kind, t in [("y", layer.fit.y)] + ([("j", layer.fit.join.other)] if layer.fit.join else [])]
+        probe = SampledProbe(self.job.original, [(t, layer.tap(shapes[layer.fit.y])) for _, layer, t in taps],
+                             input_name=self.input_name, provider=self.options.data.provider, threads=self.job.threads)
         count = images = 0
         for b, batch in enumerate(self.batches()):
-            wheres = [self._where(x, b, batch.shape[0]) for x in layers]
-            parts: dict[tuple[str, str], list[np.ndarray]] = {}
-            for s in range(0, batch.shape[0], chunk):
-                out = probe.run(batch[s:s + chunk])
-                for layer, where in zip(layers, wheres):
-                    sel = (where.image >= s) & (where.image < s + chunk)
-                    sub = Positions(image=where.image[sel] - s, a=where.a[sel], b=where.b[sel])
-                    tensors = [("y", layer.fit.y)] + ([("j", layer.fit.join.other)] if layer.fit.join else [])
-                    for kind, t in tensors:
-                        parts.setdefault((kind, layer.fit.name), []).append(kept(layer.fit, layer.values(out[t], sub)))
-            for (kind, layer_name), values in parts.items():
-                self.store.put((kind, layer_name, b), np.concatenate(values))
+            at = {layer.fit.name: layer.at(self._where(layer, b, batch.shape[0])) for layer in self.layers}
+            values = probe.run(batch, [at[layer.fit.name] for _, layer, _ in taps])
+            for (kind, layer, _), value in zip(taps, values):
+                self.store.put((kind, layer.fit.name, b), kept(layer.fit, value))
             count, images = b + 1, images + batch.shape[0]
             if self.tick is not None:
                 self.tick(1)

@@ -87,10 +87,10 @@ def _solve(members: list[LayerSystem], eqs: list[NormalEquations], wave: int, ri
     reports = []
     for layer, eq in zip(members, eqs):
         w0 = layer.w0()
-        sol = eq.solve(w0, ridge)
+        sol, inherited, fitted = eq.fit(w0, ridge)
         values.update(layer.weights(sol))
-        reports.append(LayerReport(layer.fit.name, layer.fit.op, wave, eq.rows, eq.residual(w0),
-                                   eq.residual(sol), layer.fit.join is not None))
+        reports.append(LayerReport(layer.fit.name, layer.fit.op, wave, eq.rows, inherited, fitted,
+                                   layer.fit.join is not None))
         logger.info("reconstruct %s: error %.4g -> %.4g (%d rows)", layer.fit.name, reports[-1].error_inherited,
                     reports[-1].error_fitted, eq.rows)
     return values, reports

@@ -77,16 +77,21 @@ def sample_positions(rng: np.random.Generator, images: int, height: int, width: 
 
 
 def conv_rows(x: np.ndarray, geom: ConvGeometry, where: Positions) -> np.ndarray:
-    """(rows, C, kh, kw) input windows of the sampled output positions of a Conv reading ``x`` (NCHW)."""
-    t, l, b, r = geom.pads
-    if any(geom.pads):
-        x = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)))
+    """(rows, C, kh, kw) input windows of the sampled output positions of a Conv reading ``x`` (NCHW).
+
+    Gathered straight from ``x`` (no padded copy of the tensor): taps that fall in the padding read
+    a clipped position and are zeroed."""
+    n, c, h, w = x.shape
     (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
-    rows = where.a[:, None] * sh + np.arange(kh)[None, :] * dh
-    cols = where.b[:, None] * sw + np.arange(kw)[None, :] * dw
-    chans = np.arange(x.shape[1])
-    return x[where.image[:, None, None, None], chans[None, :, None, None], rows[:, None, :, None],
-             cols[:, None, None, :]]
+    top, left = geom.pads[0], geom.pads[1]
+    rows = where.a[:, None] * sh + np.arange(kh)[None, :] * dh - top  # (rows, kh)
+    cols = where.b[:, None] * sw + np.arange(kw)[None, :] * dw - left  # (rows, kw)
+    flat = np.clip(rows, 0, h - 1)[:, :, None] * w + np.clip(cols, 0, w - 1)[:, None, :]
+    out = x.reshape(n, c, h * w)[where.image[:, None, None], :, flat]  # (rows, kh, kw, C)
+    if any(geom.pads):
+        inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+        out *= inside[..., None]
+    return out.transpose(0, 3, 1, 2)
 
 
 def conv_targets(y: np.ndarray, where: Positions) -> np.ndarray:

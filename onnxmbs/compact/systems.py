@@ -71,6 +71,16 @@ class LayerSystem:
         rows = int(np.prod(self.x_shape[1:-1])) if len(self.x_shape) > 2 else 1
         return sample_flat(rng, images, rows, positions)
 
+    def tap(self, shape: tuple[int, ...]) -> int | None:
+        """How :func:`onnxmbs.graph.edit.gather_at` samples a tensor of this layer's output ``shape`` as
+        :meth:`values` does: None for an NCHW conv output, else its features (last axis)."""
+        return None if self.fit.op == "Conv" else int(shape[-1])
+
+    def at(self, where: Positions) -> np.ndarray:
+        """``where`` as the gather's indices: (image, y, x) for a conv, (image, row) otherwise."""
+        parts = (where.image, where.a, where.b) if self.fit.op == "Conv" else (where.image, where.a)
+        return np.stack(parts, axis=1).astype(np.int64)
+
     def values(self, tensor: np.ndarray, where: Positions) -> np.ndarray:
         return conv_targets(tensor, where) if self.fit.op == "Conv" else matmul_rows(tensor, where)
 

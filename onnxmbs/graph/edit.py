@@ -3,8 +3,9 @@
 Every edit returns a new ``ModelProto``; the model passed in is never modified. These are
 the edits the stages share: exposing inner tensors as outputs (shape probes, the
 statistics of a sub-model, least-squares reconstruction), cutting out the sub-model
-between tensors (block scoring runs only the suffix after a block), and rewiring readers
-of one tensor to another while dropping nodes (block removal).
+between tensors (block scoring runs only the suffix after a block), rewiring readers
+of one tensor to another while dropping nodes (block removal), and gathering tensors at
+positions fed with each run (the reconstruction's targets, without exposing whole tensors).
 """
 from __future__ import annotations
 
@@ -62,6 +63,45 @@ def expose(model: onnx.ModelProto, names: Sequence[str], *, keep_outputs: bool =
     extra = _typed(_tensors(graph, names, "expose only tensors the model computes"))
     outputs = list(graph.outputs) if keep_outputs else []
     graph.outputs = outputs + [t for t in extra if t not in outputs]
+    return _export(graph, model)
+
+
+def gather_at(model: onnx.ModelProto, taps: Sequence[tuple[str, int | None]]) -> onnx.ModelProto:
+    """The model whose outputs are inner tensors at positions given with each run, one per tap.
+
+    A tap ``(tensor, None)`` reads an NCHW tensor at the rows of its index input ``at_<i>``
+    ``(rows, 3)`` = (image, y, x) and gives ``(rows, C)``; ``(tensor, K)`` reads a ``(N, ..., K)``
+    tensor as ``(N, M, K)`` at ``(rows, 2)`` = (image, m) and gives ``(rows, K)``. Output ``i`` is
+    tap ``i``'s; only the nodes the taps need are kept, so a run holds one batch's activations
+    inside onnxruntime and hands back only the sampled rows.
+    """
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    graph = _import(model)
+    tensors = graph.tensors()
+    _tensors(graph, [t for t, _ in taps], "gather only tensors the model computes")
+    moved: dict[tuple[str, int | None], object] = {}
+    outputs, inputs = [], [t for t in graph.inputs]
+    for i, (name, features) in enumerate(taps):
+        source = tensors[name]
+        if (name, features) not in moved:
+            view = gs.Variable(f"onnxmbs_view_{i}", dtype=source.dtype)
+            if features is None:
+                graph.nodes.append(gs.Node("Transpose", name=f"onnxmbs_nhwc_{i}", attrs={"perm": [0, 2, 3, 1]},
+                                           inputs=[source], outputs=[view]))
+            else:
+                shape = gs.Constant(f"onnxmbs_rows_shape_{i}", np.array([0, -1, features], np.int64))
+                graph.nodes.append(gs.Node("Reshape", name=f"onnxmbs_rows_{i}", inputs=[source, shape],
+                                           outputs=[view]))
+            moved[(name, features)] = view
+        at = gs.Variable(f"at_{i}", dtype=np.int64, shape=["rows", 3 if features is None else 2])
+        out = gs.Variable(f"sampled_{i}", dtype=source.dtype or np.float32)
+        graph.nodes.append(gs.Node("GatherND", name=f"onnxmbs_gather_{i}", inputs=[moved[(name, features)], at],
+                                   outputs=[out]))
+        inputs.append(at)
+        outputs.append(out)
+    graph.inputs, graph.outputs = inputs, outputs
     return _export(graph, model)
 
 
