@@ -263,3 +263,27 @@ def test_fitted_error_without_the_product_equals_the_direct_one(ridge):
     np.testing.assert_allclose(sol, eq.solve(w0, ridge))
     assert inherited == pytest.approx(eq.residual(w0), rel=1e-9)
     assert fitted == pytest.approx(eq.residual(sol), rel=1e-6) and 0 < fitted < inherited
+
+
+def test_wide_blocks_accumulate_the_same_sums_by_syrk(monkeypatch):
+    """Blocks wider than SYRK_DIM take Σ xᵀx as an upper triangle (syrk) folded in when read: the same
+    symmetric sums as the direct product, over several flushes."""
+    from onnxmbs.compact import lsq
+
+    pytest.importorskip("scipy")
+    rng = np.random.default_rng(3)
+    batches = [(rng.standard_normal((30, 2, 12)), rng.standard_normal((30, 2, 3))) for _ in range(3)]
+    sums = {}
+    for wide in (True, False):
+        monkeypatch.setattr(lsq, "SYRK_DIM", 12 if wide else 10**9)
+        eq = lsq.NormalEquations(2, 12, 3, buffer=1)  # a flush per batch
+        for x, y in batches:
+            eq.add(x, y)
+        eq.flush()
+        assert (eq._upper is not None) == wide
+        sums[wide] = (eq.a.copy(), eq.b.copy())
+    x = np.concatenate([b[0] for b in batches]).astype(np.float32).astype(np.float64)
+    want = np.einsum("rgd,rge->gde", x, x)
+    np.testing.assert_allclose(sums[True][0], want, rtol=1e-5)
+    np.testing.assert_allclose(sums[True][0], sums[False][0], rtol=1e-5)
+    np.testing.assert_allclose(sums[True][1], sums[False][1], rtol=1e-5)
