@@ -280,10 +280,13 @@ def test_wide_blocks_accumulate_the_same_sums_by_syrk(monkeypatch):
         for x, y in batches:
             eq.add(x, y)
         eq.flush()
-        assert (eq._upper is not None) == wide
-        sums[wide] = (eq.a.copy(), eq.b.copy())
+        assert eq.upper == wide
+        sums[wide] = (eq.a.copy(), eq.b.copy(), eq.fit(np.zeros((2, 12, 3)) + 0.1, 1e-3))
     x = np.concatenate([b[0] for b in batches]).astype(np.float32).astype(np.float64)
     want = np.einsum("rgd,rge->gde", x, x)
     np.testing.assert_allclose(sums[True][0], want, rtol=1e-5)
     np.testing.assert_allclose(sums[True][0], sums[False][0], rtol=1e-5)
     np.testing.assert_allclose(sums[True][1], sums[False][1], rtol=1e-5)
+    (w_up, *errors_up), (w_full, *errors_full) = sums[True][2], sums[False][2]  # the solve reads the triangle
+    np.testing.assert_allclose(w_up, w_full, rtol=1e-6)
+    np.testing.assert_allclose(errors_up, errors_full, rtol=1e-6)

@@ -43,15 +43,11 @@ def _blas():
     return blas
 
 
-def one_blas_thread():
-    """A context with BLAS on one thread: OpenBLAS's multi-threaded factorisations are many times slower
-    than one thread on small shared machines."""
-    return blas_threads(1)
-
-
 def _solve(a: np.ndarray, b: np.ndarray, w0: np.ndarray, lam: float) -> tuple[np.ndarray, bool]:
-    """The solution of ``(a + lam·I) w = b + lam·w0`` and whether it is exact (False: a least-squares fallback)."""
-    lhs = a + lam * np.eye(a.shape[0])
+    """The solution of ``(a + lam·I) w = b + lam·w0`` and whether it is exact (False: a least-squares fallback).
+    Only ``a``'s upper triangle is read (the Cholesky factor's)."""
+    lhs = a.copy()
+    lhs.flat[::lhs.shape[0] + 1] += lam
     rhs = b + lam * w0
     try:
         import scipy.linalg as sl  # optional: Cholesky, half the work of numpy's LU
@@ -59,28 +55,47 @@ def _solve(a: np.ndarray, b: np.ndarray, w0: np.ndarray, lam: float) -> tuple[np
         sl = None
     if sl is not None:
         try:
-            return sl.cho_solve(sl.cho_factor(lhs, check_finite=False, overwrite_a=True), rhs,
-                                check_finite=False, overwrite_b=True), True
+            return sl.cho_solve(sl.cho_factor(lhs, lower=False, check_finite=False, overwrite_a=True), rhs,
+                                check_finite=False), True
         except np.linalg.LinAlgError:
-            lhs = a + lam * np.eye(a.shape[0])  # cho_factor may have overwritten it
+            pass
+    lhs = _symmetric(a)
+    lhs.flat[::lhs.shape[0] + 1] += lam
     try:
         return np.linalg.solve(lhs, rhs), True
     except np.linalg.LinAlgError:
         return np.linalg.lstsq(lhs, rhs, rcond=None)[0], False
 
 
+def _symmetric(upper: np.ndarray) -> np.ndarray:
+    """The symmetric matrix whose upper triangle (diagonal included) is ``upper``'s."""
+    full = np.triu(upper)
+    full += np.triu(upper, 1).T
+    return full
+
+
 class NormalEquations:
-    """Σ xᵀx, Σ xᵀy and Σ y² of ``blocks`` independent systems with ``dim`` inputs and ``outputs`` targets."""
+    """Σ xᵀx, Σ xᵀy and Σ y² of ``blocks`` independent systems with ``dim`` inputs and ``outputs`` targets.
+
+    Wide blocks (``dim`` >= :data:`SYRK_DIM`, SciPy installed) keep Σ xᵀx as its upper triangle only
+    (syrk's product, a third less work), which is all the Cholesky factor reads; :attr:`a` is the
+    symmetric matrix either way."""
 
     def __init__(self, blocks: int, dim: int, outputs: int, *, buffer: int = 16 << 20) -> None:
-        self._a = np.zeros((blocks, dim, dim))
-        self._upper: np.ndarray | None = None  # Σ xᵀx of wide blocks, upper triangle only (syrk), not yet in _a
+        self.upper = dim >= SYRK_DIM and _blas() is not None
+        self.sums = np.zeros((blocks, dim, dim))  # Σ xᵀx (its upper triangle when self.upper)
         self.b = np.zeros((blocks, dim, outputs))
         self.yy = np.zeros(blocks)
         self.rows = 0
         self.buffer = max(1, buffer // (4 * blocks * (dim + outputs)))  # rows held before one product
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []
         self.held = 0
+
+    @property
+    def a(self) -> np.ndarray:
+        """Σ xᵀx per block (blocks, dim, dim), symmetric."""
+        self.flush()
+        return np.stack([_symmetric(m) for m in self.sums]) if self.upper else self.sums
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
         """Rows ``x`` (rows, blocks, dim) and targets ``y`` (rows, blocks, outputs); the products are taken
@@ -91,19 +106,6 @@ class NormalEquations:
         if self.held >= self.buffer:
             self.flush()
 
-    @property
-    def a(self) -> np.ndarray:
-        """Σ xᵀx per block (blocks, dim, dim), symmetric."""
-        if self._upper is not None:
-            for g in range(self._upper.shape[0]):
-                self._a[g] += self._upper[g] + np.triu(self._upper[g], 1).T
-            self._upper = None
-        return self._a
-
-    @a.setter
-    def a(self, value: np.ndarray) -> None:
-        self._a, self._upper = value, None
-
     def flush(self) -> None:
         if not self.pending:
             return
@@ -112,16 +114,14 @@ class NormalEquations:
         self.pending, self.held = [], 0
         xb = np.ascontiguousarray(x.transpose(1, 0, 2))
         yb = np.ascontiguousarray(y.transpose(1, 0, 2))
-        blas = _blas() if xb.shape[2] >= SYRK_DIM else None
-        if blas is not None:  # wide blocks: the symmetric product, a third less work than a general one
-            if self._upper is None:
-                self._upper = np.zeros_like(self._a)
+        if self.upper:
+            blas = _blas()
             for g in range(xb.shape[0]):
-                self._upper[g] += blas.ssyrk(1.0, xb[g], trans=1)
+                self.sums[g] += blas.ssyrk(1.0, xb[g], trans=1)
             self.b += np.matmul(xb.transpose(0, 2, 1), yb)
         else:  # many small blocks (grouped, depthwise): one batched general product
             xt = np.ascontiguousarray(xb.transpose(0, 2, 1))
-            self._a += xt @ xb
+            self.sums += xt @ xb
             self.b += xt @ yb
         self.yy += np.einsum("gro,gro->g", yb, yb, dtype=np.float64)
 
@@ -129,16 +129,15 @@ class NormalEquations:
         """Add ``other``'s sums (the same layer's equations over other rows) to these."""
         self.flush()
         other.flush()
-        if self.a.shape != other.a.shape or self.b.shape != other.b.shape:
+        if self.sums.shape != other.sums.shape or self.b.shape != other.b.shape or self.upper != other.upper:
             raise ValueError(f"cannot add normal equations of shape {other.b.shape} to {self.b.shape}")
-        self.a = self.a + other.a  # new arrays: either side may be a read-only view from Ray's object store
+        self.sums = self.sums + other.sums  # new arrays: either side may be a read-only view from Ray's object store
         self.b = self.b + other.b
         self.yy = self.yy + other.yy
         self.rows += other.rows
 
     def __getstate__(self) -> dict:
         self.flush()  # what travels (to or from a Ray worker) is the sums, never pending rows
-        _ = self.a  # nor a half-folded triangle
         return self.__dict__.copy()
 
     def solve(self, w0: np.ndarray, ridge: float) -> np.ndarray:
@@ -150,20 +149,18 @@ class NormalEquations:
 
         The solution's error needs no ``A·w`` product: ``(A + λI)·w = B + λ·w0`` gives
         ``wᵀA w = wᵀB + λ·wᵀ(w0 − w)``, so only ``w0``'s costs a ``dim² × outputs`` product."""
-        self.flush()
         inherited = self.residual(w0)
         if self.rows == 0:
             return w0, inherited, inherited
         out = np.empty_like(self.b)
-        dim = self.a.shape[1]
+        dim = self.sums.shape[1]
         quad, exact = 0.0, True
-        with one_blas_thread():
-            for g in range(self.a.shape[0]):
-                lam = ridge * max(float(np.trace(self.a[g])) / dim, 1e-12)
-                out[g], ok = _solve(self.a[g], self.b[g], w0[g], lam)
-                exact &= ok
-                quad += float(np.einsum("do,do->", out[g], self.b[g])) + lam * float(
-                    np.einsum("do,do->", out[g], w0[g] - out[g]))
+        for g in range(self.sums.shape[0]):  # BLAS on its own threads: measured faster than one at dim 2,304, 4,608
+            lam = ridge * max(float(np.trace(self.sums[g])) / dim, 1e-12)
+            out[g], ok = _solve(self.sums[g], self.b[g], w0[g], lam)
+            exact &= ok
+            quad += float(np.einsum("do,do->", out[g], self.b[g])) + lam * float(
+                np.einsum("do,do->", out[g], w0[g] - out[g]))
         total = float(self.yy.sum())
         if not exact:
             return out, inherited, self.residual(out)
@@ -177,5 +174,11 @@ class NormalEquations:
         if total <= 0:
             return 0.0
         cross = np.einsum("gdo,gdo->", w, self.b)
-        quad = np.einsum("gdo,gdo->", w, self.a @ w)
-        return max(total - 2 * cross + quad, 0.0) / total
+        return max(total - 2 * cross + self._quad(w), 0.0) / total
+
+    def _quad(self, w: np.ndarray) -> float:
+        """Σ wᵀA w; from an upper triangle U (A = U + Uᵀ − diag): 2·wᵀU w − wᵀdiag w."""
+        if not self.upper:
+            return float(np.einsum("gdo,gdo->", w, self.sums @ w))
+        diag = np.einsum("gdd->gd", self.sums)
+        return float(2 * np.einsum("gdo,gdo->", w, self.sums @ w) - np.einsum("gd,gdo,gdo->", diag, w, w))

@@ -114,7 +114,7 @@ class LayerSystem:
 
 def kept(fit: Fit, values: np.ndarray) -> np.ndarray:
     """The channels of ``values`` (rows, channels) the compact layer keeps."""
-    return values if fit.out_pos is None else values[:, fit.out_pos]
+    return values if fit.out_pos is None else np.take(values, fit.out_pos, axis=1)
 
 
 def target(fit: Fit, layer: LayerSystem, y: np.ndarray, other: np.ndarray | None, comp: Mapping[str, np.ndarray],
