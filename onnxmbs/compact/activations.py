@@ -85,7 +85,7 @@ class Probe:
         self.session = None
         if inner:
             self.session = make_session(expose(model, inner, keep_outputs=False), choose_provider(provider),
-                                        threads=threads)
+                                        threads=threads, spinning=False)
         self.inner = inner
 
     def run(self, batch: np.ndarray) -> Mapping[str, np.ndarray]:
@@ -105,7 +105,7 @@ class SampledProbe:
     def __init__(self, model: onnx.ModelProto, taps: Sequence[tuple[str, int | None]], *, input_name: str,
                  provider: str = "auto", threads: int | None = None) -> None:
         self.input_name, self.count = input_name, len(taps)
-        self.session = make_session(gather_at(model, taps), choose_provider(provider), threads=threads)
+        self.session = make_session(gather_at(model, taps), choose_provider(provider), threads=threads, spinning=False)
         self.names = [f"sampled_{i}" for i in range(len(taps))]
 
     def run(self, batch: np.ndarray, indices: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -209,7 +209,7 @@ class Segments:
         outs = [onnx.ValueInfoProto(name=t) for t in outputs]
         part = onnx.helper.make_graph(chosen, "segment", ins, outs, initializer=inits)
         proto = onnx.helper.make_model(part, opset_imports=self._model.opset_import, ir_version=self._model.ir_version)
-        return make_session(proto, self.provider, threads=self.threads), leaves
+        return make_session(proto, self.provider, threads=self.threads, spinning=False), leaves
 
     def run(self, model: onnx.ModelProto, needed: Sequence[str],
             batches: Callable[[], Iterator[np.ndarray]]) -> Iterator[Mapping[str, np.ndarray]]:
