@@ -233,3 +233,65 @@ def test_weights_shared_through_identity_nodes(tmp_path):
     result = compact_model(path, plan)
     assert result.params_compact == plan["summary"]["params_compact"] < analysis.shapes.params
     assert not any(n.op_type == "Identity" for n in result.model.graph.node)
+
+
+class MiniC2f(nn.Module):
+    """YOLOv8's C2f in small, without BN: ``chunk`` in two, a residual bottleneck on the second half, Concat."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.cv1 = nn.Conv2d(3, 8, 3, 1, 1), nn.Conv2d(8, 16, 1)
+        self.m1, self.m2 = nn.Conv2d(8, 8, 3, 1, 1), nn.Conv2d(8, 8, 3, 1, 1)
+        self.cv2, self.fc = nn.Conv2d(24, 16, 1), nn.Linear(16, 10)
+
+    def forward(self, x):
+        a, b = torch.relu(self.cv1(torch.relu(self.stem(x)))).chunk(2, 1)
+        r = b + torch.relu(self.m2(torch.relu(self.m1(b))))
+        return head(torch.relu(self.cv2(torch.cat([a, b, r], 1))), self.fc)
+
+
+def test_c2f_chunk_halves_are_cut_exactly(tmp_path):
+    """TorchScript writes ``chunk`` as Slices with bounds computed from the shape (dynamic batch): both halves
+    are groups of their own, planted dead channels in each are removed, and the output is unchanged."""
+    model = MiniC2f().eval()
+    with torch.no_grad():  # dead: cv1 2 (first half), 9 and 12 (second half), and m2 1, 4 to match the residual
+        for conv, channels in ((model.cv1, [2, 9, 12]), (model.m2, [1, 4])):
+            conv.weight[channels] = 0.0
+            conv.bias[channels] = -1.0
+    path = export(model, tmp_path / "c2f.onnx")
+    analysis = analyze(path)
+    cv1 = next(c.name for c in analysis.layers if c.out_channels == 16 and c.in_channels == 8)
+    first, second = analysis.channels.conv_output_groups[cv1]
+    assert not any(g.frozen for g in analysis.channels.groups if g.id in (first, second))
+    plan = plan_model(path, synthetic=4, preprocess="raw", z=1e6).document.to_json()
+    widths = {g["id"]: g["compact_channels"] for g in plan["groups"]}
+    for gid, width in ((first, 7), (second, 6)):
+        plan["groups"][gid]["compact_channels"] = widths[gid] = width
+    plan["summary"]["params_compact"] = summarize(param_specs(analysis), widths).params_compact
+    result = compact_model(path, plan)
+    assert result.kept[first] == (0, 1, 3, 4, 5, 6, 7) and result.kept[second] == (0, 2, 3, 5, 6, 7)
+    x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(outputs(result.model, x), outputs(path, x), rtol=1e-5, atol=1e-5)
+    assert result.params_compact == plan["summary"]["params_compact"]
+
+
+def test_c2f_in_the_torch_adapter_full_halves_apply_cut_halves_are_refused(tmp_path):
+    import json
+
+    from onnxmbs import apply_plan
+    from onnxmbs.errors import MBSError
+
+    model = randomize(MiniC2f())
+    path = export(model, tmp_path / "c2f.onnx")
+    analysis = analyze(path)
+    plan = plan_model(path, synthetic=4, preprocess="raw", z=1e6).document.to_json()
+    (tmp_path / "full.json").write_text(json.dumps(plan))
+    example = torch.zeros(INPUT)
+    same = apply_plan(model, tmp_path / "full.json", example, init="inherit")
+    assert torch.allclose(same(example + 1), model(example + 1))
+    cv1 = next(c.name for c in analysis.layers if c.out_channels == 16 and c.in_channels == 8)
+    first, _ = analysis.channels.conv_output_groups[cv1]
+    plan["groups"][first]["compact_channels"] = 6
+    (tmp_path / "cut.json").write_text(json.dumps(plan))
+    with pytest.raises(MBSError, match="resized separately — the adapters cannot do that yet"):
+        apply_plan(model, tmp_path / "cut.json", example, init="inherit")

@@ -146,6 +146,8 @@ def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str], *, select:
 def _set_width(view: PlanView, groups: set[int], keys: list[Hashable], original: int) -> int:
     if not groups:
         return original
+    if sum(view.channels[g] for g in groups) == original and all(view.widths[g] == view.channels[g] for g in groups):
+        return original  # one output split into parts (a channel-axis Split/Slice), none of them cut
     compacts = {view.widths[g] for g in groups}
     if len(compacts) > 1:
         raise MBSError(f"the model ties plan groups {sorted(groups)} together ({_names(keys)}) but the plan "

@@ -118,6 +118,22 @@ class _Writer:
                 kept = [a for a in node.attribute if a.name != key]
                 del node.attribute[:]
                 node.attribute.extend([*kept, helper.make_attribute(key, value)])
+        for i, names in edits.dropped.items():
+            node = self.graph.node[i]
+            kept = [a for a in node.attribute if a.name not in names]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+
+    def added(self, edits: Edits) -> None:
+        """New constant inputs: a Split's compact sizes where the original split into equal parts, a Slice's
+        compact bounds where the original computed them from the shape."""
+        for (i, j), value in edits.added.items():
+            node = self.graph.node[i]
+            name = _fresh_name(f"{node.name or node.op_type}_compact", self.taken)
+            self.put(name, value)
+            while len(node.input) <= j:
+                node.input.append("")
+            node.input[j] = name
 
     def tidy(self) -> None:
         """Drop forwarded Identity nodes, and constants / Constant nodes this surgery left unread."""
@@ -156,6 +172,7 @@ def rebuild(original: onnx.ModelProto, edits: Edits, consts: Mapping[str, np.nda
     for name, members in uses.items():
         writer.constant(name, members, edits, params)
     writer.attrs(edits)
+    writer.added(edits)
     writer.tidy()
     if writer.copies:
         logger.warning("%d shared parameter tensor(s) needed different cuts and were copied (+%d parameters): %s",

@@ -26,6 +26,7 @@ import numpy as np
 from onnxmbs.graph.analysis import Analysis
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.proto import attr, node_names
+from onnxmbs.graph.slicing import output_ranges
 from onnxmbs.ops.registry import kind
 
 
@@ -84,8 +85,8 @@ def _transpose_split(lay: Layout, axis: int) -> Layout:
 
 # the kinds of :attr:`onnxmbs.ops.rules.OpRules.index`: a new group (a depthwise conv follows its input),
 # concatenation along the channel axis, a layout op (reshape, flatten, squeeze, ...), a transpose (the middle of
-# a channel shuffle), element-wise (the default)
-INDEX_KINDS = frozenset({"produce", "concat", "reshape", "transpose", "join"})
+# a channel shuffle), a Split/Slice (each output its range of the channels), element-wise (the default)
+INDEX_KINDS = frozenset({"produce", "concat", "reshape", "transpose", "split", "join"})
 
 
 class _Walker:
@@ -119,7 +120,20 @@ class _Walker:
             return self._concat(node, name, ins, chan.axis)
         if rule in ("reshape", "transpose") and ins and ins[0] is not None:
             return self._reshape(node, name, ins[0], chan, transpose=rule == "transpose")
+        if rule == "split" and ins and ins[0] is not None:
+            return self._split(node, name, output, ins[0])
         return self._join(node, name, ins, chan)
+
+    def _split(self, node, name: str, output: str, lay: Layout) -> Layout:
+        """One output of a Split/Slice: its range of the input's channels, in the compact order."""
+        loaded = self.analysis.loaded
+        ranges = output_ranges(node, lay.axis, len(lay.ids), loaded.shapes, loaded.static_values)
+        start, stop = ranges[list(node.output).index(output)]
+        if (start, stop) == (0, len(lay.ids)):
+            return lay
+        if lay.dims is not None:
+            raise MBSError(f"{node.op_type} '{name}' cuts shuffled channels — report the model")
+        return Layout(lay.axis, lay.ids[start:stop], lay.pos[compact_range(node, name, lay, start, stop)] - start)
 
     def _follows(self, node, name: str, ins: list) -> bool:
         conv = self.convs.get(name)
@@ -164,6 +178,17 @@ class _Walker:
         full = [lay for lay, t in present if self.analysis.loaded.shapes.get(t) == out]
         lay = full[0] if full else first
         return Layout(chan.axis, lay.ids, lay.pos, lay.dims, lay.cdims)
+
+
+def compact_range(node, name: str, lay: Layout, start: int, stop: int) -> slice:
+    """The compact positions that carry the original channels ``[start, stop)`` of ``lay``: one run of them,
+    so that a Split/Slice of the compact tensor can take them."""
+    inside = np.flatnonzero((lay.pos >= start) & (lay.pos < stop))
+    first = int(np.count_nonzero(lay.pos < start))
+    if not np.array_equal(inside, np.arange(first, first + len(inside))):
+        raise MBSError(f"{node.op_type} '{name}' takes channels {start}..{stop} that the compact tensor does not "
+                       "hold side by side (its input joins reordered channels) — report the model")
+    return slice(first, first + len(inside))
 
 
 def tensor_layouts(analysis: Analysis, keep: Mapping[int, np.ndarray]) -> dict[str, Layout]:

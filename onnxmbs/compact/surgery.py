@@ -12,6 +12,8 @@ each op's rule):
 * BatchNormalization / InstanceNormalization: scale, bias, mean, var.
 * Element-wise ops (Add, Sub, Mul, Div, PRelu, Max, Min, Where, Pow, ...): a constant whose
   broadcast axis lines up with the channel axis (tf2onnx's unfused BatchNorm, SE scales).
+* Split / Slice along the channel axis: the sizes (a ``split`` input or attribute, added when the
+  original split into equal parts) or the channel entry of ``starts``/``ends``.
 * Reshape: the entries of its shape constant that name a channel count (a channel shuffle's
   ``(s, C/s)`` or a classifier's flatten), also when the shape is a Concat of constant pieces
   and dynamic batch (torch exporters).
@@ -31,9 +33,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxmbs.compact.index import Layout, compact_shape
+from onnxmbs.compact.index import Layout, compact_range, compact_shape
 from onnxmbs.errors import MBSError
 from onnxmbs.graph.proto import attr
+from onnxmbs.graph.slicing import output_ranges, slice_entry
 from onnxmbs.ops.registry import kind
 
 Use = tuple[int, int]  # (node index, input index)
@@ -42,8 +45,10 @@ Use = tuple[int, int]  # (node index, input index)
 @dataclass
 class Edits:
     values: dict[Use, np.ndarray] = field(default_factory=dict)
-    attrs: dict[int, dict[str, int]] = field(default_factory=dict)
+    attrs: dict[int, dict[str, int | list[int]]] = field(default_factory=dict)
     inexact: list[str] = field(default_factory=list)
+    added: dict[Use, np.ndarray] = field(default_factory=dict)  # new constant inputs (sizes, bounds)
+    dropped: dict[int, set[str]] = field(default_factory=dict)  # attributes to remove (``num_outputs``)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class Ctx:
     shapes: Mapping[str, tuple[int, ...]]
     producer: Mapping[str, int]  # tensor -> index of the node writing it
     nodes: list  # graph.node
+    opset: int = 17  # of the default domain
+    static: Mapping[str, np.ndarray] | None = None  # consts plus folded shape computations (graph/folding.py)
 
 
 def _pos(ctx: Ctx, tensor: str, size: int) -> np.ndarray:
@@ -222,6 +229,45 @@ def _reshape_piece(ctx: Ctx, edits: Edits, use: Use, positions: list[int], start
     _set(edits, ctx, use, value)
 
 
+def split_rule(i: int, node, name: str, ctx: Ctx, edits: Edits) -> None:
+    """Split / Slice along the channel axis: sizes or bounds for the compact widths."""
+    lay = ctx.layouts.get(node.input[0])
+    outs = [ctx.layouts.get(o) for o in node.output]
+    if lay is None or lay.full or any(o is None for o in outs):
+        return
+    values = ctx.static if ctx.static is not None else ctx.consts
+    ranges = output_ranges(node, lay.axis, len(lay.ids), ctx.shapes, values)
+    if all(r == (0, len(lay.ids)) for r in ranges):
+        return
+    if node.op_type == "Split":
+        _split_sizes(i, node, ctx, edits, np.array([len(o.pos) for o in outs], np.int64))
+        return
+    (start, stop), = ranges
+    kept = compact_range(node, name, lay, start, stop)
+    entry = slice_entry(node, lay.axis, len(ctx.shapes.get(node.input[0], ())), values)
+    for j, key, value in ((1, "starts", kept.start), (2, "ends", kept.stop)):
+        if attr(node, key, None) is not None:  # opset < 10
+            edits.attrs.setdefault(i, {})[key] = [*attr(node, key)[:entry], value, *attr(node, key)[entry + 1:]]
+            continue
+        new = np.array(values[node.input[j]], copy=True)
+        new.reshape(-1)[entry] = value
+        if node.input[j] in ctx.consts:
+            _set(edits, ctx, (i, j), new)
+        else:  # computed from the shape (TorchScript's chunk): a constant of the compact bound instead
+            edits.added[(i, j)] = new.astype(np.int64)
+
+
+def _split_sizes(i: int, node, ctx: Ctx, edits: Edits, sizes: np.ndarray) -> None:
+    if len(node.input) > 1 and node.input[1]:
+        _set(edits, ctx, (i, 1), sizes)
+    elif attr(node, "split", None) is not None or ctx.opset < 13:
+        edits.attrs.setdefault(i, {})["split"] = [int(v) for v in sizes]
+    else:  # equal parts (opset 13-17) or num_outputs (18): the compact parts need explicit sizes
+        edits.added[(i, 1)] = sizes
+        if attr(node, "num_outputs", None) is not None:
+            edits.dropped.setdefault(i, set()).add("num_outputs")
+
+
 def batchnorm_rule(i: int, node, name: str, ctx: Ctx, edits: Edits) -> None:
     norm_rule(i, node, name, ctx, edits, statistics=True)
 
@@ -230,7 +276,7 @@ Rule = Callable[[int, onnx.NodeProto, str, Ctx, Edits], None]
 # the kinds of :attr:`onnxmbs.ops.rules.OpRules.surgery`
 SURGERY_KINDS: dict[str, Rule] = {
     "conv": conv_rule, "gemm": gemm_rule, "batchnorm": batchnorm_rule, "norm": norm_rule,
-    "elementwise": elementwise_rule, "reshape": reshape_rule,
+    "elementwise": elementwise_rule, "reshape": reshape_rule, "split": split_rule,
 }
 
 

@@ -156,8 +156,9 @@ def _surgery(analysis: Analysis, layouts, *, weights: str, seed: int) -> tuple[E
     for out, src in fwd.items():
         consts[out] = consts[src]
     producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    opset = next((o.version for o in analysis.loaded.model.opset_import if o.domain in ("", "ai.onnx")), 17)
     ctx = Ctx(layouts=layouts, consts=consts, shapes=analysis.loaded.shapes, producer=producer,
-              nodes=list(graph.node))
+              nodes=list(graph.node), opset=opset, static=analysis.loaded.static_values)
     edits = Edits()
     for i, (node, name) in enumerate(zip(graph.node, node_names(graph))):
         rule = surgery_rule(node.op_type)

@@ -18,6 +18,7 @@ import onnx
 from onnxmbs.graph.disjoint import DisjointSets
 from onnxmbs.graph.load import LoadedModel
 from onnxmbs.graph.shapes import ConvLayer
+from onnxmbs.graph.slicing import output_ranges
 from onnxmbs.ops.registry import kind
 from onnxmbs.graph.proto import attr, node_names
 
@@ -135,17 +136,31 @@ class _Builder:
                 pos += self.data[self.find(g)].channels
                 cuts.add(pos)
         for c in chans:
-            pos = 0
-            for g in self.resolve(c).segs:
-                w = self.data[self.find(g)].channels
-                inner = sorted(x - pos for x in cuts if pos < x < pos + w)
-                if inner:
-                    self.split(g, [b - a for a, b in zip([0, *inner], [*inner, w])])
-                pos += w
+            self.cut_at(c, cuts)
         return [self.resolve(c) for c in chans]
 
+    def cut_at(self, chan: Chan, cuts) -> Chan:
+        """Split the groups of ``chan`` so that a segment boundary lies at every position in ``cuts``."""
+        pos = 0
+        for g in self.resolve(chan).segs:
+            w = self.data[self.find(g)].channels
+            inner = sorted(x - pos for x in cuts if pos < x < pos + w)
+            if inner:
+                self.split(g, [b - a for a, b in zip([0, *inner], [*inner, w])])
+            pos += w
+        return self.resolve(chan)
 
-Rule = Callable[[_Builder, onnx.NodeProto, str, list], Chan | None]
+    def take(self, chan: Chan, start: int, stop: int) -> Chan:
+        """The channels ``[start, stop)`` of ``chan`` as a Chan of their own (groups split at the bounds)."""
+        pos, segs = 0, []
+        for g in self.cut_at(chan, (start, stop)).segs:
+            if start <= pos < stop:
+                segs.append(g)
+            pos += self.data[self.find(g)].channels
+        return Chan(chan.axis, tuple(segs))
+
+
+Rule = Callable[[_Builder, onnx.NodeProto, str, list], "Chan | tuple[Chan | None, ...] | None"]
 
 
 def _same_layout(b: _Builder, chans: list[Chan]) -> bool:
@@ -270,16 +285,25 @@ def _concat(b: _Builder, node: onnx.NodeProto, name: str, ins: list) -> Chan | N
     return _join(b, node, name, ins)
 
 
-def _slice_like(b: _Builder, node: onnx.NodeProto, name: str, ins: list) -> Chan | None:
+def _split(b: _Builder, node: onnx.NodeProto, name: str, ins: list) -> tuple[Chan | None, ...] | None:
+    """Split and Slice: along another axis every output keeps the channels; along the channel axis each
+    output takes its range of them (groups are split at the range bounds, e.g. YOLO's C2f ``chunk``)."""
     chan = ins[0]
     if chan is None:
         return None
-    x = b.shape(node.input[0])
-    outs = [b.shape(o) for o in node.output]
-    if x is not None and all(o is not None and o[chan.axis] == x[chan.axis] for o in outs):
-        return chan  # sliced along another axis
-    b.freeze(chan, f"{node.op_type} '{name}' cuts the channel axis")
-    return None
+    ranges = output_ranges(node, chan.axis, b.width(chan), b.loaded.shapes, b.loaded.static_values)
+    if ranges is None:
+        b.freeze(chan, f"{node.op_type} '{name}' cuts the channel axis at bounds known only at run time")
+        return None
+    if all(r == (0, b.width(chan)) for r in ranges):
+        return tuple(chan for _ in node.output)  # sliced along another axis
+    if chan.split:
+        b.freeze(chan, f"{node.op_type} '{name}' cuts shuffled channels")
+        return None
+    if any(start >= stop for start, stop in ranges):
+        b.freeze(chan, f"{node.op_type} '{name}' has an empty output")
+        return None
+    return tuple(b.take(chan, start, stop) for start, stop in ranges)
 
 
 def _reduce(b: _Builder, node: onnx.NodeProto, name: str, ins: list) -> Chan | None:
@@ -309,7 +333,7 @@ def _none(b: _Builder, node: onnx.NodeProto, name: str, ins: list) -> Chan | Non
 # the kinds of :attr:`onnxmbs.ops.rules.OpRules.channels`; a declined or unknown op freezes what it reads
 CHANNEL_KINDS: dict[str, Rule] = {
     "conv": _conv, "mixer": _mixer, "transpose": _transpose, "reshape": _reshape, "concat": _concat,
-    "slice": _slice_like, "reduce": _reduce, "join": _join, "first": _first, "none": _none,
+    "split": _split, "reduce": _reduce, "join": _join, "first": _first, "none": _none,
 }
 
 
@@ -325,10 +349,10 @@ def analyze_channels(loaded: LoadedModel, convs: tuple[ConvLayer, ...]) -> Chann
             conv_in[name] = ins[0].segs if ins[0] is not None else ()
         rule = kind(node.op_type, "channels")
         out = (CHANNEL_KINDS[rule] if rule else _freeze_all)(b, node, name, ins)
-        if out is not None:
-            for o in node.output:
-                if o:
-                    b.chan[o] = out
+        per_output = out if isinstance(out, tuple) else (out,) * len(node.output)
+        for o, c in zip(node.output, per_output):
+            if o and c is not None:
+                b.chan[o] = c
     for gout in loaded.graph.output:
         b.freeze(b.chan.get(gout.name), f"reaches graph output '{gout.name}'")
     return _finish(b, convs, conv_in)

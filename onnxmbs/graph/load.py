@@ -6,6 +6,7 @@ the proto passed in are never modified.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from onnx import numpy_helper, shape_inference
 
 from onnxmbs.errors import MBSError
 from onnxmbs.runtime.session import open_session
+from onnxmbs.graph.folding import StaticValues
 from onnxmbs.graph.proto import attr, external_locations
 from onnxmbs.graph.record import ModelRecord
 
@@ -62,6 +64,11 @@ class LoadedModel:
     @property
     def graph(self) -> onnx.GraphProto:
         return self.model.graph
+
+    @functools.cached_property
+    def static_values(self) -> StaticValues:
+        """The constants plus what shape computations give before run time (e.g. TorchScript's chunk bounds)."""
+        return StaticValues(self.graph, self.shapes, self.constants, batch_dynamic=self.batch_dynamic)
 
     def record(self) -> ModelRecord:
         """What a plan, stats file or blocks plan says about the model it was made from."""
