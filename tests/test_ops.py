@@ -133,16 +133,16 @@ def test_registry_imports_no_stage():
 def test_op_declining_rf_and_channels_is_counted_and_freezes():
     g = GraphBuilder((1, 3, 8, 8))
     x = g.conv(g.input.name, 3, 4, name="c")
-    x = g.op("LayerNormalization", [x, g.const(np.ones(8, np.float32)), g.const(np.zeros(8, np.float32))], axis=-1)
+    x = g.op("LRN", [x], size=3)
     x = g.op("Celu", [x])
     out = g.relu(g.conv(x, 4, 4, name="d"))
     a = analyze(g.build([out]))
-    assert isinstance(OPS["Celu"].rf, Declined) and OPS["LayerNormalization"].rf == "pass"
+    assert isinstance(OPS["Celu"].rf, Declined) and OPS["LRN"].rf == "pass"
     assert a.shapes.unknown_ops == {"Celu": 1}
     c = {layer.name: layer for layer in a.layers}
     assert c["d"].rf == 1 + 2 + 2  # the declined ops pass the 3x3 field of "c" on
     reasons = a.channels.groups[a.channels.conv_group["c"]].frozen
-    assert "LayerNormalization" in reasons and "cannot resize" in reasons
+    assert "LRN" in reasons and "cannot resize" in reasons
 
 
 def test_unknown_op_freezes_and_costs_nothing():

@@ -22,7 +22,7 @@ import numpy as np
 
 from onnxmbs.adapters.planview import (
     Candidate, ChannelBook, Layout, PlanView, Resolution, check_init, check_supported, group_layers, kept_channels, load_plan, match_layers,
-    onnx_weight_names, plan_groups, resolve_splits, whole_key,
+    narrowed_fixed, onnx_weight_names, plan_groups, resolve_splits, whole_key,
 )
 from onnxmbs.errors import MBSError
 
@@ -138,7 +138,7 @@ def _rule(w: Walk, model: Any, cls: str, conf: Mapping[str, Any], name: str, ins
         return first
     if cls == "Dense" and first is not None:
         w.uses.append(Use(name, "dense", first, None))
-        return w.fresh(("fixed", name), conf["units"])
+        return w.fresh(("fixed", f"dense:{name}"), conf["units"])
     if cls in PASS:
         return first
     if cls == "Flatten" and first is not None:
@@ -222,9 +222,9 @@ def resolve(model: Any, view: PlanView, w: Walk, mapping: Mapping[str, str], *, 
             raise MBSError(f"the plan's channel groups {sorted(groups)} do not fit the model's layers "
                            f"{', '.join(str(k[1]) for k in keys[:4])} — make the plan from this model's ONNX export")
         width = compact.pop()
-        if width != original and any(whole_key(k)[0] == "fixed" for k in keys):
-            raise MBSError(f"the plan narrows channels tied to a fixed-width tensor ({keys[0][1]}) — "
-                           "make the plan from this model's ONNX export")
+        fixed = [whole_key(k)[1] for k in keys if whole_key(k)[0] == "fixed"]
+        if width != original and fixed:
+            raise narrowed_fixed(", ".join(str(k[1]) for k in keys[:4]), str(fixed[0]))
         l1 = lambda s: _l1(model, mapping[s.name], norms.get(mapping[s.name]))  # noqa: E731
         kept = (kept_channels(specs, original, width, l1, measured=group_layers(view, groups) or specs,
                               select=select) if width != original else np.arange(original))

@@ -188,6 +188,17 @@ def check_supported(unsupported: Mapping[Hashable, Sequence[str]], res: Resoluti
                            "(β = 1) or replace the layer by a supported one")
 
 
+def narrowed_fixed(layers: str, fixed: str) -> MBSError:
+    """The error for a plan that narrows channels tied to a tensor whose width the adapter cannot change."""
+    kind, _, name = fixed.partition(":")
+    if kind in ("linear", "dense") and name:
+        return MBSError(f"the plan narrows channels of {layers} that the {kind.title()} layer '{name}' writes — the "
+                        "adapters cannot resize a Linear/Dense producer yet (`onnxmbs compact` can): carry the compact "
+                        "ONNX model, or keep this group at full width (β = 1)")
+    return MBSError(f"channels of {layers} are tied to {fixed}, whose width cannot change, but the plan narrows "
+                    "them — make the plan from an ONNX export of this very model")
+
+
 def plan_groups(specs: Sequence[LayerRecord], view: PlanView, where: str) -> set[int]:
     """The plan groups a set of tied conv outputs belongs to; split outputs are refused when resized."""
     for spec in specs:

@@ -32,7 +32,7 @@ from torch import nn
 
 from onnxmbs.adapters.planview import (
     Candidate, Layout, PlanView, Resolution, check_init, check_supported, group_layers, kept_channels, load_plan,
-    match_layers, onnx_weight_names, plan_groups, resolve_splits, scope_path, whole_key,
+    match_layers, narrowed_fixed, onnx_weight_names, plan_groups, resolve_splits, scope_path, whole_key,
 )
 from onnxmbs.adapters.torch_trace import ConvUse, Trace, run_model, trace_model
 from onnxmbs.errors import MBSError
@@ -158,8 +158,7 @@ def _set_width(view: PlanView, groups: set[int], keys: list[Hashable], original:
     fixed = [whole_key(k) for k in keys if whole_key(k)[0] == "fixed"]
     compact = compacts.pop()
     if fixed and compact != original:
-        raise MBSError(f"channels of {_names(keys)} are tied to {fixed[0][1]}, whose width cannot change, but the "
-                       "plan narrows them — make the plan from an ONNX export of this very model")
+        raise narrowed_fixed(_names(keys), str(fixed[0][1]))
     return compact
 
 

@@ -306,6 +306,19 @@ def _split(b: _Builder, node: onnx.NodeProto, name: str, ins: list) -> tuple[Cha
     return tuple(b.take(chan, start, stop) for start, stop in ranges)
 
 
+def _layernorm(b: _Builder, node: onnx.NodeProto, name: str, ins: list) -> tuple[Chan | None, ...] | None:
+    """LayerNorm over the channel axis alone keeps the channels (its Mean/InvStdDev outputs carry none);
+    over more axes than the channels it mixes them with those axes."""
+    chan, x = ins[0], b.shape(node.input[0])
+    if chan is None:
+        return None
+    rank = len(x) if x else 0
+    if not rank or chan.split or int(attr(node, "axis", -1)) % rank != chan.axis or chan.axis != rank - 1:
+        b.freeze(chan, f"{node.op_type} '{name}' normalises the channels together with other axes")
+        return None
+    return (chan, *(None for _ in node.output[1:]))
+
+
 def _reduce(b: _Builder, node: onnx.NodeProto, name: str, ins: list) -> Chan | None:
     """Reductions over other axes keep the channels (global pooling); over the channel axis they mix."""
     chan, x, y = ins[0], b.shape(node.input[0]), b.shape(node.output[0])
@@ -333,7 +346,7 @@ def _none(b: _Builder, node: onnx.NodeProto, name: str, ins: list) -> Chan | Non
 # the kinds of :attr:`onnxmbs.ops.rules.OpRules.channels`; a declined or unknown op freezes what it reads
 CHANNEL_KINDS: dict[str, Rule] = {
     "conv": _conv, "mixer": _mixer, "transpose": _transpose, "reshape": _reshape, "concat": _concat,
-    "split": _split, "reduce": _reduce, "join": _join, "first": _first, "none": _none,
+    "split": _split, "layernorm": _layernorm, "reduce": _reduce, "join": _join, "first": _first, "none": _none,
 }
 
 
