@@ -275,7 +275,10 @@ def test_c2f_chunk_halves_are_cut_exactly(tmp_path):
     assert result.params_compact == plan["summary"]["params_compact"]
 
 
-def test_c2f_in_the_torch_adapter_full_halves_apply_cut_halves_are_refused(tmp_path):
+@pytest.mark.parametrize("select", ["nonzero", "l1"])
+def test_c2f_in_the_torch_adapter_keeps_the_channels_compact_keeps(select, tmp_path):
+    """apply_plan(init="inherit") on a module with ``chunk``: both halves cut to equal widths, the same channels as
+    the compact ONNX (one selection rule), so both compute the same function; unequal halves are refused."""
     import json
 
     from onnxmbs import apply_plan
@@ -285,13 +288,24 @@ def test_c2f_in_the_torch_adapter_full_halves_apply_cut_halves_are_refused(tmp_p
     path = export(model, tmp_path / "c2f.onnx")
     analysis = analyze(path)
     plan = plan_model(path, synthetic=4, preprocess="raw", z=1e6).document.to_json()
-    (tmp_path / "full.json").write_text(json.dumps(plan))
-    example = torch.zeros(INPUT)
-    same = apply_plan(model, tmp_path / "full.json", example, init="inherit")
-    assert torch.allclose(same(example + 1), model(example + 1))
     cv1 = next(c.name for c in analysis.layers if c.out_channels == 16 and c.in_channels == 8)
-    first, _ = analysis.channels.conv_output_groups[cv1]
-    plan["groups"][first]["compact_channels"] = 6
+    first, second = analysis.channels.conv_output_groups[cv1]
+    widths = {g["id"]: g["compact_channels"] for g in plan["groups"]}
+    for gid in (first, second):
+        plan["groups"][gid]["compact_channels"] = widths[gid] = 5
+    plan["summary"]["params_compact"] = summarize(param_specs(analysis), widths).params_compact
+    for layer in plan["layers"]:  # the plan's per-layer widths follow its groups
+        layer["compact_out_channels"] = sum(widths[g] for g in layer["output_groups"])
     (tmp_path / "cut.json").write_text(json.dumps(plan))
-    with pytest.raises(MBSError, match="resized separately — the adapters cannot do that yet"):
-        apply_plan(model, tmp_path / "cut.json", example, init="inherit")
+    result = compact_model(path, plan, select=select)
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    small = apply_plan(model, tmp_path / "cut.json", torch.zeros(INPUT), init="inherit", select=select)
+    with torch.no_grad():
+        np.testing.assert_allclose(small(torch.from_numpy(x)).numpy(), outputs(result.model, x), rtol=1e-4, atol=1e-5)
+    assert small.cv1.out_channels == 10 and small.m1.in_channels == 5 and small.cv2.in_channels == 15
+    plan["groups"][second]["compact_channels"] = widths[second] = 6  # torch's chunk would cut 11 into 6 + 5
+    for layer in plan["layers"]:
+        layer["compact_out_channels"] = sum(widths[g] for g in layer["output_groups"])
+    (tmp_path / "unequal.json").write_text(json.dumps(plan))
+    with pytest.raises(MBSError, match="'chunk' divides its input into equal parts, but the plan gives them 5/6"):
+        apply_plan(model, tmp_path / "unequal.json", torch.zeros(INPUT), init="inherit")

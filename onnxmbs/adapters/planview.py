@@ -183,7 +183,8 @@ def check_supported(unsupported: Mapping[Hashable, Sequence[str]], res: Resoluti
     """Refuse to resize a channel set that reaches a layer the adapter has no resize rule for."""
     for key, reasons in unsupported.items():
         if res.changed(key):
-            raise MBSError(f"cannot resize the channels of '{key[1]}' ({res.channels[key]} -> {res.widths[key]}): "
+            where = f"part {key[2] + 1} of '{whole_key(key)[1]}'" if whole_key(key) != key else f"'{key[1]}'"
+            raise MBSError(f"cannot resize the channels of {where} ({res.channels[key]} -> {res.widths[key]}): "
                            f"{reasons[0]} has no resize rule — keep this group at full width "
                            "(β = 1) or replace the layer by a supported one")
 
@@ -212,7 +213,8 @@ def plan_groups(specs: Sequence[LayerRecord], view: PlanView, where: str) -> set
 
 def kept_channels(specs: Sequence[LayerRecord], width: int, count: int,
                   l1: Callable[[LayerRecord], np.ndarray | None], *,
-                  measured: Sequence[LayerRecord] | None = None, select: str = "nonzero") -> np.ndarray:
+                  measured: Sequence[LayerRecord] | None = None, select: str = "nonzero",
+                  offsets: Mapping[str, int] | None = None) -> np.ndarray:
     """The ``count`` channels of a ``width``-channel group to keep — the rule ``onnxmbs compact`` uses
     (:func:`onnxmbs.compact.select.pick`), so an adapter with ``init="inherit"`` keeps the channels the
     compact ONNX keeps: the measured non-zero rate first (mean over the group's layers), ties broken by
@@ -220,16 +222,30 @@ def kept_channels(specs: Sequence[LayerRecord], width: int, count: int,
     layer's norms as the exporter folds them, BatchNorm scale included), then the channel index.
     ``measured``: every plan layer whose output is this group (a depthwise conv's too: it writes the
     channels it reads), whose rates are averaged; default ``specs``. ``select="l1"``: the L1 norms alone
-    (as ``compact --select l1``)."""
+    (as ``compact --select l1``). ``offsets``: layers whose output holds this group as a part (a ``chunk`` of
+    their output) — layer name -> where the group starts in it; their norms and rates are taken there."""
     if select not in SELECTS:
         raise MBSError(f"select must be one of {', '.join(SELECTS)} (the rules of `onnxmbs compact --select`), "
                        f"got {select!r}")
     from onnxmbs.compact.select import pick
 
-    norms = [n / n.mean() if n.mean() > 0 else n for n in (l1(s) for s in specs) if n is not None and len(n) == width]
+    offsets = offsets or {}
+
+    def part(values, spec: LayerRecord) -> np.ndarray | None:
+        """This group's channels of one layer's per-channel values (all of them unless the layer has an offset)."""
+        if values is None:
+            return None
+        start = offsets.get(spec.name)
+        values = np.asarray(values, np.float64)
+        if start is None:
+            return values if len(values) == width else None
+        return values[start:start + width] if len(values) >= start + width else None
+
+    norms = [x for x in (part(n / n.mean() if n is not None and n.mean() > 0 else n, s) for s, n in
+                         ((s, l1(s)) for s in specs)) if x is not None]
     secondary = np.sum(norms, axis=0) if norms else -np.arange(width, dtype=np.float64)
-    rates = [np.asarray(s.channel_p_nonzero, np.float64) for s in (specs if measured is None else measured)
-             if s.channel_p_nonzero is not None and len(s.channel_p_nonzero) == width] if select == "nonzero" else []
+    rates = [x for x in (part(s.channel_p_nonzero, s) for s in (specs if measured is None else measured))
+             if x is not None] if select == "nonzero" else []
     primary = np.mean(rates, axis=0) if rates else secondary
     return np.asarray(pick(primary, secondary, count), dtype=np.int64)
 

@@ -36,6 +36,7 @@ from onnxmbs.adapters.planview import (
 )
 from onnxmbs.adapters.torch_trace import ConvUse, Trace, run_model, trace_model
 from onnxmbs.errors import MBSError
+from onnxmbs.planning.document import LayerRecord
 
 logger = logging.getLogger(__name__)
 
@@ -131,16 +132,50 @@ def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str], *, select:
             continue  # split into parts (a join with a concatenation): resolved from them below
         conv_keys = [k for k in keys if isinstance(k, tuple) and k[0] == "conv"]
         specs = [view.layer(layer_of[k[1]]) for k in conv_keys]
-        groups = plan_groups(specs, view, _names(keys))
+        parts = _plan_parts(keys, layer_of, view, trace)
+        groups = plan_groups(specs, view, _names(keys)) | {g for _, g, _ in parts}
         original = trace.widths[root]
         compact = _set_width(view, groups, keys, original)
         l1 = lambda s: _l1(uses[mapping[s.name]].module, folded.get(mapping[s.name]))  # noqa: E731
-        kept = (kept_channels(specs, original, compact, l1, measured=group_layers(view, groups) or specs,
-                              select=select) if compact != original else np.arange(original))
+        offsets = {spec.name: start for spec, _, start in parts}
+        writers = [*specs, *(spec for spec, _, _ in parts if spec not in specs)]
+        measured = [*(group_layers(view, groups) or specs), *(spec for spec, _, _ in parts)]
+        kept = (kept_channels(writers, original, compact, l1, measured=measured, select=select, offsets=offsets)
+                if compact != original else np.arange(original))
         for key in keys:
             channels[key], widths[key], keep[key] = original, compact, kept
     resolve_splits(trace.sets, channels, widths, keep)
+    _check_chunks(trace, widths)
     return Resolution(channels=channels, widths=widths, keep=keep)
+
+
+def _plan_parts(keys: list[Hashable], layer_of: Mapping[str, str], view: PlanView,
+                trace: Trace) -> list[tuple[LayerRecord, int, int]]:
+    """(plan layer, plan group, first channel in the layer's output) of every key that is a part of a conv's
+    output (a ``chunk``, or a join with a concatenation) which the plan splits into the same groups."""
+    found = []
+    for key in keys:
+        if not (isinstance(key, tuple) and len(key) == 3 and key[0] == "part" and isinstance(key[1], tuple)
+                and key[1][0] == "conv" and key[1][1] in layer_of):
+            continue
+        spec, siblings = view.layer(layer_of[key[1][1]]), trace.sets.parts.get(key[1], ())
+        groups = spec.output_groups
+        if len(groups) != len(siblings) or any(view.channels[g] != trace.widths[p] for g, p in zip(groups, siblings)):
+            continue  # the plan does not split this output the same way: its other keys decide
+        index = siblings.index(key)
+        found.append((spec, groups[index], sum(trace.widths[p] for p in siblings[:index])))
+    return found
+
+
+def _check_chunks(trace: Trace, widths: Mapping[Hashable, int]) -> None:
+    """``chunk`` divides whatever it gets into parts of ``ceil(total / n)``: the plan's parts must be those."""
+    for where, parts in trace.chunks:
+        compact = [sum(widths[k] for k in trace.sets.expand(p.segs)) for p in parts]
+        size = -(-sum(compact) // len(compact))
+        if compact != [min(size, sum(compact) - i * size) for i in range(len(compact))]:
+            raise MBSError(f"'chunk'{where} divides its input into equal parts, but the plan gives them "
+                           f"{'/'.join(map(str, compact))} channels — the PyTorch model would cut them elsewhere; "
+                           "carry the compact ONNX model, or plan so that the parts keep equal widths")
 
 
 def _set_width(view: PlanView, groups: set[int], keys: list[Hashable], original: int) -> int:

@@ -18,6 +18,7 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -30,6 +31,7 @@ CONVS = {"conv1d", "conv2d", "conv3d"}
 NORMS = {"batch_norm"}
 CATS = {"cat", "concat", "concatenate"}
 MOVES = {"permute", "transpose", "movedim", "swapaxes", "swapdims"}
+SPLITS = {"chunk", "split", "split_with_sizes", "tensor_split"}  # only chunk's parts follow the compact width
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Trace(ChannelBook):
     linears: list[LinearUse] = field(default_factory=list)
     outputs: list[tuple[int, ...]] = field(default_factory=list)
     readers: dict[str, int] = field(default_factory=dict)  # conv name -> ops reading its output
+    chunks: list[tuple[str, tuple[Layout, ...]]] = field(default_factory=list)  # (where, parts): must stay equal
 
 
 def _flat(obj: Any) -> Iterator[Any]:
@@ -147,6 +150,8 @@ class _Recorder:
             self.linear(args, kwargs, out)
         elif name in CATS:
             self.cat(name, args, kwargs, out)
+        elif name in SPLITS and self.split(name, args, out):
+            return
         else:
             self.generic(name, args, kwargs, out)
 
@@ -208,6 +213,48 @@ class _Recorder:
         else:
             for t in known:
                 self.trace.mark(t.layout, f"torch.{name} mixes tracked and untracked channels{self.where()}")
+
+    def split(self, name: str, args: tuple, out: Any) -> bool:
+        """``chunk``/``split`` along the channel axis: each output carries its range of the input's channel keys
+        (keys straddling a bound are split into parts); False when it splits another axis (the generic rule)."""
+        x, outs = args[0], [o for o in _flat(out) if isinstance(o, torch.Tensor)]
+        tag = self.tag(x)
+        if tag is None or not outs or tag.layout.inner != 1 or tag.layout.outer != 1:
+            return False
+        sizes = [o.shape[tag.axis] if o.dim() == x.dim() else -1 for o in outs]
+        if sum(sizes) != x.shape[tag.axis] or len(outs) < 2:
+            return False
+        keys = self._cut(tag.layout, np.cumsum(sizes)[:-1].tolist())
+        parts = []
+        for size in sizes:
+            taken, width = [], 0
+            while width < size:
+                key = keys.pop(0)
+                taken.append(key)
+                width += self.trace.widths[key]
+            parts.append(Layout(tuple(taken)))
+        for o, part in zip(outs, parts):
+            self.put(o, Tag(part, tag.axis))
+        if name == "chunk":  # torch.chunk cuts the tensor it gets into equal parts: fine while the parts stay equal
+            self.trace.chunks.append((self.where(), tuple(parts)))
+        else:
+            for part in parts:
+                self.trace.mark(part, f"'{name}' with sizes written in the code{self.where()}")
+        return True
+
+    def _cut(self, layout: Layout, bounds: list[int]) -> list[Hashable]:
+        """The layout's keys (resolved), split so that a key boundary lies at every position in ``bounds``."""
+        out, pos = [], 0
+        for key in self.trace.sets.expand(layout.segs):
+            width = self.trace.widths[key]
+            inner = [b - pos for b in bounds if pos < b < pos + width]
+            if inner:
+                sizes = [b - a for a, b in zip([0, *inner], [*inner, width])]
+                out.extend(self.trace.sets.split_sizes(key, sizes, self.trace.widths))
+            else:
+                out.append(key)
+            pos += width
+        return out
 
     def generic(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         flat = [t for t in _flat((args, kwargs)) if isinstance(t, torch.Tensor)]

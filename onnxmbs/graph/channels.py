@@ -18,6 +18,7 @@ import onnx
 from onnxmbs.graph.disjoint import DisjointSets
 from onnxmbs.graph.load import LoadedModel
 from onnxmbs.graph.shapes import ConvLayer
+from onnxmbs.graph.shapeflow import width_readers
 from onnxmbs.graph.slicing import output_ranges
 from onnxmbs.ops.registry import kind
 from onnxmbs.graph.proto import attr, node_names
@@ -84,6 +85,11 @@ class _Builder:
         if chan is None:
             return None
         return Chan(chan.axis, tuple(x for g in chan.segs for x in self.expand(g)), chan.split)
+
+    def rooted(self, chan: Chan | None) -> Chan | None:
+        """``chan`` with every segment named by its set's root (so tied channels compare equal)."""
+        chan = self.resolve(chan)
+        return None if chan is None else Chan(chan.axis, tuple(self.find(g) for g in chan.segs), chan.split)
 
     def split(self, g: int, widths: list[int]) -> None:
         """Cut group ``g`` (and every group tied to it) into consecutive parts of ``widths``."""
@@ -368,6 +374,8 @@ def analyze_channels(loaded: LoadedModel, convs: tuple[ConvLayer, ...]) -> Chann
                 b.chan[o] = c
     for gout in loaded.graph.output:
         b.freeze(b.chan.get(gout.name), f"reaches graph output '{gout.name}'")
+    for chan, reason in width_readers(loaded.graph, lambda t: b.rooted(b.chan.get(t)), loaded.constants):
+        b.freeze(chan, reason)
     return _finish(b, convs, conv_in)
 
 
