@@ -29,14 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def export_yolo(path: Path, size: int, *, raw: bool = False) -> Path:
+def build_yolo(*, raw: bool = False, config: str = "yolov8n.yaml"):
+    """The detector as a module returning one tensor (random weights, trained-looking BatchNorm statistics)."""
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
-    from onnxmbs.zoo.export import export_torch
-
     torch.manual_seed(0)
-    model = DetectionModel("yolov8n.yaml", nc=80, verbose=False).eval()
+    model = DetectionModel(config, nc=80, verbose=False).eval()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
@@ -51,7 +50,39 @@ def export_yolo(path: Path, size: int, *, raw: bool = False) -> Path:
             y = self.inner(x)
             return torch.cat([y[1]["boxes"], y[1]["scores"]], 1) if raw else y[0]
 
-    return export_torch(Outputs(model).eval(), (3, size, size), path, dynamo=False, opset=17)
+    return Outputs(model).eval()
+
+
+def export_yolo(path: Path, size: int, *, raw: bool = False) -> Path:
+    from onnxmbs.zoo.export import export_torch
+
+    return export_torch(build_yolo(raw=raw), (3, size, size), path, dynamo=False, opset=17)
+
+
+def adapter_check(out: Path, size: int, *, raw: bool) -> None:
+    """apply_plan on the ultralytics module against the compact ONNX files made from the same plan."""
+    import onnxruntime as ort
+    import torch
+
+    from onnxmbs import apply_plan
+    from onnxmbs.adapters import folded_params
+    from onnxmbs.errors import MBSError
+
+    net, example = build_yolo(raw=raw), torch.zeros(1, 3, size, size)
+    x = np.load(out / "held.npy")[:4]
+    for init, onnx_file in (("inherit", "c_inherit.onnx"), ("onnx", "c.onnx")):
+        sess = ort.InferenceSession(str(out / onnx_file), providers=["CPUExecutionProvider"])
+        want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        extra = {"compact_onnx": out / onnx_file} if init == "onnx" else {}
+        try:
+            small = apply_plan(net, out / "plan.json", example, init=init, **extra)
+        except MBSError as exc:
+            print(f"apply_plan(init={init!r}): refused — {exc}\n")
+            continue
+        with torch.no_grad():
+            got = small(torch.from_numpy(x)).numpy()
+        print(f"apply_plan(DetectionModel, plan.json, init={init!r}) vs {onnx_file}: max relative output error "
+              f"{np.abs(got - want).max() / np.abs(want).max():.2e}; folded_params {folded_params(small, example):,}\n")
 
 
 def onnxmbs(out: Path, *args: object, tail: int = 12) -> None:
@@ -85,6 +116,7 @@ def main() -> None:
             *raw, "--repeats", 10, tail=7)
     onnxmbs(out, "compact", "yolov8n.onnx", "--plan", "plan.json", "-o", "c.onnx", "--reconstruct", "--data", "fit.npy",
             "--eval-data", "held.npy", *raw, "--quantize", "int8", "--repeats", 10, tail=9)
+    adapter_check(out, args.size, raw=args.raw)
     onnxmbs(out, "evaluate", "c.onnx", "--data", "held.npy", "--reference", "yolov8n.onnx", *raw, tail=3)
     onnxmbs(out, "blocks", "yolov8n.onnx", "--data", "held.npy", *raw, "--remove", 2, "--reconstruct",
             "--no-progress", "-o", "blocks.json", tail=8)
