@@ -105,6 +105,33 @@ def test_unmatchable_block_is_an_error(tmp_path):
         remove_blocks_from(model, plan, X[:1], onnx_path=path)
 
 
+class Bottleneck(nn.Module):
+    """ultralytics' form: the block is one module returning ``x + branch(x)`` (its convs are its own)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(c, c, 3, 1, 1), nn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x):
+        return x + torch.relu(self.c2(torch.relu(self.c1(x))))
+
+
+def test_a_block_that_is_one_module_returning_x_plus_its_branch_is_replaced_by_its_input(tmp_path):
+    from onnxmbs.adapters.torch_blocks import Shortcut
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    model.blocks = nn.Sequential(Bottleneck(8), Bottleneck(8), Unwrapped(8))
+    path = export(model, tmp_path / "net.onnx")
+    plan = blocks_plan(path, 1)
+    removed = {scope_path(plan.block(b).join) for b in plan.removed}
+    shallow = remove_blocks_from(model, plan, X[:1], onnx_path=path)
+    assert {n for n, m in shallow.named_modules() if isinstance(m, Shortcut)} == removed <= {"blocks.0", "blocks.1"}
+    sess = ort.InferenceSession(shallow_model(path, plan).SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(shallow(X).numpy(), sess.run(None, {"input": X.numpy()})[0], rtol=1e-4, atol=1e-5)
+
+
 def test_retrain_with_blocks(resnet20, tmp_path):
     from click.testing import CliRunner
 

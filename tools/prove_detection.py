@@ -61,17 +61,17 @@ def export_yolo(path: Path, size: int, *, raw: bool = False) -> Path:
 
 def adapter_check(out: Path, size: int, *, raw: bool) -> None:
     """apply_plan on the ultralytics module against the compact ONNX files made from the same plan."""
-    import onnxruntime as ort
     import torch
 
     from onnxmbs import apply_plan
     from onnxmbs.adapters import folded_params
     from onnxmbs.errors import MBSError
+    from onnxmbs.runtime.session import open_session
 
     net, example = build_yolo(raw=raw), torch.zeros(1, 3, size, size)
     x = np.load(out / "held.npy")[:4]
     for init, onnx_file in (("inherit", "c_inherit.onnx"), ("onnx", "c.onnx")):
-        sess = ort.InferenceSession(str(out / onnx_file), providers=["CPUExecutionProvider"])
+        sess = open_session(str(out / onnx_file))
         want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
         extra = {"compact_onnx": out / onnx_file} if init == "onnx" else {}
         try:

@@ -6,7 +6,9 @@ dynamo exporter's weight initializer ``<module path>.weight``, the TorchScript e
 those convs whose output, in one traced forward pass, goes straight into an addition with the
 container's own input — ``body(x) + x`` — so that replacing it by a module returning zeros turns
 the addition into the shortcut, exactly as the ONNX removal rewires the join's readers to the
-shortcut (a following activation stays). A copy of the module gets the replacement; the
+shortcut (a following activation stays). A module whose own output *is* that addition (ultralytics'
+``Bottleneck``: ``return x + self.cv2(self.cv1(x))``) is the whole block: it is replaced by one
+returning its input. A copy of the module gets the replacement; the
 result is checked with a forward pass (against the shallow ONNX model when the planned ONNX
 file is at hand). Anything that cannot be matched this way is an error, never a wrong model.
 """
@@ -39,6 +41,13 @@ class RemovedBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return torch.zeros_like(x)
+
+
+class Shortcut(nn.Module):
+    """Stands in for a removed whole residual block (``return x + branch(x)`` inside one module): ``x``."""
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return x
 
 
 def _branch_modules(block: BlockRecord, weights: dict[str, str], modules: dict[str, nn.Module]) -> set[str]:
@@ -79,12 +88,14 @@ class _AddSpy(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if getattr(func, "__name__", "") in ADDS:
-            self.adds.append(tuple(a for a in args if isinstance(a, torch.Tensor)))
+            self.adds.append((*(a for a in args if isinstance(a, torch.Tensor)), out))
         return out
 
 
-def _residual_containers(model: nn.Module, paths: Sequence[str], example: Any) -> set[str]:
-    """Of ``paths``, the modules called once whose output is added to their own input."""
+def _residual_containers(model: nn.Module, paths: Sequence[str], example: Any) -> dict[str, type[nn.Module]]:
+    """Of ``paths``, the modules called once whose output is added to their own input (a branch: replaced by
+    zeros), or whose output *is* their input plus something (a whole block, ultralytics' ``Bottleneck``:
+    replaced by its input) — with the module that stands in for each."""
     seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {p: [] for p in paths}
     modules = dict(model.named_modules())
     handles = [modules[p].register_forward_hook(
@@ -99,13 +110,16 @@ def _residual_containers(model: nn.Module, paths: Sequence[str], example: Any) -
         for h in handles:
             h.remove()
         model.train(was_training)
-    good = set()
+    good: dict[str, type[nn.Module]] = {}
     for p, calls in seen.items():
         if len(calls) != 1 or not isinstance(calls[0][1], torch.Tensor):
             continue
         x, out = calls[0]
-        if any(len(a) == 2 and {id(a[0]), id(a[1])} == {id(x), id(out)} for a in spy.adds):
-            good.add(p)
+        if any(len(a) == 3 and {id(a[0]), id(a[1])} == {id(x), id(out)} for a in spy.adds):
+            good[p] = RemovedBlock
+        elif any(len(a) == 3 and id(a[2]) == id(out) and id(x) in (id(a[0]), id(a[1])) and a[0] is not a[1]
+                 for a in spy.adds):
+            good[p] = Shortcut
     return good
 
 
@@ -137,10 +151,10 @@ def remove_blocks_torch(module: nn.Module, plan: BlocksPlan, example_inputs: Any
             raise MBSError(f"block {block.id} (join {block.join}): no module of the model holds exactly its convs "
                            f"({', '.join(sorted(convs))}) and is added to its own input — the branch must be one "
                            "module, e.g. `self.body(x) + x`; cannot remove it safely")
-        chosen[block.id] = path
-    for path in chosen.values():
-        _set_module(shallow, path, RemovedBlock())
-    logger.info("removed %d blocks: %s", len(chosen), ", ".join(f"{k}={v}" for k, v in chosen.items()))
+        chosen[block.id] = (path, residual[path])
+    for path, stand_in in chosen.values():
+        _set_module(shallow, path, stand_in())
+    logger.info("removed %d blocks: %s", len(chosen), ", ".join(f"{k}={v[0]}" for k, v in chosen.items()))
     verify_shallow(plan, onnx_path, _runner(module, example_inputs), _runner(shallow, example_inputs),
                    _numpy(example_inputs))
     return shallow
