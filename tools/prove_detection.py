@@ -96,6 +96,24 @@ def onnxmbs(out: Path, *args: object, tail: int = 12) -> None:
         raise SystemExit(f"onnxmbs {' '.join(map(str, args))} failed")
 
 
+def blocks_check(out: Path, size: int, *, raw: bool) -> None:
+    """remove_blocks_from on the ultralytics module against the shallow ONNX from the same blocks plan."""
+    import torch
+
+    from onnxmbs import remove_blocks_from
+    from onnxmbs.runtime.session import open_session
+
+    x = np.load(out / "held.npy")[:4]
+    shallow = remove_blocks_from(build_yolo(raw=raw), out / "blocks.json", torch.zeros(1, 3, size, size),
+                                 onnx_path=out / "yolov8n.onnx")
+    sess = open_session(str(out / "shallow.onnx"))
+    want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        got = shallow(torch.from_numpy(x)).numpy()
+    print(f"remove_blocks_from(DetectionModel, blocks.json) vs shallow.onnx: max relative output error "
+          f"{np.abs(got - want).max() / np.abs(want).max():.2e}\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=320)
@@ -119,7 +137,8 @@ def main() -> None:
     adapter_check(out, args.size, raw=args.raw)
     onnxmbs(out, "evaluate", "c.onnx", "--data", "held.npy", "--reference", "yolov8n.onnx", *raw, tail=3)
     onnxmbs(out, "blocks", "yolov8n.onnx", "--data", "held.npy", *raw, "--remove", 2, "--reconstruct",
-            "--no-progress", "-o", "blocks.json", tail=8)
+            "--no-progress", "-o", "blocks.json", "--output-model", "shallow.onnx", tail=8)
+    blocks_check(out, args.size, raw=args.raw)
     onnxmbs(out, "report", "yolov8n.onnx", "--data", "fit.npy", *raw, "--deployment", "c.onnx", "--blocks",
             "blocks.json", "-o", "report.md", "-o", "report.html", tail=6)
 
