@@ -309,3 +309,25 @@ def test_c2f_in_the_torch_adapter_keeps_the_channels_compact_keeps(select, tmp_p
     (tmp_path / "unequal.json").write_text(json.dumps(plan))
     with pytest.raises(MBSError, match="'chunk' divides its input into equal parts, but the plan gives them 5/6"):
         apply_plan(model, tmp_path / "unequal.json", torch.zeros(INPUT), init="inherit")
+
+
+@pytest.mark.parametrize("select", ["nonzero", "l1"])
+def test_shufflenet_apply_plan_keeps_what_compact_keeps(select, tmp_path):
+    """The adapter follows the channel shuffle (view - transpose - view) and cuts grouped convs by the rule the
+    surgery uses (approximations included), so the PyTorch module computes what the compact ONNX computes."""
+    import json
+
+    from onnxmbs import apply_plan
+
+    model = randomize(MiniShuffle())
+    path = export(model, tmp_path / "shuffle.onnx")
+    plan = plan_model(path, synthetic=4, preprocess="raw", z=6, round_to=3).document.to_json()
+    assert plan["summary"]["params_compact"] < plan["summary"]["params"]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    result = compact_model(path, plan, select=select)
+    small = apply_plan(model, tmp_path / "plan.json", torch.zeros(INPUT), init="inherit", select=select)
+    x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        got = small(torch.from_numpy(x)).numpy()
+    want = outputs(result.model, x)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

@@ -1,7 +1,8 @@
 """The whole flow on a detector: ultralytics YOLOv8n (random weights, trained-looking BatchNorm
 statistics; built from its yaml, nothing downloaded), exported at 320 px with the library's exporter,
 then the CLI as a user runs it — analyze, plan (--round-to auto), compact (inherited; and
---reconstruct --quantize int8), evaluate --reference, blocks --metric fidelity --reconstruct, report
+--reconstruct --quantize int8), apply_plan on the module against both compact files, evaluate --reference,
+blocks --metric fidelity --reconstruct (and remove_blocks_from against the shallow ONNX), report
 --deployment --blocks — on deterministic noise images (no labels). Prints each command and the tail
 of its output; writes everything under --out.
 

@@ -34,6 +34,7 @@ class PlanView:
     widths: Mapping[int, int]  # group id -> compact width
     model_path: str | None
     input_hw: tuple[int, int] | None
+    multiple_of: Mapping[int, int] = field(default_factory=dict)  # group id -> what its grouped convs need
 
     def layer(self, name: str) -> LayerRecord:
         return next(spec for spec in self.layers if spec.name == name)
@@ -51,6 +52,7 @@ def load_plan(plan: PlanDocument | Mapping[str, Any] | str | Path) -> PlanView:
     """Validate a plan (the record, its JSON dict, or a path) into a :class:`PlanView`."""
     doc = as_plan(plan)
     return PlanView(layers=doc.layers, channels={g.id: g.channels for g in doc.groups}, widths=doc.group_widths(),
+                    multiple_of={g.id: g.multiple_of for g in doc.groups},
                     model_path=doc.model.path, input_hw=doc.model.input_hw)
 
 
@@ -214,7 +216,7 @@ def plan_groups(specs: Sequence[LayerRecord], view: PlanView, where: str) -> set
 def kept_channels(specs: Sequence[LayerRecord], width: int, count: int,
                   l1: Callable[[LayerRecord], np.ndarray | None], *,
                   measured: Sequence[LayerRecord] | None = None, select: str = "nonzero",
-                  offsets: Mapping[str, int] | None = None) -> np.ndarray:
+                  offsets: Mapping[str, int] | None = None, multiple_of: int = 1, shuffle: int = 0) -> np.ndarray:
     """The ``count`` channels of a ``width``-channel group to keep — the rule ``onnxmbs compact`` uses
     (:func:`onnxmbs.compact.select.pick`), so an adapter with ``init="inherit"`` keeps the channels the
     compact ONNX keeps: the measured non-zero rate first (mean over the group's layers), ties broken by
@@ -223,7 +225,9 @@ def kept_channels(specs: Sequence[LayerRecord], width: int, count: int,
     ``measured``: every plan layer whose output is this group (a depthwise conv's too: it writes the
     channels it reads), whose rates are averaged; default ``specs``. ``select="l1"``: the L1 norms alone
     (as ``compact --select l1``). ``offsets``: layers whose output holds this group as a part (a ``chunk`` of
-    their output) — layer name -> where the group starts in it; their norms and rates are taken there."""
+    their output) — layer name -> where the group starts in it; their norms and rates are taken there.
+    ``multiple_of`` / ``shuffle``: the structure rules of :func:`onnxmbs.compact.select.pick` (grouped convs,
+    a channel shuffle of ``shuffle`` groups), so a ShuffleNet keeps the channels compact keeps."""
     if select not in SELECTS:
         raise MBSError(f"select must be one of {', '.join(SELECTS)} (the rules of `onnxmbs compact --select`), "
                        f"got {select!r}")
@@ -247,7 +251,7 @@ def kept_channels(specs: Sequence[LayerRecord], width: int, count: int,
     rates = [x for x in (part(s.channel_p_nonzero, s) for s in (specs if measured is None else measured))
              if x is not None] if select == "nonzero" else []
     primary = np.mean(rates, axis=0) if rates else secondary
-    return np.asarray(pick(primary, secondary, count), dtype=np.int64)
+    return np.asarray(pick(primary, secondary, count, multiple_of=multiple_of, shuffle=shuffle), dtype=np.int64)
 
 
 def group_layers(view: PlanView, groups: set[int]) -> tuple[LayerRecord, ...]:

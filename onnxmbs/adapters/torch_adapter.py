@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from onnxmbs.adapters.planview import (
     match_layers, narrowed_fixed, onnx_weight_names, plan_groups, resolve_splits, scope_path, whole_key,
 )
 from onnxmbs.adapters.torch_trace import ConvUse, Trace, run_model, trace_model
+from onnxmbs.compact.surgery import grouped_weight
 from onnxmbs.errors import MBSError
 from onnxmbs.planning.document import LayerRecord
 
@@ -127,9 +129,21 @@ def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str], *, select:
     folded = {n.source: n.module for n in trace.norms if n.source and trace.readers.get(n.source) == 1}
     sets = trace.sets.members()
     channels, widths, keep = {}, {}, {}
+    shuffled = {key for key, *_ in trace.shuffles}
+    shuffles: dict[Hashable, list[int]] = {}  # a key that is a shuffle's whole input -> its groups (compact's rule)
+    for _, source, groups, _ in trace.shuffles:
+        segs = trace.sets.expand(source.segs)
+        if len(segs) == 1:
+            for key in sets.get(trace.sets.find(segs[0]), [segs[0]]):
+                shuffles.setdefault(key, []).append(groups)
     for root, keys in sets.items():
         if all(k in trace.sets.parts for k in keys):
             continue  # split into parts (a join with a concatenation): resolved from them below
+        if shuffled & set(keys):
+            if len(keys) > 1:
+                raise MBSError(f"channels shuffled{trace.shuffles[0][3]} are joined with other channels "
+                               f"({_names(keys)}) — the adapter cannot follow that; carry the compact ONNX model")
+            continue  # resolved from the shuffle's input below
         conv_keys = [k for k in keys if isinstance(k, tuple) and k[0] == "conv"]
         specs = [view.layer(layer_of[k[1]]) for k in conv_keys]
         parts = _plan_parts(keys, layer_of, view, trace)
@@ -140,13 +154,31 @@ def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str], *, select:
         offsets = {spec.name: start for spec, _, start in parts}
         writers = [*specs, *(spec for spec, _, _ in parts if spec not in specs)]
         measured = [*(group_layers(view, groups) or specs), *(spec for spec, _, _ in parts)]
-        kept = (kept_channels(writers, original, compact, l1, measured=measured, select=select, offsets=offsets)
-                if compact != original else np.arange(original))
+        structure = dict(multiple_of=math.lcm(*(view.multiple_of.get(g, 1) for g in groups)) if groups else 1,
+                         shuffle=next((n for k in keys for n in shuffles.get(k, ())), 0))
+        kept = (kept_channels(writers, original, compact, l1, measured=measured, select=select, offsets=offsets,
+                              **structure) if compact != original else np.arange(original))
         for key in keys:
             channels[key], widths[key], keep[key] = original, compact, kept
     resolve_splits(trace.sets, channels, widths, keep)
+    for key, source, groups, where in trace.shuffles:
+        channels[key], widths[key], keep[key] = _shuffled(source, groups, where, channels, widths, keep)
     _check_chunks(trace, widths)
     return Resolution(channels=channels, widths=widths, keep=keep)
+
+
+def _shuffled(source: Layout, groups: int, where: str, channels: dict, widths: dict,
+              keep: dict) -> tuple[int, int, np.ndarray]:
+    """A channel shuffle's output: original width, compact width, and for each compact channel its position in
+    the original shuffled tensor — the compact tensor is shuffled by the same code, so its order is permuted."""
+    kept = source.channel_index(keep, channels)
+    total, compact = sum(channels[k] for k in source.segs), len(kept)
+    if compact % groups:
+        raise MBSError(f"the channel shuffle{where} views {compact} kept channels as {groups} groups — plan with "
+                       f"widths that are multiples of {groups} (--round-to {groups})")
+    original_order = np.arange(total).reshape(groups, total // groups).T.reshape(-1)  # output j <- input order[j]
+    compact_order = np.arange(compact).reshape(groups, compact // groups).T.reshape(-1)
+    return total, compact, np.argsort(original_order)[kept[compact_order]]
 
 
 def _plan_parts(keys: list[Hashable], layer_of: Mapping[str, str], view: PlanView,
@@ -234,10 +266,10 @@ def _resize_conv(use: ConvUse, res: Resolution, *, inherit: bool) -> None:
         return
     if use.depthwise:
         groups = n_in
-    elif m.groups > 1 and (inherit or n_in % m.groups or n_out % m.groups):
+    elif m.groups > 1 and (n_in % m.groups or n_out % m.groups):
         raise MBSError(f"grouped conv '{use.name}' (groups={m.groups}) cannot go {m.in_channels}->{m.out_channels} to "
-                       f"{n_in}->{n_out} channels{' with inherited weights' if inherit else ''} — use init='scratch' "
-                       "and a plan rounded to the group count (--round-to)")
+                       f"{n_in}->{n_out} channels — plan with the widths rounded to the group count "
+                       f"(--round-to {m.groups})")
     else:
         groups = m.groups
     w = m.weight.detach()
@@ -245,6 +277,12 @@ def _resize_conv(use: ConvUse, res: Resolution, *, inherit: bool) -> None:
         w = w[idx_out]
     elif groups == 1:
         w = w[idx_out][:, idx_in]
+    elif inherit:  # the rule compact's surgery uses, so both keep the same weights
+        cut, exact = grouped_weight(w.numpy(), idx_out.numpy(), idx_in.numpy(), groups, use.name)
+        w = torch.from_numpy(np.ascontiguousarray(cut))
+        if not exact:
+            logger.warning("inherited weights of grouped conv '%s' are approximate (kept channels cross its groups), "
+                           "as in the compact ONNX — retrain or fine-tune", use.name)
     if tuple(w.shape[:2]) != (n_out, n_in // groups):  # grouped, scratch only: reset_parameters fills it
         w = w.new_empty((n_out, n_in // groups, *w.shape[2:]))
     _param(m, "weight", w)

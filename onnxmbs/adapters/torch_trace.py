@@ -32,12 +32,15 @@ NORMS = {"batch_norm"}
 CATS = {"cat", "concat", "concatenate"}
 MOVES = {"permute", "transpose", "movedim", "swapaxes", "swapdims"}
 SPLITS = {"chunk", "split", "split_with_sizes", "tensor_split"}  # only chunk's parts follow the compact width
+RESHAPES = {"view", "reshape", "flatten"}
 
 
 @dataclass(frozen=True)
 class Tag:
     layout: Layout
     axis: int
+    split: int = 0  # > 0 while a channel shuffle has the channel axis viewed as (split, C / split)
+    swapped: bool = False  # ... and its two halves transposed
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Trace(ChannelBook):
     outputs: list[tuple[int, ...]] = field(default_factory=list)
     readers: dict[str, int] = field(default_factory=dict)  # conv name -> ops reading its output
     chunks: list[tuple[str, tuple[Layout, ...]]] = field(default_factory=list)  # (where, parts): must stay equal
+    shuffles: list[tuple[Hashable, Layout, int, str]] = field(default_factory=list)  # (output key, input, groups, where)
 
 
 def _flat(obj: Any) -> Iterator[Any]:
@@ -142,6 +146,9 @@ class _Recorder:
             conv = self.conv_out.get(id(t))
             if conv is not None:
                 self.trace.readers[conv] = self.trace.readers.get(conv, 0) + 1
+        tag = self.tag(args[0]) if args else None
+        if tag is not None and (tag.split or name in RESHAPES) and self.shuffle(name, args, out, tag):
+            return
         if name in CONVS:
             self.conv(args, kwargs, out)
         elif name in NORMS:
@@ -158,7 +165,8 @@ class _Recorder:
     def conv(self, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
         x, weight, groups = args[0], _arg(args, kwargs, 1, "weight"), int(_arg(args, kwargs, 6, "groups", 1))
         tag, owner = self.tag(x), self.owned(weight, nn.modules.conv._ConvNd)
-        layout = tag.layout if tag is not None and tag.axis == 1 and tag.layout.inner == tag.layout.outer == 1 else None
+        layout = (tag.layout if tag is not None and tag.axis == 1 and tag.layout.inner == tag.layout.outer == 1
+                  and not tag.split else None)
         if tag is not None and layout is None:
             self.trace.mark(tag.layout, f"a conv reads these channels from another axis{self.where()}")
         if owner is None:
@@ -182,7 +190,7 @@ class _Recorder:
         owner = next((o for o in (self.owned(t, nn.modules.batchnorm._NormBase) for t in stats) if o), None)
         if tag is None:
             return
-        if owner is None or tag.axis != 1:
+        if owner is None or tag.axis != 1 or tag.split:
             self.trace.mark(tag.layout, f"batch_norm without an nn.BatchNorm module{self.where()}")
         else:
             self.trace.norms.append(NormUse(owner[0], owner[1], tag.layout, self.conv_out.get(id(x))))
@@ -213,6 +221,42 @@ class _Recorder:
         else:
             for t in known:
                 self.trace.mark(t.layout, f"torch.{name} mixes tracked and untracked channels{self.where()}")
+
+    def shuffle(self, name: str, args: tuple, out: Any, tag: Tag) -> bool:
+        """A channel shuffle ``view(B, g, C/g, …) → transpose(1, 2) → view(B, C, …)``: the output is a new key
+        whose kept channels the resolution permutes as the compact tensor will be (False: not this pattern)."""
+        x, axis = args[0], tag.axis
+        if not isinstance(out, torch.Tensor):
+            if tag.split:
+                self.trace.mark(tag.layout, f"'{name}' of shuffled channels{self.where()}")
+            return bool(tag.split)
+        if not tag.split:
+            c = x.shape[axis]
+            if (out.dim() != x.dim() + 1 or out.shape[:axis] != x.shape[:axis] or out.shape[axis + 2:] != x.shape[axis + 1:]
+                    or out.shape[axis] * out.shape[axis + 1] != c or out.shape[axis] in (1, c)
+                    or tag.layout.inner != 1 or tag.layout.outer != 1):
+                return False
+            self.put(out, Tag(tag.layout, axis, split=int(out.shape[axis])))
+            return True
+        if name in MOVES:
+            moved = _moved(name, args, x, out, Tag(tag.layout, axis))
+            if moved is not None and moved.axis == axis + 1 and out.shape[axis] == x.shape[axis + 1]:
+                self.put(out, Tag(tag.layout, axis, split=tag.split if tag.swapped else int(x.shape[axis + 1]),
+                                  swapped=not tag.swapped))
+                return True
+        elif name in RESHAPES and out.dim() == x.dim() - 1 and out.shape[axis] == x.shape[axis] * x.shape[axis + 1]:
+            if not tag.swapped:
+                self.put(out, Tag(tag.layout, axis))
+                return True
+            groups = int(x.shape[axis + 1])  # (C/g, g) after the transpose: g groups
+            layout = self.fresh(("shuffle", len(self.trace.shuffles)), out.shape[axis])
+            self.trace.shuffles.append((layout.segs[0], tag.layout, groups, self.where()))
+            self.put(out, Tag(layout, axis))
+            return True
+        if name in RESHAPES | MOVES:
+            self.trace.mark(tag.layout, f"'{name}' scatters shuffled channels{self.where()}")
+            return True
+        return False  # e.g. contiguous(): the generic rule keeps the tag
 
     def split(self, name: str, args: tuple, out: Any) -> bool:
         """``chunk``/``split`` along the channel axis: each output carries its range of the input's channel keys
@@ -285,6 +329,8 @@ class _Recorder:
     @staticmethod
     def derive(name: str, args: tuple, kwargs: dict, ref: torch.Tensor, tag: Tag, o: torch.Tensor) -> Tag | None:
         axis, c = tag.axis, ref.shape[tag.axis]
+        if tag.split and o.shape != ref.shape:  # shuffled channels: only ops that keep the whole shape follow them
+            return None
         if name in MOVES:
             return _moved(name, args, ref, o, tag)
         if o.dim() == ref.dim() and o.shape[:axis] == ref.shape[:axis] and o.shape[axis] == c:

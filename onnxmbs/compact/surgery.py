@@ -82,8 +82,10 @@ def _need_const(ctx: Ctx, node, name: str, index: int, changed: bool) -> np.ndar
     return value
 
 
-def _grouped_weight(w: np.ndarray, pos_out: np.ndarray, pos_in: np.ndarray, g: int, name: str,
-                    edits: Edits) -> np.ndarray:
+def grouped_weight(w: np.ndarray, pos_out: np.ndarray, pos_in: np.ndarray, g: int, name: str) -> tuple[np.ndarray, bool]:
+    """A grouped conv's weight cut to the kept output and input channels (the PyTorch adapter uses it too), and
+    whether it is exact: each compact filter reads the input channels of its compact group at the same offsets
+    as in the original; when the kept channels cross the original groups, the approximation is reported."""
     out_n, in_per = w.shape[0], w.shape[1]
     c_out, c_in = len(pos_out), len(pos_in)
     if c_out % g or c_in % g:
@@ -91,10 +93,8 @@ def _grouped_weight(w: np.ndarray, pos_out: np.ndarray, pos_in: np.ndarray, g: i
                        f"not multiples of {g} — make the compact widths multiples of {g} (--round-to {g})")
     rows = np.repeat(np.arange(g), c_out // g)  # compact group of each compact output channel
     cols = pos_in.reshape(g, c_in // g)[rows]  # original input channels read by each compact filter
-    exact = np.all(cols // in_per == (pos_out // (out_n // g))[:, None])
-    if not exact:
-        edits.inexact.append(name)
-    return w[pos_out[:, None], cols % in_per]
+    exact = bool(np.all(cols // in_per == (pos_out // (out_n // g))[:, None]))
+    return w[pos_out[:, None], cols % in_per], exact
 
 
 def _shape(ctx: Ctx, tensor: str) -> tuple[int, ...] | None:
@@ -120,7 +120,9 @@ def conv_rule(i: int, node, name: str, ctx: Ctx, edits: Edits) -> None:
         if len(pos_out) != g:
             edits.attrs.setdefault(i, {})["group"] = len(pos_out)
     else:
-        new = _grouped_weight(w, pos_out, pos_in, g, name, edits)
+        new, exact = grouped_weight(w, pos_out, pos_in, g, name)
+        if not exact:
+            edits.inexact.append(name)
     _set(edits, ctx, (i, 1), new)
     bias = _need_const(ctx, node, name, 2, changed) if len(node.input) > 2 and node.input[2] else None
     if bias is not None:
