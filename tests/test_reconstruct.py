@@ -290,3 +290,17 @@ def test_wide_blocks_accumulate_the_same_sums_by_syrk(monkeypatch):
     (w_up, *errors_up), (w_full, *errors_full) = sums[True][2], sums[False][2]  # the solve reads the triangle
     np.testing.assert_allclose(w_up, w_full, rtol=1e-6)
     np.testing.assert_allclose(errors_up, errors_full, rtol=1e-6)
+
+
+def test_fewer_sampled_rows_than_unknowns_is_reported(caplog):
+    """2 images × 8 positions = 16 rows for a 3×3 conv over 4 kept channels (36 weights + a bias per output)."""
+    model = linear_graph()
+    doc, _ = cut_plan(model, {"producer": 4})
+    with caplog.at_level("WARNING", logger="onnxmbs.compact.reconstruct"):
+        rebuilt = compact_model(model, doc, select="l1", reconstruct=options(images(2), positions=8))
+    (layer,) = rebuilt.reconstruction.layers
+    assert (layer.rows, layer.inputs, layer.underdetermined) == (2 * 8, 4 * 3 * 3 + 1, True)
+    assert "fewer sampled rows than unknowns" in caplog.text
+    assert rebuilt.reconstruction.to_json()["layers"][0]["inputs"] == 37
+    enough = compact_model(model, doc, select="l1", reconstruct=options(images(), positions=64))
+    assert not enough.reconstruction.layers[0].underdetermined

@@ -58,6 +58,11 @@ class LayerReport:
     error_inherited: float  # relative squared error of the inherited weights on the reconstructed inputs
     error_fitted: float
     residual: bool  # the target was moved to match a residual sum
+    inputs: int = 0  # unknowns per output (inputs × kernel, per group): fewer rows than this is underdetermined
+
+    @property
+    def underdetermined(self) -> bool:
+        return 0 < self.rows < self.inputs
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ class Reconstruction:
                 "positions": self.positions, "ridge": self.ridge, "stage_seconds": dict(self.stages),
                 "layers": [{"name": r.name, "op": r.op, "wave": r.wave, "rows": r.rows,
                             "error_inherited": round(r.error_inherited, 6), "error_fitted": round(r.error_fitted, 6),
-                            "residual": r.residual} for r in self.layers],
+                            "residual": r.residual, "inputs": r.inputs} for r in self.layers],
                 "inherited": [{"name": n, "reason": why} for n, why in self.skipped]}
 
 
@@ -90,7 +95,7 @@ def _solve(members: list[LayerSystem], eqs: list[NormalEquations], wave: int, ri
         sol, inherited, fitted = eq.fit(w0, ridge)
         values.update(layer.weights(sol))
         reports.append(LayerReport(layer.fit.name, layer.fit.op, wave, eq.rows, inherited, fitted,
-                                   layer.fit.join is not None))
+                                   layer.fit.join is not None, inputs=eq.sums.shape[-1]))
         logger.info("reconstruct %s: error %.4g -> %.4g (%d rows)", layer.fit.name, reports[-1].error_inherited,
                     reports[-1].error_fitted, eq.rows)
     return values, reports
@@ -127,6 +132,12 @@ def refit(plan: FitPlan, original: onnx.ModelProto, model: onnx.ModelProto, load
     if layers:
         job = FitJob(plan=plan, original=original, compact=model, loaded=loaded, options=options)
         reports, images, shards = _run(job, layers, waves, model, clock, began)
+    under = [r for r in reports if r.underdetermined]
+    if under:
+        logger.warning("%d layer(s) were fitted from fewer sampled rows than unknowns (e.g. %s: %d rows, %d inputs); "
+                       "the ridge towards the inherited weights decides there and the fit may not carry over to new "
+                       "images — give more --data images or --positions", len(under), under[0].name, under[0].rows,
+                       under[0].inputs)
     if skipped:
         logger.warning("%d layer(s) keep inherited weights: %s", len(skipped),
                        ", ".join(f"{n} ({why})" for n, why in skipped[:5]))
