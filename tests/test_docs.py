@@ -225,3 +225,16 @@ def test_outside_references_are_found(tmp_path):
                             "tool.sh": "cd /" + "work/main\n"})
     problems = outside_references(root)
     assert sorted(p.split(":")[0] for p in problems) == ["bad.md", "tool.sh"]
+
+
+def test_the_op_guide_lists_every_stage_kind():
+    """docs/adding-an-op.md's table names exactly the kinds each stage maps (its tables are the one place)."""
+    from onnxmbs.compact.index import INDEX_KINDS
+    from onnxmbs.compact.surgery import SURGERY_KINDS
+    from onnxmbs.graph.channels import CHANNEL_KINDS
+
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[3] for line in
+            (ROOT / "docs" / "adding-an-op.md").read_text().splitlines() if line.startswith("| `")}
+    for field, kinds in (("channels", CHANNEL_KINDS), ("surgery", SURGERY_KINDS), ("index", INDEX_KINDS)):
+        listed = set(re.findall(r"[a-z_]+", rows[field].split("(")[0]))
+        assert listed == set(kinds), field
