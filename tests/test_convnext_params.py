@@ -117,3 +117,41 @@ def test_a_parameter_the_model_really_shares_stays_shared(tmp_path):
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert len(convs) == 3 and convs[1].input[1] == convs[2].input[1]
     assert analyze(path).shapes.params == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("select", ["nonzero", "l1"])
+def test_apply_plan_cuts_layernorm_linear_and_layer_scale_as_compact_does(tmp_path, select):
+    """The channels-last stream is written by the stem/downsampling convs and each block's second Linear; the
+    adapter cuts the Linears, the LayerNorms and the layer scales with it, keeping compact's channels."""
+    import json
+
+    import numpy as np
+
+    from onnxmbs import apply_plan
+    from onnxmbs.compact.writer import compact_model
+    from onnxmbs.runtime.session import open_session
+    from onnxmbs.workflow.plan import plan_model
+
+    torch.manual_seed(0)
+    model = ConvNeXt().eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # trained-looking: LayerNorm affine values and layer scales that matter
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
+                m.bias.copy_(0.2 * torch.rand(m.bias.shape, generator=gen) - 0.1)
+            if isinstance(m, Block):
+                m.layer_scale.copy_(0.1 + 0.5 * torch.rand(m.layer_scale.shape, generator=gen))
+    path = export_torch(model, (3, 32, 32), tmp_path / "convnext.onnx", dynamo=False)
+    plan = plan_model(str(path), synthetic=4, preprocess="raw", z=8).document.to_json()
+    assert plan["summary"]["params_compact"] < plan["summary"]["params"]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    result = compact_model(str(path), plan, select=select)
+    small = apply_plan(model, tmp_path / "plan.json", torch.zeros(1, 3, 32, 32), init="inherit", select=select)
+    assert folded_params(small, torch.zeros(1, 3, 32, 32)) == result.params_compact
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    sess = open_session(result.model.SerializeToString())
+    want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        got = small(torch.from_numpy(x)).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()

@@ -216,7 +216,8 @@ def plan_groups(specs: Sequence[LayerRecord], view: PlanView, where: str) -> set
 def kept_channels(specs: Sequence[LayerRecord], width: int, count: int,
                   l1: Callable[[LayerRecord], np.ndarray | None], *,
                   measured: Sequence[LayerRecord] | None = None, select: str = "nonzero",
-                  offsets: Mapping[str, int] | None = None, multiple_of: int = 1, shuffle: int = 0) -> np.ndarray:
+                  offsets: Mapping[str, int] | None = None, multiple_of: int = 1, shuffle: int = 0,
+                  producers: Sequence[np.ndarray] = ()) -> np.ndarray:
     """The ``count`` channels of a ``width``-channel group to keep — the rule ``onnxmbs compact`` uses
     (:func:`onnxmbs.compact.select.pick`), so an adapter with ``init="inherit"`` keeps the channels the
     compact ONNX keeps: the measured non-zero rate first (mean over the group's layers), ties broken by
@@ -227,7 +228,8 @@ def kept_channels(specs: Sequence[LayerRecord], width: int, count: int,
     (as ``compact --select l1``). ``offsets``: layers whose output holds this group as a part (a ``chunk`` of
     their output) — layer name -> where the group starts in it; their norms and rates are taken there.
     ``multiple_of`` / ``shuffle``: the structure rules of :func:`onnxmbs.compact.select.pick` (grouped convs,
-    a channel shuffle of ``shuffle`` groups), so a ShuffleNet keeps the channels compact keeps."""
+    a channel shuffle of ``shuffle`` groups), so a ShuffleNet keeps the channels compact keeps.
+    ``producers``: L1 norms of producers that are no plan layer (a Linear writing the channels)."""
     if select not in SELECTS:
         raise MBSError(f"select must be one of {', '.join(SELECTS)} (the rules of `onnxmbs compact --select`), "
                        f"got {select!r}")
@@ -247,6 +249,7 @@ def kept_channels(specs: Sequence[LayerRecord], width: int, count: int,
 
     norms = [x for x in (part(n / n.mean() if n is not None and n.mean() > 0 else n, s) for s, n in
                          ((s, l1(s)) for s in specs)) if x is not None]
+    norms += [n / n.mean() if n.mean() > 0 else n for n in map(np.asarray, producers) if len(n) == width]
     secondary = np.sum(norms, axis=0) if norms else -np.arange(width, dtype=np.float64)
     rates = [x for x in (part(s.channel_p_nonzero, s) for s in (specs if measured is None else measured))
              if x is not None] if select == "nonzero" else []

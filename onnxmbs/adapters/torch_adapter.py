@@ -129,6 +129,7 @@ def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str], *, select:
     folded = {n.source: n.module for n in trace.norms if n.source and trace.readers.get(n.source) == 1}
     sets = trace.sets.members()
     channels, widths, keep = {}, {}, {}
+    linears = {("linear", u.name): u.module for u in trace.linears}
     shuffled = {key for key, *_ in trace.shuffles}
     shuffles: dict[Hashable, list[int]] = {}  # a key that is a shuffle's whole input -> its groups (compact's rule)
     for _, source, groups, _ in trace.shuffles:
@@ -151,13 +152,14 @@ def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str], *, select:
         original = trace.widths[root]
         compact = _set_width(view, groups, keys, original)
         l1 = lambda s: _l1(uses[mapping[s.name]].module, folded.get(mapping[s.name]))  # noqa: E731
+        linear = [_l1(linears[k]) for k in keys if k in linears]  # Linear producers count in compact's L1 too
         offsets = {spec.name: start for spec, _, start in parts}
         writers = [*specs, *(spec for spec, _, _ in parts if spec not in specs)]
         measured = [*(group_layers(view, groups) or specs), *(spec for spec, _, _ in parts)]
         structure = dict(multiple_of=math.lcm(*(view.multiple_of.get(g, 1) for g in groups)) if groups else 1,
                          shuffle=next((n for k in keys for n in shuffles.get(k, ())), 0))
         kept = (kept_channels(writers, original, compact, l1, measured=measured, select=select, offsets=offsets,
-                              **structure) if compact != original else np.arange(original))
+                              producers=linear, **structure) if compact != original else np.arange(original))
         for key in keys:
             channels[key], widths[key], keep[key] = original, compact, kept
     resolve_splits(trace.sets, channels, widths, keep)
@@ -234,8 +236,8 @@ def _names(keys: list[Hashable]) -> str:
 
 
 def _l1(module: nn.Module, norm: nn.Module | None = None) -> np.ndarray:
-    """Per-output-channel L1 norm of a conv's filters as the exporter writes them: a BatchNorm folded
-    into the conv scales each filter by |γ| / sqrt(var + ε)."""
+    """Per-output-channel L1 norm of a conv's filters (or a Linear's rows) as the exporter writes them: a
+    BatchNorm folded into the conv scales each filter by |γ| / sqrt(var + ε)."""
     w = module.weight.detach().abs().double()
     norms = w.reshape(w.shape[0], -1).sum(1)
     if norm is not None:
@@ -314,6 +316,28 @@ def resize(trace: Trace, res: Resolution, *, inherit: bool) -> None:
         if len(idx) != m.in_features:
             _param(m, "weight", m.weight.detach()[:, idx])
             m.in_features = len(idx)
+        n, out = _index(lin.out_layout, res, m.out_features)
+        if n != m.out_features:
+            _param(m, "weight", m.weight.detach()[out])
+            _param(m, "bias", None if m.bias is None else m.bias.detach()[out])
+            m.out_features = n
+    _resize_channelwise(trace, res)
+
+
+def _resize_channelwise(trace: Trace, res: Resolution) -> None:
+    """LayerNorms over the channels and per-channel parameters (ConvNeXt's layer scale), cut with the channels."""
+    for use in trace.layer_norms:
+        m = use.module
+        n, idx = _index(use.layout, res, m.normalized_shape[0])
+        if n != m.normalized_shape[0]:
+            _param(m, "weight", None if m.weight is None else m.weight.detach()[idx])
+            _param(m, "bias", None if m.bias is None else m.bias.detach()[idx])
+            m.normalized_shape = (n,)
+    for use in trace.scales:
+        value = getattr(use.module, use.param)
+        n, idx = _index(use.layout, res, value.shape[use.dim])
+        if n != value.shape[use.dim]:
+            _param(use.module, use.param, value.detach().index_select(use.dim, idx))
 
 
 def reinitialise(model: nn.Module) -> None:

@@ -33,6 +33,7 @@ CATS = {"cat", "concat", "concatenate"}
 MOVES = {"permute", "transpose", "movedim", "swapaxes", "swapdims"}
 SPLITS = {"chunk", "split", "split_with_sizes", "tensor_split"}  # only chunk's parts follow the compact width
 RESHAPES = {"view", "reshape", "flatten"}
+SCALES = {"mul", "__mul__", "__rmul__", "mul_", "add", "__add__", "__radd__", "add_", "__iadd__", "__imul__"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,27 @@ class LinearUse:
     name: str
     module: nn.Module
     layout: Layout
+    out_layout: Layout | None = None  # its output features along the last axis (ConvNeXt's channels-last Linear)
+
+
+@dataclass(frozen=True)
+class LayerNormUse:
+    """``F.layer_norm`` over the channels alone (the last axis of a channels-last tensor), by an nn.LayerNorm."""
+
+    name: str
+    module: nn.Module
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class ScaleUse:
+    """A module's per-channel parameter multiplied or added element-wise (ConvNeXt's layer scale γ)."""
+
+    name: str
+    module: nn.Module
+    param: str
+    layout: Layout
+    dim: int  # the parameter's axis that lines up with the channels
 
 
 @dataclass
@@ -76,6 +98,8 @@ class Trace(ChannelBook):
     convs: list[ConvUse] = field(default_factory=list)
     norms: list[NormUse] = field(default_factory=list)
     linears: list[LinearUse] = field(default_factory=list)
+    layer_norms: list[LayerNormUse] = field(default_factory=list)
+    scales: list[ScaleUse] = field(default_factory=list)
     outputs: list[tuple[int, ...]] = field(default_factory=list)
     readers: dict[str, int] = field(default_factory=dict)  # conv name -> ops reading its output
     chunks: list[tuple[str, tuple[Layout, ...]]] = field(default_factory=list)  # (where, parts): must stay equal
@@ -155,6 +179,8 @@ class _Recorder:
             self.norm(args, kwargs, out)
         elif name == "linear":
             self.linear(args, kwargs, out)
+        elif name == "layer_norm" and self.layer_norm(args, kwargs, out):
+            return
         elif name in CATS:
             self.cat(name, args, kwargs, out)
         elif name in SPLITS and self.split(name, args, out):
@@ -202,9 +228,38 @@ class _Recorder:
         if tag is not None and (owner is None or tag.axis != x.dim() - 1):
             self.trace.mark(tag.layout, f"a linear map reads these channels{self.where()}")
         elif tag is not None:
-            self.trace.linears.append(LinearUse(owner[0], owner[1], tag.layout))
+            produced = self.fresh(("linear", owner[0]), out.shape[-1])
+            self.trace.linears.append(LinearUse(owner[0], owner[1], tag.layout, produced))
+            self.put(out, Tag(produced, out.dim() - 1))
+            return
         key = ("fixed", f"linear:{owner[0] if owner else len(self.alive)}")
         self.put(out, Tag(self.fresh(key, out.shape[-1]), out.dim() - 1))
+
+    def layer_norm(self, args: tuple, kwargs: dict, out: torch.Tensor) -> bool:
+        """LayerNorm over the channel axis alone keeps the channels and is cut with them (False: another form)."""
+        x, shape = args[0], tuple(_arg(args, kwargs, 1, "normalized_shape", ()))
+        tag, owner = self.tag(x), self.owned(_arg(args, kwargs, 2, "weight"), nn.LayerNorm)
+        if tag is None or owner is None or tag.split or tag.axis != x.dim() - 1 or len(shape) != 1:
+            return False
+        if tag.layout.inner != 1 or tag.layout.outer != 1:
+            return False
+        self.trace.layer_norms.append(LayerNormUse(owner[0], owner[1], tag.layout))
+        self.put(out, tag)
+        return True
+
+    def scale(self, t: torch.Tensor, ref: torch.Tensor, tag: Tag) -> bool:
+        """Record a module's per-channel parameter ``t`` used element-wise with ``ref``; False if it is not one."""
+        hit = self.owner.get(id(t))
+        dim = tag.axis - (ref.dim() - t.dim())
+        if hit is None or not isinstance(t, nn.Parameter) or dim < 0 or tag.split or tag.layout.inner != 1:
+            return False
+        if any(d != 1 for i, d in enumerate(t.shape) if i != dim) or t.shape[dim] != ref.shape[tag.axis]:
+            return False
+        name = next((n for n, p in hit[1].named_parameters(recurse=False) if p is t), None)
+        if name is None:
+            return False
+        self.trace.scales.append(ScaleUse(hit[0], hit[1], name, tag.layout, dim))
+        return True
 
     def cat(self, name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
         parts = list(_arg(args, kwargs, 0, "tensors", ()))
@@ -311,6 +366,8 @@ class _Recorder:
         width = ref.shape[tag.axis]
         for t in flat:
             if self.tag(t) is None and t.numel() > 1 and width > 1 and width in tuple(t.shape):
+                if name in SCALES and self.scale(t, ref, tag):
+                    continue
                 self.trace.mark(tag.layout, f"{why} uses a per-channel tensor of shape {tuple(t.shape)}")
         for o in (o for o in _flat(out) if isinstance(o, torch.Tensor)):
             new = self.derive(name, args, kwargs, ref, tag, o)
