@@ -6,16 +6,18 @@ function and tensor method the model calls (``F.conv2d``, ``F.batch_norm``, ``+`
 cannot trace. Each tensor gets a :class:`~onnxmbs.adapters.planview.Layout` (the channel
 groups along its channel axis); parameters are mapped back to their modules by identity.
 Element-wise ops tie the groups of their inputs (residuals, gates), ``cat`` lays groups side
-by side, depthwise convs pass their input's groups on. An op that moves channels in a way
-this trace has no rule for (channel split, shuffle, per-channel tensors it cannot resize)
-marks the groups it touched as *unsupported*; resizing such a group is refused later.
+by side, depthwise convs pass their input's groups on, ``chunk`` cuts them into parts, a channel
+shuffle (``view`` → ``transpose`` → ``view``) permutes them, channels-last Linears, LayerNorms and
+per-channel parameters follow them. An op that moves channels in a way this trace has no rule for
+(``split`` with sizes in the code, per-channel tensors it cannot resize) marks the groups it touched
+as *unsupported*; resizing such a group is refused later. The records it fills are in
+:mod:`onnxmbs.adapters.torch_uses`.
 """
 from __future__ import annotations
 
 import logging
 import math
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from onnxmbs.adapters.planview import ChannelBook, Layout
+from onnxmbs.adapters.planview import Layout
+from onnxmbs.adapters.torch_uses import (ConvUse, LayerNormUse, LinearUse, NormUse, ScaleUse, Tag,  # noqa: F401
+                                        Trace)
 
 logger = logging.getLogger(__name__)
 
@@ -34,76 +38,6 @@ MOVES = {"permute", "transpose", "movedim", "swapaxes", "swapdims"}
 SPLITS = {"chunk", "split", "split_with_sizes", "tensor_split"}  # only chunk's parts follow the compact width
 RESHAPES = {"view", "reshape", "flatten"}
 SCALES = {"mul", "__mul__", "__rmul__", "mul_", "add", "__add__", "__radd__", "add_", "__iadd__", "__imul__"}
-
-
-@dataclass(frozen=True)
-class Tag:
-    layout: Layout
-    axis: int
-    split: int = 0  # > 0 while a channel shuffle has the channel axis viewed as (split, C / split)
-    swapped: bool = False  # ... and its two halves transposed
-
-
-@dataclass(frozen=True)
-class ConvUse:
-    name: str
-    module: nn.Module
-    in_layout: Layout | None
-    out_layout: Layout
-    groups: int
-    depthwise: bool
-    out_hw: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class NormUse:
-    name: str
-    module: nn.Module
-    layout: Layout
-    source: str | None  # the conv whose output it reads directly (an exporter folds it into that conv)
-
-
-@dataclass(frozen=True)
-class LinearUse:
-    name: str
-    module: nn.Module
-    layout: Layout
-    out_layout: Layout | None = None  # its output features along the last axis (ConvNeXt's channels-last Linear)
-
-
-@dataclass(frozen=True)
-class LayerNormUse:
-    """``F.layer_norm`` over the channels alone (the last axis of a channels-last tensor), by an nn.LayerNorm."""
-
-    name: str
-    module: nn.Module
-    layout: Layout
-
-
-@dataclass(frozen=True)
-class ScaleUse:
-    """A module's per-channel parameter multiplied or added element-wise (ConvNeXt's layer scale γ)."""
-
-    name: str
-    module: nn.Module
-    param: str
-    layout: Layout
-    dim: int  # the parameter's axis that lines up with the channels
-
-
-@dataclass
-class Trace(ChannelBook):
-    """Everything one forward pass revealed (mutable while tracing; read-only afterwards)."""
-
-    convs: list[ConvUse] = field(default_factory=list)
-    norms: list[NormUse] = field(default_factory=list)
-    linears: list[LinearUse] = field(default_factory=list)
-    layer_norms: list[LayerNormUse] = field(default_factory=list)
-    scales: list[ScaleUse] = field(default_factory=list)
-    outputs: list[tuple[int, ...]] = field(default_factory=list)
-    readers: dict[str, int] = field(default_factory=dict)  # conv name -> ops reading its output
-    chunks: list[tuple[str, tuple[Layout, ...]]] = field(default_factory=list)  # (where, parts): must stay equal
-    shuffles: list[tuple[Hashable, Layout, int, str]] = field(default_factory=list)  # (output key, input, groups, where)
 
 
 def _flat(obj: Any) -> Iterator[Any]:
