@@ -93,3 +93,43 @@ def test_metric_failures_are_one_line(tmp_path, data):
         errors = [line for line in result.output.splitlines() if line.startswith("error")]
         assert result.exit_code == 1 and len(errors) == 1 and words in errors[0], (spec, result.output)
         assert "Traceback" not in result.output
+
+
+def test_targets_of_another_length_or_of_python_objects_are_refused(tmp_path, data):
+    _, images, masks = data
+    model = segmenter(tmp_path / "seg.onnx")
+    spec = f"python:{EXAMPLE}:mean_iou"
+    np.savez(tmp_path / "short.npz", images=images, masks=masks[:3])
+    boxes = np.empty(5, dtype=object)
+    boxes[:] = [np.zeros((k, 4)) for k in range(5)]  # a list of box arrays of varying length
+    np.savez(tmp_path / "objects.npz", images=images, masks=masks, boxes=boxes)
+    for file, words in (("short.npz", "the targets 'masks' (3) have another length"),
+                        ("objects.npz", "array of Python objects")):
+        for command in (["evaluate", model], ["blocks", model, "--remove", 1]):
+            result = run(*command, "--data", tmp_path / file, "--metric", spec)
+            errors = [line for line in result.output.splitlines() if line.startswith("error")]
+            assert result.exit_code == 1 and len(errors) == 1 and words in errors[0], (command, result.output)
+
+
+def test_nan_in_the_data_is_refused_by_every_command_that_reads_it(tmp_path):
+    from graphs import GraphBuilder
+
+    g = GraphBuilder(("N", 3, 8, 8))
+    onnx.save(g.build([g.relu(g.conv(g.relu(g.conv("input", 3, 8, name="a")), 8, 8, stride=2, name="b"))]),
+              str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).random((6, 3, 8, 8), dtype=np.float32)
+    x[2, 0, 1, 1] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    from test_reconstruct import cut_plan
+
+    doc, _ = cut_plan(onnx.load(str(tmp_path / "m.onnx")), {"a": 6})
+    (tmp_path / "plan.json").write_text(json.dumps(doc))
+    out = tmp_path / "c.onnx"
+    for args in (["plan", tmp_path / "m.onnx", "--data", tmp_path / "nan.npy"],
+                 ["evaluate", tmp_path / "m.onnx", "--data", tmp_path / "nan.npy", "--reference", tmp_path / "m.onnx"],
+                 ["compact", tmp_path / "m.onnx", "--plan", tmp_path / "plan.json", "-o", out, "--reconstruct",
+                  "--data", tmp_path / "nan.npy"]):
+        result = run(*args, "--preprocess", "raw")
+        errors = [line for line in result.output.splitlines() if line.startswith("error")]
+        assert result.exit_code == 1 and len(errors) == 1 and "NaN or infinite values" in errors[0], result.output
+    assert not out.exists()

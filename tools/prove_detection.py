@@ -140,8 +140,8 @@ def main() -> None:
     onnxmbs(out, "blocks", "yolov8n.onnx", "--data", "held.npy", *raw, "--remove", 2, "--reconstruct",
             "--no-progress", "-o", "blocks.json", "--output-model", "shallow.onnx", tail=8)
     blocks_check(out, args.size, raw=args.raw)
-    onnxmbs(out, "report", "yolov8n.onnx", "--data", "fit.npy", *raw, "--deployment", "c.onnx", "--blocks",
-            "blocks.json", "-o", "report.md", "-o", "report.html", tail=6)
+    onnxmbs(out, "report", "yolov8n.onnx", "--data", "fit.npy", *raw, "--round-to", "auto", "--deployment", "c.onnx",
+            "--blocks", "blocks.json", "-o", "report.md", "-o", "report.html", tail=6)
 
 
 if __name__ == "__main__":

@@ -363,8 +363,9 @@ def verify(model: nn.Module, view: PlanView, mapping: Mapping[str, str], example
         raise MBSError(f"the resized model does not run ({str(exc).splitlines()[0]}) — a layer the adapter "
                        "does not know reads resized channels; keep that group at full width") from exc
     if got != expected:
-        raise MBSError(f"the resized model's outputs have shapes {got}, the original's {expected} — "
-                       "a layer the adapter does not know reads resized channels")
+        raise MBSError(f"the resized model's outputs have shapes {got}, the original's {expected} — either the "
+                       "module returns more than its ONNX export does (e.g. intermediate feature maps: wrap it to "
+                       "return what you exported), or a layer the adapter does not know reads resized channels")
 
 
 def count_params(model: nn.Module) -> int:

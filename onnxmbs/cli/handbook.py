@@ -55,17 +55,13 @@ def _metric(metric: str | None, val: str, images: int, *, onnx, normalisation: t
     (a metric that fails on its outputs fails now, not after the first training)."""
     if metric is None or metric in ("accuracy", "top-1"):
         return {}
-    from onnxmbs.errors import MBSError
-    from onnxmbs.stats.metric import PREFIX, load_metric, measure, read_targets
+    from onnxmbs.stats.metric import PREFIX, check_targets, load_metric, measure, read_targets
 
     if not metric.startswith(PREFIX) or metric.count(":") < 2:
         raise click.BadParameter(f"{metric!r} — use accuracy or python:FILE.py:FUNCTION", param_hint="--metric")
     loaded = load_metric(metric)
     targets = read_targets(val)
-    short = [k for k, v in targets.items() if len(v) != images]
-    if short:
-        raise MBSError(f"--metric: {val} has {images} images but {', '.join(short)} "
-                       f"{'has' if len(short) == 1 else 'have'} a different length — save one target per image")
+    check_targets(targets, images, str(val))
     preset, mean, std = normalisation
     measure(onnx, val, loaded, preprocess=preset, mean=mean, std=std)
     return {"metric": f"{PREFIX}{loaded.path.resolve()}:{loaded.name}", "targets": targets}

@@ -178,7 +178,7 @@ class _IterableArrays(Source):
             layout, shape = inspect_array(arr.shape, arr.dtype, what, target)
             if i == 0:
                 warn_if_raw_floats(arr, what)
-            yield target.from_array(arr.reshape(shape), layout)
+            yield target.from_array(arr.reshape(shape), layout, what)
 
 
 class _Noise(Source):

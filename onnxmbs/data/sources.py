@@ -66,15 +66,21 @@ class Target:
         x = self.preprocess.apply(pixels)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if self.layout == "NCHW" else x)
 
-    def from_array(self, arr: np.ndarray, src: str) -> np.ndarray:
-        """A batch in layout ``src`` (NCHW/NHWC/NHW) -> float32 batch in model layout."""
+    def from_array(self, arr: np.ndarray, src: str, what: str = "the data") -> np.ndarray:
+        """A batch in layout ``src`` (NCHW/NHWC/NHW) -> float32 batch in model layout; NaN or infinite values
+        are the data's fault (every command reads arrays through here)."""
         if src == "NHW":
             arr, src = arr[..., None], "NHWC"
         if arr.dtype == np.uint8:
             return self.from_pixels(arr if src == "NHWC" else arr.transpose(0, 2, 3, 1))
         if src != self.layout:
             arr = arr.transpose(0, 3, 1, 2) if src == "NHWC" else arr.transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(arr, dtype=np.float32)
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(out).all():
+            bad = int(np.count_nonzero(~np.isfinite(out).reshape(len(out), -1).all(axis=1)))
+            raise MBSError(f"{what} holds NaN or infinite values ({bad} of the {len(out)} images of one batch) — "
+                           "clean or drop those images")
+        return out
 
 
 class Source:
@@ -154,7 +160,7 @@ class ArraySource(Source):
             chunk = self._read(start, start + batch_size)
             if start == 0:
                 warn_if_raw_floats(chunk, self.label)
-            yield target.from_array(chunk, self.layout)
+            yield target.from_array(chunk, self.layout, self.label)
 
 
 def load_npy(path: Path) -> np.ndarray:
@@ -209,7 +215,7 @@ class NpzSource(Source):
                 chunk = data.reshape((rows, *self.shape[1:]))
                 if start == 0:
                     warn_if_raw_floats(chunk, self.label)
-                yield target.from_array(chunk, self.layout)
+                yield target.from_array(chunk, self.layout, self.label)
 
 
 #: The ``.npz`` keys every command reads: images (calibration, labelled and training data alike)

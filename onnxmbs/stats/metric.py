@@ -73,7 +73,22 @@ def read_targets(path: str | Path) -> dict[str, np.ndarray]:
         raise MBSError(f"cannot read {path} as a .npz file ({exc})") from None
     images = pick_key(keys, path)
     with np.load(path) as npz:
-        return {k: npz[k] for k in keys if k != images}
+        try:
+            return {k: npz[k] for k in keys if k != images}
+        except ValueError as exc:  # object arrays need pickle, which onnxmbs never loads
+            raise MBSError(f"{path} holds an array of Python objects ({exc.__class__.__name__}: object arrays "
+                           "cannot be read without pickle) — save numeric arrays only: pad per-image lists such "
+                           "as boxes to a fixed count per image, with a count or mask array beside them") from None
+
+
+def check_targets(targets: dict[str, np.ndarray], images: int, where: str) -> None:
+    """Every target array must hold one entry per image (its first axis), or the metric compares the wrong ones."""
+    wrong = {k: len(v) if np.ndim(v) else 0 for k, v in targets.items() if not np.ndim(v) or len(v) != images}
+    if wrong:
+        listed = ", ".join(f"{k!r} ({n})" for k, n in wrong.items())
+        raise MBSError(f"--metric: {where} gives {images} images but the targets {listed} have another length — "
+                       "save one target per image along the first axis (and do not cut the images with "
+                       "--max-images)")
 
 
 def all_outputs(session: Any, batches: Sequence[np.ndarray] | Any) -> list[np.ndarray]:
@@ -90,6 +105,7 @@ def all_outputs(session: Any, batches: Sequence[np.ndarray] | Any) -> list[np.nd
 
 def score(metric: Metric, outputs: list[np.ndarray], targets: dict[str, np.ndarray]) -> float:
     """The metric's value; an exception or a value that is not a finite number is the metric's fault."""
+    check_targets(targets, len(outputs[0]) if outputs else 0, "the data")
     try:
         value = metric.function(outputs, targets)
     except Exception as exc:  # noqa: BLE001 - the user's function
