@@ -98,3 +98,33 @@ def test_rescore_refit_scores_the_rounds_on_the_refitted_model(tmp_path):
     assert plan.rounds[0].accuracy == top1  # confirmed by round 2's pass over the re-fitted model
     res = CliRunner().invoke(main, ["blocks", "m.onnx", "--data", "d.npz", "--remove", "1", "--rescore", "refit"])
     assert res.exit_code == 2 and "add --reconstruct" in res.output
+
+
+def test_a_block_whose_join_is_gathered_by_a_concat_refits_the_conv_after_it():
+    """C2f in small: two bottlenecks on the second half of cv1, every stage concatenated, then cv2. Removing the
+    first bottleneck re-fits the second's first conv and cv2 (through the Concat), and cv2 comes closer."""
+    from graphs import GraphBuilder, classifier
+
+    g = GraphBuilder(("N", 3, 8, 8), seed=4)
+    x = g.relu(g.conv("input", 3, 8, name="cv1"), name="cv1_r")
+    a, b = g.op("Split", [x, g.const(np.array([4, 4], np.int64))], axis=1, outputs=2, name="split")
+    parts = [a, b]
+    for i in (1, 2):
+        h = g.conv(g.relu(g.conv(parts[-1], 4, 4, name=f"m{i}_c1"), name=f"m{i}_r"), 4, 4, name=f"m{i}_c2")
+        parts.append(g.op("Add", [parts[-1], h], name=f"m{i}_add"))
+    y = g.relu(g.conv(g.op("Concat", parts, axis=1, name="cat"), 16, 8, 1, name="cv2"), name="cv2_r")
+    model = g.build([classifier(g, y, 8, classes=5)])
+    loaded = load_model(model)
+    removed = [{b.join: b for b in find_blocks(loaded)}["m1_add"]]
+    shallow = remove_blocks(model, removed, check=True)
+    assert [f.name for f in fits_after(shallow, model, removed).fits] == ["m2_c1", "cv2"]
+    x_fit, _ = data_for(model, n=48)
+    options = ReconstructOptions(data=CalibrationOptions(data=x_fit, batch_size=16, progress=False), positions=64,
+                                 ridge=1e-6)
+    result = reconstruct_shallow(shallow, model, removed, loaded, options)
+    want = values(model, "cv2_out", x_fit)
+
+    def error(m):
+        return np.linalg.norm(values(m, "cv2_out", x_fit) - want) / np.linalg.norm(want)
+
+    assert error(result.model) < 0.5 * error(shallow)

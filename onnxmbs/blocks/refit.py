@@ -5,10 +5,11 @@ allows — the same normal-equation loop as ``compact --reconstruct``
 
 Which layers: from every node that read a removed join (in the shallow model they read the
 shortcut instead), follow the data forward through single-input nodes without weights
-(activations, pooling, Flatten, Reshape by a constant shape) to the first Conv, Gemm or MatMul on each path; those are
-re-fitted, their output matched to the same tensor of the original model. A path that meets a node
-with several inputs (the next residual Add, a Concat) stops there: the error the removal left on
-that path is not absorbed. Layers are fitted in graph order, one wave each, so a later layer is
+(activations, pooling, Flatten, Reshape by a constant shape) and through a Concat (YOLO's C2f gathers
+its bottlenecks' outputs in one) to the first Conv, Gemm or MatMul on each path; those are re-fitted,
+their output matched to the same tensor of the original model. A path that meets another node with
+several inputs (the next residual Add) stops there: the error the removal left on that path is not
+absorbed. Layers are fitted in graph order, one wave each, so a later layer is
 fitted on the inputs the earlier fits produce.
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ def fits_after(shallow: onnx.ModelProto, original: onnx.ModelProto, removed: Seq
             seen.add(i)
             if node.op_type in WEIGHTED:
                 found.add(i)
-            elif len([t for t in node.input if t and t not in static]) == 1 and node.output:
+            elif node.output and (node.op_type == "Concat" or len([t for t in node.input if t and t not in static]) == 1):
                 stack.extend(consumers.get(node.output[0], ()))
     order = sorted(found)
     fits = tuple(Fit(name=shallow.graph.node[i].name or shallow.graph.node[i].output[0],
@@ -72,6 +73,6 @@ def reconstruct_shallow(shallow: onnx.ModelProto, original: onnx.ModelProto, rem
     """``shallow`` with the layers after each removed block re-fitted to ``original`` on ``options.data``."""
     plan = fits_after(shallow, original, removed)
     if not plan.fits:
-        logger.warning("blocks --reconstruct: no Conv/Gemm/MatMul reads a removed block's join directly — nothing "
-                       "to re-fit")
+        logger.warning("blocks --reconstruct: no Conv/Gemm/MatMul reads a removed block's join (directly or through "
+                       "activations, pooling or a Concat) — nothing to re-fit")
     return refit(plan, original, shallow, loaded, options)

@@ -88,7 +88,7 @@ def reconstruction_line(plan: BlocksPlan) -> str | None:
         return None
     metric = metric_of(plan)
     if not rec["layers"]:
-        return "reconstruct nothing re-fitted: no Conv/Gemm/MatMul reads a removed block's join directly"
+        return "reconstruct nothing re-fitted: no Conv/Gemm/MatMul reads a removed block's join"
     shards = rec.get("shards", 1)
     where = f" in {shards} shards on Ray" if shards > 1 else ""
     return (f"reconstruct {len(rec['layers'])} layer(s) after the removed blocks re-fitted on {rec['images']} images"
