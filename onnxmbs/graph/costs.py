@@ -5,7 +5,8 @@ Parameters are the learnable elements a framework would count: Conv/ConvTranspos
 and biases, Gemm/MatMul weights and biases, BatchNormalization scale and bias (not the
 running statistics), LayerNorm/GroupNorm scale and bias, PRelu slopes and per-channel affine
 constants (Mul/Add/Sub/Div with a float constant of more than one element, as tf2onnx leaves
-unfused BatchNorm; integer constants there are index arithmetic). Each initializer
+unfused BatchNorm, applied to a weighted layer's output through per-channel ops; integer constants
+there are index arithmetic, and anchors applied to a reshaped tensor are not weights). Each initializer
 counts once however often it is used. MACs are per image.
 """
 from __future__ import annotations
@@ -77,17 +78,52 @@ def param_tensors(graph: onnx.GraphProto, constants: Mapping[str, object], *,
     strides, grids), not weights: exporters store trained weights as initializers. ``model_graph``: the
     whole graph, where ``graph`` holds only some of its nodes (a block)."""
     names: set[str] = set()
-    learnable = _from_initializers(model_graph if model_graph is not None else graph)
+    whole = model_graph if model_graph is not None else graph
+    learnable = _from_initializers(whole)
+    learned = _Learned(whole, constants)
     for node in graph.node:
         params = param_inputs(node.op_type)
         for idx in params.inputs if params else ():
             if idx >= len(node.input) or node.input[idx] not in constants:
                 continue
-            if params.vectors_only and not _affine_constant(constants[node.input[idx]]):
+            if params.vectors_only and not (_affine_constant(constants[node.input[idx]]) and any(
+                    learned(t) for t in node.input if t and t not in constants)):
                 continue
             if node.input[idx] in learnable:
                 names.add(node.input[idx])
     return names
+
+
+class _Learned:
+    """Does a tensor come from a weighted layer (Conv, Gemm, MatMul, a normalisation) through per-channel
+    affine ops, activations, transposes and ops that keep their input's channels (Neg, pooling, Pad, ...)? A constant an element-wise op applies to such a tensor is a
+    learnable per-channel scale or shift (tf2onnx's unfused BatchNorm, a Linear's bias, ConvNeXt's layer
+    scale); one applied to the model input or to a reshaped or concatenated tensor is something the graph
+    computes with (input normalisation, a detector's anchors and strides, which some exporters store as
+    initializers)."""
+
+    def __init__(self, graph: onnx.GraphProto, constants: Mapping[str, object]) -> None:
+        self.producer = {o: n for n in graph.node for o in n.output if o}
+        self.constants, self.memo = constants, {}
+
+    def __call__(self, tensor: str, depth: int = 64) -> bool:
+        if tensor not in self.memo:
+            self.memo[tensor] = False  # cycles and deep chains: not learned
+            self.memo[tensor] = self._walk(tensor, depth)
+        return self.memo[tensor]
+
+    def _walk(self, tensor: str, depth: int) -> bool:
+        node = self.producer.get(tensor)
+        if node is None or depth == 0:
+            return False
+        params = param_inputs(node.op_type)
+        if params is not None and not params.vectors_only:
+            return True  # Conv, Gemm, MatMul, BatchNorm, LayerNorm, PRelu
+        passes = (kind(node.op_type, "tap_walk") in ("through", "transpose", "affine")
+                  or kind(node.op_type, "tap") is not None or kind(node.op_type, "channels") == "first")
+        if not passes:  # a reshape, concatenation, split, gather, ...: the channels are no longer the layer's
+            return False
+        return any(self(t, depth - 1) for t in node.input if t and t not in self.constants)
 
 
 def _from_initializers(graph: onnx.GraphProto) -> set[str]:
