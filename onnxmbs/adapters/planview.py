@@ -326,8 +326,9 @@ def match_layers(view: PlanView, candidates: Sequence[Candidate],
         taken.add(cand.name)
     extra = [c.name for c in candidates if c.name not in taken]
     if extra:
-        raise MBSError(f"conv layer(s) {', '.join(extra[:5])} of the model are not in the plan — "
-                       "make the plan from an ONNX export of this very model")
+        raise MBSError(f"conv layer(s) {', '.join(extra[:5])} of the model are not in the plan — make the plan "
+                       "from an ONNX export of this very model; if it is one, the module runs convs whose results "
+                       "the export dropped (unused outputs): give apply_plan a module returning what was exported")
     return result
 
 
