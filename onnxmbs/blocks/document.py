@@ -26,7 +26,7 @@ from onnxmbs.records import (FieldError, Record, boolean, choice, damaged, integ
 from onnxmbs.stats.source import NORMALISATION
 
 SCHEMA = "onnxmbs.blocks/1"
-HOW = "write it with `onnxmbs blocks MODEL --data LABELLED -o BLOCKS.json`"
+HOW = "write it with `onnxmbs blocks MODEL --data IMAGES -o BLOCKS.json`"
 REWRITE = "re" + HOW  # a file that is damaged
 RESCORE = ("every", "once", "refit")
 FRACTION = number(low=0, high=1)
