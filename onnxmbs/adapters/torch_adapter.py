@@ -125,18 +125,10 @@ def _match(view: PlanView, trace: Trace, example_inputs: Any, onnx_path: str | P
 def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str], *, select: str = "nonzero") -> Resolution:
     """Each traced channel key -> original width, compact width, surviving channel indices."""
     layer_of = {module: name for name, module in mapping.items()}
-    uses = {u.name: u for u in trace.convs}
-    folded = {n.source: n.module for n in trace.norms if n.source and trace.readers.get(n.source) == 1}
     sets = trace.sets.members()
+    ctx = _Selecting(view, trace, mapping, select, _shuffle_inputs(trace, sets))
     channels, widths, keep = {}, {}, {}
-    linears = {("linear", u.name): u.module for u in trace.linears}
     shuffled = {key for key, *_ in trace.shuffles}
-    shuffles: dict[Hashable, list[int]] = {}  # a key that is a shuffle's whole input -> its groups (compact's rule)
-    for _, source, groups, _ in trace.shuffles:
-        segs = trace.sets.expand(source.segs)
-        if len(segs) == 1:
-            for key in sets.get(trace.sets.find(segs[0]), [segs[0]]):
-                shuffles.setdefault(key, []).append(groups)
     for root, keys in sets.items():
         if all(k in trace.sets.parts for k in keys):
             continue  # split into parts (a join with a concatenation): resolved from them below
@@ -145,21 +137,12 @@ def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str], *, select:
                 raise MBSError(f"channels shuffled{trace.shuffles[0][3]} are joined with other channels "
                                f"({_names(keys)}) — the adapter cannot follow that; carry the compact ONNX model")
             continue  # resolved from the shuffle's input below
-        conv_keys = [k for k in keys if isinstance(k, tuple) and k[0] == "conv"]
-        specs = [view.layer(layer_of[k[1]]) for k in conv_keys]
+        specs = [view.layer(layer_of[k[1]]) for k in keys if isinstance(k, tuple) and k[0] == "conv"]
         parts = _plan_parts(keys, layer_of, view, trace)
         groups = plan_groups(specs, view, _names(keys)) | {g for _, g, _ in parts}
         original = trace.widths[root]
         compact = _set_width(view, groups, keys, original)
-        l1 = lambda s: _l1(uses[mapping[s.name]].module, folded.get(mapping[s.name]))  # noqa: E731
-        linear = [_l1(linears[k]) for k in keys if k in linears]  # Linear producers count in compact's L1 too
-        offsets = {spec.name: start for spec, _, start in parts}
-        writers = [*specs, *(spec for spec, _, _ in parts if spec not in specs)]
-        measured = [*(group_layers(view, groups) or specs), *(spec for spec, _, _ in parts)]
-        structure = dict(multiple_of=math.lcm(*(view.multiple_of.get(g, 1) for g in groups)) if groups else 1,
-                         shuffle=next((n for k in keys for n in shuffles.get(k, ())), 0))
-        kept = (kept_channels(writers, original, compact, l1, measured=measured, select=select, offsets=offsets,
-                              producers=linear, **structure) if compact != original else np.arange(original))
+        kept = ctx.kept(keys, specs, parts, groups, original, compact) if compact != original else np.arange(original)
         for key in keys:
             channels[key], widths[key], keep[key] = original, compact, kept
     resolve_splits(trace.sets, channels, widths, keep)
@@ -167,6 +150,44 @@ def resolve(view: PlanView, trace: Trace, mapping: Mapping[str, str], *, select:
         channels[key], widths[key], keep[key] = _shuffled(source, groups, where, channels, widths, keep)
     _check_chunks(trace, widths)
     return Resolution(channels=channels, widths=widths, keep=keep)
+
+
+def _shuffle_inputs(trace: Trace, sets: Mapping[Hashable, list[Hashable]]) -> dict[Hashable, list[int]]:
+    """Keys that are a channel shuffle's whole input (and those tied to them) -> the shuffle's groups."""
+    found: dict[Hashable, list[int]] = {}
+    for _, source, groups, _ in trace.shuffles:
+        segs = trace.sets.expand(source.segs)
+        if len(segs) == 1:
+            for key in sets.get(trace.sets.find(segs[0]), [segs[0]]):
+                found.setdefault(key, []).append(groups)
+    return found
+
+
+class _Selecting:
+    """What choosing a group's kept channels by compact's rule needs: the plan, the trace, the rule."""
+
+    def __init__(self, view: PlanView, trace: Trace, mapping: Mapping[str, str], select: str,
+                 shuffles: Mapping[Hashable, list[int]]) -> None:
+        self.view, self.mapping, self.select, self.shuffles = view, mapping, select, shuffles
+        self.uses = {u.name: u for u in trace.convs}
+        self.folded = {n.source: n.module for n in trace.norms if n.source and trace.readers.get(n.source) == 1}
+        self.linears = {("linear", u.name): u.module for u in trace.linears}
+
+    def l1(self, spec: LayerRecord) -> np.ndarray:
+        module = self.mapping[spec.name]
+        return _l1(self.uses[module].module, self.folded.get(module))
+
+    def kept(self, keys: list[Hashable], specs: list[LayerRecord], parts: list, groups: set[int], original: int,
+             compact: int) -> np.ndarray:
+        view = self.view
+        writers = [*specs, *(spec for spec, _, _ in parts if spec not in specs)]
+        measured = [*(group_layers(view, groups) or specs), *(spec for spec, _, _ in parts)]
+        return kept_channels(
+            writers, original, compact, self.l1, measured=measured, select=self.select,
+            offsets={spec.name: start for spec, _, start in parts},
+            producers=[_l1(self.linears[k]) for k in keys if k in self.linears],  # Linear producers count too
+            multiple_of=math.lcm(*(view.multiple_of.get(g, 1) for g in groups)) if groups else 1,
+            shuffle=next((n for k in keys for n in self.shuffles.get(k, ())), 0))
 
 
 def _shuffled(source: Layout, groups: int, where: str, channels: dict, widths: dict,
